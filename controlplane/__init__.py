@@ -1,0 +1,1 @@
+"""ShiftDesk control plane: golden images -> pools of linked-clone desktops on libvirt."""

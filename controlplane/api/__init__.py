@@ -1,0 +1,1 @@
+"""HTTP edge: thin routes over services, one error mapping, schemas separate from tables."""

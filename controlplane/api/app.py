@@ -1,0 +1,47 @@
+"""The FastAPI application: routers, error mapping, and the reconciler's lifetime."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from controlplane.api import errors
+from controlplane.api.routes import desktops, images, pools
+from controlplane.config import Settings
+from controlplane.services.context import Context
+from controlplane.services.reconciler import Reconciler
+
+
+def build_app(ctx: Context, settings: Settings, reconciler: Reconciler | None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        stop = threading.Event()
+        thread = None
+        if reconciler is not None:
+            rc = settings.reconciler
+            thread = threading.Thread(target=reconciler.run, args=(stop,), name="reconciler", daemon=True,
+                                      kwargs={"period": rc.period_s, "busy_period": rc.busy_period_s})
+            thread.start()
+        yield
+        stop.set()
+        if reconciler is not None and thread is not None:
+            reconciler.wake.set()
+            thread.join(timeout=30)
+            reconciler.close()
+
+    app = FastAPI(title="ShiftDesk control plane", version="0.1.0", lifespan=lifespan,
+                  description="Golden images, desktop pools and desktops. Every change is audited.")
+    app.state.ctx = ctx
+    app.state.reconciler = reconciler
+    errors.install(app)
+    for router in (images.router, pools.router, desktops.router):
+        app.include_router(router)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

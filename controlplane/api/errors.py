@@ -1,0 +1,41 @@
+"""The one place where errors become HTTP responses."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from controlplane.errors import ExpectedError, PermanentError, TemporaryError
+
+log = logging.getLogger(__name__)
+
+
+def _field_of(loc: tuple) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path")]
+    return ".".join(parts) or "body"
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ExpectedError)
+    async def expected(_req: Request, err: ExpectedError) -> JSONResponse:
+        return JSONResponse({"detail": str(err), "field": err.field}, status_code=err.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_req: Request, err: RequestValidationError) -> JSONResponse:
+        first = err.errors()[0] if err.errors() else {"loc": ("body",), "msg": "invalid"}
+        field = _field_of(tuple(first.get("loc", ())))
+        return JSONResponse({"detail": f"{field}: {first.get('msg')}", "field": field,
+                             "errors": [{"field": _field_of(tuple(e.get("loc", ()))), "msg": e.get("msg")}
+                                        for e in err.errors()]}, status_code=422)
+
+    @app.exception_handler(TemporaryError)
+    async def temporary(_req: Request, err: TemporaryError) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=503, headers={"Retry-After": str(int(err.delay) or 1)})
+
+    @app.exception_handler(PermanentError)
+    async def permanent(_req: Request, err: PermanentError) -> JSONResponse:
+        log.error("request failed: %s", err)
+        return JSONResponse({"detail": str(err)}, status_code=502)

@@ -1,0 +1,42 @@
+"""Desktops: list, inspect, reboot, rebuild, recycle."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, status
+
+from controlplane.api.deps import Actor, CtxDep, wake_reconciler
+from controlplane.api.schemas import DesktopPublic
+from controlplane.services import desktops
+from controlplane.services.views import desktop_view
+
+router = APIRouter(prefix="/api/v1/desktops", tags=["desktops"])
+Wake = Depends(wake_reconciler)
+
+
+@router.get("", response_model=list[DesktopPublic])
+def list_desktops(ctx: CtxDep, pool: str | None = None) -> list[DesktopPublic]:
+    return [desktop_view(d, p) for d, p in desktops.list_all(ctx, pool)]
+
+
+@router.get("/{name}", response_model=DesktopPublic)
+def get_desktop(name: str, ctx: CtxDep) -> DesktopPublic:
+    return desktop_view(*desktops.get(ctx, name))
+
+
+@router.post("/{name}/reboot", response_model=DesktopPublic, dependencies=[Wake])
+def reboot_desktop(name: str, ctx: CtxDep, actor: Actor) -> DesktopPublic:
+    desktops.reboot(ctx, name, actor=actor)
+    return desktop_view(*desktops.get(ctx, name))
+
+
+@router.post("/{name}/rebuild", response_model=DesktopPublic, dependencies=[Wake])
+def rebuild_desktop(name: str, ctx: CtxDep, actor: Actor) -> DesktopPublic:
+    desktops.rebuild(ctx, name, actor=actor)
+    return desktop_view(*desktops.get(ctx, name))
+
+
+@router.delete("/{name}", response_model=DesktopPublic, status_code=status.HTTP_202_ACCEPTED,
+               dependencies=[Wake])
+def delete_desktop(name: str, ctx: CtxDep, actor: Actor) -> DesktopPublic:
+    desktops.delete(ctx, name, actor=actor)
+    return desktop_view(*desktops.get(ctx, name))

@@ -1,0 +1,40 @@
+"""Pools: the API changes wishes; the reconciler (woken here) makes them true."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, status
+
+from controlplane.api.deps import Actor, CtxDep, wake_reconciler
+from controlplane.api.schemas import PoolCreate, PoolPublic, PoolResize
+from controlplane.services import pools
+
+router = APIRouter(prefix="/api/v1/pools", tags=["pools"])
+Wake = Depends(wake_reconciler)
+
+
+@router.get("", response_model=list[PoolPublic])
+def list_pools(ctx: CtxDep) -> list[PoolPublic]:
+    return pools.views(ctx)
+
+
+@router.post("", response_model=PoolPublic, status_code=status.HTTP_201_CREATED, dependencies=[Wake])
+def create_pool(body: PoolCreate, ctx: CtxDep, actor: Actor) -> PoolPublic:
+    pools.create(ctx, **body.model_dump(), actor=actor)
+    return pools.views(ctx, body.name)[0]
+
+
+@router.get("/{name}", response_model=PoolPublic)
+def get_pool(name: str, ctx: CtxDep) -> PoolPublic:
+    return pools.views(ctx, name)[0]
+
+
+@router.patch("/{name}", response_model=PoolPublic, dependencies=[Wake])
+def resize_pool(name: str, body: PoolResize, ctx: CtxDep, actor: Actor) -> PoolPublic:
+    pools.scale(ctx, name, body.size, min_size=body.min_size, max_size=body.max_size, actor=actor)
+    return pools.views(ctx, name)[0]
+
+
+@router.delete("/{name}", response_model=PoolPublic, status_code=status.HTTP_202_ACCEPTED, dependencies=[Wake])
+def delete_pool(name: str, ctx: CtxDep, actor: Actor) -> PoolPublic:
+    pools.delete(ctx, name, actor=actor)
+    return pools.views(ctx, name)[0]

@@ -1,0 +1,101 @@
+"""Every setting in one typed place.
+
+Environment variables are `SHIFTDESK_<GROUP>__<FIELD>` (for example `SHIFTDESK_LIBVIRT__URI`),
+plus `SHIFTDESK_DATA_DIR` and `SHIFTDESK_INSTANCE`. Settings are validated once at start;
+nothing here touches the disk or the network.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+INSTANCE_RE = re.compile(r"^[a-z][a-z0-9]{0,11}$")
+
+
+class DatabaseSettings(BaseModel):
+    url: str | None = Field(
+        None, description="SQLAlchemy URL; default is SQLite at DATA_DIR/shiftdesk.db (WAL mode)"
+    )
+    busy_timeout_ms: int = Field(5000, ge=0, description="SQLite busy timeout: writers wait, not fail")
+
+
+class LibvirtSettings(BaseModel):
+    uri: str = Field("qemu:///system", description="libvirt connection URI")
+    readiness: Literal["serial", "running"] = Field(
+        "serial",
+        description="How a desktop proves it is ready: its serial line says so (real guests), "
+        "or merely running (libvirt's test driver, which boots nothing)",
+    )
+    domain_type: Literal["auto", "qemu", "kvm"] = Field(
+        "auto", description="auto = TCG unless a real probe shows KVM executes guest code"
+    )
+    storage_pool: str | None = Field(None, description="libvirt storage pool; default shiftdesk-INSTANCE")
+    selftest_max_ms: float = Field(
+        50.0, gt=0, description="define+undefine of a dummy domain must be faster than this at start"
+    )
+
+
+class ReconcilerSettings(BaseModel):
+    period_s: float = Field(2.0, gt=0, description="Seconds between passes when nothing is pending")
+    busy_period_s: float = Field(0.25, gt=0, description="Seconds between passes while work is pending")
+    parallelism: int = Field(8, ge=1, le=64, description="How many desktop steps run at once")
+    boot_timeout_s: float = Field(120.0, gt=0, description="A desktop not ready after this is failed")
+    failure_budget: int = Field(
+        3, ge=1, description="A pool with this many failed desktops stops creating new ones"
+    )
+    lease_ttl_s: float = Field(15.0, gt=0, description="Reconciler lease: one active reconciler per DB")
+
+
+class ApiSettings(BaseModel):
+    host: str = Field("127.0.0.1", description="Listen address of `shiftdesk serve`")
+    port: int = Field(8600, ge=1, le=65535, description="Listen port of `shiftdesk serve`")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SHIFTDESK_", env_nested_delimiter="__", extra="forbid")
+
+    data_dir: Path = Field(Path("/var/lib/shiftdesk"), description="Images, overlays, database")
+    instance: str = Field(
+        "main",
+        description="Installation tag: names and tags of libvirt objects carry it, so several "
+        "installations (a demo and a test run) share one libvirtd without touching each other",
+    )
+    images_dir: Path = Field(Path("images"), description="Where recipes live (images/recipes/NAME)")
+    cache_dir: Path = Field(Path(".cache"), description="Build cache (downloaded .debs)")
+    db: DatabaseSettings = DatabaseSettings()
+    libvirt: LibvirtSettings = LibvirtSettings()
+    reconciler: ReconcilerSettings = ReconcilerSettings()
+    api: ApiSettings = ApiSettings()
+
+    @field_validator("instance")
+    @classmethod
+    def _instance_shape(cls, value: str) -> str:
+        if not INSTANCE_RE.match(value):
+            raise ValueError("instance: 1-12 lowercase letters/digits, starting with a letter")
+        return value
+
+    @property
+    def database_url(self) -> str:
+        return self.db.url or f"sqlite:///{self.data_dir / 'shiftdesk.db'}"
+
+    @property
+    def storage_pool(self) -> str:
+        return self.libvirt.storage_pool or f"shiftdesk-{self.instance}"
+
+    @property
+    def overlay_dir(self) -> Path:
+        return self.data_dir / "desktops"
+
+    @property
+    def image_store(self) -> Path:
+        return self.data_dir / "images"
+
+    @property
+    def run_dir(self) -> Path:
+        """Serial logs and VNC sockets: reachable by root (the gateway) only."""
+        return self.data_dir / "run"

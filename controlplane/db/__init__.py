@@ -1,0 +1,1 @@
+"""Storage: SQLModel tables, keyword-only repository functions, Alembic migrations."""

@@ -1,0 +1,68 @@
+"""Desktop repository functions. Keyword-only; the caller owns the transaction."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlmodel import Session, select
+
+from controlplane.db.models import Desktop, Pool
+from controlplane.domain.desktop import DesktopState, check_transition
+from controlplane.errors import NotFound
+
+
+def get(*, session: Session, desktop_id: int) -> Desktop | None:
+    return session.get(Desktop, desktop_id)
+
+
+def get_by_name(*, session: Session, name: str) -> Desktop | None:
+    return session.exec(select(Desktop).where(Desktop.name == name)).first()
+
+
+def get_or_raise(*, session: Session, name: str) -> Desktop:
+    desktop = get_by_name(session=session, name=name)
+    if desktop is None:
+        raise NotFound(f"desktop {name!r} does not exist", field="desktop")
+    return desktop
+
+
+def list_all(*, session: Session, pool_id: int | None = None) -> list[Desktop]:
+    query = select(Desktop).order_by(Desktop.pool_id, Desktop.id)  # type: ignore[arg-type]
+    if pool_id is not None:
+        query = query.where(Desktop.pool_id == pool_id)
+    return list(session.exec(query))
+
+
+def list_with_pool(*, session: Session, pool_id: int | None = None) -> list[tuple[Desktop, Pool]]:
+    query = select(Desktop, Pool).join(Pool).order_by(Pool.name, Desktop.id)  # type: ignore[arg-type]
+    if pool_id is not None:
+        query = query.where(Desktop.pool_id == pool_id)
+    return list(session.exec(query).all())
+
+
+def using_image(*, session: Session, image_id: int) -> list[Desktop]:
+    return list(session.exec(select(Desktop).where(Desktop.image_id == image_id)))
+
+
+def create(*, session: Session, desktop: Desktop) -> Desktop:
+    session.add(desktop)
+    session.flush()
+    return desktop
+
+
+def set_state(*, session: Session, desktop: Desktop, state: DesktopState, now: datetime,
+              reason: str | None = None) -> Desktop:
+    """Move along an allowed lifecycle edge (refuses any other)."""
+    check_transition(desktop.state, state)
+    if desktop.state != state:
+        desktop.state_since = now
+    desktop.state = state
+    desktop.reason = reason
+    session.add(desktop)
+    session.flush()
+    return desktop
+
+
+def delete(*, session: Session, desktop: Desktop) -> None:
+    session.delete(desktop)
+    session.flush()

@@ -1,0 +1,34 @@
+"""Named leases in the database: how several processes agree on one active reconciler."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+from controlplane.db.models import Lease
+
+
+def acquire(*, session: Session, name: str, holder: str, now: datetime, ttl: timedelta) -> bool:
+    """Take or renew lease NAME for HOLDER. True when HOLDER holds it afterwards."""
+    expires = now + ttl
+    taken = session.execute(
+        update(Lease)
+        .where(Lease.name == name)  # type: ignore[arg-type]
+        .where((Lease.holder == holder) | (Lease.expires_at < now))  # type: ignore[arg-type]
+        .values(holder=holder, expires_at=expires)
+    )
+    if taken.rowcount:  # type: ignore[attr-defined]
+        return True
+    try:
+        with session.begin_nested():
+            session.add(Lease(name=name, holder=holder, expires_at=expires))
+    except IntegrityError:
+        return False  # someone else holds it
+    return True
+
+
+def release(*, session: Session, name: str, holder: str) -> None:
+    session.execute(delete(Lease).where(Lease.name == name, Lease.holder == holder))  # type: ignore[arg-type]

@@ -1,0 +1,92 @@
+"""Tables. These are storage, not API schemas (see api/schemas.py for what clients see)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import JSON, Column, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from controlplane.domain.desktop import DesktopState
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Host(SQLModel, table=True):
+    __tablename__ = "hosts"
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True)
+    uri: str
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Image(SQLModel, table=True):
+    """An immutable golden-image version. Its files never change; a rebuild is a new version."""
+
+    __tablename__ = "images"
+    __table_args__ = (UniqueConstraint("name", "version"), UniqueConstraint("name", "sha256"))
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True)
+    version: int
+    recipe: str
+    sha256: str
+    size_bytes: int
+    disk_path: str
+    kernel_path: str
+    initrd_path: str | None = None
+    cmdline: str
+    manifest: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    deprecated: bool = False
+    built_at: datetime = Field(default_factory=utcnow)
+
+
+class Pool(SQLModel, table=True):
+    __tablename__ = "pools"
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True)
+    image_id: int = Field(foreign_key="images.id", index=True)
+    min_size: int = 0
+    max_size: int = 50
+    target_size: int = 0
+    memory_mib: int = 256
+    vcpus: int = 1
+    deleting: bool = False
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Desktop(SQLModel, table=True):
+    __tablename__ = "desktops"
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True)
+    pool_id: int = Field(foreign_key="pools.id", index=True)
+    host_id: int = Field(foreign_key="hosts.id")
+    image_id: int = Field(foreign_key="images.id")
+    state: DesktopState = Field(default=DesktopState.PROVISIONING, index=True)
+    reason: str | None = None
+    generation: int = 1
+    disk_path: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    state_since: datetime = Field(default_factory=utcnow)
+
+
+class AuditEvent(SQLModel, table=True):
+    """Append-only: database triggers refuse UPDATE and DELETE (see the first migration)."""
+
+    __tablename__ = "audit_events"
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(default_factory=utcnow, index=True)
+    actor: str
+    action: str = Field(index=True)
+    target: str
+    detail: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class Lease(SQLModel, table=True):
+    """A named lease (the reconciler's): at most one holder until it expires."""
+
+    __tablename__ = "leases"
+    name: str = Field(primary_key=True)
+    holder: str
+    expires_at: datetime

@@ -1,0 +1,246 @@
+"""Pool planning: compare what the database wants with what libvirt has, and list the steps.
+
+`plan()` is a pure function of plain values, so every convergence rule is unit-tested without
+a hypervisor. The reconciler calls it on each pass with fresh observations and performs the
+steps; because the plan is recomputed from the world every time, a crash between two steps
+costs nothing but a repeated (idempotent) step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from controlplane.domain.desktop import ACTIVE, DesktopState
+from controlplane.domain.ports import ObservedDomain
+
+S = DesktopState
+
+
+@dataclass(frozen=True)
+class PoolView:
+    id: int
+    name: str
+    target: int
+    min_size: int
+    max_size: int
+    deleting: bool = False
+
+    @property
+    def desired(self) -> int:
+        return 0 if self.deleting else max(self.min_size, min(self.max_size, self.target))
+
+
+@dataclass(frozen=True)
+class DesktopView:
+    id: int
+    name: str
+    pool_id: int
+    state: DesktopState
+    since: datetime
+    generation: int = 1
+
+
+@dataclass(frozen=True)
+class Limits:
+    boot_timeout: timedelta = timedelta(seconds=120)
+    failure_budget: int = 3
+
+
+# --- actions: one small idempotent step each -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CreateDesktop:
+    pool_id: int
+
+
+@dataclass(frozen=True)
+class Provision:
+    """Ensure overlay, definition and a running domain for a provisioning desktop."""
+
+    desktop_id: int
+
+
+@dataclass(frozen=True)
+class MarkReady:
+    desktop_id: int
+
+
+@dataclass(frozen=True)
+class MarkFailed:
+    desktop_id: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class StartDomain:
+    desktop_id: int
+
+
+@dataclass(frozen=True)
+class Repair:
+    """The database says the desktop exists but libvirt lacks part of it: provision it again."""
+
+    desktop_id: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Recreate:
+    """The domain is of an older generation (a rebuild was asked): remove it and its overlay."""
+
+    desktop_id: int
+
+
+@dataclass(frozen=True)
+class Drain:
+    desktop_id: int
+
+
+@dataclass(frozen=True)
+class Delete:
+    """Mark for deletion (the next pass tears it down)."""
+
+    desktop_id: int
+
+
+@dataclass(frozen=True)
+class Teardown:
+    """Remove domain and overlay, then the row. Each part tolerates being gone already."""
+
+    desktop_id: int
+
+
+@dataclass(frozen=True)
+class Adopt:
+    """A tagged domain the database does not know, of a pool that needs it: take it back."""
+
+    name: str
+    pool_id: int
+
+
+@dataclass(frozen=True)
+class RemoveOrphan:
+    """A tagged domain or overlay no desktop row explains: remove every trace."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class DropPool:
+    pool_id: int
+
+
+Action = (
+    CreateDesktop | Provision | MarkReady | MarkFailed | StartDomain | Repair | Recreate | Drain | Delete
+    | Teardown | Adopt | RemoveOrphan | DropPool
+)
+
+
+@dataclass
+class Plan:
+    actions: list[Action] = field(default_factory=list)
+    booting: int = 0  # desktops started and waited for: nothing to do, but not converged either
+
+    @property
+    def pending(self) -> bool:
+        """True while the world is still moving (so the reconciler should come back soon)."""
+        return bool(self.actions) or self.booting > 0
+
+
+def plan(
+    pools: list[PoolView],
+    desktops: list[DesktopView],
+    domains: dict[str, ObservedDomain],
+    overlays: set[str],
+    now: datetime,
+    limits: Limits = Limits(),
+) -> Plan:
+    """Steps that move the world towards the database's wishes. Pure and deterministic."""
+    out = Plan()
+    by_pool = {p.id: p for p in pools}
+    known = {d.name for d in desktops}
+    for desktop in desktops:
+        out.actions.extend(_desktop_steps(desktop, by_pool.get(desktop.pool_id), domains, overlays,
+                                          now, limits))
+    out.booting = sum(1 for d in desktops if d.state == S.PROVISIONING)
+    adopted = _orphan_steps(pools, desktops, domains, overlays, known, out)
+    for pool in pools:
+        out.actions.extend(_size_steps(pool, [d for d in desktops if d.pool_id == pool.id],
+                                       adopted.get(pool.id, 0), limits))
+    return out
+
+
+def _desktop_steps(d: DesktopView, pool: PoolView | None, domains: dict[str, ObservedDomain],
+                   overlays: set[str], now: datetime, limits: Limits) -> list[Action]:
+    dom = domains.get(d.name)
+    if d.state == S.DELETING:
+        return [Teardown(d.id)]
+    if pool is None or pool.deleting:
+        return [Delete(d.id)] if d.state != S.IN_USE else [Drain(d.id)]
+    if d.state == S.PROVISIONING:
+        if dom is not None and dom.generation != d.generation:
+            return [Recreate(d.id)]
+        if dom is not None and dom.ready:
+            return [MarkReady(d.id)]
+        if now - d.since > limits.boot_timeout:
+            return [MarkFailed(d.id, f"not ready {int(limits.boot_timeout.total_seconds())} s after start")]
+        if dom is None or not dom.running or d.name not in overlays:
+            return [Provision(d.id)]
+        return []  # booting: wait
+    if d.state in (S.READY, S.IN_USE, S.DRAINING):
+        if dom is None or d.name not in overlays:
+            what = "domain" if dom is None else "overlay"
+            return [Repair(d.id, f"{what} missing in libvirt")]
+        if not dom.running:
+            return [StartDomain(d.id)]
+        if d.state == S.DRAINING:
+            return []  # waits for its session to end (sessions arrive with the broker)
+    return []
+
+
+def _orphan_steps(pools: list[PoolView], desktops: list[DesktopView],
+                  domains: dict[str, ObservedDomain], overlays: set[str], known: set[str],
+                  out: Plan) -> dict[int, int]:
+    """Adopt tagged domains a live pool still needs; remove every other unknown trace."""
+    by_name = {p.name: p for p in pools}
+    active = {p.id: sum(1 for d in desktops if d.pool_id == p.id and d.state in ACTIVE) for p in pools}
+    adopted: dict[int, int] = {}
+    for name in sorted(set(domains) - known):
+        pool = by_name.get(domains[name].pool)
+        if pool and not pool.deleting and name in overlays and active[pool.id] < pool.desired:
+            out.actions.append(Adopt(name, pool.id))
+            active[pool.id] += 1
+            adopted[pool.id] = adopted.get(pool.id, 0) + 1
+        else:
+            out.actions.append(RemoveOrphan(name))
+    for name in sorted(overlays - known - set(domains)):
+        out.actions.append(RemoveOrphan(name))
+    return adopted
+
+
+def _size_steps(pool: PoolView, mine: list[DesktopView], adopted: int, limits: Limits) -> list[Action]:
+    if pool.deleting:
+        return [] if mine else [DropPool(pool.id)]
+    active = [d for d in mine if d.state in ACTIVE]
+    have = len(active) + adopted
+    if have < pool.desired:
+        failed = sum(1 for d in mine if d.state == S.FAILED)
+        if failed >= limits.failure_budget:
+            return []  # something is wrong with the image or host: stop burning resources
+        room = max(0, pool.max_size - len([d for d in mine if d.state != S.DELETING]) - adopted)
+        return [CreateDesktop(pool.id) for _ in range(min(pool.desired - have, room))]
+    if have > pool.desired:
+        return [_shrink(d) for d in _victims(active)[: have - pool.desired]]
+    return []
+
+
+def _victims(active: list[DesktopView]) -> list[DesktopView]:
+    """Cheapest to lose first: still booting, then idle, newest first; sessions last."""
+    rank = {S.PROVISIONING: 0, S.READY: 1, S.IN_USE: 2}
+    return sorted(active, key=lambda d: (rank[d.state], -d.since.timestamp(), -d.id))
+
+
+def _shrink(d: DesktopView) -> Action:
+    return Drain(d.id) if d.state == S.IN_USE else Delete(d.id)

@@ -1,0 +1,104 @@
+"""Ports: what the services need from the outside world, as Protocols the drivers implement.
+
+Each method states its failure contract: what is left behind after an error, and whether
+"not found" counts as success. Idempotent methods are what let the reconciler be killed at any
+line and simply run again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class BootImage:
+    """What a desktop boots from: a golden qcow2 disk plus a kernel for direct kernel boot."""
+
+    disk: Path
+    kernel: Path
+    initrd: Path | None
+    cmdline: str
+
+
+@dataclass(frozen=True)
+class DesktopSpec:
+    """Everything the hypervisor needs to create one desktop. No free text from users."""
+
+    name: str
+    pool: str
+    desktop_id: int
+    image: BootImage
+    memory_mib: int = 256
+    vcpus: int = 1
+    generation: int = 1  # bumped by a rebuild: a domain of an older generation is recreated
+
+
+@dataclass(frozen=True)
+class ObservedDomain:
+    """A ShiftDesk-tagged domain as libvirt reports it."""
+
+    name: str
+    pool: str
+    desktop_id: int
+    running: bool
+    ready: bool
+    generation: int = 1
+
+
+class Hypervisor(Protocol):
+    def list_desktops(self) -> dict[str, ObservedDomain]:
+        """Domains tagged as this installation's desktops, by name. Untagged ones are never seen."""
+
+    def list_overlays(self) -> set[str]:
+        """Names of the desktops whose overlay volume exists in our storage pool."""
+
+    def create_overlay(self, spec: DesktopSpec) -> Path:
+        """Create the desktop's qcow2 overlay backed by the golden disk; return its path.
+
+        Idempotent: an existing overlay with this name is kept and its path returned.
+        On error no partial volume is left behind. Raises TemporaryError on libvirt hiccups.
+        """
+
+    def define(self, spec: DesktopSpec) -> None:
+        """Define (or redefine) the domain. Idempotent. Leaves nothing running."""
+
+    def start(self, name: str) -> None:
+        """Start the domain. Already running is success. Missing raises PermanentError."""
+
+    def is_ready(self, name: str) -> bool:
+        """True once the guest has signalled readiness since its last start. Missing: False."""
+
+    def reboot(self, name: str) -> None:
+        """Hard reset (destroy + start): the guest must signal ready again. Missing: PermanentError."""
+
+    def destroy(self, name: str) -> None:
+        """Power off at once. Missing or already off is success."""
+
+    def undefine(self, name: str) -> None:
+        """Remove the domain definition (destroying it first). Missing is success."""
+
+    def delete_overlay(self, name: str) -> None:
+        """Delete the desktop's overlay volume. Missing is success."""
+
+    def vnc_socket(self, name: str) -> Path:
+        """The Unix socket of the desktop's VNC server (reachable by root only)."""
+
+    def selftest(self) -> float:
+        """Define and undefine a dummy domain; return the milliseconds it took."""
+
+
+class Clock(Protocol):
+    def now(self) -> datetime:
+        """Aware UTC time."""
+
+
+class ImageBuilder(Protocol):
+    def build(self, recipe: str, out_dir: Path) -> dict:
+        """Build RECIPE into OUT_DIR (disk.qcow2, vmlinuz, initrd.img, manifest.json).
+
+        Returns the manifest. On error OUT_DIR may hold partial files; the caller discards it.
+        Raises ExpectedError for an unknown recipe, PermanentError when the build fails.
+        """

@@ -1,0 +1,123 @@
+"""An in-memory Hypervisor with named failure scenarios, for tests and demos without libvirt.
+
+Scenarios are constructor switches, never class-level state:
+- boot_passes: how many readiness checks a started domain needs before it reports ready;
+- never_ready: names whose guest never signals ready (boot timeout paths);
+- fail_start / fail_overlay: names whose start / overlay creation raise PermanentError;
+- flaky: how many calls raise TemporaryError before calls succeed (hiccup paths).
+The instance outlives a simulated crash of the reconciler, like libvirtd outlives ours.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from controlplane.domain.ports import DesktopSpec, ObservedDomain
+from controlplane.errors import PermanentError, TemporaryError
+
+
+@dataclass
+class FakeDomain:
+    spec: DesktopSpec
+    running: bool = False
+    checks: int = 0
+
+
+class FakeHypervisor:
+    def __init__(self, *, boot_passes: int = 0, never_ready: frozenset[str] = frozenset(),
+                 fail_start: frozenset[str] = frozenset(), fail_overlay: frozenset[str] = frozenset(),
+                 flaky: int = 0, root: Path = Path("/fake")) -> None:
+        self.boot_passes = boot_passes
+        self.never_ready = never_ready
+        self.fail_start = fail_start
+        self.fail_overlay = fail_overlay
+        self.flaky = flaky
+        self.root = root
+        self.domains: dict[str, FakeDomain] = {}
+        self.overlays: dict[str, Path] = {}
+        self.calls: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+
+    def _call(self, verb: str, name: str) -> None:
+        self.calls.append((verb, name))
+        if self.flaky > 0:
+            self.flaky -= 1
+            raise TemporaryError(f"{verb} {name}: simulated libvirt hiccup", delay=0.0)
+
+    def list_desktops(self) -> dict[str, ObservedDomain]:
+        with self._lock:
+            return {n: ObservedDomain(n, d.spec.pool, d.spec.desktop_id, d.running, self._ready(n),
+                                      d.spec.generation)
+                    for n, d in self.domains.items()}
+
+    def _ready(self, name: str) -> bool:
+        dom = self.domains.get(name)
+        if dom is None or not dom.running or name in self.never_ready:
+            return False
+        dom.checks += 1
+        return dom.checks > self.boot_passes
+
+    def list_overlays(self) -> set[str]:
+        with self._lock:
+            return set(self.overlays)
+
+    def create_overlay(self, spec: DesktopSpec) -> Path:
+        with self._lock:
+            self._call("create_overlay", spec.name)
+            if spec.name in self.fail_overlay:
+                raise PermanentError(f"create overlay {spec.name}: simulated failure")
+            return self.overlays.setdefault(spec.name, self.root / f"{spec.name}.qcow2")
+
+    def define(self, spec: DesktopSpec) -> None:
+        with self._lock:
+            self._call("define", spec.name)
+            dom = self.domains.get(spec.name)
+            if dom is None:
+                self.domains[spec.name] = FakeDomain(spec)
+            else:
+                dom.spec = spec
+
+    def start(self, name: str) -> None:
+        with self._lock:
+            self._call("start", name)
+            if name not in self.domains:
+                raise PermanentError(f"start {name}: domain is not defined")
+            if name in self.fail_start:
+                raise PermanentError(f"start {name}: simulated failure")
+            dom = self.domains[name]
+            if not dom.running:
+                dom.running, dom.checks = True, 0
+
+    def is_ready(self, name: str) -> bool:
+        with self._lock:
+            return self._ready(name)
+
+    def reboot(self, name: str) -> None:
+        if name not in self.domains:
+            raise PermanentError(f"reboot {name}: domain is not defined")
+        self.destroy(name)
+        self.start(name)
+
+    def destroy(self, name: str) -> None:
+        with self._lock:
+            self._call("destroy", name)
+            if name in self.domains:
+                self.domains[name].running = False
+
+    def undefine(self, name: str) -> None:
+        with self._lock:
+            self._call("undefine", name)
+            self.domains.pop(name, None)
+
+    def delete_overlay(self, name: str) -> None:
+        with self._lock:
+            self._call("delete_overlay", name)
+            self.overlays.pop(name, None)
+
+    def vnc_socket(self, name: str) -> Path:
+        return self.root / f"{name}.vnc"
+
+    def selftest(self) -> float:
+        return 0.0

@@ -1,0 +1,1 @@
+"""libvirt-python driver: typed domain XML, linked clones, error mapping."""

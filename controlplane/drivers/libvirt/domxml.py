@@ -1,0 +1,240 @@
+"""A typed object model of the domain XML ShiftDesk emits, and its parser.
+
+One class per element we use; attributes are fields; `to_xml()` writes elements in a fixed
+order and `parse()` reads the same shape back. Text from users never reaches the XML except
+through validated names, and ElementTree escapes everything it writes.
+
+What is absent is as deliberate as what is present: no sound, no USB controller or
+redirection, no spice/qemu-ga channels (no clipboard agent), no filesystem passthrough, no
+network yet, and the serial line goes to a host file only the control plane reads.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+NS = "https://shiftdesk.dev/xmlns/desktop/1"
+ET.register_namespace("shiftdesk", NS)
+
+
+@dataclass
+class Tag:
+    """The ShiftDesk tag in <metadata>: which installation, pool and desktop row owns the domain."""
+
+    instance: str
+    pool: str
+    desktop_id: int
+    generation: int = 1
+
+    def to_element(self) -> ET.Element:
+        el = ET.Element(f"{{{NS}}}desktop")
+        for key in ("instance", "pool"):
+            ET.SubElement(el, f"{{{NS}}}{key}").text = getattr(self, key)
+        ET.SubElement(el, f"{{{NS}}}desktop-id").text = str(self.desktop_id)
+        ET.SubElement(el, f"{{{NS}}}generation").text = str(self.generation)
+        return el
+
+    @classmethod
+    def from_element(cls, el: ET.Element) -> Tag:
+        """Parse with or without the namespace: virDomainGetMetadata returns the element bare."""
+        values = {child.tag.rsplit("}", 1)[-1]: (child.text or "") for child in el}
+
+        def text(key: str) -> str:
+            return values.get(key, "")
+
+        return cls(instance=text("instance"), pool=text("pool"), desktop_id=int(text("desktop-id") or 0),
+                   generation=int(text("generation") or 1))
+
+
+@dataclass
+class OS:
+    kernel: Path
+    initrd: Path | None
+    cmdline: str
+    arch: str = "x86_64"
+    machine: str = "pc"
+
+    def to_element(self) -> ET.Element:
+        el = ET.Element("os")
+        ET.SubElement(el, "type", arch=self.arch, machine=self.machine).text = "hvm"
+        ET.SubElement(el, "kernel").text = str(self.kernel)
+        if self.initrd is not None:
+            ET.SubElement(el, "initrd").text = str(self.initrd)
+        ET.SubElement(el, "cmdline").text = self.cmdline
+        return el
+
+    @classmethod
+    def from_element(cls, el: ET.Element) -> OS:
+        typ = el.find("type")
+        initrd = el.findtext("initrd")
+        return cls(
+            kernel=Path(el.findtext("kernel") or ""),
+            initrd=Path(initrd) if initrd else None,
+            cmdline=el.findtext("cmdline") or "",
+            arch=typ.get("arch", "x86_64") if typ is not None else "x86_64",
+            machine=typ.get("machine", "pc") if typ is not None else "pc",
+        )
+
+
+@dataclass
+class Disk:
+    """The desktop's overlay, from our storage pool (so libvirt knows the volume)."""
+
+    pool: str
+    volume: str
+    target: str = "vda"
+
+    def to_element(self) -> ET.Element:
+        el = ET.Element("disk", type="volume", device="disk")
+        ET.SubElement(el, "driver", name="qemu", type="qcow2", cache="none", discard="unmap")
+        ET.SubElement(el, "source", pool=self.pool, volume=self.volume)
+        ET.SubElement(el, "target", dev=self.target, bus="virtio")
+        return el
+
+    @classmethod
+    def from_element(cls, el: ET.Element) -> Disk:
+        src, tgt = el.find("source"), el.find("target")
+        assert src is not None and tgt is not None
+        return cls(pool=src.get("pool", ""), volume=src.get("volume", ""), target=tgt.get("dev", "vda"))
+
+
+@dataclass
+class SerialLog:
+    """Serial port 0 written to a host file: the guest's readiness line lands there."""
+
+    path: Path
+
+    def to_element(self) -> ET.Element:
+        el = ET.Element("serial", type="file")
+        ET.SubElement(el, "source", path=str(self.path), append="off")
+        ET.SubElement(el, "target", port="0")
+        return el
+
+    @classmethod
+    def from_element(cls, el: ET.Element) -> SerialLog:
+        src = el.find("source")
+        return cls(path=Path(src.get("path", "") if src is not None else ""))
+
+
+@dataclass
+class VncGraphics:
+    """VNC on a Unix socket: only root on the host (the gateway) can reach it. No TCP listener."""
+
+    socket: Path
+
+    def to_element(self) -> ET.Element:
+        el = ET.Element("graphics", type="vnc", socket=str(self.socket), sharePolicy="allow-exclusive")
+        ET.SubElement(el, "listen", type="socket", socket=str(self.socket))
+        return el
+
+    @classmethod
+    def from_element(cls, el: ET.Element) -> VncGraphics:
+        return cls(socket=Path(el.get("socket", "")))
+
+
+@dataclass
+class Devices:
+    disk: Disk
+    serial: SerialLog
+    graphics: VncGraphics
+    video_model: str = "vga"
+
+    def to_element(self, emulator: str | None) -> ET.Element:
+        el = ET.Element("devices")
+        if emulator:
+            ET.SubElement(el, "emulator").text = emulator
+        el.append(self.disk.to_element())
+        ET.SubElement(el, "controller", type="usb", model="none")
+        el.append(self.serial.to_element())
+        ET.SubElement(el, "input", type="keyboard", bus="ps2")
+        ET.SubElement(el, "input", type="mouse", bus="ps2")
+        el.append(self.graphics.to_element())
+        video = ET.SubElement(el, "video")
+        ET.SubElement(video, "model", type=self.video_model)
+        ET.SubElement(el, "memballoon", model="none")
+        return el
+
+    @classmethod
+    def from_element(cls, el: ET.Element) -> Devices:
+        def one(path: str) -> ET.Element:
+            found = el.find(path)
+            if found is None:
+                raise ValueError(f"domain XML: missing <{path}>")
+            return found
+
+        model = el.find("video/model")
+        return cls(
+            disk=Disk.from_element(one("disk")),
+            serial=SerialLog.from_element(one("serial")),
+            graphics=VncGraphics.from_element(one("graphics")),
+            video_model=model.get("type", "vga") if model is not None else "vga",
+        )
+
+
+@dataclass
+class Domain:
+    name: str
+    uuid: str | None
+    tag: Tag
+    os: OS
+    devices: Devices
+    memory_mib: int = 256
+    vcpus: int = 1
+    domain_type: str = "qemu"
+    emulator: str | None = None
+    features: list[str] = field(default_factory=lambda: ["acpi"])
+
+    def to_xml(self) -> str:
+        root = ET.Element("domain", type=self.domain_type)
+        ET.SubElement(root, "name").text = self.name
+        if self.uuid:
+            ET.SubElement(root, "uuid").text = self.uuid
+        meta = ET.SubElement(root, "metadata")
+        meta.append(self.tag.to_element())
+        ET.SubElement(root, "memory", unit="KiB").text = str(self.memory_mib * 1024)
+        ET.SubElement(root, "vcpu").text = str(self.vcpus)
+        root.append(self.os.to_element())
+        feats = ET.SubElement(root, "features")
+        for feat in self.features:
+            ET.SubElement(feats, feat)
+        ET.SubElement(root, "on_poweroff").text = "destroy"
+        ET.SubElement(root, "on_reboot").text = "restart"
+        ET.SubElement(root, "on_crash").text = "destroy"
+        root.append(self.devices.to_element(self.emulator))
+        ET.indent(root)
+        return ET.tostring(root, encoding="unicode") + "\n"
+
+    @classmethod
+    def parse(cls, xml: str) -> Domain:
+        root = ET.fromstring(xml)  # noqa: S314 - XML comes from our own libvirtd
+        tag_el = root.find(f"metadata/{{{NS}}}desktop")
+        if tag_el is None:
+            raise ValueError("domain XML: not a ShiftDesk desktop (no shiftdesk:desktop metadata)")
+        os_el, dev_el = root.find("os"), root.find("devices")
+        if os_el is None or dev_el is None:
+            raise ValueError("domain XML: missing <os> or <devices>")
+        memory = root.find("memory")
+        mem_kib = int(memory.text or 0) if memory is not None else 0
+        unit = memory.get("unit", "KiB") if memory is not None else "KiB"
+        factor = {"KiB": 1, "k": 1, "MiB": 1024, "M": 1024, "GiB": 1024 * 1024}.get(unit, 1)
+        return cls(
+            name=root.findtext("name") or "",
+            uuid=root.findtext("uuid"),
+            tag=Tag.from_element(tag_el),
+            os=OS.from_element(os_el),
+            devices=Devices.from_element(dev_el),
+            memory_mib=mem_kib * factor // 1024,
+            vcpus=int(root.findtext("vcpu") or 1),
+            domain_type=root.get("type", "qemu"),
+            emulator=dev_el.findtext("emulator"),
+            features=[f.tag for f in root.find("features") or []],
+        )
+
+
+def read_tag(xml: str) -> Tag | None:
+    """The ShiftDesk tag of any domain's XML, or None for domains that are not ours."""
+    root = ET.fromstring(xml)  # noqa: S314 - XML comes from our own libvirtd
+    el = root.find(f"metadata/{{{NS}}}desktop")
+    return Tag.from_element(el) if el is not None else None

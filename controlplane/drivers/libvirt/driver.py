@@ -1,0 +1,221 @@
+"""LibvirtHypervisor: the Hypervisor port on libvirt-python.
+
+Every domain it creates carries a ShiftDesk tag (installation, pool, desktop id) in its
+metadata; listing only ever returns tagged domains of this installation, so a test run and a
+demo can share one libvirtd without ever touching each other's desktops.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid as uuidlib
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import libvirt
+
+from controlplane.domain import naming
+from controlplane.domain.ports import DesktopSpec, ObservedDomain
+from controlplane.drivers.libvirt import linked_clone
+from controlplane.drivers.libvirt.domxml import NS, OS, Devices, Disk, Domain, SerialLog, Tag, VncGraphics
+from controlplane.drivers.libvirt.errors import is_not_found, translate
+from controlplane.errors import PermanentError
+
+READY_MARKER = "SHIFTDESK-READY name="
+
+
+def _quiet(_ctx: object, _err: object) -> None:
+    """libvirt prints every error to stderr by default; we handle them as exceptions instead."""
+
+
+libvirt.registerErrorHandler(_quiet, None)
+
+
+class LibvirtHypervisor:
+    def __init__(self, *, uri: str, instance: str, storage_pool: str, overlay_dir: Path,
+                 run_dir: Path, readiness: str = "serial", domain_type: str = "qemu") -> None:
+        self.uri = uri
+        self.instance = instance
+        self.pool_name = storage_pool
+        self.overlay_dir = overlay_dir
+        self.run_dir = run_dir
+        self.readiness = readiness
+        self.domain_type = "qemu" if domain_type == "auto" else domain_type
+        self._conn: libvirt.virConnect | None = None
+        self._lock = threading.Lock()
+
+    # --- connection ---------------------------------------------------------------------------
+
+    @property
+    def conn(self) -> libvirt.virConnect:
+        with self._lock:
+            if self._conn is None or not self._conn.isAlive():
+                try:
+                    self._conn = libvirt.open(self.uri)
+                except libvirt.libvirtError as err:
+                    raise translate(err, f"connect to {self.uri}") from err
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                self.run_dir.chmod(0o700)
+            return self._conn
+
+    def _pool(self) -> libvirt.virStoragePool:
+        return linked_clone.ensure_pool(self.conn, self.pool_name, self.overlay_dir)
+
+    def _lookup(self, name: str) -> libvirt.virDomain | None:
+        try:
+            return self.conn.lookupByName(name)
+        except libvirt.libvirtError as err:
+            if is_not_found(err):
+                return None
+            raise translate(err, f"look up domain {name}") from err
+
+    # --- observation --------------------------------------------------------------------------
+
+    def list_desktops(self) -> dict[str, ObservedDomain]:
+        found: dict[str, ObservedDomain] = {}
+        for dom in self.conn.listAllDomains(0):
+            tag = self._tag(dom)
+            if tag is None or tag.instance != self.instance:
+                continue
+            running = bool(dom.isActive())
+            name = dom.name()
+            found[name] = ObservedDomain(name=name, pool=tag.pool, desktop_id=tag.desktop_id,
+                                         running=running, ready=running and self._signalled(name),
+                                         generation=tag.generation)
+        return found
+
+    def _tag(self, dom: libvirt.virDomain) -> Tag | None:
+        try:
+            xml = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, NS, 0)
+        except libvirt.libvirtError:
+            return None  # no ShiftDesk metadata: not ours
+        return Tag.from_element(ET.fromstring(xml))  # noqa: S314 - from our own libvirtd
+
+    def list_overlays(self) -> set[str]:
+        prefix = f"{naming.PREFIX}-{self.instance}-"
+        names = (naming.desktop_of_volume(v) for v in linked_clone.list_volumes(self._pool()))
+        return {n for n in names if n and n.startswith(prefix)}
+
+    def is_ready(self, name: str) -> bool:
+        dom = self._lookup(name)
+        return dom is not None and bool(dom.isActive()) and self._signalled(name)
+
+    def _signalled(self, name: str) -> bool:
+        if self.readiness == "running":
+            return True
+        try:
+            text = self.serial_log(name).read_text(errors="replace")
+        except FileNotFoundError:
+            return False
+        return f"{READY_MARKER}{name} " in text or text.rstrip().endswith(f"{READY_MARKER}{name}")
+
+    def serial_log(self, name: str) -> Path:
+        return self.run_dir / f"{name}.serial"
+
+    def vnc_socket(self, name: str) -> Path:
+        return self.run_dir / f"{name}.vnc"
+
+    # --- actions ------------------------------------------------------------------------------
+
+    def create_overlay(self, spec: DesktopSpec) -> Path:
+        capacity = _virtual_size(spec.image.disk)
+        return linked_clone.create_overlay(self._pool(), naming.volume_name(spec.name),
+                                           spec.image.disk, capacity)
+
+    def delete_overlay(self, name: str) -> None:
+        linked_clone.delete_overlay(self._pool(), naming.volume_name(name))
+
+    def domain_model(self, spec: DesktopSpec, uuid: str | None = None) -> Domain:
+        return Domain(
+            name=spec.name,
+            uuid=uuid,
+            tag=Tag(instance=self.instance, pool=spec.pool, desktop_id=spec.desktop_id,
+                    generation=spec.generation),
+            os=OS(kernel=spec.image.kernel, initrd=spec.image.initrd,
+                  cmdline=f"{spec.image.cmdline} shiftdesk.name={spec.name}"),
+            devices=Devices(
+                disk=Disk(pool=self.pool_name, volume=naming.volume_name(spec.name)),
+                serial=SerialLog(self.serial_log(spec.name)),
+                graphics=VncGraphics(self.vnc_socket(spec.name)),
+            ),
+            memory_mib=spec.memory_mib,
+            vcpus=spec.vcpus,
+            domain_type=self.domain_type,
+        )
+
+    def define(self, spec: DesktopSpec) -> None:
+        existing = self._lookup(spec.name)
+        uuid = existing.UUIDString() if existing is not None else None
+        try:
+            self.conn.defineXML(self.domain_model(spec, uuid).to_xml())
+        except libvirt.libvirtError as err:
+            raise translate(err, f"define {spec.name}") from err
+
+    def start(self, name: str) -> None:
+        dom = self._lookup(name)
+        if dom is None:
+            raise PermanentError(f"start {name}: domain is not defined")
+        if dom.isActive():
+            return
+        self.serial_log(name).unlink(missing_ok=True)
+        try:
+            dom.create()
+        except libvirt.libvirtError as err:
+            if dom.isActive():
+                return  # a concurrent start won the race: same outcome
+            raise translate(err, f"start {name}") from err
+
+    def reboot(self, name: str) -> None:
+        if self._lookup(name) is None:
+            raise PermanentError(f"reboot {name}: domain is not defined")
+        self.destroy(name)
+        self.start(name)
+
+    def destroy(self, name: str) -> None:
+        dom = self._lookup(name)
+        if dom is None or not dom.isActive():
+            return
+        try:
+            dom.destroy()
+        except libvirt.libvirtError as err:
+            if is_not_found(err) or err.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID:
+                return  # it went away on its own
+            raise translate(err, f"destroy {name}") from err
+
+    def undefine(self, name: str) -> None:
+        self.destroy(name)
+        dom = self._lookup(name)
+        if dom is not None:
+            try:
+                dom.undefine()
+            except libvirt.libvirtError as err:
+                if not is_not_found(err):
+                    raise translate(err, f"undefine {name}") from err
+        self.serial_log(name).unlink(missing_ok=True)
+
+    def selftest(self) -> float:
+        """Time define + undefine of a throwaway domain (the half-present /dev/kvm trap check)."""
+        root = ET.Element("domain", type=self.domain_type)
+        ET.SubElement(root, "name").text = f"{naming.PREFIX}-{self.instance}-selftest"
+        ET.SubElement(root, "uuid").text = str(uuidlib.uuid4())
+        ET.SubElement(root, "memory", unit="KiB").text = "65536"
+        os_el = ET.SubElement(root, "os")
+        ET.SubElement(os_el, "type", arch="x86_64").text = "hvm"
+        conn = self.conn
+        began = time.perf_counter()
+        dom = conn.defineXML(ET.tostring(root, encoding="unicode"))
+        dom.undefine()
+        return (time.perf_counter() - began) * 1000
+
+
+def _virtual_size(disk: Path) -> int:
+    """Virtual size of a qcow2 file, from its header (bytes 24..32, big-endian)."""
+    try:
+        with disk.open("rb") as fh:
+            header = fh.read(32)
+    except FileNotFoundError as err:
+        raise PermanentError(f"golden image disk {disk} is missing") from err
+    if header[:4] != b"QFI\xfb":
+        raise PermanentError(f"golden image disk {disk} is not qcow2")
+    return int.from_bytes(header[24:32], "big")

@@ -1,0 +1,74 @@
+"""Linked clones: a desktop's disk is a qcow2 overlay whose backing file is the golden image.
+
+Created through libvirt's storage API in a directory pool we own, so libvirt knows every
+volume (and so do we: listing the pool finds orphans). Creating an overlay is O(1) in the size
+of the golden image; never a full copy.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import libvirt
+
+from controlplane.drivers.libvirt.errors import is_not_found, translate
+
+
+def ensure_pool(conn: libvirt.virConnect, name: str, path: Path) -> libvirt.virStoragePool:
+    """Our directory storage pool, defined, built and active. Idempotent."""
+    try:
+        pool = conn.storagePoolLookupByName(name)
+    except libvirt.libvirtError as err:
+        if not is_not_found(err):
+            raise translate(err, f"look up storage pool {name}") from err
+        root = ET.Element("pool", type="dir")
+        ET.SubElement(root, "name").text = name
+        target = ET.SubElement(root, "target")
+        ET.SubElement(target, "path").text = str(path)
+        path.mkdir(parents=True, exist_ok=True)
+        pool = conn.storagePoolDefineXML(ET.tostring(root, encoding="unicode"), 0)
+        pool.setAutostart(1)
+    if not pool.isActive():
+        pool.create(0)
+    return pool
+
+
+def volume_xml(name: str, backing: Path, capacity_bytes: int) -> str:
+    root = ET.Element("volume", type="file")
+    ET.SubElement(root, "name").text = name
+    ET.SubElement(root, "capacity", unit="bytes").text = str(capacity_bytes)
+    target = ET.SubElement(root, "target")
+    ET.SubElement(target, "format", type="qcow2")
+    backing_el = ET.SubElement(root, "backingStore")
+    ET.SubElement(backing_el, "path").text = str(backing)
+    ET.SubElement(backing_el, "format", type="qcow2")
+    return ET.tostring(root, encoding="unicode")
+
+
+def create_overlay(pool: libvirt.virStoragePool, name: str, backing: Path, capacity_bytes: int) -> Path:
+    """Create (or find) overlay NAME backed by BACKING; return its path."""
+    try:
+        return Path(pool.storageVolLookupByName(name).path())
+    except libvirt.libvirtError as err:
+        if not is_not_found(err):
+            raise translate(err, f"look up volume {name}") from err
+    try:
+        vol = pool.createXML(volume_xml(name, backing, capacity_bytes), 0)
+    except libvirt.libvirtError as err:
+        raise translate(err, f"create overlay {name}") from err
+    return Path(vol.path())
+
+
+def delete_overlay(pool: libvirt.virStoragePool, name: str) -> None:
+    """Delete volume NAME; a missing volume is success."""
+    try:
+        pool.storageVolLookupByName(name).delete(0)
+    except libvirt.libvirtError as err:
+        if not is_not_found(err):
+            raise translate(err, f"delete overlay {name}") from err
+
+
+def list_volumes(pool: libvirt.virStoragePool) -> list[str]:
+    pool.refresh(0)
+    return list(pool.listVolumes())

@@ -1,0 +1,45 @@
+"""Errors that say what to do next.
+
+- `TemporaryError(delay)`: back off `delay` seconds and retry; the world may fix itself.
+- `PermanentError`: retrying will not help; mark the object failed with the reason.
+- `ExpectedError` and its children: the caller's mistake. Mapped to 4xx in exactly one place
+  (`api/errors.py`) and never logged as a server fault.
+"""
+
+from __future__ import annotations
+
+
+class ShiftDeskError(Exception):
+    """Base of every error ShiftDesk raises on purpose."""
+
+
+class TemporaryError(ShiftDeskError):
+    def __init__(self, message: str, delay: float = 1.0) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+class PermanentError(ShiftDeskError):
+    pass
+
+
+class ExpectedError(ShiftDeskError):
+    """A caller mistake; `field` names the input at fault when there is one."""
+
+    status = 400
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class InvalidInput(ExpectedError):
+    status = 422
+
+
+class NotFound(ExpectedError):
+    status = 404
+
+
+class Conflict(ExpectedError):
+    status = 409

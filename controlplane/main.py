@@ -1,0 +1,64 @@
+"""Wiring only: settings -> engine, drivers, context -> the FastAPI app and the reconciler.
+
+The only module that chooses concrete drivers. Nothing happens at import.
+"""
+
+from __future__ import annotations
+
+import socket
+from datetime import timedelta
+
+from fastapi import FastAPI
+
+from controlplane.config import Settings
+from controlplane.db.engine import make_engine, migrate
+from controlplane.domain.planning import Limits
+from controlplane.domain.ports import Hypervisor
+from controlplane.drivers.clock import SystemClock
+from controlplane.drivers.image_builder import ScriptImageBuilder
+from controlplane.services import hosts
+from controlplane.services.context import Context
+from controlplane.services.reconciler import Reconciler
+
+
+def make_hypervisor(settings: Settings) -> Hypervisor:
+    if settings.libvirt.uri == "fake://":
+        from controlplane.drivers.fake import FakeHypervisor
+
+        return FakeHypervisor(root=settings.overlay_dir)
+    from controlplane.drivers.libvirt.driver import LibvirtHypervisor
+
+    return LibvirtHypervisor(
+        uri=settings.libvirt.uri, instance=settings.instance, storage_pool=settings.storage_pool,
+        overlay_dir=settings.overlay_dir, run_dir=settings.run_dir, readiness=settings.libvirt.readiness,
+        domain_type=settings.libvirt.domain_type,
+    )
+
+
+def build_context(settings: Settings, hypervisor: Hypervisor | None = None) -> Context:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.database_url, settings.db.busy_timeout_ms)
+    migrate(engine)
+    rc = settings.reconciler
+    return Context(
+        engine=engine,
+        hypervisor=hypervisor or make_hypervisor(settings),
+        clock=SystemClock(),
+        builder=ScriptImageBuilder(images_dir=settings.images_dir, cache_dir=settings.cache_dir),
+        instance=settings.instance,
+        host_id=hosts.ensure(engine, name=socket.gethostname(), uri=settings.libvirt.uri),
+        image_store=settings.image_store,
+        limits=Limits(boot_timeout=timedelta(seconds=rc.boot_timeout_s), failure_budget=rc.failure_budget),
+        parallelism=rc.parallelism,
+    )
+
+
+def build_reconciler(ctx: Context, settings: Settings) -> Reconciler:
+    return Reconciler(ctx, lease_ttl=timedelta(seconds=settings.reconciler.lease_ttl_s))
+
+
+def create_app(settings: Settings, ctx: Context | None = None, reconciler: Reconciler | None = None) -> FastAPI:
+    from controlplane.api.app import build_app
+
+    ctx = ctx or build_context(settings)
+    return build_app(ctx, settings, reconciler)

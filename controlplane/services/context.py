@@ -1,0 +1,39 @@
+"""What every service needs, wired once by main.py: store, hypervisor, clock, limits."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy.engine import Engine
+
+from controlplane.domain.planning import Limits
+from controlplane.domain.ports import Clock, Hypervisor, ImageBuilder
+
+CRASH_ENV = "SHIFTDESK_TEST_CRASH_AT"
+
+
+def crash_from_env(point: str) -> None:
+    """Fault injection for crash tests: die like `kill -9` at the named point, once.
+
+    SHIFTDESK_TEST_CRASH_AT=<point> makes the process exit at once, mid-step, the way a power
+    cut would. Unset (always, in production) it does nothing.
+    """
+    if os.environ.get(CRASH_ENV) == point:
+        os._exit(137)
+
+
+@dataclass
+class Context:
+    engine: Engine
+    hypervisor: Hypervisor
+    clock: Clock
+    builder: ImageBuilder | None
+    instance: str
+    host_id: int
+    image_store: Path
+    limits: Limits = field(default_factory=Limits)
+    parallelism: int = 8
+    crashpoint: Callable[[str], None] = crash_from_env

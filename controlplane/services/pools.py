@@ -1,0 +1,93 @@
+"""Pools: create, resize, delete. These only change wishes; the reconciler makes them true."""
+
+from __future__ import annotations
+
+from controlplane.db import audit, images, pools
+from controlplane.db import desktops as desktop_repo
+from controlplane.db.engine import session_scope
+from controlplane.db.models import Pool
+from controlplane.domain.naming import InvalidName, check_name
+from controlplane.errors import Conflict, InvalidInput
+from controlplane.services.context import Context
+from controlplane.services.views import PoolPublic, pool_view
+
+MAX_POOL_SIZE = 500
+
+
+def check_sizes(*, size: int, min_size: int, max_size: int) -> None:
+    for field, value in (("size", size), ("min_size", min_size), ("max_size", max_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_POOL_SIZE:
+            raise InvalidInput(f"{field}: must be an integer from 0 to {MAX_POOL_SIZE}", field=field)
+    if min_size > max_size:
+        raise InvalidInput(f"min_size: {min_size} is above max_size {max_size}", field="min_size")
+    if not min_size <= size <= max_size:
+        raise InvalidInput(f"size: {size} is outside min_size..max_size ({min_size}..{max_size})", field="size")
+
+
+def create(ctx: Context, *, name: str, image: str, size: int, min_size: int = 0, max_size: int = 50,
+           memory_mib: int = 256, vcpus: int = 1, actor: str) -> Pool:
+    try:
+        check_name("name", name)
+    except InvalidName as err:
+        raise InvalidInput(str(err), field="name") from err
+    check_sizes(size=size, min_size=min_size, max_size=max_size)
+    if not 128 <= memory_mib <= 65536:
+        raise InvalidInput("memory_mib: must be from 128 to 65536", field="memory_mib")
+    if not 1 <= vcpus <= 16:
+        raise InvalidInput("vcpus: must be from 1 to 16", field="vcpus")
+    with session_scope(ctx.engine) as session:
+        if pools.get_by_name(session=session, name=name) is not None:
+            raise Conflict(f"name: pool {name!r} already exists", field="name")
+        img = images.resolve(session=session, ref=image)
+        pool = pools.create(session=session, pool=Pool(
+            name=name, image_id=img.id or 0, target_size=size, min_size=min_size, max_size=max_size,
+            memory_mib=memory_mib, vcpus=vcpus, created_at=ctx.clock.now()))
+        audit.append(session=session, actor=actor, action="pool.create", target=name,
+                     image=f"{img.name}:{img.version}", size=size, min_size=min_size, max_size=max_size)
+        return pool
+
+
+def list_all(ctx: Context) -> list[Pool]:
+    with session_scope(ctx.engine) as session:
+        return pools.list_all(session=session)
+
+
+def get(ctx: Context, name: str) -> Pool:
+    with session_scope(ctx.engine) as session:
+        return pools.get_or_raise(session=session, name=name)
+
+
+def scale(ctx: Context, name: str, size: int, *, actor: str, min_size: int | None = None,
+          max_size: int | None = None) -> Pool:
+    with session_scope(ctx.engine) as session:
+        pool = pools.get_or_raise(session=session, name=name)
+        if pool.deleting:
+            raise Conflict(f"pool {name!r} is being deleted", field="pool")
+        lo = pool.min_size if min_size is None else min_size
+        hi = pool.max_size if max_size is None else max_size
+        check_sizes(size=size, min_size=lo, max_size=hi)
+        before = pool.target_size
+        pool.target_size, pool.min_size, pool.max_size = size, lo, hi
+        session.add(pool)
+        audit.append(session=session, actor=actor, action="pool.scale", target=name,
+                     before=before, after=size, min_size=lo, max_size=hi)
+        return pool
+
+
+def delete(ctx: Context, name: str, *, actor: str) -> Pool:
+    """Mark the pool for deletion; the reconciler removes its desktops, then the pool."""
+    with session_scope(ctx.engine) as session:
+        pool = pools.get_or_raise(session=session, name=name)
+        if not pool.deleting:
+            pool.deleting = True
+            session.add(pool)
+            audit.append(session=session, actor=actor, action="pool.delete", target=name)
+        return pool
+
+
+def views(ctx: Context, name: str | None = None) -> list[PoolPublic]:
+    """Public views with desktop counts by state (for the API and `pool ls`)."""
+    with session_scope(ctx.engine) as session:
+        rows = [pools.get_or_raise(session=session, name=name)] if name else pools.list_all(session=session)
+        return [pool_view(p, images.get(session=session, image_id=p.image_id),
+                          desktop_repo.list_all(session=session, pool_id=p.id)) for p in rows]

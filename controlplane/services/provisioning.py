@@ -1,0 +1,212 @@
+"""The reconciler's steps: one small, idempotent function per planned action.
+
+Each step re-reads its row and checks its precondition first (the plan may be a moment old),
+then does one thing. Crash points name the lines a crash test kills the process at; a crash
+at any of them leaves a state the next plan recognises and finishes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import Session
+
+from controlplane.db import audit, desktops, images, pools
+from controlplane.db.engine import session_scope
+from controlplane.db.models import Desktop, Pool
+from controlplane.domain import naming
+from controlplane.domain import planning as p
+from controlplane.domain.desktop import DesktopState
+from controlplane.domain.ports import BootImage, DesktopSpec
+from controlplane.errors import PermanentError
+from controlplane.services.context import Context
+
+S = DesktopState
+ACTOR = "reconciler"
+log = logging.getLogger(__name__)
+
+
+def spec_for(session: Session, desktop: Desktop) -> DesktopSpec:
+    pool = session.get(Pool, desktop.pool_id)
+    image = images.get_or_raise(session=session, image_id=desktop.image_id)
+    assert pool is not None
+    return DesktopSpec(
+        name=desktop.name, pool=pool.name, desktop_id=desktop.id or 0, generation=desktop.generation,
+        image=BootImage(disk=Path(image.disk_path), kernel=Path(image.kernel_path),
+                        initrd=Path(image.initrd_path) if image.initrd_path else None, cmdline=image.cmdline),
+        memory_mib=pool.memory_mib, vcpus=pool.vcpus,
+    )
+
+
+def create_desktop(ctx: Context, a: p.CreateDesktop) -> None:
+    with session_scope(ctx.engine) as session:
+        pool = session.get(Pool, a.pool_id)
+        if pool is None or pool.deleting:
+            return
+        now = ctx.clock.now()
+        row = desktops.create(session=session, desktop=Desktop(
+            name=naming.desktop_name(ctx.instance, pool.name), pool_id=pool.id or 0, host_id=ctx.host_id,
+            image_id=pool.image_id, created_at=now, state_since=now))
+        audit.append(session=session, actor=ACTOR, action="desktop.create", target=row.name, pool=pool.name)
+        desktop_id = row.id or 0
+    ctx.crashpoint("provision.after-row")
+    provision(ctx, p.Provision(desktop_id))
+
+
+def provision(ctx: Context, a: p.Provision) -> None:
+    with session_scope(ctx.engine) as session:
+        row = desktops.get(session=session, desktop_id=a.desktop_id)
+        if row is None or row.state != S.PROVISIONING:
+            return
+        spec = spec_for(session, row)
+    try:
+        path = ctx.hypervisor.create_overlay(spec)
+        ctx.crashpoint("provision.after-overlay")
+        ctx.hypervisor.define(spec)
+        ctx.crashpoint("provision.after-define")
+        ctx.hypervisor.start(spec.name)
+        ctx.crashpoint("provision.after-start")
+    except PermanentError as err:
+        mark_failed(ctx, p.MarkFailed(a.desktop_id, str(err)))
+        return
+    with session_scope(ctx.engine) as session:
+        row = desktops.get(session=session, desktop_id=a.desktop_id)
+        if row is not None and row.disk_path != str(path):
+            row.disk_path = str(path)
+            session.add(row)
+
+
+def mark_ready(ctx: Context, a: p.MarkReady) -> None:
+    with session_scope(ctx.engine) as session:
+        row = desktops.get(session=session, desktop_id=a.desktop_id)
+        if row is None or row.state != S.PROVISIONING:
+            return
+        now = ctx.clock.now()
+        boot_s = round((now - row.state_since).total_seconds(), 3)
+        desktops.set_state(session=session, desktop=row, state=S.READY, now=now)
+        audit.append(session=session, actor=ACTOR, action="desktop.ready", target=row.name, boot_s=boot_s)
+
+
+def mark_failed(ctx: Context, a: p.MarkFailed) -> None:
+    with session_scope(ctx.engine) as session:
+        row = desktops.get(session=session, desktop_id=a.desktop_id)
+        if row is None or row.state != S.PROVISIONING:
+            return
+        desktops.set_state(session=session, desktop=row, state=S.FAILED, now=ctx.clock.now(), reason=a.reason)
+        audit.append(session=session, actor=ACTOR, action="desktop.failed", target=row.name, reason=a.reason)
+        name = row.name
+    log.warning("desktop %s failed: %s", name, a.reason)
+    ctx.hypervisor.destroy(name)  # keep the overlay for inspection; deleting the desktop removes it
+
+
+def start_domain(ctx: Context, a: p.StartDomain) -> None:
+    with session_scope(ctx.engine) as session:
+        row = desktops.get(session=session, desktop_id=a.desktop_id)
+        if row is None:
+            return
+        audit.append(session=session, actor=ACTOR, action="desktop.restart", target=row.name,
+                     reason="domain was not running")
+        name = row.name
+    ctx.hypervisor.start(name)
+
+
+def _transition(ctx: Context, desktop_id: int, state: DesktopState, action: str, **detail: Any) -> None:
+    with session_scope(ctx.engine) as session:
+        row = desktops.get(session=session, desktop_id=desktop_id)
+        if row is None or row.state == state:
+            return
+        desktops.set_state(session=session, desktop=row, state=state, now=ctx.clock.now(),
+                           reason=detail.get("reason"))
+        audit.append(session=session, actor=ACTOR, action=action, target=row.name, **detail)
+
+
+def repair(ctx: Context, a: p.Repair) -> None:
+    _transition(ctx, a.desktop_id, S.PROVISIONING, "desktop.repair", reason=a.reason)
+
+
+def drain(ctx: Context, a: p.Drain) -> None:
+    _transition(ctx, a.desktop_id, S.DRAINING, "desktop.drain")
+
+
+def delete(ctx: Context, a: p.Delete) -> None:
+    _transition(ctx, a.desktop_id, S.DELETING, "desktop.delete")
+
+
+def _remove_traces(ctx: Context, name: str) -> None:
+    ctx.hypervisor.undefine(name)
+    ctx.crashpoint("teardown.after-undefine")
+    ctx.hypervisor.delete_overlay(name)
+    ctx.crashpoint("teardown.after-overlay")
+
+
+def recreate(ctx: Context, a: p.Recreate) -> None:
+    with session_scope(ctx.engine) as session:
+        row = desktops.get(session=session, desktop_id=a.desktop_id)
+        if row is None or row.state != S.PROVISIONING:
+            return
+        name = row.name
+    _remove_traces(ctx, name)
+
+
+def teardown(ctx: Context, a: p.Teardown) -> None:
+    with session_scope(ctx.engine) as session:
+        row = desktops.get(session=session, desktop_id=a.desktop_id)
+        if row is None or row.state != S.DELETING:
+            return
+        name = row.name
+    _remove_traces(ctx, name)
+    with session_scope(ctx.engine) as session:
+        row = desktops.get(session=session, desktop_id=a.desktop_id)
+        if row is not None:
+            desktops.delete(session=session, desktop=row)
+            audit.append(session=session, actor=ACTOR, action="desktop.removed", target=name)
+
+
+def adopt(ctx: Context, a: p.Adopt) -> None:
+    with session_scope(ctx.engine) as session:
+        pool = session.get(Pool, a.pool_id)
+        if pool is None or desktops.get_by_name(session=session, name=a.name) is not None:
+            return
+        now = ctx.clock.now()
+        desktops.create(session=session, desktop=Desktop(
+            name=a.name, pool_id=a.pool_id, host_id=ctx.host_id, image_id=pool.image_id, created_at=now,
+            state_since=now))
+        audit.append(session=session, actor=ACTOR, action="desktop.adopt", target=a.name, pool=pool.name)
+
+
+def remove_orphan(ctx: Context, a: p.RemoveOrphan) -> None:
+    with session_scope(ctx.engine) as session:
+        if desktops.get_by_name(session=session, name=a.name) is not None:
+            return  # it has a row after all (created since the plan): not an orphan
+    _remove_traces(ctx, a.name)
+    with session_scope(ctx.engine) as session:
+        audit.append(session=session, actor=ACTOR, action="orphan.remove", target=a.name)
+
+
+def drop_pool(ctx: Context, a: p.DropPool) -> None:
+    with session_scope(ctx.engine) as session:
+        pool = session.get(Pool, a.pool_id)
+        if pool is None or not pool.deleting or desktops.list_all(session=session, pool_id=a.pool_id):
+            return
+        pools.delete(session=session, pool=pool)
+        audit.append(session=session, actor=ACTOR, action="pool.removed", target=pool.name)
+
+
+STEPS: dict[type, Callable[[Context, Any], None]] = {
+    p.CreateDesktop: create_desktop,
+    p.Provision: provision,
+    p.MarkReady: mark_ready,
+    p.MarkFailed: mark_failed,
+    p.StartDomain: start_domain,
+    p.Repair: repair,
+    p.Recreate: recreate,
+    p.Drain: drain,
+    p.Delete: delete,
+    p.Teardown: teardown,
+    p.Adopt: adopt,
+    p.RemoveOrphan: remove_orphan,
+    p.DropPool: drop_pool,
+}

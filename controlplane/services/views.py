@@ -1,0 +1,69 @@
+"""Public views of images, pools and desktops: what the API returns and `--json` prints."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime
+
+from pydantic import BaseModel
+
+from controlplane.db.models import Desktop, Image, Pool
+from controlplane.domain.desktop import DesktopState
+
+
+class ImagePublic(BaseModel):
+    id: int
+    name: str
+    version: int
+    recipe: str
+    sha256: str
+    size_bytes: int
+    deprecated: bool
+    built_at: datetime
+    packages: dict[str, str]
+
+
+class PoolPublic(BaseModel):
+    id: int
+    name: str
+    image: str
+    size: int
+    min_size: int
+    max_size: int
+    memory_mib: int
+    vcpus: int
+    deleting: bool
+    desktops: dict[str, int]
+
+
+class DesktopPublic(BaseModel):
+    id: int
+    name: str
+    pool: str
+    state: DesktopState
+    reason: str | None
+    domain: str
+    disk_path: str | None
+    generation: int
+    since: datetime
+
+
+def image_view(image: Image) -> ImagePublic:
+    return ImagePublic(id=image.id or 0, name=image.name, version=image.version, recipe=image.recipe,
+                       sha256=image.sha256, size_bytes=image.size_bytes, deprecated=image.deprecated,
+                       built_at=image.built_at, packages=image.manifest.get("packages", {}))
+
+
+def pool_view(pool: Pool, image: Image | None, desktops: list[Desktop]) -> PoolPublic:
+    counts = Counter(str(d.state) for d in desktops)
+    return PoolPublic(id=pool.id or 0, name=pool.name,
+                      image=f"{image.name}:{image.version}" if image else str(pool.image_id),
+                      size=pool.target_size, min_size=pool.min_size, max_size=pool.max_size,
+                      memory_mib=pool.memory_mib, vcpus=pool.vcpus, deleting=pool.deleting,
+                      desktops=dict(sorted(counts.items())))
+
+
+def desktop_view(desktop: Desktop, pool: Pool) -> DesktopPublic:
+    return DesktopPublic(id=desktop.id or 0, name=desktop.name, pool=pool.name, state=desktop.state,
+                         reason=desktop.reason, domain=desktop.name, disk_path=desktop.disk_path,
+                         generation=desktop.generation, since=desktop.state_since)
