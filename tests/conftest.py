@@ -1,0 +1,76 @@
+"""Shared fixtures: settings in a temp dir, a context on the fake hypervisor, a movable clock."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from controlplane.config import Settings
+from controlplane.drivers.fake import FakeHypervisor
+from controlplane.main import build_context
+from controlplane.services import images
+from controlplane.services.context import Context
+
+
+class ManualClock:
+    """A clock tests move by hand."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.t = start or datetime(2026, 11, 24, 8, 0, tzinfo=UTC)
+
+    def now(self) -> datetime:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += timedelta(seconds=seconds)
+
+
+class FakeBuilder:
+    """Writes a tiny but real qcow2 header, so registration and overlays have a file to point at."""
+
+    def __init__(self) -> None:
+        self.builds = 0
+
+    def build(self, recipe: str, out_dir: Path) -> dict:
+        self.builds += 1
+        header = b"QFI\xfb" + b"\0" * 20 + (64 << 20).to_bytes(8, "big")
+        (out_dir / "disk.qcow2").write_bytes(header + recipe.encode())
+        (out_dir / "vmlinuz").write_bytes(b"kernel")
+        (out_dir / "initrd.img").write_bytes(b"initrd")
+        import hashlib
+
+        manifest = {"recipe": recipe, "cmdline": "root=/dev/vda", "packages": {"busybox-static": "1"},
+                    "sha256": {"disk.qcow2": hashlib.sha256((out_dir / "disk.qcow2").read_bytes()).hexdigest()}}
+        (out_dir / "manifest.json").write_text(json.dumps(manifest))
+        return manifest
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", instance="unit", libvirt={"uri": "fake://"})
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def hv() -> FakeHypervisor:
+    return FakeHypervisor()
+
+
+@pytest.fixture
+def ctx(settings: Settings, hv: FakeHypervisor, clock: ManualClock) -> Context:
+    context = build_context(settings, hypervisor=hv)
+    context.clock = clock
+    context.builder = FakeBuilder()
+    return context
+
+
+@pytest.fixture
+def image(ctx: Context):
+    return images.build(ctx, "busybox-desktop", actor="test")

@@ -1,0 +1,111 @@
+from datetime import UTC, datetime, timedelta
+
+from controlplane.domain import planning as p
+from controlplane.domain.desktop import DesktopState as S
+from controlplane.domain.ports import ObservedDomain
+
+NOW = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
+
+
+def pool(target=2, min_size=0, max_size=10, deleting=False, id=1, name="sales"):
+    return p.PoolView(id=id, name=name, target=target, min_size=min_size, max_size=max_size, deleting=deleting)
+
+
+def desk(id, state=S.READY, pool_id=1, age=60, generation=1):
+    return p.DesktopView(id=id, name=f"d{id}", pool_id=pool_id, state=state,
+                         since=NOW - timedelta(seconds=age), generation=generation)
+
+
+def dom(name, running=True, ready=True, pool="sales", generation=1):
+    return ObservedDomain(name=name, pool=pool, desktop_id=0, running=running, ready=ready, generation=generation)
+
+
+def kinds(plan):
+    return [type(a).__name__ for a in plan.actions]
+
+
+def test_empty_pool_grows_to_target():
+    assert kinds(p.plan([pool(target=3)], [], {}, set(), NOW)) == ["CreateDesktop"] * 3
+
+
+def test_target_is_clamped_by_min_and_max():
+    assert len(p.plan([pool(target=1, min_size=2)], [], {}, set(), NOW).actions) == 2
+    assert len(p.plan([pool(target=9, max_size=4)], [], {}, set(), NOW).actions) == 4
+
+
+def test_converged_pool_plans_nothing():
+    desktops = [desk(1), desk(2)]
+    out = p.plan([pool()], desktops, {"d1": dom("d1"), "d2": dom("d2")}, {"d1", "d2"}, NOW)
+    assert out.actions == [] and not out.pending
+
+
+def test_provisioning_desktop_is_provisioned_then_marked_ready():
+    d = desk(1, S.PROVISIONING, age=1)
+    assert kinds(p.plan([pool(target=1)], [d], {}, set(), NOW)) == ["Provision"]
+    booting = p.plan([pool(target=1)], [d], {"d1": dom("d1", ready=False)}, {"d1"}, NOW)
+    assert booting.actions == [] and booting.pending
+    assert kinds(p.plan([pool(target=1)], [d], {"d1": dom("d1")}, {"d1"}, NOW)) == ["MarkReady"]
+
+
+def test_boot_timeout_fails_the_desktop():
+    d = desk(1, S.PROVISIONING, age=500)
+    out = p.plan([pool(target=1)], [d], {"d1": dom("d1", ready=False)}, {"d1"}, NOW)
+    assert kinds(out) == ["MarkFailed"] and "not ready" in out.actions[0].reason
+
+
+def test_failure_budget_stops_creation():
+    failed = [desk(i, S.FAILED) for i in range(1, 4)]
+    assert p.plan([pool(target=2)], failed, {}, set(), NOW).actions == []
+
+
+def test_shrink_deletes_booting_and_newest_first_and_drains_sessions_last():
+    desktops = [desk(1, S.IN_USE, age=10), desk(2, S.READY, age=100), desk(3, S.READY, age=5),
+                desk(4, S.PROVISIONING, age=1)]
+    doms = {d.name: dom(d.name, ready=d.state != S.PROVISIONING) for d in desktops}
+    overlays = set(doms)
+    out = p.plan([pool(target=1)], desktops, doms, overlays, NOW)
+    deletes = [a for a in out.actions if isinstance(a, (p.Delete, p.Drain))]
+    assert deletes == [p.Delete(4), p.Delete(3), p.Delete(2)]
+    out = p.plan([pool(target=0)], desktops, doms, overlays, NOW)
+    assert p.Drain(1) in out.actions
+
+
+def test_missing_domain_or_overlay_is_repaired_and_stopped_domain_started():
+    assert kinds(p.plan([pool(target=1)], [desk(1)], {}, {"d1"}, NOW)) == ["Repair"]
+    assert kinds(p.plan([pool(target=1)], [desk(1)], {"d1": dom("d1")}, set(), NOW)) == ["Repair"]
+    stopped = {"d1": dom("d1", running=False, ready=False)}
+    assert kinds(p.plan([pool(target=1)], [desk(1)], stopped, {"d1"}, NOW)) == ["StartDomain"]
+
+
+def test_deleting_desktop_is_torn_down():
+    assert kinds(p.plan([pool(target=0)], [desk(1, S.DELETING)], {}, set(), NOW)) == ["Teardown"]
+
+
+def test_deleting_pool_deletes_desktops_then_itself():
+    out = p.plan([pool(deleting=True)], [desk(1), desk(2, S.IN_USE)], {}, set(), NOW)
+    assert p.Delete(1) in out.actions and p.Drain(2) in out.actions
+    assert kinds(p.plan([pool(deleting=True)], [], {}, set(), NOW)) == ["DropPool"]
+
+
+def test_orphans_are_adopted_when_needed_else_removed():
+    doms = {"x": dom("x"), "y": dom("y"), "z": dom("z", pool="gone")}
+    out = p.plan([pool(target=1)], [], doms, {"x", "y", "z", "w"}, NOW)
+    assert out.actions == [p.Adopt("x", 1), p.RemoveOrphan("y"), p.RemoveOrphan("z"), p.RemoveOrphan("w")]
+
+
+def test_adoption_counts_towards_size():
+    out = p.plan([pool(target=2)], [], {"x": dom("x")}, {"x"}, NOW)
+    assert kinds(out) == ["Adopt", "CreateDesktop"]
+
+
+def test_older_generation_is_recreated():
+    d = desk(1, S.PROVISIONING, age=1, generation=2)
+    out = p.plan([pool(target=1)], [d], {"d1": dom("d1", generation=1)}, {"d1"}, NOW)
+    assert kinds(out) == ["Recreate"]
+
+
+def test_max_bounds_creation_including_failed():
+    desktops = [desk(1, S.FAILED), desk(2, S.READY)]
+    doms = {"d2": dom("d2")}
+    out = p.plan([pool(target=3, max_size=3)], desktops, doms, {"d2"}, NOW)
+    assert kinds(out) == ["CreateDesktop"]

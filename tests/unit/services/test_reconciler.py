@@ -1,0 +1,211 @@
+"""The reconciler against the fake hypervisor: convergence, failures, and crashes at every step."""
+
+from __future__ import annotations
+
+import pytest
+
+from controlplane.db import audit
+from controlplane.db.engine import session_scope
+from controlplane.domain.desktop import DesktopState as S
+from controlplane.drivers.fake import FakeHypervisor
+from controlplane.services import desktops, pools
+from controlplane.services.reconciler import Reconciler
+
+CRASH_POINTS = [
+    "provision.after-row", "provision.after-overlay", "provision.after-define", "provision.after-start",
+    "teardown.after-undefine", "teardown.after-overlay",
+]
+
+
+class Crash(BaseException):
+    """Stands for kill -9: nothing after the crash point runs, nothing catches it."""
+
+
+def states(ctx):
+    return sorted(str(d.state) for d, _ in desktops.list_all(ctx))
+
+
+def settle(ctx, passes=20):
+    rec = Reconciler(ctx)
+    try:
+        for _ in range(passes):
+            if not rec.pass_once().pending:
+                return
+        raise AssertionError("did not converge")
+    finally:
+        rec.close()
+
+
+def assert_consistent(ctx, hv: FakeHypervisor):
+    rows = {d.name for d, _ in desktops.list_all(ctx)}
+    assert set(hv.domains) == rows, "domains and rows differ (orphan or missing)"
+    assert set(hv.overlays) == rows, "overlays and rows differ (orphan or missing)"
+
+
+def test_pool_grows_and_shrinks(ctx, hv, image):
+    pools.create(ctx, name="sales", image="busybox-desktop", size=3, actor="t")
+    settle(ctx)
+    assert states(ctx) == ["ready"] * 3
+    assert all(d.running for d in hv.domains.values())
+    pools.scale(ctx, "sales", 1, actor="t")
+    settle(ctx)
+    assert states(ctx) == ["ready"]
+    assert_consistent(ctx, hv)
+
+
+def test_pool_delete_removes_every_trace(ctx, hv, image):
+    pools.create(ctx, name="sales", image="busybox-desktop", size=2, actor="t")
+    settle(ctx)
+    pools.delete(ctx, "sales", actor="t")
+    settle(ctx)
+    assert pools.list_all(ctx) == [] and hv.domains == {} and hv.overlays == {}
+
+
+def test_running_twice_changes_nothing(ctx, hv, image):
+    pools.create(ctx, name="sales", image="busybox-desktop", size=2, actor="t")
+    settle(ctx)
+    calls = len(hv.calls)
+    settle(ctx)
+    assert len(hv.calls) == calls
+
+
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_crash_at_any_step_converges(ctx, hv, image, point):
+    pools.create(ctx, name="sales", image="busybox-desktop", size=3, actor="t")
+    crashed = []
+
+    def crash(name):
+        if name == point and not crashed:
+            crashed.append(name)
+            raise Crash(name)
+
+    ctx.crashpoint = crash
+    with pytest.raises(Crash):
+        for _ in range(20):
+            settle(ctx, passes=20)
+            pools.scale(ctx, "sales", 1, actor="t")  # reach teardown crash points too
+    assert crashed == [point]
+    settle(ctx)  # "restart": a fresh reconciler on the same world
+    pools.scale(ctx, "sales", 2, actor="t")
+    settle(ctx)
+    assert states(ctx) == ["ready", "ready"]
+    assert_consistent(ctx, hv)
+
+
+def test_temporary_errors_are_retried(ctx, hv, image):
+    hv.flaky = 3
+    pools.create(ctx, name="sales", image="busybox-desktop", size=2, actor="t")
+    settle(ctx)
+    assert states(ctx) == ["ready", "ready"]
+
+
+def test_boot_timeout_marks_failed_and_budget_stops_retrying(ctx, image, clock, settings):
+    hv = FakeHypervisor(never_ready=frozenset())
+    ctx.hypervisor = hv
+    hv.never_ready = _AllNames()
+    pools.create(ctx, name="sales", image="busybox-desktop", size=2, actor="t")
+    rec = Reconciler(ctx)
+    for _ in range(6):
+        rec.pass_once()
+        clock.advance(200)
+    rows = [d for d, _ in desktops.list_all(ctx)]
+    failed = [d for d in rows if d.state == S.FAILED]
+    budget = ctx.limits.failure_budget
+    assert budget <= len(failed) < budget + 2 and len(rows) == len(failed)
+    for _ in range(3):  # the budget is spent: no new attempts however long we wait
+        rec.pass_once()
+        clock.advance(200)
+    rec.close()
+    assert len(desktops.list_all(ctx)) == len(rows)
+    assert all("not ready" in (d.reason or "") for d in failed)
+    assert not any(hv.domains[d.name].running for d in failed)
+
+
+class _AllNames(frozenset):
+    def __contains__(self, _item):
+        return True
+
+
+def test_start_failure_marks_failed_with_reason(ctx, image):
+    hv = FakeHypervisor()
+    ctx.hypervisor = hv
+    hv.fail_start = _AllNames()
+    pools.create(ctx, name="sales", image="busybox-desktop", size=1, actor="t")
+    rec = Reconciler(ctx)
+    rec.pass_once()
+    rec.close()
+    (row, _), *_ = desktops.list_all(ctx)
+    assert row.state == S.FAILED and "simulated failure" in row.reason
+
+
+def test_orphans_are_removed_and_missing_domains_repaired(ctx, hv, image):
+    pools.create(ctx, name="sales", image="busybox-desktop", size=1, actor="t")
+    settle(ctx)
+    (row, _), = desktops.list_all(ctx)
+    hv.undefine(row.name)  # libvirt lost it
+    from controlplane.domain.ports import BootImage, DesktopSpec
+
+    stray = DesktopSpec(name="sd-unit-sales-ffffff", pool="nopool", desktop_id=99,
+                        image=BootImage(disk=hv.root, kernel=hv.root, initrd=None, cmdline=""))
+    hv.create_overlay(stray)
+    hv.define(stray)
+    settle(ctx)
+    assert states(ctx) == ["ready"]
+    assert_consistent(ctx, hv)
+    with session_scope(ctx.engine) as session:
+        actions = {e.action for e in audit.list_recent(session=session)}
+    assert {"desktop.repair", "orphan.remove"} <= actions
+
+
+def test_adopts_tagged_domain_when_database_lost_the_row(ctx, hv, image):
+    pools.create(ctx, name="sales", image="busybox-desktop", size=1, actor="t")
+    settle(ctx)
+    (row, _), = desktops.list_all(ctx)
+    from sqlalchemy import text
+
+    with session_scope(ctx.engine) as session:
+        session.execute(text("DELETE FROM desktops"))
+    settle(ctx)
+    (again, _), = desktops.list_all(ctx)
+    assert again.name == row.name and again.state == S.READY
+    assert_consistent(ctx, hv)
+
+
+def test_rebuild_recreates_from_pool_image(ctx, hv, image):
+    pools.create(ctx, name="sales", image="busybox-desktop", size=1, actor="t")
+    settle(ctx)
+    (row, _), = desktops.list_all(ctx)
+    desktops.rebuild(ctx, row.name, actor="t")
+    settle(ctx)
+    (after, _), = desktops.list_all(ctx)
+    assert after.name == row.name and after.generation == 2 and after.state == S.READY
+    assert hv.domains[row.name].spec.generation == 2
+    assert ("undefine", row.name) in hv.calls
+
+
+def test_reboot_returns_to_ready(ctx, hv, image):
+    pools.create(ctx, name="sales", image="busybox-desktop", size=1, actor="t")
+    settle(ctx)
+    (row, _), = desktops.list_all(ctx)
+    desktops.reboot(ctx, row.name, actor="t")
+    assert desktops.get(ctx, row.name)[0].state == S.PROVISIONING
+    settle(ctx)
+    assert desktops.get(ctx, row.name)[0].state == S.READY
+
+
+def test_single_desktop_delete_is_replaced(ctx, hv, image):
+    pools.create(ctx, name="sales", image="busybox-desktop", size=1, actor="t")
+    settle(ctx)
+    (row, _), = desktops.list_all(ctx)
+    desktops.delete(ctx, row.name, actor="t")
+    settle(ctx)
+    (new, _), = desktops.list_all(ctx)
+    assert new.name != row.name and new.state == S.READY and row.name not in hv.domains
+
+
+def test_only_one_reconciler_holds_the_lease(ctx, image):
+    a, b = Reconciler(ctx), Reconciler(ctx)
+    assert a.hold_lease() and not b.hold_lease()
+    a.release_lease()
+    assert b.hold_lease()
+    a.close(), b.close()
