@@ -1,0 +1,50 @@
+# ShiftDesk: `make run` and `make test` work on a fresh Debian 12 machine as root.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export SHIFTDESK_IMAGES_DIR ?= $(CURDIR)/images
+export SHIFTDESK_CACHE_DIR ?= $(CURDIR)/.cache
+RUN_DATA ?= $(CURDIR)/.cache/run-data
+DEMO_SIZE ?= 2
+
+.PHONY: run test setup host venv lint unit integration bench clean
+
+setup: host venv
+
+host:
+	bash scripts/setup-host.sh
+
+$(BIN)/.installed: requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
+	touch $@
+
+venv: $(BIN)/.installed
+
+run: setup
+	SHIFTDESK_DATA_DIR=$(RUN_DATA) SHIFTDESK_INSTANCE=demo bash scripts/demo.sh $(DEMO_SIZE)
+
+lint: venv
+	$(BIN)/ruff check controlplane tests bench images
+	$(BIN)/lint-imports
+	$(BIN)/mypy
+
+unit: venv
+	$(BIN)/pytest -q tests/unit
+
+integration: setup
+	$(BIN)/pytest -q -m libvirt tests/integration
+
+test: setup
+	$(BIN)/ruff check controlplane tests bench images
+	$(BIN)/lint-imports
+	$(BIN)/mypy
+	$(BIN)/pytest -q tests
+
+bench: setup
+	$(BIN)/python bench/provision.py
+
+clean:
+	rm -rf $(VENV) .cache/run-data

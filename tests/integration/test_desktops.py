@@ -1,0 +1,57 @@
+"""Real desktops on qemu:///system: boot from the golden image, show pixels, leave no trace."""
+
+from __future__ import annotations
+
+import subprocess
+import xml.etree.ElementTree as ET
+
+import libvirt
+
+from controlplane.domain.desktop import DesktopState as S
+from controlplane.services import desktops, pools
+from controlplane.services.reconciler import Reconciler
+from tests.integration.conftest import tagged_domains
+from tests.integration.rfb import grab_frame
+
+
+def test_two_desktops_boot_show_pixels_and_vanish(real_ctx, real_settings, golden):
+    hv = real_ctx.hypervisor
+    pools.create(real_ctx, name="agents", image="busybox-desktop", size=2, actor="test")
+    rec = Reconciler(real_ctx)
+    assert rec.run_until_converged(timeout=180), "desktops did not become ready"
+    rows = [d for d, _ in desktops.list_all(real_ctx)]
+    assert [d.state for d in rows] == [S.READY, S.READY]
+
+    conn = libvirt.open("qemu:///system")
+    for row in rows:
+        # the guest booted this clone and wrote to it: its boot counter lives on the overlay
+        serial = hv.serial_log(row.name).read_text()
+        assert f"SHIFTDESK-READY name={row.name} boots=1" in serial
+        info = subprocess.run(["qemu-img", "info", "--output=json", "-U", row.disk_path],
+                              capture_output=True, text=True, check=True).stdout
+        assert golden.disk_path in info, "overlay is not a linked clone of the golden image"
+
+        frame = grab_frame(str(hv.vnc_socket(row.name)))
+        assert frame.width >= 640 and frame.height >= 400
+        assert any(frame.pixels), "framebuffer is blank"
+        assert len(set(frame.pixels)) > 1
+
+        xml = ET.fromstring(conn.lookupByName(row.name).XMLDesc(0))
+        assert xml.get("type") == "qemu"
+        for absent in ("devices/sound", "devices/redirdev", "devices/channel", "devices/filesystem",
+                       "devices/hostdev", "devices/interface"):
+            assert xml.find(absent) is None, f"{absent} must not exist"
+        graphics = xml.find("devices/graphics")
+        assert graphics is not None and graphics.get("socket") == str(hv.vnc_socket(row.name))
+        assert graphics.get("port") in (None, "-1", "0") and graphics.find("listen[@type='address']") is None
+        assert xml.find("devices/controller[@type='usb']").get("model") == "none"
+
+    pools.delete(real_ctx, "agents", actor="test")
+    assert rec.run_until_converged(timeout=180)
+    rec.close()
+    assert tagged_domains(real_settings.instance) == []
+    assert hv.list_overlays() == set()
+    pool = conn.storagePoolLookupByName(real_settings.storage_pool)
+    pool.refresh(0)
+    assert pool.listVolumes() == []
+    assert pools.list_all(real_ctx) == []
