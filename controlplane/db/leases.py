@@ -32,3 +32,18 @@ def acquire(*, session: Session, name: str, holder: str, now: datetime, ttl: tim
 
 def release(*, session: Session, name: str, holder: str) -> None:
     session.execute(delete(Lease).where(Lease.name == name, Lease.holder == holder))  # type: ignore[arg-type]
+
+
+def holder_of(*, session: Session, name: str) -> str | None:
+    lease = session.get(Lease, name)
+    return lease.holder if lease else None
+
+
+def take_over(*, session: Session, name: str, stale_holder: str, holder: str, now: datetime,
+              ttl: timedelta) -> bool:
+    """Replace STALE_HOLDER (known dead) by HOLDER; False if someone else got there first."""
+    taken = session.execute(
+        update(Lease).where(Lease.name == name, Lease.holder == stale_holder)  # type: ignore[arg-type]
+        .values(holder=holder, expires_at=now + ttl)
+    )
+    return bool(taken.rowcount)  # type: ignore[attr-defined]

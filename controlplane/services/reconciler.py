@@ -71,9 +71,17 @@ class Reconciler:
     # --- the loop -----------------------------------------------------------------------------
 
     def hold_lease(self) -> bool:
+        """Take or renew the lease; take it over at once from a dead process on this host."""
+        now = self.ctx.clock.now()
         with session_scope(self.ctx.engine) as session:
-            return leases.acquire(session=session, name=LEASE, holder=self.holder,
-                                  now=self.ctx.clock.now(), ttl=self.lease_ttl)
+            if leases.acquire(session=session, name=LEASE, holder=self.holder, now=now, ttl=self.lease_ttl):
+                return True
+            other = leases.holder_of(session=session, name=LEASE)
+            if other is None or not _dead_local_holder(other):
+                return False
+            log.warning("reconciler lease of %s: that process is gone, taking over", other)
+            return leases.take_over(session=session, name=LEASE, stale_holder=other, holder=self.holder,
+                                    now=now, ttl=self.lease_ttl)
 
     def release_lease(self) -> None:
         with session_scope(self.ctx.engine) as session:
@@ -113,3 +121,18 @@ class Reconciler:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+
+
+def _dead_local_holder(holder: str) -> bool:
+    """A holder is `host:pid:object`; on this host a missing pid means a crashed process."""
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another host: only the TTL can tell
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from controlplane.db import audit
@@ -209,3 +211,26 @@ def test_only_one_reconciler_holds_the_lease(ctx, image):
     a.release_lease()
     assert b.hold_lease()
     a.close(), b.close()
+
+
+def test_lease_of_a_dead_local_process_is_taken_over_at_once(ctx, image):
+    from controlplane.db import leases
+
+    a, b = Reconciler(ctx), Reconciler(ctx)
+    assert a.hold_lease()
+    dead = subprocess_pid_that_exited()
+    with session_scope(ctx.engine) as session:
+        assert leases.take_over(session=session, name="reconciler", stale_holder=a.holder,
+                                holder=f"{socket.gethostname()}:{dead}:x", now=ctx.clock.now(),
+                                ttl=a.lease_ttl)
+    assert b.hold_lease(), "a crashed holder on this host must not block for the whole TTL"
+    assert not a.hold_lease()
+    a.close(), b.close()
+
+
+def subprocess_pid_that_exited() -> int:
+    import subprocess
+
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
