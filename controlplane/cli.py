@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Annotated, Any
 
@@ -56,7 +56,7 @@ def context() -> Iterator[tuple[Context, Settings]]:
         raise typer.Exit(1) from None
 
 
-def emit(rows: list[BaseModel], as_json: bool, columns: list[str]) -> None:
+def emit(rows: Sequence[BaseModel], as_json: bool, columns: list[str]) -> None:
     if as_json:
         print(json.dumps([r.model_dump(mode="json") for r in rows], indent=2))
         return
@@ -112,7 +112,7 @@ def serve(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with context() as (ctx, settings):
         check = selftest.run(ctx.hypervisor, settings.libvirt.selftest_max_ms)
-        (err.print if check.ok else err.print)(("selftest: " if check.ok else "[red]selftest:[/red] ") + check.explain())
+        err.print(("selftest: " if check.ok else "[red]selftest:[/red] ") + check.explain())
         if not check.ok and not skip_selftest:
             raise typer.Exit(4)
         reconciler = build_reconciler(ctx, settings)

@@ -47,7 +47,7 @@ def next_version(*, session: Session, name: str) -> int:
 
 
 def list_all(*, session: Session) -> list[Image]:
-    return list(session.exec(select(Image).order_by(Image.name, Image.version)))
+    return list(session.exec(select(Image).order_by(Image.name, Image.version)))  # type: ignore[arg-type]
 
 
 def create(*, session: Session, image: Image) -> Image:
