@@ -15,6 +15,7 @@ from pathlib import Path
 from controlplane.db import audit, desktops, images, pools
 from controlplane.db.engine import session_scope
 from controlplane.db.models import Image
+from controlplane.domain.naming import InvalidName, check_name
 from controlplane.errors import Conflict, InvalidInput
 from controlplane.services.context import Context
 
@@ -23,6 +24,10 @@ def build(ctx: Context, recipe: str, *, actor: str) -> Image:
     """Build RECIPE and register the result (idempotent for identical bytes)."""
     if ctx.builder is None:
         raise InvalidInput("image build: no image builder configured", field="recipe")
+    try:
+        check_name("recipe", recipe)
+    except InvalidName as err:
+        raise InvalidInput(str(err), field="recipe") from err
     ctx.image_store.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".build-", dir=ctx.image_store) as tmp:
         manifest = ctx.builder.build(recipe, Path(tmp))

@@ -120,7 +120,9 @@ class Reconciler:
         return False
 
     def close(self) -> None:
+        """Stop the workers and hand the lease back, so a successor need not wait for the TTL."""
         self._pool.shutdown(wait=True)
+        self.release_lease()
 
 
 def _dead_local_holder(holder: str) -> bool:

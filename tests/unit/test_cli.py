@@ -1,0 +1,47 @@
+"""The CLI mirrors the API: same services, `--json` everywhere, errors that name the field."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from controlplane.cli import app
+
+
+@pytest.fixture
+def env(settings, image, monkeypatch):
+    monkeypatch.setenv("SHIFTDESK_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("SHIFTDESK_INSTANCE", settings.instance)
+    monkeypatch.setenv("SHIFTDESK_LIBVIRT__URI", "fake://")
+    return settings
+
+
+def run(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def test_pool_and_desktop_listing_as_json(env):
+    r = run("pool", "create", "sales", "--image", "busybox-desktop", "--size", "2")
+    assert r.exit_code == 0, r.output
+    pools = json.loads(run("pool", "ls", "--json").output)
+    assert pools[0]["name"] == "sales" and pools[0]["desktops"] == {"ready": 2}
+    desks = json.loads(run("desktop", "ls", "--pool", "sales", "--json").output)
+    assert len(desks) == 2
+    assert {"state", "domain", "disk_path"} <= set(desks[0]) and desks[0]["state"] == "ready"
+    images = json.loads(run("image", "ls", "--json").output)
+    assert images[0]["name"] == "busybox-desktop" and len(images[0]["sha256"]) == 64
+    assert run("pool", "scale", "sales", "1", "--no-wait").exit_code == 0
+    assert json.loads(run("pool", "ls", "--json").output)[0]["size"] == 1
+    assert run("pool", "delete", "sales", "--no-wait").exit_code == 0
+
+
+def test_bad_input_exits_2_naming_the_field(env):
+    r = run("pool", "create", "Bad Name", "--image", "busybox-desktop", "--size", "1", "--no-wait")
+    assert r.exit_code == 2 and "name:" in r.output
+    r = run("pool", "scale", "missing", "3", "--no-wait")
+    assert r.exit_code == 2 and "missing" in r.output
+    r = run("pool", "create", "sales", "--image", "nope", "--size", "1", "--no-wait")
+    assert r.exit_code == 2 and "image" in r.output
+    assert json.loads(run("pool", "ls", "--json").output) == []
