@@ -55,3 +55,10 @@ def test_two_desktops_boot_show_pixels_and_vanish(real_ctx, real_settings, golde
     pool.refresh(0)
     assert pool.listVolumes() == []
     assert pools.list_all(real_ctx) == []
+
+
+def test_libvirt_answers_fast_enough_for_the_start_selftest(real_ctx, real_settings):
+    from controlplane.services import selftest
+
+    check = selftest.run(real_ctx.hypervisor, real_settings.libvirt.selftest_max_ms)
+    assert check.ok, check.explain()
