@@ -38,6 +38,13 @@ def settle(ctx, passes=20):
         rec.close()
 
 
+def one_ready_desktop(ctx):
+    pools.create(ctx, name="sales", image="busybox-desktop", size=1, actor="t")
+    settle(ctx)
+    (row, _), = desktops.list_all(ctx)
+    return row
+
+
 def assert_consistent(ctx, hv: FakeHypervisor):
     rows = {d.name for d, _ in desktops.list_all(ctx)}
     assert set(hv.domains) == rows, "domains and rows differ (orphan or missing)"
@@ -141,9 +148,7 @@ def test_start_failure_marks_failed_with_reason(ctx, image):
 
 
 def test_orphans_are_removed_and_missing_domains_repaired(ctx, hv, image):
-    pools.create(ctx, name="sales", image="busybox-desktop", size=1, actor="t")
-    settle(ctx)
-    (row, _), = desktops.list_all(ctx)
+    row = one_ready_desktop(ctx)
     hv.undefine(row.name)  # libvirt lost it
     from controlplane.domain.ports import BootImage, DesktopSpec
 
@@ -160,9 +165,7 @@ def test_orphans_are_removed_and_missing_domains_repaired(ctx, hv, image):
 
 
 def test_adopts_tagged_domain_when_database_lost_the_row(ctx, hv, image):
-    pools.create(ctx, name="sales", image="busybox-desktop", size=1, actor="t")
-    settle(ctx)
-    (row, _), = desktops.list_all(ctx)
+    row = one_ready_desktop(ctx)
     from sqlalchemy import text
 
     with session_scope(ctx.engine) as session:
@@ -174,9 +177,7 @@ def test_adopts_tagged_domain_when_database_lost_the_row(ctx, hv, image):
 
 
 def test_rebuild_recreates_from_pool_image(ctx, hv, image):
-    pools.create(ctx, name="sales", image="busybox-desktop", size=1, actor="t")
-    settle(ctx)
-    (row, _), = desktops.list_all(ctx)
+    row = one_ready_desktop(ctx)
     desktops.rebuild(ctx, row.name, actor="t")
     settle(ctx)
     (after, _), = desktops.list_all(ctx)
@@ -186,9 +187,7 @@ def test_rebuild_recreates_from_pool_image(ctx, hv, image):
 
 
 def test_reboot_returns_to_ready(ctx, hv, image):
-    pools.create(ctx, name="sales", image="busybox-desktop", size=1, actor="t")
-    settle(ctx)
-    (row, _), = desktops.list_all(ctx)
+    row = one_ready_desktop(ctx)
     desktops.reboot(ctx, row.name, actor="t")
     assert desktops.get(ctx, row.name)[0].state == S.PROVISIONING
     settle(ctx)
@@ -196,9 +195,7 @@ def test_reboot_returns_to_ready(ctx, hv, image):
 
 
 def test_single_desktop_delete_is_replaced(ctx, hv, image):
-    pools.create(ctx, name="sales", image="busybox-desktop", size=1, actor="t")
-    settle(ctx)
-    (row, _), = desktops.list_all(ctx)
+    row = one_ready_desktop(ctx)
     desktops.delete(ctx, row.name, actor="t")
     settle(ctx)
     (new, _), = desktops.list_all(ctx)
