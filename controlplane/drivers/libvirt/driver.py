@@ -17,7 +17,7 @@ import libvirt
 
 from controlplane.domain import naming
 from controlplane.domain.ports import DesktopSpec, ObservedDomain
-from controlplane.drivers.libvirt import linked_clone
+from controlplane.drivers.libvirt import kvm_probe, linked_clone
 from controlplane.drivers.libvirt.domxml import NS, OS, Devices, Disk, Domain, SerialLog, Tag, VncGraphics
 from controlplane.drivers.libvirt.errors import is_not_found, translate
 from controlplane.errors import PermanentError
@@ -34,14 +34,16 @@ libvirt.registerErrorHandler(_quiet, None)
 
 class LibvirtHypervisor:
     def __init__(self, *, uri: str, instance: str, storage_pool: str, overlay_dir: Path,
-                 run_dir: Path, readiness: str = "serial", domain_type: str = "qemu") -> None:
+                 run_dir: Path, readiness: str = "serial", domain_type: str = "qemu",
+                 probe_cache: Path | None = None) -> None:
         self.uri = uri
         self.instance = instance
         self.pool_name = storage_pool
         self.overlay_dir = overlay_dir
         self.run_dir = run_dir
         self.readiness = readiness
-        self.domain_type = "qemu" if domain_type == "auto" else domain_type
+        self.domain_type = domain_type  # "auto": decided by a real KVM probe at first define
+        self.probe_cache = probe_cache or run_dir
         self._conn: libvirt.virConnect | None = None
         self._lock = threading.Lock()
 
@@ -141,8 +143,16 @@ class LibvirtHypervisor:
             ),
             memory_mib=spec.memory_mib,
             vcpus=spec.vcpus,
-            domain_type=self.domain_type,
+            domain_type=self.resolved_domain_type(spec.image.kernel),
         )
+
+    def resolved_domain_type(self, kernel: Path) -> str:
+        if self.domain_type != "auto":
+            return self.domain_type
+        if not kernel.exists():
+            return "qemu"  # nothing to probe with (unit tests on the test driver): the safe choice
+        self.domain_type = kvm_probe.cached_domain_type(kernel, self.probe_cache)
+        return self.domain_type
 
     def define(self, spec: DesktopSpec) -> None:
         existing = self._lookup(spec.name)
@@ -196,7 +206,7 @@ class LibvirtHypervisor:
 
     def selftest(self) -> float:
         """Time define + undefine of a throwaway domain (the half-present /dev/kvm trap check)."""
-        root = ET.Element("domain", type=self.domain_type)
+        root = ET.Element("domain", type="qemu")
         ET.SubElement(root, "name").text = f"{naming.PREFIX}-{self.instance}-selftest"
         ET.SubElement(root, "uuid").text = str(uuidlib.uuid4())
         ET.SubElement(root, "memory", unit="KiB").text = "65536"
