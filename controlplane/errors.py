@@ -43,3 +43,18 @@ class NotFound(ExpectedError):
 
 class Conflict(ExpectedError):
     status = 409
+
+
+class AuthFailed(ExpectedError):
+    """Login refused. The message is the same whatever the cause (no account enumeration);
+    `reason` says the cause for the audit log only."""
+
+    status = 401
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("invalid username or password", field="credentials")
+        self.reason = reason
+
+
+class Forbidden(ExpectedError):
+    status = 403

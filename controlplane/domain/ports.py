@@ -102,3 +102,31 @@ class ImageBuilder(Protocol):
         Returns the manifest. On error OUT_DIR may hold partial files; the caller discards it.
         Raises ExpectedError for an unknown recipe, PermanentError when the build fails.
         """
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a directory says a user is: account name, DN and every group, nested ones included."""
+
+    username: str
+    dn: str
+    display_name: str
+    groups: frozenset[str]  # group names (cn), lower-cased for comparison
+
+
+class Directory(Protocol):
+    def authenticate(self, username: str, password: str) -> Identity:
+        """Bind as the user. Raises AuthFailed (wrong password, unknown, disabled, locked, blank
+        password) or TemporaryError (directory unreachable). Never binds with a blank password."""
+
+    def lookup(self, username: str) -> Identity | None:
+        """The user's identity via the service account (no password), or None if unknown."""
+
+    def set_computer(self, desktop: str) -> str:
+        """Create or reset the computer account of DESKTOP; return a new one-time join secret."""
+
+    def delete_computer(self, desktop: str) -> None:
+        """Delete the computer account of DESKTOP. Missing is success."""
+
+    def list_computers(self) -> set[str]:
+        """Desktop names of this installation's computer accounts."""

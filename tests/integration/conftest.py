@@ -7,11 +7,14 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import ldap3
 import pytest
 
 from controlplane.config import Settings
+from controlplane.drivers.ldap.directory import LdapDirectory
 from controlplane.main import build_context
 from controlplane.services import images
+from tests.integration.samba import SambaDC
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,3 +66,51 @@ def purge(settings: Settings) -> None:
         subprocess.run([*virsh, "undefine", name], capture_output=True, check=False)
     subprocess.run([*virsh, "pool-destroy", settings.storage_pool], capture_output=True, check=False)
     subprocess.run([*virsh, "pool-undefine", settings.storage_pool], capture_output=True, check=False)
+
+
+# --- a real Active Directory (Samba AD DC) ---------------------------------------------------------
+
+
+class AD:
+    """The test domain: OUs, users (alice active, dave disabled, erin for lockout, carol admin),
+    nested groups (alice in cc-sales-team in cc-agents), a service account, a computers OU."""
+
+    def __init__(self, dc) -> None:
+        self.dc = dc
+        self.passwords = {"alice": "Alice-Pass-1234!", "bob": "Bob-Pass-1234!!", "carol": "Carol-Pass-1234!",
+                          "dave": "Dave-Pass-1234!", "erin": "Erin-Pass-1234!",
+                          "svc": "Svc-" + secrets.token_hex(8) + "-Aa1!"}
+        conn = dc.admin()
+        root = dc.add_ou(conn, "ShiftDesk")
+        self.users_ou = dc.add_ou(conn, "Agents", root)
+        self.computers_ou = dc.add_ou(conn, "Desktops", root)
+        self.dns = {}
+        for name, display in (("alice", "Alice Agent"), ("bob", "Bob Agent"), ("carol", "Carol Admin"),
+                              ("erin", "Erin Agent")):
+            self.dns[name] = dc.add_user(conn, self.users_ou, name, self.passwords[name], display=display)
+        self.dns["dave"] = dc.add_user(conn, self.users_ou, "dave", self.passwords["dave"], disabled=True)
+        self.svc_dn = dc.add_user(conn, self.users_ou, "svc-shiftdesk", self.passwords["svc"])
+        team = dc.add_group(conn, self.users_ou, "cc-sales-team", [self.dns["alice"], self.dns["dave"]])
+        dc.add_group(conn, self.users_ou, "cc-agents", [team, self.dns["erin"]])
+        dc.add_group(conn, self.users_ou, "cc-support", [self.dns["bob"]])
+        dc.add_group(conn, self.users_ou, "cc-admins", [self.dns["carol"]])
+        # delegate computer-object management in the Desktops OU to the service account
+        conn.modify(f"CN=Account Operators,CN=Builtin,{dc.base_dn}",
+                    {"member": [(ldap3.MODIFY_ADD, [self.svc_dn])]})
+        conn.unbind()
+        self.directory = LdapDirectory(url=dc.url, base_dn=dc.base_dn, bind_dn=self.svc_dn,
+                                       bind_password=self.passwords["svc"], ca_file=str(dc.tls.ca_cert),
+                                       computers_ou=self.computers_ou, instance="it")
+
+
+@pytest.fixture(scope="session")
+def ad(tmp_path_factory):
+    if shutil.which("samba-tool") is None:
+        pytest.fail("Samba is not installed: run scripts/setup-host.sh (make test does)")
+    dc = SambaDC(tmp_path_factory.mktemp("shiftdesk-samba-"))
+    dc.provision()
+    dc.start()
+    try:
+        yield AD(dc)
+    finally:
+        dc.stop()

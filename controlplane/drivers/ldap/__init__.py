@@ -1,0 +1,1 @@
+"""Active Directory over LDAP (ldap3)."""
