@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 INSTANCE_RE = re.compile(r"^[a-z][a-z0-9]{0,11}$")
@@ -51,6 +51,32 @@ class ReconcilerSettings(BaseModel):
     lease_ttl_s: float = Field(15.0, gt=0, description="Reconciler lease: one active reconciler per DB")
 
 
+class LdapSettings(BaseModel):
+    url: str | None = Field(None, description="ldaps://dc.example:636 (or ldap:// with start_tls); unset: no AD")
+    base_dn: str = Field("", description="Where users and groups are searched")
+    bind_dn: str = Field("", description="Service account used for searches (users bind as themselves)")
+    bind_password: SecretStr = Field(SecretStr(""), description="Service account password (never logged)")
+    ca_file: str | None = Field(None, description="CA bundle that validates the DC's certificate")
+    start_tls: bool = Field(False, description="Upgrade ldap:// with StartTLS")
+    allow_plain: bool = Field(False, description="Allow unencrypted LDAP (lab use only)")
+    computers_ou: str | None = Field(None, description="OU where desktops' computer accounts are created")
+    connect_timeout_s: float = Field(5.0, gt=0, description="TCP/TLS connect timeout")
+    receive_timeout_s: float = Field(10.0, gt=0, description="Per-response timeout")
+
+    @field_validator("bind_password")
+    @classmethod
+    def _no_placeholder(cls, value: SecretStr) -> SecretStr:
+        if value.get_secret_value().lower() in {"changeme", "change-me", "password", "secret"}:
+            raise ValueError("bind_password: a placeholder is not a password")
+        return value
+
+
+class AuthSettings(BaseModel):
+    admin_group: str = Field("shiftdesk-admins", description="AD group (cn) whose members get the admin API")
+    token_ttl_s: int = Field(900, ge=60, le=43200, description="Lifetime of an API session token")
+    key_file: Path | None = Field(None, description="HMAC key for tokens; default DATA_DIR/token.key (0600)")
+
+
 class ApiSettings(BaseModel):
     host: str = Field("127.0.0.1", description="Listen address of `shiftdesk serve`")
     port: int = Field(8600, ge=1, le=65535, description="Listen port of `shiftdesk serve`")
@@ -71,6 +97,8 @@ class Settings(BaseSettings):
     libvirt: LibvirtSettings = LibvirtSettings()
     reconciler: ReconcilerSettings = ReconcilerSettings()
     api: ApiSettings = ApiSettings()
+    ldap: LdapSettings = LdapSettings()
+    auth: AuthSettings = AuthSettings()
 
     @field_validator("instance")
     @classmethod

@@ -13,12 +13,13 @@ from fastapi import FastAPI
 from controlplane.config import Settings
 from controlplane.db.engine import make_engine, migrate
 from controlplane.domain.planning import Limits
-from controlplane.domain.ports import Hypervisor
+from controlplane.domain.ports import Directory, Hypervisor
 from controlplane.drivers.clock import SystemClock
 from controlplane.drivers.image_builder import ScriptImageBuilder
 from controlplane.services import hosts
-from controlplane.services.context import Context
+from controlplane.services.context import AuthConfig, Context
 from controlplane.services.reconciler import Reconciler
+from controlplane.services.tokens import load_or_create_key
 
 
 def make_hypervisor(settings: Settings) -> Hypervisor:
@@ -35,7 +36,22 @@ def make_hypervisor(settings: Settings) -> Hypervisor:
     )
 
 
-def build_context(settings: Settings, hypervisor: Hypervisor | None = None) -> Context:
+def make_directory(settings: Settings) -> Directory | None:
+    ldap = settings.ldap
+    if not ldap.url:
+        return None
+    from controlplane.drivers.ldap.directory import LdapDirectory
+
+    return LdapDirectory(
+        url=ldap.url, base_dn=ldap.base_dn, bind_dn=ldap.bind_dn,
+        bind_password=ldap.bind_password.get_secret_value(), ca_file=ldap.ca_file, allow_plain=ldap.allow_plain,
+        start_tls=ldap.start_tls, computers_ou=ldap.computers_ou, instance=settings.instance,
+        connect_timeout=ldap.connect_timeout_s, receive_timeout=ldap.receive_timeout_s,
+    )
+
+
+def build_context(settings: Settings, hypervisor: Hypervisor | None = None,
+                  directory: Directory | None = None) -> Context:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.database_url, settings.db.busy_timeout_ms)
     migrate(engine)
@@ -50,6 +66,9 @@ def build_context(settings: Settings, hypervisor: Hypervisor | None = None) -> C
         image_store=settings.image_store,
         limits=Limits(boot_timeout=timedelta(seconds=rc.boot_timeout_s), failure_budget=rc.failure_budget),
         parallelism=rc.parallelism,
+        directory=directory or make_directory(settings),
+        auth=AuthConfig(key=load_or_create_key(settings.auth.key_file or settings.data_dir / "token.key"),
+                        ttl_s=settings.auth.token_ttl_s, admin_group=settings.auth.admin_group.lower()),
     )
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from controlplane.config import Settings
-from controlplane.drivers.fake import FakeHypervisor
+from controlplane.drivers.fake import FakeDirectory, FakeHypervisor
 from controlplane.main import build_context
 from controlplane.services import images
 from controlplane.services.context import Context
@@ -63,9 +63,22 @@ def hv() -> FakeHypervisor:
     return FakeHypervisor()
 
 
+USERS = {
+    "carol": ("Carol-pw-1234", {"shiftdesk-admins", "cc-agents"}),
+    "alice": ("Alice-pw-1234", {"cc-sales-team", "cc-agents"}),
+    "bob": ("Bob-pw-1234", {"cc-support", "cc-agents"}),
+    "dave": ("Dave-pw-1234", {"cc-sales-team"}),
+}
+
+
 @pytest.fixture
-def ctx(settings: Settings, hv: FakeHypervisor, clock: ManualClock) -> Context:
-    context = build_context(settings, hypervisor=hv)
+def directory() -> FakeDirectory:
+    return FakeDirectory({k: (v[0], set(v[1])) for k, v in USERS.items()}, disabled={"dave"})
+
+
+@pytest.fixture
+def ctx(settings: Settings, hv: FakeHypervisor, clock: ManualClock, directory: FakeDirectory) -> Context:
+    context = build_context(settings, hypervisor=hv, directory=directory)
     context.clock = clock
     context.builder = FakeBuilder()
     return context

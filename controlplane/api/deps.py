@@ -1,5 +1,8 @@
-"""Dependencies routes declare with Annotated aliases. The actor is a placeholder until AD login
-(issue: identity) lands; every action is already audited under it."""
+"""Dependencies routes declare with Annotated aliases: the context, and who is asking.
+
+Every route but login needs a bearer token. `CurrentAdmin` refuses agents; `CurrentAgent` is
+any logged-in user acting on their own objects (the services check ownership).
+"""
 
 from __future__ import annotations
 
@@ -7,15 +10,32 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from controlplane.errors import Forbidden
+from controlplane.services import identity
 from controlplane.services.context import Context
+from controlplane.services.tokens import Claims, TokenInvalid
 
 
 def get_ctx(request: Request) -> Context:
     return request.app.state.ctx
 
 
-def get_actor(request: Request) -> str:
-    return "admin@" + (request.client.host if request.client else "local")
+def current_user(request: Request) -> Claims:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise TokenInvalid("no bearer token")
+    return identity.authorize(request.app.state.ctx, token.strip())
+
+
+def current_admin(user: Annotated[Claims, Depends(current_user)]) -> Claims:
+    if user.role != identity.ADMIN:
+        raise Forbidden("this endpoint is for administrators", field="authorization")
+    return user
+
+
+def actor_of(user: Annotated[Claims, Depends(current_admin)]) -> str:
+    return user.sub
 
 
 def wake_reconciler(request: Request) -> None:
@@ -25,4 +45,6 @@ def wake_reconciler(request: Request) -> None:
 
 
 CtxDep = Annotated[Context, Depends(get_ctx)]
-Actor = Annotated[str, Depends(get_actor)]
+CurrentUser = Annotated[Claims, Depends(current_user)]
+CurrentAdmin = Annotated[Claims, Depends(current_admin)]
+Actor = Annotated[str, Depends(actor_of)]

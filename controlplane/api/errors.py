@@ -21,7 +21,11 @@ def _field_of(loc: tuple) -> str:
 def install(app: FastAPI) -> None:
     @app.exception_handler(ExpectedError)
     async def expected(_req: Request, err: ExpectedError) -> JSONResponse:
-        return JSONResponse({"detail": str(err), "field": err.field}, status_code=err.status)
+        body: dict = {"detail": str(err), "field": err.field}
+        if hasattr(err, "errors"):  # policy files: every problem with file, line and field
+            body["errors"] = [e.__dict__ for e in err.errors]
+        headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
+        return JSONResponse(body, status_code=err.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_req: Request, err: RequestValidationError) -> JSONResponse:

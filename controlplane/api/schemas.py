@@ -21,14 +21,44 @@ class PoolCreate(Strict):
     max_size: int = Field(50, ge=0, le=500)
     memory_mib: int = Field(256, ge=128, le=65536)
     vcpus: int = Field(1, ge=1, le=16)
+    groups: list[str] = Field(default_factory=list, max_length=100, description="AD groups entitled to the pool")
 
 
 class PoolResize(Strict):
-    size: int = Field(ge=0, le=500)
+    size: int | None = Field(None, ge=0, le=500)
+    groups: list[str] | None = Field(None, max_length=100, description="replace the entitled AD groups")
     min_size: int | None = Field(None, ge=0, le=500)
     max_size: int | None = Field(None, ge=0, le=500)
 
 
 from controlplane.services.views import DesktopPublic, ImagePublic, PoolPublic  # noqa: E402
 
-__all__ = ["DesktopPublic", "ImageBuild", "ImagePublic", "PoolCreate", "PoolPublic", "PoolResize"]
+__all__ = ["DesktopPublic", "ImageBuild", "ImagePublic", "PoolCreate", "PoolPublic", "PoolResize", "Login",
+           "LoginPublic", "Revoke", "PolicyFiles", "Rollback"]
+
+
+class Login(Strict):
+    username: str = Field(min_length=1, max_length=256)
+    password: str = Field(max_length=1024, repr=False)
+
+
+class LoginPublic(BaseModel):
+    token: str
+    token_type: str = "bearer"
+    role: str
+    username: str
+    expires_at: int
+
+
+class Revoke(Strict):
+    username: str = Field(min_length=1, max_length=256)
+
+
+class PolicyFiles(Strict):
+    files: dict[str, str] = Field(description="file name -> YAML text", max_length=200)
+    comment: str = Field("", max_length=500)
+
+
+class Rollback(Strict):
+    revision: int = Field(ge=1)
+    comment: str = Field("", max_length=500)

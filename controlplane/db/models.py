@@ -53,6 +53,7 @@ class Pool(SQLModel, table=True):
     memory_mib: int = 256
     vcpus: int = 1
     deleting: bool = False
+    groups: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))  # AD groups entitled
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -90,3 +91,28 @@ class Lease(SQLModel, table=True):
     name: str = Field(primary_key=True)
     holder: str
     expires_at: datetime
+
+
+class PolicyRevision(SQLModel, table=True):
+    """One applied set of policies. Revisions are never changed; a rollback is a new revision."""
+
+    __tablename__ = "policy_revisions"
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    actor: str
+    comment: str = ""
+    sha256: str
+    documents: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    rollback_of: int | None = None
+
+
+class ApiSession(SQLModel, table=True):
+    """An issued API token (by its id): logout and revocation mark it, verification checks it."""
+
+    __tablename__ = "api_sessions"
+    jti: str = Field(primary_key=True)
+    username: str = Field(index=True)
+    role: str
+    issued_at: datetime
+    expires_at: datetime
+    revoked_at: datetime | None = None

@@ -10,12 +10,14 @@ The instance outlives a simulated crash of the reconciler, like libvirtd outlive
 
 from __future__ import annotations
 
+import hmac
+import secrets
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from controlplane.domain.ports import DesktopSpec, ObservedDomain
-from controlplane.errors import PermanentError, TemporaryError
+from controlplane.domain.ports import DesktopSpec, Identity, ObservedDomain
+from controlplane.errors import AuthFailed, PermanentError, TemporaryError
 
 
 @dataclass
@@ -121,3 +123,52 @@ class FakeHypervisor:
 
     def selftest(self) -> float:
         return 0.0
+
+
+class FakeDirectory:
+    """An in-memory Directory: users with passwords, groups already flattened, computer accounts.
+
+    `down=True` makes every call a TemporaryError (the DC is unreachable)."""
+
+    def __init__(self, users: dict[str, tuple[str, set[str]]] | None = None, *, disabled: set[str] | None = None,
+                 down: bool = False) -> None:
+        self.users = users or {}
+        self.disabled = disabled or set()
+        self.down = down
+        self.computers: dict[str, str] = {}
+
+    def _up(self) -> None:
+        if self.down:
+            raise TemporaryError("directory unreachable: simulated", delay=1.0)
+
+    def lookup(self, username: str) -> Identity | None:
+        self._up()
+        if username not in self.users:
+            return None
+        return Identity(username=username, dn=f"CN={username},OU=Fake", display_name=username.title(),
+                        groups=frozenset(g.lower() for g in self.users[username][1]))
+
+    def authenticate(self, username: str, password: str) -> Identity:
+        if not isinstance(password, str) or not password.strip():
+            raise AuthFailed("blank password refused before any bind")
+        who = self.lookup(username)
+        if who is None:
+            raise AuthFailed("unknown user")
+        if username in self.disabled:
+            raise AuthFailed("account disabled")
+        if not hmac.compare_digest(self.users[username][0], password):
+            raise AuthFailed("wrong password")
+        return who
+
+    def set_computer(self, desktop: str) -> str:
+        self._up()
+        self.computers[desktop] = secrets.token_urlsafe(32)
+        return self.computers[desktop]
+
+    def delete_computer(self, desktop: str) -> None:
+        self._up()
+        self.computers.pop(desktop, None)
+
+    def list_computers(self) -> set[str]:
+        self._up()
+        return set(self.computers)

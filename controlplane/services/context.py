@@ -10,7 +10,7 @@ from pathlib import Path
 from sqlalchemy.engine import Engine
 
 from controlplane.domain.planning import Limits
-from controlplane.domain.ports import Clock, Hypervisor, ImageBuilder
+from controlplane.domain.ports import Clock, Directory, Hypervisor, ImageBuilder
 
 CRASH_ENV = "SHIFTDESK_TEST_CRASH_AT"
 
@@ -25,6 +25,13 @@ def crash_from_env(point: str) -> None:
         os._exit(137)
 
 
+@dataclass(frozen=True)
+class AuthConfig:
+    key: bytes = field(repr=False, default=b"")
+    ttl_s: int = 900
+    admin_group: str = "shiftdesk-admins"
+
+
 @dataclass
 class Context:
     engine: Engine
@@ -37,3 +44,5 @@ class Context:
     limits: Limits = field(default_factory=Limits)
     parallelism: int = 8
     crashpoint: Callable[[str], None] = crash_from_env
+    directory: Directory | None = None
+    auth: AuthConfig = field(default_factory=AuthConfig)

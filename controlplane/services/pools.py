@@ -7,6 +7,7 @@ from controlplane.db import desktops as desktop_repo
 from controlplane.db.engine import session_scope
 from controlplane.db.models import Pool
 from controlplane.domain.naming import InvalidName, check_name
+from controlplane.domain.policy_load import group_name_problem
 from controlplane.errors import Conflict, InvalidInput
 from controlplane.services.context import Context
 from controlplane.services.views import PoolPublic, pool_view
@@ -24,8 +25,18 @@ def check_sizes(*, size: int, min_size: int, max_size: int) -> None:
         raise InvalidInput(f"size: {size} is outside min_size..max_size ({min_size}..{max_size})", field="size")
 
 
+def check_groups(groups: list[str]) -> list[str]:
+    for i, group in enumerate(groups):
+        if not isinstance(group, str) or not group.strip() or len(group) > 256:
+            raise InvalidInput(f"groups.{i}: a non-empty AD group name is needed", field=f"groups.{i}")
+        problem = group_name_problem(group)
+        if problem:
+            raise InvalidInput(f"groups.{i}: {problem}", field=f"groups.{i}")
+    return sorted({g.strip().lower() for g in groups})
+
+
 def create(ctx: Context, *, name: str, image: str, size: int, min_size: int = 0, max_size: int = 50,
-           memory_mib: int = 256, vcpus: int = 1, actor: str) -> Pool:
+           memory_mib: int = 256, vcpus: int = 1, groups: list[str] | None = None, actor: str) -> Pool:
     try:
         check_name("name", name)
     except InvalidName as err:
@@ -41,9 +52,10 @@ def create(ctx: Context, *, name: str, image: str, size: int, min_size: int = 0,
         img = images.resolve(session=session, ref=image)
         pool = pools.create(session=session, pool=Pool(
             name=name, image_id=img.id or 0, target_size=size, min_size=min_size, max_size=max_size,
-            memory_mib=memory_mib, vcpus=vcpus, created_at=ctx.clock.now()))
+            memory_mib=memory_mib, vcpus=vcpus, groups=check_groups(groups or []), created_at=ctx.clock.now()))
         audit.append(session=session, actor=actor, action="pool.create", target=name,
-                     image=f"{img.name}:{img.version}", size=size, min_size=min_size, max_size=max_size)
+                     image=f"{img.name}:{img.version}", size=size, min_size=min_size, max_size=max_size,
+                     groups=pool.groups)
         return pool
 
 
@@ -72,6 +84,24 @@ def scale(ctx: Context, name: str, size: int, *, actor: str, min_size: int | Non
         audit.append(session=session, actor=actor, action="pool.scale", target=name,
                      before=before, after=size, min_size=lo, max_size=hi)
         return pool
+
+
+def update(ctx: Context, name: str, *, size: int | None, min_size: int | None, max_size: int | None,
+           groups: list[str] | None, actor: str) -> Pool:
+    """PATCH semantics: size/limits through `scale`, entitlements replaced when given."""
+    checked = check_groups(groups) if groups is not None else None
+    pool = get(ctx, name)
+    if size is not None or min_size is not None or max_size is not None:
+        pool = scale(ctx, name, pool.target_size if size is None else size, min_size=min_size,
+                     max_size=max_size, actor=actor)
+    if checked is not None:
+        with session_scope(ctx.engine) as session:
+            pool = pools.get_or_raise(session=session, name=name)
+            before, pool.groups = pool.groups, checked
+            session.add(pool)
+            audit.append(session=session, actor=actor, action="pool.entitle", target=name, before=before,
+                         after=checked)
+    return pool
 
 
 def delete(ctx: Context, name: str, *, actor: str) -> Pool:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, status
 
-from controlplane.api.deps import Actor, CtxDep, wake_reconciler
+from controlplane.api.deps import Actor, CtxDep, current_admin, wake_reconciler
 from controlplane.api.schemas import DesktopPublic
 from controlplane.services import desktops
 from controlplane.services.views import desktop_view
 
-router = APIRouter(prefix="/api/v1/desktops", tags=["desktops"])
+router = APIRouter(prefix="/api/v1/desktops", tags=["desktops"], dependencies=[Depends(current_admin)])
 Wake = Depends(wake_reconciler)
 
 

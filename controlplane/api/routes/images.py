@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Depends, status
 
-from controlplane.api.deps import Actor, CtxDep
+from controlplane.api.deps import Actor, CtxDep, current_admin
 from controlplane.api.schemas import ImageBuild, ImagePublic
 from controlplane.services import images
 from controlplane.services.views import image_view
 
-router = APIRouter(prefix="/api/v1/images", tags=["images"])
+router = APIRouter(prefix="/api/v1/images", tags=["images"], dependencies=[Depends(current_admin)])
 
 
 @router.get("", response_model=list[ImagePublic])

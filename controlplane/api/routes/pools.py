@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, status
 
-from controlplane.api.deps import Actor, CtxDep, wake_reconciler
+from controlplane.api.deps import Actor, CtxDep, current_admin, wake_reconciler
 from controlplane.api.schemas import PoolCreate, PoolPublic, PoolResize
 from controlplane.services import pools
 
-router = APIRouter(prefix="/api/v1/pools", tags=["pools"])
+router = APIRouter(prefix="/api/v1/pools", tags=["pools"], dependencies=[Depends(current_admin)])
 Wake = Depends(wake_reconciler)
 
 
@@ -30,7 +30,8 @@ def get_pool(name: str, ctx: CtxDep) -> PoolPublic:
 
 @router.patch("/{name}", response_model=PoolPublic, dependencies=[Wake])
 def resize_pool(name: str, body: PoolResize, ctx: CtxDep, actor: Actor) -> PoolPublic:
-    pools.scale(ctx, name, body.size, min_size=body.min_size, max_size=body.max_size, actor=actor)
+    pools.update(ctx, name, size=body.size, min_size=body.min_size, max_size=body.max_size, groups=body.groups,
+                 actor=actor)
     return pools.views(ctx, name)[0]
 
 

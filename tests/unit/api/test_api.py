@@ -9,11 +9,15 @@ from controlplane.db import audit
 from controlplane.db.engine import session_scope
 from controlplane.main import create_app
 from controlplane.services.reconciler import Reconciler
+from tests.conftest import USERS
 
 
 @pytest.fixture
 def client(ctx, settings):
     with TestClient(create_app(settings, ctx)) as c:
+        r = c.post("/api/v1/auth/login", json={"username": "carol", "password": USERS["carol"][0]})
+        assert r.status_code == 200 and r.json()["role"] == "admin", r.text
+        c.headers["Authorization"] = f"Bearer {r.json()['token']}"
         yield c
 
 

@@ -1,0 +1,29 @@
+"""What an agent sees of their own: identity, entitled pools, the policy that governs them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from controlplane.api.deps import CtxDep, CurrentUser
+from controlplane.services import identity, policies
+
+router = APIRouter(prefix="/api/v1/me", tags=["me"])
+
+
+@router.get("")
+def me(user: CurrentUser) -> dict[str, Any]:
+    return {"username": user.sub, "role": user.role, "groups": list(user.groups)}
+
+
+@router.get("/pools")
+def my_pools(ctx: CtxDep, user: CurrentUser) -> list[dict[str, str]]:
+    return [{"name": p.name} for p in identity.entitled_pools(ctx, user.groups)]
+
+
+@router.get("/policy")
+def my_policy(pool: str, ctx: CtxDep, user: CurrentUser) -> dict[str, Any]:
+    """The effective policy on a desktop of POOL; 403 for a pool the user is not entitled to."""
+    identity.require_entitled(ctx, user, pool)
+    return policies.effective_for(ctx, user.sub, frozenset(user.groups), pool)

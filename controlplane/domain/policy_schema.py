@@ -1,0 +1,49 @@
+"""The JSON Schema of a policy file (policies/schema.json is generated from this; a test keeps
+them equal). Unknown keys are refused everywhere: a typo must not silently allow something."""
+
+from __future__ import annotations
+
+from typing import Any
+
+NAME = r"^[a-z][a-z0-9-]{0,46}[a-z0-9]$"
+POOL = r"^[a-z][a-z0-9-]{0,22}[a-z0-9]$"
+APP = r"^[a-z0-9][a-z0-9._+-]{0,63}$"
+DOMAIN = r"^(\*\.)?((?!-)[a-z0-9-]{1,63}(?<!-)\.)+(xn--[a-z0-9-]{1,59}|[a-z]{2,63})$"
+
+
+def _object(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    return {"type": "object", "additionalProperties": False, "properties": properties,
+            "required": required or []}
+
+
+def _list(item: dict[str, Any], max_items: int = 500) -> dict[str, Any]:
+    return {"type": "array", "items": item, "uniqueItems": True, "maxItems": max_items}
+
+
+SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": "https://shiftdesk.dev/schemas/policy-1.json",
+    "title": "ShiftDesk desktop policy",
+    **_object({
+        "name": {"type": "string", "pattern": NAME, "description": "unique; lowercase a-z, 0-9, '-'"},
+        "description": {"type": "string", "maxLength": 500},
+        "bind": _object({
+            "groups": {**_list({"type": "string", "minLength": 1, "maxLength": 256}, 100), "minItems": 1,
+                       "description": "AD group names (cn); nested membership counts"},
+            "pools": {**_list({"type": "string", "pattern": POOL}, 100),
+                      "description": "only these pools; omitted or empty: every pool"},
+        }, ["groups"]),
+        "apps": _object({"allow": {**_list({"type": "string", "pattern": APP}),
+                                   "description": "applications that may run"}}),
+        "domains": _object({"allow": {**_list({"type": "string", "pattern": DOMAIN, "maxLength": 253}),
+                                      "description": "host names; '*.example.com' = any subdomain"}}),
+        "data": _object({k: {"type": "boolean", "default": False}
+                         for k in ("clipboard", "file_transfer", "printing", "audio")}),
+        "watermark": _object({"enabled": {"type": "boolean", "default": True}}),
+        "session": _object({
+            "idle_timeout_minutes": {"type": "integer", "minimum": 1, "maximum": 1440},
+            "max_session_hours": {"type": "integer", "minimum": 1, "maximum": 24},
+            "disconnect_grace_minutes": {"type": "integer", "minimum": 0, "maximum": 240},
+        }),
+    }, ["name", "bind"]),
+}
