@@ -7,12 +7,14 @@ reconciler lease, in which case they only watch.
 
 from __future__ import annotations
 
+import getpass
 import json
 import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Annotated, Any
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
 
 import typer
 from pydantic import BaseModel
@@ -21,9 +23,10 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from controlplane.config import Settings
-from controlplane.errors import ExpectedError, ShiftDeskError
+from controlplane.domain.policy_load import MAX_FILE_BYTES
+from controlplane.errors import ExpectedError, InvalidInput, ShiftDeskError
 from controlplane.main import build_context, build_reconciler, create_app
-from controlplane.services import desktops, images, pools, selftest
+from controlplane.services import desktops, images, policies, pools, selftest
 from controlplane.services.context import Context
 from controlplane.services.views import desktop_view, image_view
 
@@ -34,13 +37,16 @@ desktop_app = typer.Typer(help="Desktops.", no_args_is_help=True)
 app.add_typer(image_app, name="image")
 app.add_typer(pool_app, name="pool")
 app.add_typer(desktop_app, name="desktop")
+policy_app = typer.Typer(help="Desktop policies as code (policies/*.yaml).", no_args_is_help=True)
+app.add_typer(policy_app, name="policy")
 
 out = Console()
 err = Console(stderr=True)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")]
 WaitOpt = Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until the pool has converged")]
 TimeoutOpt = Annotated[float, typer.Option(help="Seconds to wait at most")]
-ACTOR = "cli"
+ACTOR = f"cli:{getpass.getuser()}"  # the host account that ran the command, for the audit log
+T = TypeVar("T")
 
 
 @contextmanager
@@ -252,6 +258,123 @@ def desktop_rebuild(name: str) -> None:
 def desktop_rm(name: str) -> None:
     """Recycle desktop NAME (the pool replaces it while its size says so)."""
     _desktop_action(desktops.delete, name)
+
+
+# --- policies ------------------------------------------------------------------------------------
+
+FilesOpt = Annotated[Path, typer.Option("-f", "--files", help="A policy file or a folder of *.yaml")]
+
+
+def read_policy_files(path: Path) -> dict[str, str]:
+    """{name: text}; reads at most one byte past the size cap so a huge file cannot exhaust memory."""
+    paths = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml")) if path.is_dir() else [path]
+    if not paths:
+        raise InvalidInput(f"files: no *.yaml in {path}", field="files")
+    files = {}
+    for p in paths:
+        with p.open("rb") as fh:
+            raw = fh.read(MAX_FILE_BYTES + 1)
+        try:
+            files[p.name] = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise InvalidInput(f"{p.name}: not UTF-8 ({err.reason} at byte {err.start})", field=p.name) from None
+    return files
+
+
+def _policy_errors(run: Callable[[], T]) -> T:
+    """Run RUN; print every policy error (file:line: field: message) and exit 2 if any."""
+    try:
+        return run()
+    except policies.PolicyFilesInvalid as problem:
+        for e in problem.errors:
+            err.print(f"[red]invalid:[/red] {e}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+@policy_app.command("validate")
+def policy_validate(files: FilesOpt) -> None:
+    """Check policy files; errors name the file, line and field."""
+    with context():
+        texts = read_policy_files(files)
+        loaded = _policy_errors(lambda: policies.validate(texts))
+        err.print(f"{len(loaded)} policies valid: {', '.join(sorted(p.name for p in loaded))}")
+
+
+@policy_app.command("diff")
+def policy_diff(files: FilesOpt, as_json: JsonOpt = False) -> None:
+    """What applying FILES would change."""
+    with context() as (ctx, _):
+        texts = read_policy_files(files)
+        changes = _policy_errors(lambda: policies.diff(ctx, texts))
+        _print_changes(changes, as_json)
+
+
+def _print_changes(changes: list[dict], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(changes, indent=2, default=str))
+        return
+    if not changes:
+        out.print("no changes")
+    for c in changes:
+        out.print(f"[bold]{c['change']}[/bold] {c['policy']}")
+        for f in c["fields"]:
+            out.print(f"    {f['field']}: {f['old']!r} -> {f['new']!r}", highlight=False)
+
+
+@policy_app.command("apply")
+def policy_apply(files: FilesOpt, comment: Annotated[str, typer.Option(help="Why")] = "") -> None:
+    """Apply FILES atomically as a new revision (nothing changes if any file is invalid)."""
+    with context() as (ctx, _):
+        texts = read_policy_files(files)
+        rev, changes = _policy_errors(lambda: policies.apply(ctx, texts, actor=ACTOR, comment=comment))
+        _print_changes(changes, False)
+        err.print(f"revision {rev.id}" + ("" if changes else " (unchanged)"))
+
+
+@policy_app.command("history")
+def policy_history(as_json: JsonOpt = False) -> None:
+    """Applied revisions, newest first."""
+    with context() as (ctx, _):
+        revs = policies.history(ctx)
+        if as_json:
+            print(json.dumps([{"revision": r.id, "actor": r.actor, "comment": r.comment, "sha256": r.sha256,
+                               "created_at": r.created_at.isoformat(), "rollback_of": r.rollback_of,
+                               "policies": sorted(r.documents)} for r in revs], indent=2))
+            return
+        table = Table("revision", "created_at", "actor", "policies", "comment")
+        for r in revs:
+            table.add_row(str(r.id), r.created_at.isoformat(timespec="seconds"), r.actor,
+                          ", ".join(sorted(r.documents)), r.comment)
+        out.print(table)
+
+
+@policy_app.command("rollback")
+def policy_rollback(revision: int, comment: Annotated[str, typer.Option(help="Why")] = "") -> None:
+    """Make REVISION's policies current again (as a new revision)."""
+    with context() as (ctx, _):
+        rev, changes = policies.rollback(ctx, revision, actor=ACTOR, comment=comment)
+        _print_changes(changes, False)
+        err.print(f"revision {rev.id} (= revision {revision})")
+
+
+@policy_app.command("explain")
+def policy_explain(user: str, pool: Annotated[str | None, typer.Option(help="Desktop's pool")] = None,
+                   as_json: JsonOpt = False) -> None:
+    """The effective policy of USER, and which policies made it."""
+    with context() as (ctx, _):
+        result = policies.explain(ctx, user, pool)
+        if as_json:
+            print(json.dumps(result, indent=2, default=str))
+            return
+        out.print(f"[bold]{result['user']}[/bold] pool={result['pool'] or '*'} revision={result['revision']}")
+        out.print(f"groups: {', '.join(result['groups'])}")
+        for name, why in result["reasons"].items():
+            out.print(f"  applies: {name} ({why})")
+        out.print(f"apps: {', '.join(result['apps']) or '(none)'}")
+        out.print(f"domains: {', '.join(result['domains']) or '(none)'}")
+        out.print("data: " + " ".join(f"{k}={'on' if v else 'off'}" for k, v in result["data"].items()))
+        out.print(f"watermark: {'on' if result['watermark'] else 'off'}; session: "
+                  + " ".join(f"{k}={v}" for k, v in result["session"].items()))
 
 
 def main() -> None:  # pragma: no cover - console entry

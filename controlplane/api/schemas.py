@@ -44,7 +44,7 @@ class Login(Strict):
 
 class LoginPublic(BaseModel):
     token: str
-    token_type: str = "bearer"
+    token_type: str = "bearer"  # noqa: S105 - the OAuth2 token type, not a secret
     role: str
     username: str
     expires_at: int

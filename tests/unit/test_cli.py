@@ -12,6 +12,13 @@ from controlplane.cli import app
 
 @pytest.fixture
 def env(settings, image, monkeypatch):
+    """The CLI builds its own context from the environment; the fake directory comes via monkeypatch."""
+    import controlplane.main as main
+    from controlplane.drivers.fake import FakeDirectory
+    from tests.conftest import USERS
+
+    users = {k: (v[0], set(v[1])) for k, v in USERS.items()}
+    monkeypatch.setattr(main, "make_directory", lambda _s: FakeDirectory(users))
     monkeypatch.setenv("SHIFTDESK_DATA_DIR", str(settings.data_dir))
     monkeypatch.setenv("SHIFTDESK_INSTANCE", settings.instance)
     monkeypatch.setenv("SHIFTDESK_LIBVIRT__URI", "fake://")
@@ -45,3 +52,24 @@ def test_bad_input_exits_2_naming_the_field(env):
     r = run("pool", "create", "sales", "--image", "nope", "--size", "1", "--no-wait")
     assert r.exit_code == 2 and "image" in r.output
     assert json.loads(run("pool", "ls", "--json").output) == []
+
+
+def test_policy_commands(env, tmp_path):
+    from pathlib import Path
+
+    examples = Path(__file__).resolve().parents[2] / "policies"
+    r = run("policy", "validate", "-f", str(examples))
+    assert r.exit_code == 0 and "3 policies valid" in r.output
+    assert run("policy", "apply", "-f", str(examples), "--comment", "first").exit_code == 0
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.yaml").write_text("name: xx\nbind:\n  groups: [g]\n  colour: red\n")
+    r = run("policy", "apply", "-f", str(bad))
+    assert r.exit_code == 2 and "x.yaml:4: bind.colour" in r.output
+    history = json.loads(run("policy", "history", "--json").output)
+    assert [h["revision"] for h in history] == [1] and history[0]["actor"].startswith("cli:")
+    changes = json.loads(run("policy", "diff", "-f", str(examples), "--json").output)
+    assert changes == []
+    explained = json.loads(run("policy", "explain", "alice", "--pool", "sales", "--json").output)
+    assert explained["applied"] == ["all-agents", "sales-floor"]
+    assert run("policy", "explain", "nobody").exit_code == 2
