@@ -57,9 +57,12 @@ class CreateDesktop:
 
 @dataclass(frozen=True)
 class Provision:
-    """Ensure overlay, definition and a running domain for a provisioning desktop."""
+    """Ensure overlay, definition and a running domain for a provisioning desktop.
+
+    `fresh`: no domain exists yet, so a computer account and join secret are made first."""
 
     desktop_id: int
+    fresh: bool = True
 
 
 @dataclass(frozen=True)
@@ -156,16 +159,19 @@ def plan(
     overlays: set[str],
     now: datetime,
     limits: Limits = Limits(),
+    computers: set[str] | None = None,
 ) -> Plan:
-    """Steps that move the world towards the database's wishes. Pure and deterministic."""
+    """Steps that move the world towards the database's wishes. Pure and deterministic.
+
+    COMPUTERS are the desktops' AD computer accounts, or None when no directory is configured."""
     out = Plan()
     by_pool = {p.id: p for p in pools}
     known = {d.name for d in desktops}
     for desktop in desktops:
         out.actions.extend(_desktop_steps(desktop, by_pool.get(desktop.pool_id), domains, overlays,
-                                          now, limits))
+                                          now, limits, computers))
     out.booting = sum(1 for d in desktops if d.state == S.PROVISIONING)
-    adopted = _orphan_steps(pools, desktops, domains, overlays, known, out)
+    adopted = _orphan_steps(pools, desktops, domains, overlays, computers or set(), known, out)
     for pool in pools:
         out.actions.extend(_size_steps(pool, [d for d in desktops if d.pool_id == pool.id],
                                        adopted.get(pool.id, 0), limits))
@@ -173,26 +179,30 @@ def plan(
 
 
 def _desktop_steps(d: DesktopView, pool: PoolView | None, domains: dict[str, ObservedDomain],
-                   overlays: set[str], now: datetime, limits: Limits) -> list[Action]:
+                   overlays: set[str], now: datetime, limits: Limits,
+                   computers: set[str] | None) -> list[Action]:
     dom = domains.get(d.name)
+    no_computer = computers is not None and d.name not in computers
     if d.state == S.DELETING:
         return [Teardown(d.id)]
     if pool is None or pool.deleting:
         return [Delete(d.id)] if d.state != S.IN_USE else [Drain(d.id)]
     if d.state == S.PROVISIONING:
-        if dom is not None and dom.generation != d.generation:
-            return [Recreate(d.id)]
+        if dom is not None and (dom.generation != d.generation or no_computer):
+            return [Recreate(d.id)]  # older generation, or its join secret died with its computer account
         if dom is not None and dom.ready:
             return [MarkReady(d.id)]
         if now - d.since > limits.boot_timeout:
             return [MarkFailed(d.id, f"not ready {int(limits.boot_timeout.total_seconds())} s after start")]
         if dom is None or not dom.running or d.name not in overlays:
-            return [Provision(d.id)]
+            return [Provision(d.id, fresh=dom is None)]
         return []  # booting: wait
     if d.state in (S.READY, S.IN_USE, S.DRAINING):
         if dom is None or d.name not in overlays:
             what = "domain" if dom is None else "overlay"
             return [Repair(d.id, f"{what} missing in libvirt")]
+        if no_computer and d.state == S.READY:  # a desktop in a session keeps going until it ends
+            return [Repair(d.id, "computer account missing in the directory")]
         if not dom.running:
             return [StartDomain(d.id)]
         if d.state == S.DRAINING:
@@ -201,7 +211,7 @@ def _desktop_steps(d: DesktopView, pool: PoolView | None, domains: dict[str, Obs
 
 
 def _orphan_steps(pools: list[PoolView], desktops: list[DesktopView],
-                  domains: dict[str, ObservedDomain], overlays: set[str], known: set[str],
+                  domains: dict[str, ObservedDomain], overlays: set[str], computers: set[str], known: set[str],
                   out: Plan) -> dict[int, int]:
     """Adopt tagged domains a live pool still needs; remove every other unknown trace."""
     by_name = {p.name: p for p in pools}
@@ -215,7 +225,7 @@ def _orphan_steps(pools: list[PoolView], desktops: list[DesktopView],
             adopted[pool.id] = adopted.get(pool.id, 0) + 1
         else:
             out.actions.append(RemoveOrphan(name))
-    for name in sorted(overlays - known - set(domains)):
+    for name in sorted((overlays | computers) - known - set(domains)):  # overlays, computer accounts
         out.actions.append(RemoveOrphan(name))
     return adopted
 

@@ -7,7 +7,7 @@ line and simply run again.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol
@@ -34,6 +34,7 @@ class DesktopSpec:
     memory_mib: int = 256
     vcpus: int = 1
     generation: int = 1  # bumped by a rebuild: a domain of an older generation is recreated
+    join_secret: str | None = field(default=None, repr=False)  # one-time AD join secret, first boot only
 
 
 @dataclass(frozen=True)
@@ -63,10 +64,16 @@ class Hypervisor(Protocol):
         """
 
     def define(self, spec: DesktopSpec) -> None:
-        """Define (or redefine) the domain. Idempotent. Leaves nothing running."""
+        """Define (or redefine) the domain. Idempotent. Leaves nothing running.
+
+        A `spec.join_secret` is handed to the guest at boot through fw_cfg from a root-only file
+        (never the command line, never a log) until `discard_join_secret`."""
 
     def start(self, name: str) -> None:
         """Start the domain. Already running is success. Missing raises PermanentError."""
+
+    def discard_join_secret(self, name: str) -> None:
+        """Remove the join secret from the host once the guest has it. Missing is success."""
 
     def is_ready(self, name: str) -> bool:
         """True once the guest has signalled readiness since its last start. Missing: False."""

@@ -40,6 +40,7 @@ class FakeHypervisor:
         self.domains: dict[str, FakeDomain] = {}
         self.overlays: dict[str, Path] = {}
         self.calls: list[tuple[str, str]] = []
+        self.join_secrets: dict[str, str] = {}
         self._lock = threading.Lock()
 
     def _call(self, verb: str, name: str) -> None:
@@ -75,6 +76,8 @@ class FakeHypervisor:
     def define(self, spec: DesktopSpec) -> None:
         with self._lock:
             self._call("define", spec.name)
+            if spec.join_secret:
+                self.join_secrets[spec.name] = spec.join_secret
             dom = self.domains.get(spec.name)
             if dom is None:
                 self.domains[spec.name] = FakeDomain(spec)
@@ -112,6 +115,7 @@ class FakeHypervisor:
         with self._lock:
             self._call("undefine", name)
             self.domains.pop(name, None)
+            self.join_secrets.pop(name, None)
 
     def delete_overlay(self, name: str) -> None:
         with self._lock:
@@ -120,6 +124,10 @@ class FakeHypervisor:
 
     def vnc_socket(self, name: str) -> Path:
         return self.root / f"{name}.vnc"
+
+    def discard_join_secret(self, name: str) -> None:
+        with self._lock:
+            self.join_secrets.pop(name, None)
 
     def selftest(self) -> float:
         return 0.0

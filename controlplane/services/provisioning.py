@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,11 @@ def create_desktop(ctx: Context, a: p.CreateDesktop) -> None:
 
 
 def provision(ctx: Context, a: p.Provision) -> None:
+    """Overlay, then (for a fresh desktop) computer account + definition, then start.
+
+    A desktop whose domain already exists is only started: redefining it would drop the join
+    secret it has not read yet. A crash between the computer account and the definition makes the
+    next pass reset the account (a new secret): nothing stale is ever handed to a guest."""
     with session_scope(ctx.engine) as session:
         row = desktops.get(session=session, desktop_id=a.desktop_id)
         if row is None or row.state != S.PROVISIONING:
@@ -65,8 +71,12 @@ def provision(ctx: Context, a: p.Provision) -> None:
     try:
         path = ctx.hypervisor.create_overlay(spec)
         ctx.crashpoint("provision.after-overlay")
-        ctx.hypervisor.define(spec)
-        ctx.crashpoint("provision.after-define")
+        if a.fresh:
+            if ctx.directory is not None:
+                spec = replace(spec, join_secret=ctx.directory.set_computer(spec.name))
+                ctx.crashpoint("provision.after-computer")
+            ctx.hypervisor.define(spec)
+            ctx.crashpoint("provision.after-define")
         ctx.hypervisor.start(spec.name)
         ctx.crashpoint("provision.after-start")
     except PermanentError as err:
@@ -88,6 +98,8 @@ def mark_ready(ctx: Context, a: p.MarkReady) -> None:
         boot_s = round((now - row.state_since).total_seconds(), 3)
         desktops.set_state(session=session, desktop=row, state=S.READY, now=now)
         audit.append(session=session, actor=ACTOR, action="desktop.ready", target=row.name, boot_s=boot_s)
+        name = row.name
+    ctx.hypervisor.discard_join_secret(name)  # the guest has it (read before it signalled ready)
 
 
 def mark_failed(ctx: Context, a: p.MarkFailed) -> None:
@@ -140,6 +152,9 @@ def _remove_traces(ctx: Context, name: str) -> None:
     ctx.crashpoint("teardown.after-undefine")
     ctx.hypervisor.delete_overlay(name)
     ctx.crashpoint("teardown.after-overlay")
+    if ctx.directory is not None:
+        ctx.directory.delete_computer(name)
+        ctx.crashpoint("teardown.after-computer")
 
 
 def recreate(ctx: Context, a: p.Recreate) -> None:

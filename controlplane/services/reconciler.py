@@ -46,9 +46,10 @@ class Reconciler:
             desktop_views = [DesktopView(id=d.id or 0, name=d.name, pool_id=d.pool_id, state=d.state,
                                          since=d.state_since, generation=d.generation)
                              for d in desktops.list_all(session=session)]
-        hv = self.ctx.hypervisor
+        hv, directory = self.ctx.hypervisor, self.ctx.directory
+        computers = directory.list_computers() if directory is not None else None
         return plan(pool_views, desktop_views, hv.list_desktops(), hv.list_overlays(),
-                    self.ctx.clock.now(), self.ctx.limits)
+                    self.ctx.clock.now(), self.ctx.limits, computers)
 
     def pass_once(self) -> Plan:
         """Observe, plan and perform every step. Returns the plan it carried out."""
@@ -107,11 +108,16 @@ class Reconciler:
         """Passes until nothing is left to do (True) or TIMEOUT passes (False)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not self.hold_lease():
-                time.sleep(busy_period)  # another reconciler works; we only watch
-                current = self.observe_and_plan()
-            else:
-                current = self.pass_once()
+            try:
+                if not self.hold_lease():
+                    time.sleep(busy_period)  # another reconciler works; we only watch
+                    current = self.observe_and_plan()
+                else:
+                    current = self.pass_once()
+            except TemporaryError as err:  # libvirt or the directory is away: look again shortly
+                log.warning("reconcile pass postponed: %s", err)
+                time.sleep(max(busy_period, min(err.delay, 5.0)))
+                continue
             if on_pass:
                 on_pass(current)
             if not current.pending:

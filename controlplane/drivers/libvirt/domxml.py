@@ -135,6 +135,14 @@ class VncGraphics:
 
 
 @dataclass
+class FwCfgFile:
+    """A fw_cfg blob the guest reads from /sys/firmware/qemu_fw_cfg/by_name/<name>/raw."""
+
+    name: str
+    file: Path
+
+
+@dataclass
 class Devices:
     disk: Disk
     serial: SerialLog
@@ -185,6 +193,7 @@ class Domain:
     domain_type: str = "qemu"
     emulator: str | None = None
     features: list[str] = field(default_factory=lambda: ["acpi"])
+    fw_cfg: list[FwCfgFile] = field(default_factory=list)
 
     def to_xml(self) -> str:
         root = ET.Element("domain", type=self.domain_type)
@@ -195,6 +204,10 @@ class Domain:
         meta.append(self.tag.to_element())
         ET.SubElement(root, "memory", unit="KiB").text = str(self.memory_mib * 1024)
         ET.SubElement(root, "vcpu").text = str(self.vcpus)
+        if self.fw_cfg:
+            sysinfo = ET.SubElement(root, "sysinfo", type="fwcfg")
+            for entry in self.fw_cfg:
+                ET.SubElement(sysinfo, "entry", name=entry.name, file=str(entry.file))
         root.append(self.os.to_element())
         feats = ET.SubElement(root, "features")
         for feat in self.features:
@@ -230,6 +243,8 @@ class Domain:
             domain_type=root.get("type", "qemu"),
             emulator=dev_el.findtext("emulator"),
             features=[f.tag for f in root.find("features") or []],
+            fw_cfg=[FwCfgFile(name=e.get("name", ""), file=Path(e.get("file", "")))
+                    for e in root.findall("sysinfo[@type='fwcfg']/entry")],
         )
 
 

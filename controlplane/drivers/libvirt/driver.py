@@ -7,6 +7,7 @@ demo can share one libvirtd without ever touching each other's desktops.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid as uuidlib
@@ -18,11 +19,22 @@ import libvirt
 from controlplane.domain import naming
 from controlplane.domain.ports import DesktopSpec, ObservedDomain
 from controlplane.drivers.libvirt import kvm_probe, linked_clone
-from controlplane.drivers.libvirt.domxml import NS, OS, Devices, Disk, Domain, SerialLog, Tag, VncGraphics
+from controlplane.drivers.libvirt.domxml import (
+    NS,
+    OS,
+    Devices,
+    Disk,
+    Domain,
+    FwCfgFile,
+    SerialLog,
+    Tag,
+    VncGraphics,
+)
 from controlplane.drivers.libvirt.errors import is_not_found, translate
 from controlplane.errors import PermanentError
 
 READY_MARKER = "SHIFTDESK-READY name="
+JOIN_FW_CFG = "opt/org.shiftdesk/join"
 
 
 def _quiet(_ctx: object, _err: object) -> None:
@@ -118,6 +130,12 @@ class LibvirtHypervisor:
     def vnc_socket(self, name: str) -> Path:
         return self.run_dir / f"{name}.vnc"
 
+    def join_file(self, name: str) -> Path:
+        return self.run_dir / f"{name}.join"
+
+    def discard_join_secret(self, name: str) -> None:
+        self.join_file(name).unlink(missing_ok=True)
+
     # --- actions ------------------------------------------------------------------------------
 
     def create_overlay(self, spec: DesktopSpec) -> Path:
@@ -144,6 +162,7 @@ class LibvirtHypervisor:
             memory_mib=spec.memory_mib,
             vcpus=spec.vcpus,
             domain_type=self.resolved_domain_type(spec.image.kernel),
+            fw_cfg=[FwCfgFile(JOIN_FW_CFG, self.join_file(spec.name))] if spec.join_secret else [],
         )
 
     def resolved_domain_type(self, kernel: Path) -> str:
@@ -155,6 +174,8 @@ class LibvirtHypervisor:
         return self.domain_type
 
     def define(self, spec: DesktopSpec) -> None:
+        if spec.join_secret:
+            _write_secret(self.join_file(spec.name), spec.join_secret)
         existing = self._lookup(spec.name)
         uuid = existing.UUIDString() if existing is not None else None
         try:
@@ -203,6 +224,7 @@ class LibvirtHypervisor:
                 if not is_not_found(err):
                     raise translate(err, f"undefine {name}") from err
         self.serial_log(name).unlink(missing_ok=True)
+        self.discard_join_secret(name)
 
     def selftest(self) -> float:
         """Time define + undefine of a throwaway domain (the half-present /dev/kvm trap check)."""
@@ -217,6 +239,13 @@ class LibvirtHypervisor:
         dom = conn.defineXML(ET.tostring(root, encoding="unicode"))
         dom.undefine()
         return (time.perf_counter() - began) * 1000
+
+
+def _write_secret(path: Path, secret: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secret)
 
 
 def _virtual_size(disk: Path) -> int:

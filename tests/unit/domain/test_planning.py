@@ -109,3 +109,20 @@ def test_max_bounds_creation_including_failed():
     doms = {"d2": dom("d2")}
     out = p.plan([pool(target=3, max_size=3)], desktops, doms, {"d2"}, NOW)
     assert kinds(out) == ["CreateDesktop"]
+
+
+def test_computer_accounts_follow_desktops():
+    ready = {"d1": dom("d1")}
+    assert kinds(p.plan([pool(target=1)], [desk(1)], ready, {"d1"}, NOW, computers={"d1"})) == []
+    out = p.plan([pool(target=1)], [desk(1)], ready, {"d1"}, NOW, computers=set())
+    assert kinds(out) == ["Repair"] and "computer account" in out.actions[0].reason
+    booting = desk(1, S.PROVISIONING, age=1)
+    assert kinds(p.plan([pool(target=1)], [booting], {"d1": dom("d1", ready=False)}, {"d1"}, NOW,
+                        computers=set())) == ["Recreate"]
+    in_use = desk(1, S.IN_USE)
+    assert kinds(p.plan([pool(target=1)], [in_use], ready, {"d1"}, NOW, computers=set())) == []
+    out = p.plan([pool(target=0)], [], {}, set(), NOW, computers={"stray"})
+    assert out.actions == [p.RemoveOrphan("stray")]
+    assert p.plan([pool(target=1)], [booting], {}, set(), NOW).actions == [p.Provision(1, fresh=True)]
+    stopped = {"d1": dom("d1", running=False, ready=False)}
+    assert p.plan([pool(target=1)], [booting], stopped, {"d1"}, NOW).actions == [p.Provision(1, fresh=False)]

@@ -29,6 +29,10 @@ CASES = {
         name="sd-main-support-ffffff", pool="support", desktop_id=12, memory_mib=2048, vcpus=2, generation=3,
         image=BootImage(disk=Path("/img/disk.qcow2"), kernel=Path("/img/vmlinuz"), initrd=None,
                         cmdline="root=/dev/vda <script>&amp;")),
+    "desktop-joining": DesktopSpec(
+        name="sd-main-sales-0a1b2d", pool="sales", desktop_id=8, join_secret="s3cret-never-in-xml",
+        image=BootImage(disk=Path("/img/disk.qcow2"), kernel=Path("/img/vmlinuz"), initrd=Path("/img/initrd.img"),
+                        cmdline="root=/dev/vda")),
 }
 
 
@@ -112,3 +116,20 @@ def test_redefine_keeps_uuid_and_generation_updates():
     assert conn.lookupByName(spec.name).UUIDString() == uuid
     assert hv.list_desktops()[spec.name].generation == 2
     hv.undefine(spec.name)
+
+
+def test_join_secret_goes_to_a_root_only_file_never_into_xml(tmp_path):
+    hv = LibvirtHypervisor(uri="test:///default", instance="main", storage_pool="default-pool",
+                           overlay_dir=tmp_path, run_dir=tmp_path, readiness="running")
+    spec = CASES["desktop-joining"]
+    hv.define(spec)
+    try:
+        xml = libvirt.open("test:///default").lookupByName(spec.name).XMLDesc(0)
+        assert "s3cret" not in xml and "opt/org.shiftdesk/join" in xml
+        secret_file = hv.join_file(spec.name)
+        assert secret_file.read_text() == "s3cret-never-in-xml"
+        assert secret_file.stat().st_mode & 0o777 == 0o600
+        hv.discard_join_secret(spec.name)
+        assert not secret_file.exists()
+    finally:
+        hv.undefine(spec.name)

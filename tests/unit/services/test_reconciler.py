@@ -14,8 +14,8 @@ from controlplane.services import desktops, pools
 from controlplane.services.reconciler import Reconciler
 
 CRASH_POINTS = [
-    "provision.after-row", "provision.after-overlay", "provision.after-define", "provision.after-start",
-    "teardown.after-undefine", "teardown.after-overlay",
+    "provision.after-row", "provision.after-overlay", "provision.after-computer", "provision.after-define",
+    "provision.after-start", "teardown.after-undefine", "teardown.after-overlay", "teardown.after-computer",
 ]
 
 
@@ -49,6 +49,8 @@ def assert_consistent(ctx, hv: FakeHypervisor):
     rows = {d.name for d, _ in desktops.list_all(ctx)}
     assert set(hv.domains) == rows, "domains and rows differ (orphan or missing)"
     assert set(hv.overlays) == rows, "overlays and rows differ (orphan or missing)"
+    if ctx.directory is not None:
+        assert ctx.directory.list_computers() == rows, "computer accounts and rows differ"
 
 
 def test_pool_grows_and_shrinks(ctx, hv, image):
@@ -231,3 +233,42 @@ def subprocess_pid_that_exited() -> int:
     proc = subprocess.Popen(["true"])
     proc.wait()
     return proc.pid
+
+
+def test_each_desktop_gets_a_computer_account_and_its_secret_once(ctx, hv, directory, image):
+    pools.create(ctx, name="sales", image="busybox-desktop", size=2, actor="t")
+    rec = Reconciler(ctx)
+    rec.pass_once()  # create + provision: secrets handed to the domains
+    names = {d.name for d, _ in desktops.list_all(ctx)}
+    assert set(hv.join_secrets) == names == set(directory.computers)
+    assert all(hv.join_secrets[n] == directory.computers[n] for n in names)
+    rec.pass_once()  # ready: the host forgets the secrets
+    rec.close()
+    assert hv.join_secrets == {}
+    assert_consistent(ctx, hv)
+
+
+def test_lost_computer_account_recreates_an_idle_desktop(ctx, hv, directory, image):
+    row = one_ready_desktop(ctx)
+    directory.delete_computer(row.name)
+    settle(ctx)
+    assert desktops.get(ctx, row.name)[0].state == S.READY
+    assert ("undefine", row.name) in hv.calls  # its old secret is dead: a fresh clone joins again
+    assert_consistent(ctx, hv)
+
+
+def test_orphan_computer_accounts_are_removed(ctx, hv, directory, image):
+    directory.set_computer("sd-unit-sales-dead00")
+    one_ready_desktop(ctx)
+    assert "sd-unit-sales-dead00" not in directory.computers
+    assert_consistent(ctx, hv)
+
+
+def test_directory_down_postpones_but_does_not_wreck(ctx, hv, directory, image):
+    row = one_ready_desktop(ctx)
+    directory.down = True
+    rec = Reconciler(ctx)
+    assert rec.run_until_converged(timeout=0.5, busy_period=0.05) is False
+    rec.close()
+    directory.down = False
+    assert desktops.get(ctx, row.name)[0].state == S.READY and row.name in hv.domains
