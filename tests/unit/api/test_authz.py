@@ -127,3 +127,20 @@ def test_directory_down_gives_503_on_login_but_sessions_continue(app, directory)
     assert r.status_code == 503
     assert app.get("/api/v1/me", headers=alice).status_code == 200
     assert app.get("/api/v1/me/policy?pool=sales", headers=alice).status_code == 200
+
+
+def test_passwords_and_tokens_never_reach_logs_or_audit(app, ctx, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    app.post("/api/v1/auth/login", json={"username": "alice", "password": "Wrong-Secret-987"})
+    headers = login(app, "alice")
+    token = headers["Authorization"].split()[1]
+    app.get("/api/v1/me", headers=headers)
+    from controlplane.db import audit
+    from controlplane.db.engine import session_scope
+
+    with session_scope(ctx.engine) as session:
+        trail = repr([(e.action, e.detail) for e in audit.list_recent(session=session, limit=1000)])
+    for secret in ("Wrong-Secret-987", USERS["alice"][0], token, token.split(".")[1]):
+        assert secret not in caplog.text and secret not in trail
