@@ -26,7 +26,7 @@ from controlplane.config import Settings
 from controlplane.domain.policy_load import MAX_FILE_BYTES
 from controlplane.errors import ExpectedError, InvalidInput, ShiftDeskError
 from controlplane.main import build_context, build_reconciler, create_app
-from controlplane.services import desktops, images, policies, pools, selftest
+from controlplane.services import desktops, identity, images, policies, pools, selftest
 from controlplane.services.context import Context
 from controlplane.services.views import desktop_view, image_view
 
@@ -126,6 +126,16 @@ def serve(
         h, p = host or settings.api.host, port or settings.api.port
         err.print(f"ShiftDesk API on http://{h}:{p}  (docs: http://{h}:{p}/docs)")
         uvicorn.run(api, host=h, port=p, log_level="warning")
+
+
+@app.command()
+def token() -> None:
+    """Print a short-lived admin API token for this host's operator (audited; for bootstrap)."""
+    with context() as (ctx, _):
+        value, claims = identity.local_admin_token(ctx, actor=ACTOR)
+        print(value)
+        err.print(f"admin token for {claims.sub}, valid {ctx.auth.ttl_s} s: "
+                  "curl -H 'Authorization: Bearer <token>' ...")
 
 
 @app.command()

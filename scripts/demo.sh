@@ -8,4 +8,5 @@ if ! "$bin/shiftdesk" pool ls --json | grep -q '"name": "demo"'; then
   "$bin/shiftdesk" pool create demo --image busybox-desktop --size "$size" --no-wait
 fi
 echo "demo pool: $size desktops cloned from busybox-desktop (state: shiftdesk desktop ls)"
+echo "API token for this host's operator: SHIFTDESK_DATA_DIR=$SHIFTDESK_DATA_DIR $bin/shiftdesk token"
 exec "$bin/shiftdesk" serve

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from controlplane.api import errors
-from controlplane.api.routes import auth, desktops, images, me, policies, pools
+from controlplane.api.routes import audit, auth, desktops, images, me, policies, pools
 from controlplane.config import Settings
 from controlplane.services.context import Context
 from controlplane.services.reconciler import Reconciler
@@ -37,7 +37,8 @@ def build_app(ctx: Context, settings: Settings, reconciler: Reconciler | None) -
     app.state.ctx = ctx
     app.state.reconciler = reconciler
     errors.install(app)
-    for router in (auth.router, me.router, images.router, pools.router, desktops.router, policies.router):
+    for router in (auth.router, me.router, images.router, pools.router, desktops.router, policies.router,
+                   audit.router):
         app.include_router(router)
 
     @app.get("/healthz", tags=["health"])

@@ -45,6 +45,20 @@ def login(ctx: Context, username: str, password: str, *, source: str) -> tuple[s
     return token, claims
 
 
+def local_admin_token(ctx: Context, *, actor: str) -> tuple[str, Claims]:
+    """Break-glass admin token for someone with root on the control-plane host (who could read the
+    signing key anyway): bootstraps a fresh install before AD is wired. Short-lived and audited."""
+    now = ctx.clock.now()
+    token, claims = tokens.issue(ctx.auth.key, sub=actor, role=ADMIN, groups=[], now=now, ttl_s=ctx.auth.ttl_s)
+    with session_scope(ctx.engine) as session:
+        sessions.create(session=session, api_session=ApiSession(
+            jti=claims.jti, username=actor, role=ADMIN, issued_at=now,
+            expires_at=now + timedelta(seconds=ctx.auth.ttl_s)))
+        audit.append(session=session, actor=actor, action="auth.local_admin_token", target=actor,
+                     session_id=claims.jti[:8])
+    return token, claims
+
+
 def authorize(ctx: Context, token: str) -> Claims:
     """Signature, expiry, and a live (not logged-out, not revoked) session row."""
     now = ctx.clock.now()

@@ -73,3 +73,16 @@ def test_policy_commands(env, tmp_path):
     explained = json.loads(run("policy", "explain", "alice", "--pool", "sales", "--json").output)
     assert explained["applied"] == ["all-agents", "sales-floor"]
     assert run("policy", "explain", "nobody").exit_code == 2
+
+
+def test_local_admin_token_works_against_the_api(env, settings):
+    from fastapi.testclient import TestClient
+
+    from controlplane.main import build_context, create_app
+
+    r = run("token")
+    assert r.exit_code == 0
+    token = r.stdout.strip().splitlines()[0]
+    with TestClient(create_app(settings, build_context(settings))) as client:
+        assert client.get("/api/v1/pools", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+        assert client.get("/api/v1/pools", headers={"Authorization": f"Bearer {token}x"}).status_code == 401

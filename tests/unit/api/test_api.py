@@ -55,6 +55,9 @@ def test_image_pool_desktop_lifecycle(client, ctx):
     assert client.get("/api/v1/images").json() == []
     with session_scope(ctx.engine) as session:
         actions = [e.action for e in audit.list_recent(session=session, limit=500)]
+    trail = client.get("/api/v1/audit", params={"limit": 1000}).json()
+    assert {e["action"] for e in trail} >= {"auth.login", "pool.create", "image.delete"}
+    assert all(e["actor"] == "carol" for e in trail if e["action"] == "pool.create")
     for expected in ("image.register", "pool.create", "pool.scale", "pool.delete", "desktop.reboot",
                      "desktop.rebuild", "image.deprecate", "image.delete", "desktop.ready"):
         assert expected in actions

@@ -35,6 +35,7 @@ ADMIN_ENDPOINTS = [
     ("POST", "/api/v1/policies/rollback", {"revision": 1}),
     ("GET", "/api/v1/policies/explain?user=alice", None),
     ("POST", "/api/v1/auth/revoke", {"username": "alice"}),
+    ("GET", "/api/v1/audit", None),
 ]
 
 
