@@ -10,6 +10,7 @@ else closes. See shared/RFB-FILTER.md for the table this implements.
 from __future__ import annotations
 
 import struct
+from collections import Counter
 from collections.abc import Generator
 from dataclasses import dataclass, field
 
@@ -65,6 +66,7 @@ class SessionState:
     encodings: set[int] = field(default_factory=set)  # what the server was told it may use
     updates_requested: bool = False
     policy: Policy = field(default_factory=Policy)
+    rects: Counter[int] = field(default_factory=Counter)  # forwarded rectangles by encoding
 
 
 class RfbFilter:
@@ -218,6 +220,7 @@ def _framebuffer_update(s: Stream, st: SessionState) -> Parser:
             raise FilterClosed(f"rectangle {w}x{h}+{x}+{y} outside the {st.width}x{st.height} framebuffer")
         s.emit(header)
         yield from _rect_payload(s, st, encoding, w, h)
+        st.rects[encoding] += 1
 
 
 def _rect_payload(s: Stream, st: SessionState, encoding: int, w: int, h: int) -> Parser:
