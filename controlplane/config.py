@@ -77,6 +77,14 @@ class AuthSettings(BaseModel):
     key_file: Path | None = Field(None, description="HMAC key for tokens; default DATA_DIR/token.key (0600)")
 
 
+class GatewaySettings(BaseModel):
+    ticket_ttl_s: int = Field(20, ge=2, le=120, description="Seconds a connect ticket may wait to be used")
+    allowed_origins: list[str] = Field(default_factory=list,
+                                       description="Origins allowed to open the gateway WebSocket (empty: same host)")
+    max_connections_per_user: int = Field(2, ge=1, le=10, description="Concurrent display sessions per agent")
+    handshake_timeout_s: float = Field(10.0, gt=0, description="Both RFB handshakes must finish within this")
+
+
 class ApiSettings(BaseModel):
     host: str = Field("127.0.0.1", description="Listen address of `shiftdesk serve`")
     port: int = Field(8600, ge=1, le=65535, description="Listen port of `shiftdesk serve`")
@@ -99,6 +107,7 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     ldap: LdapSettings = LdapSettings()
     auth: AuthSettings = AuthSettings()
+    gateway: GatewaySettings = GatewaySettings()
 
     @field_validator("instance")
     @classmethod

@@ -69,6 +69,7 @@ def build_context(settings: Settings, hypervisor: Hypervisor | None = None,
         directory=directory or make_directory(settings),
         auth=AuthConfig(key=load_or_create_key(settings.auth.key_file or settings.data_dir / "token.key"),
                         ttl_s=settings.auth.token_ttl_s, admin_group=settings.auth.admin_group.lower()),
+        ticket_ttl_s=settings.gateway.ticket_ttl_s,
     )
 
 

@@ -68,6 +68,7 @@ class Desktop(SQLModel, table=True):
     reason: str | None = None
     generation: int = 1
     disk_path: str | None = None
+    assigned_to: str | None = Field(default=None, index=True)  # the agent whose session this is
     created_at: datetime = Field(default_factory=utcnow)
     state_since: datetime = Field(default_factory=utcnow)
 
@@ -116,3 +117,14 @@ class ApiSession(SQLModel, table=True):
     issued_at: datetime
     expires_at: datetime
     revoked_at: datetime | None = None
+
+
+class ConnectTicket(SQLModel, table=True):
+    """A single-use, seconds-long right to open one desktop's display. Only its hash is stored."""
+
+    __tablename__ = "connect_tickets"
+    digest: str = Field(primary_key=True)  # sha256 of the ticket
+    username: str = Field(index=True)
+    desktop_id: int = Field(foreign_key="desktops.id", index=True)
+    expires_at: datetime
+    used_at: datetime | None = None

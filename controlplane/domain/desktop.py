@@ -24,7 +24,7 @@ S = DesktopState
 ALLOWED: dict[DesktopState, frozenset[DesktopState]] = {
     S.PROVISIONING: frozenset({S.READY, S.FAILED, S.DELETING}),
     S.READY: frozenset({S.IN_USE, S.PROVISIONING, S.DELETING}),
-    S.IN_USE: frozenset({S.READY, S.DRAINING, S.PROVISIONING}),
+    S.IN_USE: frozenset({S.READY, S.DRAINING, S.PROVISIONING, S.DELETING}),
     S.DRAINING: frozenset({S.DELETING, S.IN_USE}),
     S.DELETING: frozenset(),
     S.FAILED: frozenset({S.DELETING, S.PROVISIONING}),

@@ -46,3 +46,4 @@ class Context:
     crashpoint: Callable[[str], None] = crash_from_env
     directory: Directory | None = None
     auth: AuthConfig = field(default_factory=AuthConfig)
+    ticket_ttl_s: int = 20

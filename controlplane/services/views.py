@@ -46,6 +46,7 @@ class DesktopPublic(BaseModel):
     domain: str
     disk_path: str | None
     generation: int
+    assigned_to: str | None
     since: datetime
 
 
@@ -67,4 +68,5 @@ def pool_view(pool: Pool, image: Image | None, desktops: list[Desktop]) -> PoolP
 def desktop_view(desktop: Desktop, pool: Pool) -> DesktopPublic:
     return DesktopPublic(id=desktop.id or 0, name=desktop.name, pool=pool.name, state=desktop.state,
                          reason=desktop.reason, domain=desktop.name, disk_path=desktop.disk_path,
-                         generation=desktop.generation, since=desktop.state_since)
+                         generation=desktop.generation, assigned_to=desktop.assigned_to,
+                         since=desktop.state_since)

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, status
 
 from controlplane.api.deps import Actor, CtxDep, current_admin, wake_reconciler
 from controlplane.api.schemas import DesktopPublic
-from controlplane.services import desktops
+from controlplane.services import broker, desktops
 from controlplane.services.views import desktop_view
 
 router = APIRouter(prefix="/api/v1/desktops", tags=["desktops"], dependencies=[Depends(current_admin)])
@@ -39,4 +39,11 @@ def rebuild_desktop(name: str, ctx: CtxDep, actor: Actor) -> DesktopPublic:
                dependencies=[Wake])
 def delete_desktop(name: str, ctx: CtxDep, actor: Actor) -> DesktopPublic:
     desktops.delete(ctx, name, actor=actor)
+    return desktop_view(*desktops.get(ctx, name))
+
+
+@router.post("/{name}/release", response_model=DesktopPublic, dependencies=[Wake])
+def release_desktop(name: str, ctx: CtxDep, actor: Actor, recycle: bool = False) -> DesktopPublic:
+    """End the agent's assignment: back to the pool, or recycled (deleted and replaced)."""
+    broker.release(ctx, name, actor=actor, recycle=recycle)
     return desktop_view(*desktops.get(ctx, name))

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from controlplane.api.deps import CtxDep, CurrentUser
-from controlplane.services import identity, policies
+from controlplane.services import broker, identity, policies
 
 router = APIRouter(prefix="/api/v1/me", tags=["me"])
 
@@ -27,3 +27,10 @@ def my_policy(pool: str, ctx: CtxDep, user: CurrentUser) -> dict[str, Any]:
     """The effective policy on a desktop of POOL; 403 for a pool the user is not entitled to."""
     identity.require_entitled(ctx, user, pool)
     return policies.effective_for(ctx, user.sub, frozenset(user.groups), pool)
+
+
+@router.post("/pools/{pool}/connect")
+def connect(pool: str, ctx: CtxDep, user: CurrentUser) -> dict[str, Any]:
+    """Assign (or find again) a desktop and return a single-use connect ticket for the gateway."""
+    c = broker.connect(ctx, user, pool)
+    return {"ticket": c.ticket, "desktop": c.desktop, "expires_at": c.expires_at, "gateway": "/gateway"}

@@ -36,6 +36,7 @@ ADMIN_ENDPOINTS = [
     ("GET", "/api/v1/policies/explain?user=alice", None),
     ("POST", "/api/v1/auth/revoke", {"username": "alice"}),
     ("GET", "/api/v1/audit", None),
+    ("POST", "/api/v1/desktops/x/release", None),
 ]
 
 
@@ -68,6 +69,14 @@ def test_admin_endpoints_refuse_anonymous_and_agents(app, method, path, body):
 @pytest.mark.parametrize("path", ["/api/v1/me", "/api/v1/me/pools", "/api/v1/me/policy?pool=sales"])
 def test_agent_endpoints_need_a_session(app, path):
     assert app.get(path).status_code == 401
+    assert app.post("/api/v1/me/pools/sales/connect").status_code == 401
+
+
+def test_agents_connect_only_to_their_pools(app):
+    alice = login(app, "alice")
+    assert app.post("/api/v1/me/pools/support/connect", headers=alice).status_code == 403
+    r = app.post("/api/v1/me/pools/sales/connect", headers=alice)
+    assert r.status_code == 503 and r.headers["retry-after"]  # entitled, but the pool has no desktop yet
 
 
 def test_agents_see_only_their_pools_and_policies(app):

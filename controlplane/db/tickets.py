@@ -1,0 +1,56 @@
+"""Connect tickets (stored as hashes) and the atomic desktop claim."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import and_, select, update
+from sqlmodel import Session, col
+
+from controlplane.db.models import ConnectTicket, Desktop
+from controlplane.domain.desktop import DesktopState
+
+
+def create(*, session: Session, ticket: ConnectTicket) -> ConnectTicket:
+    session.add(ticket)
+    session.flush()
+    return ticket
+
+
+def redeem(*, session: Session, digest: str, now: datetime) -> ConnectTicket | None:
+    """Mark the ticket used if it is unused and unexpired; None otherwise. One winner, ever."""
+    used = session.execute(
+        update(ConnectTicket)
+        .where(ConnectTicket.digest == digest, ConnectTicket.used_at.is_(None),  # type: ignore[union-attr,arg-type]
+               ConnectTicket.expires_at > now)  # type: ignore[arg-type]
+        .values(used_at=now))
+    if not used.rowcount:  # type: ignore[attr-defined]
+        return None
+    return session.get(ConnectTicket, digest)
+
+
+def claim_ready(*, session: Session, pool_id: int, username: str, now: datetime) -> Desktop | None:
+    """Give USERNAME one ready desktop of the pool, atomically (one UPDATE: two agents clicking at
+    the same instant can never get the same desktop)."""
+    candidate = (
+        select(col(Desktop.id))
+        .where(col(Desktop.pool_id) == pool_id, col(Desktop.state) == DesktopState.READY,
+               col(Desktop.assigned_to).is_(None))
+        .order_by(col(Desktop.id)).limit(1).scalar_subquery()
+    )
+    claimed = session.execute(
+        update(Desktop)
+        .where(and_(Desktop.id == candidate, Desktop.state == DesktopState.READY))  # type: ignore[arg-type]
+        .values(state=DesktopState.IN_USE, assigned_to=username, state_since=now)
+        .returning(Desktop.id))  # type: ignore[call-overload]
+    row = claimed.first()
+    if row is None:
+        return None
+    session.expire_all()
+    return session.get(Desktop, row[0])
+
+
+def assigned(*, session: Session, pool_id: int, username: str) -> Desktop | None:
+    query = select(Desktop).where(Desktop.pool_id == pool_id, Desktop.assigned_to == username,  # type: ignore[arg-type]
+                                  Desktop.state == DesktopState.IN_USE)  # type: ignore[arg-type]
+    return session.execute(query).scalars().first()

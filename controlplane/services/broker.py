@@ -1,0 +1,103 @@
+"""The broker: an entitled agent clicks Connect and gets a desktop and a connect ticket.
+
+The same agent gets the same desktop again on reconnect; two agents never get the same one (the
+claim is one atomic UPDATE). The ticket is 256 bits from `secrets`, single use, valid for
+seconds, bound to user and desktop, stored only as its SHA-256: the gateway resolves it by exact
+lookup and learns the target from the store, never from the client.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from controlplane.db import audit, desktops, tickets
+from controlplane.db.engine import session_scope
+from controlplane.db.models import ConnectTicket
+from controlplane.domain.desktop import DesktopState
+from controlplane.errors import ExpectedError, TemporaryError
+from controlplane.services import identity
+from controlplane.services.context import Context
+from controlplane.services.tokens import Claims
+
+
+@dataclass(frozen=True)
+class Connection:
+    ticket: str
+    desktop: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class Target:
+    username: str
+    desktop: str
+    desktop_id: int
+
+
+class TicketRefused(ExpectedError):
+    status = 403
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("connect ticket refused", field="ticket")
+        self.reason = reason
+
+
+def digest(ticket: str) -> str:
+    return hashlib.sha256(ticket.encode()).hexdigest()
+
+
+def connect(ctx: Context, user: Claims, pool_name: str) -> Connection:
+    pool = identity.require_entitled(ctx, user, pool_name)
+    now = ctx.clock.now()
+    with session_scope(ctx.engine) as session:
+        desktop = tickets.assigned(session=session, pool_id=pool.id or 0, username=user.sub)
+        reconnect = desktop is not None
+        if desktop is None:
+            desktop = tickets.claim_ready(session=session, pool_id=pool.id or 0, username=user.sub, now=now)
+        if desktop is None:
+            raise TemporaryError(f"pool {pool_name}: no desktop is ready yet; try again in a moment", delay=5)
+        ticket = secrets.token_urlsafe(32)
+        expires = now + timedelta(seconds=ctx.ticket_ttl_s)
+        tickets.create(session=session, ticket=ConnectTicket(digest=digest(ticket), username=user.sub,
+                                                             desktop_id=desktop.id or 0, expires_at=expires))
+        audit.append(session=session, actor=user.sub, action="session.assign" if not reconnect else "session.reconnect",
+                     target=desktop.name, pool=pool_name)
+        return Connection(ticket=ticket, desktop=desktop.name, expires_at=expires)
+
+
+def redeem(ctx: Context, ticket: str, username: str) -> Target:
+    """Exact lookup of an unused, unexpired ticket issued to USERNAME (the caller's own session)
+    whose desktop is still theirs. Any failure burns nothing but the ticket."""
+    if not isinstance(ticket, str) or not 20 <= len(ticket) <= 128:
+        raise TicketRefused("malformed")
+    now = ctx.clock.now()
+    with session_scope(ctx.engine) as session:
+        row = tickets.redeem(session=session, digest=digest(ticket), now=now)
+        if row is None:
+            audit.append(session=session, actor="gateway", action="session.ticket_refused", target="?",
+                         reason="unknown, used or expired")
+            raise TicketRefused("unknown, used or expired")
+        if row.username != username:
+            audit.append(session=session, actor=username, action="session.ticket_refused", target=row.username,
+                         reason="ticket of another user")
+            raise TicketRefused("ticket of another user")
+        desktop = desktops.get(session=session, desktop_id=row.desktop_id)
+        if desktop is None or desktop.assigned_to != row.username or desktop.state != DesktopState.IN_USE:
+            raise TicketRefused("desktop no longer assigned to this user")
+        return Target(username=row.username, desktop=desktop.name, desktop_id=desktop.id or 0)
+
+
+def release(ctx: Context, desktop_name: str, *, actor: str, recycle: bool = False) -> None:
+    """End an assignment: back to the pool (ready) or, with RECYCLE, deleted and replaced."""
+    with session_scope(ctx.engine) as session:
+        desktop = desktops.get_or_raise(session=session, name=desktop_name)
+        if desktop.state not in (DesktopState.IN_USE, DesktopState.DRAINING):
+            return
+        user, desktop.assigned_to = desktop.assigned_to, None
+        target = DesktopState.DELETING if recycle or desktop.state == DesktopState.DRAINING else DesktopState.READY
+        desktops.set_state(session=session, desktop=desktop, state=target, now=ctx.clock.now())
+        audit.append(session=session, actor=actor, action="session.release", target=desktop_name, user=user,
+                     recycle=target == DesktopState.DELETING)
