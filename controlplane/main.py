@@ -79,6 +79,9 @@ def build_reconciler(ctx: Context, settings: Settings) -> Reconciler:
 
 def create_app(settings: Settings, ctx: Context | None = None, reconciler: Reconciler | None = None) -> FastAPI:
     from controlplane.api.app import build_app
+    from controlplane.gateway import app as gateway
 
     ctx = ctx or build_context(settings)
-    return build_app(ctx, settings, reconciler)
+    app = build_app(ctx, settings, reconciler)
+    gateway.install(app)
+    return app

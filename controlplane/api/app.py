@@ -35,6 +35,7 @@ def build_app(ctx: Context, settings: Settings, reconciler: Reconciler | None) -
     app = FastAPI(title="ShiftDesk control plane", version="0.1.0", lifespan=lifespan,
                   description="Golden images, desktop pools and desktops. Every change is audited.")
     app.state.ctx = ctx
+    app.state.settings = settings
     app.state.reconciler = reconciler
     errors.install(app)
     for router in (auth.router, me.router, images.router, pools.router, desktops.router, policies.router,

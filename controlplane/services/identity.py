@@ -18,6 +18,7 @@ from controlplane.services.context import Context
 from controlplane.services.tokens import Claims, TokenInvalid
 
 ADMIN, AGENT = "admin", "agent"
+SESSION_COOKIE = "sd_session"  # the token again, HttpOnly, for the gateway's WebSocket only
 
 
 def login(ctx: Context, username: str, password: str, *, source: str) -> tuple[str, Claims]:

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, Request, Response, status
 
 from controlplane.api.deps import Actor, CtxDep, CurrentUser
 from controlplane.api.schemas import Login, LoginPublic, Revoke
 from controlplane.services import identity
+from controlplane.services.identity import SESSION_COOKIE
 
 router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
 
 
 @router.post("/login", response_model=LoginPublic)
-def login(body: Login, ctx: CtxDep, request: Request) -> LoginPublic:
-    """Bind to AD as the user; a short-lived token comes back. 401 on any refusal, 503 if AD is down."""
+def login(body: Login, ctx: CtxDep, request: Request, response: Response) -> LoginPublic:
+    """Bind to AD as the user; a short-lived token comes back (and, for the gateway's WebSocket,
+    as an HttpOnly SameSite=Strict cookie). 401 on any refusal, 503 if AD is down."""
     token, claims = identity.login(ctx, body.username, body.password,
                                    source=request.client.host if request.client else "?")
+    response.set_cookie(SESSION_COOKIE, token, max_age=ctx.auth.ttl_s, httponly=True, samesite="strict",
+                        secure=request.url.scheme == "https", path="/gateway")
     return LoginPublic(token=token, role=claims.role, username=claims.sub, expires_at=claims.exp)
 
 

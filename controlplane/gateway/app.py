@@ -1,0 +1,119 @@
+"""The gateway's WebSocket endpoint: who is asking (session cookie), which desktop (the ticket,
+looked up in the store), then the filtered relay. The client never names a target."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, FastAPI, WebSocket, WebSocketDisconnect
+from starlette.concurrency import run_in_threadpool
+
+from controlplane.config import GatewaySettings
+from controlplane.domain.rfb.stream import Event
+from controlplane.errors import ExpectedError
+from controlplane.gateway.relay import Disconnected, relay
+from controlplane.services import broker, identity, sessions
+from controlplane.services.context import Context
+from controlplane.services.identity import SESSION_COOKIE
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+POLICY_VIOLATION = 1008
+
+
+class BrowserSocket:
+    def __init__(self, ws: WebSocket) -> None:
+        self.ws = ws
+
+    async def send_bytes(self, data: bytes) -> None:
+        await self.ws.send_bytes(data)
+
+    async def receive_bytes(self) -> bytes:
+        message = await self.ws.receive()
+        if message["type"] == "websocket.disconnect":
+            raise Disconnected()
+        if message.get("bytes") is None:
+            raise Disconnected()  # text frames have no place in RFB
+        return message["bytes"]
+
+
+class Limits:
+    """Per-user connection counts of this gateway process."""
+
+    def __init__(self) -> None:
+        self.open: Counter[str] = Counter()
+        self.lock = asyncio.Lock()
+
+
+def install(app: FastAPI) -> None:
+    """Mount the gateway on the control plane's app (main.py does this)."""
+    app.state.gateway_limits = Limits()
+    app.include_router(router)
+
+
+def origin_allowed(ws: WebSocket, settings: GatewaySettings) -> bool:
+    origin = ws.headers.get("origin")
+    if not origin:
+        return False
+    if settings.allowed_origins:
+        return origin in settings.allowed_origins
+    return urlsplit(origin).netloc == ws.headers.get("host")
+
+
+@router.websocket("/gateway")
+async def gateway(ws: WebSocket) -> None:
+    ctx: Context = ws.app.state.ctx
+    settings: GatewaySettings = ws.app.state.settings.gateway
+    limits: Limits = ws.app.state.gateway_limits
+    source = ws.client.host if ws.client else "?"
+    token = ws.cookies.get(SESSION_COOKIE) or _bearer(ws)
+    try:
+        if not origin_allowed(ws, settings):
+            raise ExpectedError("origin not allowed", field="origin")
+        user = await run_in_threadpool(identity.authorize, ctx, token or "")
+        target = await run_in_threadpool(broker.redeem, ctx, ws.query_params.get("ticket", ""), user.sub)
+    except ExpectedError as err:
+        await run_in_threadpool(sessions.refused, ctx, user="?", reason=getattr(err, "reason", str(err)),
+                                source=source)
+        await ws.close(code=POLICY_VIOLATION)
+        return
+    async with limits.lock:
+        if limits.open[user.sub] >= settings.max_connections_per_user:
+            await ws.close(code=POLICY_VIOLATION)
+            await run_in_threadpool(sessions.refused, ctx, user=user.sub, reason="connection cap", source=source)
+            return
+        limits.open[user.sub] += 1
+    reason, bytes_in, bytes_out, started = "cancelled", 0, 0, False
+    try:
+        offered = ws.headers.get("sec-websocket-protocol", "")
+        await ws.accept(subprotocol="binary" if "binary" in offered else None)
+        await run_in_threadpool(sessions.started, ctx, user=user.sub, desktop=target.desktop, source=source)
+        started = True
+
+        async def on_event(event: Event) -> None:
+            await run_in_threadpool(sessions.filter_event, ctx, user=user.sub, desktop=target.desktop,
+                                    kind=event.kind, detail=event.detail)
+
+        outcome = await relay(BrowserSocket(ws), ctx.hypervisor.vnc_socket(target.desktop),
+                              handshake_timeout=settings.handshake_timeout_s,
+                              idle_timeout=settings.idle_timeout_s, on_event=on_event)
+        reason, bytes_in, bytes_out = outcome.reason, outcome.bytes_from_browser, outcome.bytes_to_browser
+    except (WebSocketDisconnect, OSError) as err:
+        reason = f"dropped: {type(err).__name__}"
+    finally:
+        async with limits.lock:
+            limits.open[user.sub] -= 1
+        if started:  # synchronously: this must be written even when the task is being cancelled
+            sessions.ended(ctx, user=user.sub, desktop=target.desktop, reason=reason, bytes_in=bytes_in,
+                           bytes_out=bytes_out)
+        with contextlib.suppress(RuntimeError):
+            await ws.close()
+
+
+def _bearer(ws: WebSocket) -> str | None:
+    scheme, _, value = ws.headers.get("authorization", "").partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else None

@@ -1,0 +1,144 @@
+"""The pixel-only relay: browser WebSocket <-> desktop VNC socket, through the RFB filter.
+
+Both handshakes are performed by the gateway itself (it is the server to the browser and the
+client to QEMU), then every byte each way goes through the filter's state machine. Back-pressure
+is structural: the gateway reads from the desktop only after the browser took the previous
+chunk, and from the browser only after the desktop took the previous message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from controlplane.domain.rfb.filter import Policy, RfbFilter
+from controlplane.domain.rfb.handshake import BrowserHandshake, UpstreamHandshake
+from controlplane.domain.rfb.stream import Event, FilterClosed
+
+CHUNK = 64 * 1024
+
+
+class Browser(Protocol):
+    async def send_bytes(self, data: bytes) -> None: ...
+
+    async def receive_bytes(self) -> bytes:
+        """Next binary message; raises Disconnected when the browser went away."""
+
+
+class Disconnected(Exception):
+    pass
+
+
+@dataclass
+class Outcome:
+    reason: str
+    bytes_from_browser: int = 0
+    bytes_to_browser: int = 0
+    events: list[Event] = field(default_factory=list)
+
+
+async def relay(browser: Browser, socket_path: Path, *, handshake_timeout: float, idle_timeout: float,
+                policy: Policy | None = None, on_event: Callable[[Event], Awaitable[None]] | None = None) -> Outcome:
+    reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(socket_path)), handshake_timeout)
+    outcome = Outcome(reason="?")
+    try:
+        filt = await asyncio.wait_for(_handshakes(browser, reader, writer, policy), handshake_timeout)
+        outcome.reason = await _pump(browser, reader, writer, filt, idle_timeout, on_event)
+        outcome.bytes_from_browser, outcome.bytes_to_browser = filt.client.bytes_in, filt.server.bytes_out
+        outcome.events = filt.client.events + filt.server.events
+    except TimeoutError:
+        outcome.reason = "handshake timeout"
+    except FilterClosed as err:
+        outcome.reason = f"refused: {err.reason}"
+    except (Disconnected, ConnectionError, asyncio.IncompleteReadError):
+        outcome.reason = "closed during handshake"
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+    return outcome
+
+
+async def _handshakes(browser: Browser, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      policy: Policy | None) -> RfbFilter:
+    upstream = UpstreamHandshake()
+    while upstream.result is None:
+        data = await reader.read(4096)
+        if not data:
+            raise FilterClosed("desktop closed during handshake")
+        reply = upstream.feed(data)
+        if reply:
+            writer.write(reply)
+            await writer.drain()
+    init = upstream.result
+    hs = BrowserHandshake(init)
+    await browser.send_bytes(hs.greeting())
+    while not hs.done:
+        reply = hs.feed(await browser.receive_bytes())
+        if reply:
+            await browser.send_bytes(reply)
+    filt = RfbFilter(init.width, init.height, policy)
+    if upstream.stream.buf:
+        await browser.send_bytes(filt.from_server(bytes(upstream.stream.buf)))
+    if hs.stream.buf:
+        writer.write(filt.from_client(bytes(hs.stream.buf)))
+    return filt
+
+
+async def _pump(browser: Browser, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, filt: RfbFilter,
+                idle_timeout: float, on_event: Callable[[Event], Awaitable[None]] | None) -> str:
+    async def report(stream_events: list[Event], seen: int) -> int:
+        for event in stream_events[seen:]:
+            if on_event is not None:
+                await on_event(event)
+        return len(stream_events)
+
+    async def desktop_to_browser() -> str:
+        seen = 0
+        while True:
+            data = await reader.read(CHUNK)
+            if not data:
+                return "desktop closed"
+            out = filt.from_server(data)
+            seen = await report(filt.server.events, seen)
+            if out:
+                await browser.send_bytes(out)
+
+    async def browser_to_desktop() -> str:
+        seen = 0
+        while True:
+            try:
+                data = await asyncio.wait_for(browser.receive_bytes(), idle_timeout)
+            except TimeoutError:
+                return "idle timeout"
+            except Disconnected:
+                return "browser closed"
+            out = filt.from_client(data)
+            seen = await report(filt.client.events, seen)
+            if out:
+                writer.write(out)
+                await writer.drain()
+
+    tasks = [asyncio.create_task(desktop_to_browser()), asyncio.create_task(browser_to_desktop())]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        first = done.pop()
+        try:
+            return first.result()
+        except FilterClosed as err:
+            for event in (filt.client.events + filt.server.events):
+                if event.kind == "closed" and on_event is not None:
+                    await on_event(event)
+            return f"filter closed: {err.reason}"
+        except (ConnectionError, Disconnected):
+            return "connection lost"
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task

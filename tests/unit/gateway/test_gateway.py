@@ -1,0 +1,156 @@
+"""The gateway end to end in-process: session cookie + ticket in, filtered RFB through, audit out."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from fastapi.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
+
+from controlplane.main import create_app
+from controlplane.services import audit, pools
+from controlplane.services.reconciler import Reconciler
+from tests.conftest import USERS
+from tests.unit.gateway.fake_vnc import FakeVnc
+
+ORIGIN = {"origin": "http://testserver"}
+
+
+@pytest.fixture
+def world(ctx, settings, image, hv):
+    pools.create(ctx, name="sales", image="busybox-desktop", size=2, groups=["cc-sales-team"], actor="t")
+    rec = Reconciler(ctx)
+    assert rec.run_until_converged(timeout=10, busy_period=0)
+    rec.close()
+    servers = [FakeVnc(hv.vnc_socket(name)) for name in hv.domains]
+    hv.root.mkdir(parents=True, exist_ok=True)
+    with TestClient(create_app(settings, ctx)) as client:
+        client.servers = {s.path.name[:-4]: s for s in servers}
+        yield client
+    for s in servers:
+        s.close()
+
+
+@pytest.fixture(autouse=True)
+def fake_root(hv, tmp_path):
+    hv.root = tmp_path / "run"
+
+
+def login(c, user):
+    r = c.post("/api/v1/auth/login", json={"username": user, "password": USERS[user][0]})
+    assert r.status_code == 200
+    token = r.json()["token"]
+    assert r.cookies.get("sd_session") == token  # the portal's browser gets it as an HttpOnly cookie
+    world_cookies_off(c)
+    return {"Authorization": f"Bearer {token}"}, {"cookie": f"sd_session={token}"}
+
+
+def world_cookies_off(c):
+    """Tests say explicitly which session cookie each connection carries."""
+    c.cookies.clear()
+
+
+def connect(c, headers, pool="sales"):
+    r = c.post(f"/api/v1/me/pools/{pool}/connect", headers=headers)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def rfb_handshake(ws):
+    assert ws.receive_bytes() == b"RFB 003.008\n"
+    ws.send_bytes(b"RFB 003.008\n")
+    assert ws.receive_bytes() == b"\x01\x01"
+    ws.send_bytes(b"\x01")
+    assert ws.receive_bytes() == b"\0\0\0\0"
+    ws.send_bytes(b"\x01")
+    init = ws.receive_bytes()
+    w, h = struct.unpack(">HH", init[:4])
+    name = init[24:]
+    return w, h, name
+
+
+def test_pixels_through_clipboard_never(world, ctx):
+    api, cookie = login(world, "alice")
+    c = connect(world, api)
+    with world.websocket_connect(f"/gateway?ticket={c['ticket']}", headers={**ORIGIN, **cookie}) as ws:
+        w, h, name = rfb_handshake(ws)
+        assert (w, h) == (64, 48) and name == b"ShiftDesk desktop"
+        clip = struct.pack(">Bxxxi", 6, 17) + b"4111 1111 1111 11"
+        ws.send_bytes(struct.pack(">BxHi", 2, 1, 0) + clip + struct.pack(">BBHHHH", 3, 0, 0, 0, w, h))
+        update = ws.receive_bytes()
+        assert update[:4] == b"\x00\x00\x00\x01" and update.endswith(b"\x42" * 32)
+        ws.send_bytes(struct.pack(">BBxxI", 4, 1, 0x61) + struct.pack(">BBHHHH", 3, 1, 0, 0, w, h))
+        assert ws.receive_bytes()[:4] == b"\x00\x00\x00\x01"  # the key went first, then this request
+    server = world.servers[c["desktop"]]
+    import time
+
+    assert 6 not in server.types and b"4111" not in server.received
+    assert server.types == [0, 2, 3, 4, 3]  # the gateway's pixel format, then only what the filter allows
+    actions = {e["action"]: e for e in audit.recent(ctx, limit=200)}
+    assert actions["session.clipboard_dropped"]["detail"]["bytes"] == 17
+    for _ in range(50):
+        actions = {e["action"]: e for e in audit.recent(ctx, limit=200)}
+        if "session.end" in actions:
+            break
+        time.sleep(0.05)
+    assert actions["session.start"]["actor"] == "alice"
+    end = actions["session.end"]["detail"]
+    assert end["reason"] == "browser closed" and end["bytes_to_browser"] > 32 and end["bytes_from_browser"] > 30
+
+
+def refused(world, path, headers):
+    with pytest.raises(WebSocketDisconnect) as e, world.websocket_connect(path, headers=headers) as ws:
+        ws.receive_bytes()
+    return e.value.code
+
+
+def test_replayed_expired_foreign_and_missing_tickets_are_refused(world, clock, ctx):
+    api, cookie = login(world, "alice")
+    _, bob_cookie = login(world, "bob")
+    c = connect(world, api)
+    with world.websocket_connect(f"/gateway?ticket={c['ticket']}", headers={**ORIGIN, **cookie}) as ws:
+        rfb_handshake(ws)
+    assert refused(world, f"/gateway?ticket={c['ticket']}", {**ORIGIN, **cookie}) == 1008  # replay
+    c = connect(world, api)
+    assert refused(world, f"/gateway?ticket={c['ticket']}", {**ORIGIN, **bob_cookie}) == 1008  # another user's
+    c = connect(world, api)
+    clock.advance(ctx.ticket_ttl_s + 1)
+    api, cookie = login(world, "alice")
+    assert refused(world, f"/gateway?ticket={c['ticket']}", {**ORIGIN, **cookie}) == 1008  # expired
+    c = connect(world, api)
+    assert refused(world, f"/gateway?ticket={c['ticket']}", ORIGIN) == 1008  # no session
+    assert refused(world, "/gateway", {**ORIGIN, **cookie}) == 1008  # no ticket
+    c = connect(world, api)
+    assert refused(world, f"/gateway?ticket={c['ticket']}", {"origin": "https://evil.example", **cookie}) == 1008
+    reasons = [e["detail"]["reason"] for e in audit.recent(ctx, action="session.refused", limit=50)]
+    assert "origin not allowed" in reasons and "ticket of another user" in reasons
+
+
+def test_per_user_connection_cap(world, settings):
+    api, cookie = login(world, "alice")
+    tickets = [connect(world, api)["ticket"] for _ in range(3)]
+    with world.websocket_connect(f"/gateway?ticket={tickets[0]}", headers={**ORIGIN, **cookie}) as a:
+        rfb_handshake(a)
+        with world.websocket_connect(f"/gateway?ticket={tickets[1]}", headers={**ORIGIN, **cookie}) as b:
+            rfb_handshake(b)
+            assert settings.gateway.max_connections_per_user == 2
+            assert refused(world, f"/gateway?ticket={tickets[2]}", {**ORIGIN, **cookie}) == 1008
+
+
+def test_filter_violation_ends_the_session_and_is_audited(world, ctx):
+    api, cookie = login(world, "alice")
+    c = connect(world, api)
+    with world.websocket_connect(f"/gateway?ticket={c['ticket']}", headers={**ORIGIN, **cookie}) as ws:
+        rfb_handshake(ws)
+        ws.send_bytes(b"\xfa" + b"\0" * 16)  # xvp power control: never
+        with pytest.raises(WebSocketDisconnect):
+            ws.receive_bytes()
+    import time
+
+    for _ in range(50):
+        drops = audit.recent(ctx, action="session.drop", limit=10)
+        if drops:
+            break
+        time.sleep(0.05)
+    assert "type 250" in drops[0]["detail"]["reason"]
