@@ -3,7 +3,6 @@ looked up in the store), then the filtered relay. The client never names a targe
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections import Counter
@@ -15,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from controlplane.config import GatewaySettings
 from controlplane.domain.rfb.stream import Event
 from controlplane.errors import ExpectedError
-from controlplane.gateway.relay import Disconnected, relay
+from controlplane.gateway.relay import Disconnected, Outcome, relay
 from controlplane.services import broker, identity, sessions
 from controlplane.services.context import Context
 from controlplane.services.identity import SESSION_COOKIE
@@ -42,11 +41,11 @@ class BrowserSocket:
 
 
 class Limits:
-    """Per-user connection counts of this gateway process."""
+    """Per-user connection counts of this gateway process. No lock: check-and-count has no await
+    in between, and the event loop runs one coroutine at a time."""
 
     def __init__(self) -> None:
         self.open: Counter[str] = Counter()
-        self.lock = asyncio.Lock()
 
 
 def install(app: FastAPI) -> None:
@@ -81,13 +80,12 @@ async def gateway(ws: WebSocket) -> None:
                                 source=source)
         await ws.close(code=POLICY_VIOLATION)
         return
-    async with limits.lock:
-        if limits.open[user.sub] >= settings.max_connections_per_user:
-            await ws.close(code=POLICY_VIOLATION)
-            await run_in_threadpool(sessions.refused, ctx, user=user.sub, reason="connection cap", source=source)
-            return
-        limits.open[user.sub] += 1
-    reason, bytes_in, bytes_out, started = "cancelled", 0, 0, False
+    if limits.open[user.sub] >= settings.max_connections_per_user:
+        await ws.close(code=POLICY_VIOLATION)
+        await run_in_threadpool(sessions.refused, ctx, user=user.sub, reason="connection cap", source=source)
+        return
+    limits.open[user.sub] += 1
+    outcome, started = Outcome(reason="cancelled"), False
     try:
         offered = ws.headers.get("sec-websocket-protocol", "")
         await ws.accept(subprotocol="binary" if "binary" in offered else None)
@@ -98,18 +96,16 @@ async def gateway(ws: WebSocket) -> None:
             await run_in_threadpool(sessions.filter_event, ctx, user=user.sub, desktop=target.desktop,
                                     kind=event.kind, detail=event.detail)
 
-        outcome = await relay(BrowserSocket(ws), ctx.hypervisor.vnc_socket(target.desktop),
-                              handshake_timeout=settings.handshake_timeout_s,
-                              idle_timeout=settings.idle_timeout_s, on_event=on_event)
-        reason, bytes_in, bytes_out = outcome.reason, outcome.bytes_from_browser, outcome.bytes_to_browser
+        await relay(BrowserSocket(ws), ctx.hypervisor.vnc_socket(target.desktop),
+                    handshake_timeout=settings.handshake_timeout_s, idle_timeout=settings.idle_timeout_s,
+                    on_event=on_event, outcome=outcome)
     except (WebSocketDisconnect, OSError) as err:
-        reason = f"dropped: {type(err).__name__}"
+        outcome.reason = f"dropped: {type(err).__name__}"
     finally:
-        async with limits.lock:
-            limits.open[user.sub] -= 1
+        limits.open[user.sub] -= 1
         if started:  # synchronously: this must be written even when the task is being cancelled
-            sessions.ended(ctx, user=user.sub, desktop=target.desktop, reason=reason, bytes_in=bytes_in,
-                           bytes_out=bytes_out)
+            sessions.ended(ctx, user=user.sub, desktop=target.desktop, reason=outcome.reason,
+                           bytes_in=outcome.bytes_from_browser, bytes_out=outcome.bytes_to_browser)
         with contextlib.suppress(RuntimeError):
             await ws.close()
 

@@ -42,14 +42,15 @@ class Outcome:
 
 
 async def relay(browser: Browser, socket_path: Path, *, handshake_timeout: float, idle_timeout: float,
-                policy: Policy | None = None, on_event: Callable[[Event], Awaitable[None]] | None = None) -> Outcome:
+                policy: Policy | None = None, on_event: Callable[[Event], Awaitable[None]] | None = None,
+                outcome: Outcome | None = None) -> Outcome:
+    """Relay until either side ends. OUTCOME (if given) is kept current even if this is cancelled."""
+    outcome = outcome or Outcome(reason="?")
     reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(socket_path)), handshake_timeout)
-    outcome = Outcome(reason="?")
+    filt: RfbFilter | None = None
     try:
         filt = await asyncio.wait_for(_handshakes(browser, reader, writer, policy), handshake_timeout)
         outcome.reason = await _pump(browser, reader, writer, filt, idle_timeout, on_event)
-        outcome.bytes_from_browser, outcome.bytes_to_browser = filt.client.bytes_in, filt.server.bytes_out
-        outcome.events = filt.client.events + filt.server.events
     except TimeoutError:
         outcome.reason = "handshake timeout"
     except FilterClosed as err:
@@ -57,9 +58,12 @@ async def relay(browser: Browser, socket_path: Path, *, handshake_timeout: float
     except (Disconnected, ConnectionError, asyncio.IncompleteReadError):
         outcome.reason = "closed during handshake"
     finally:
+        if filt is not None:
+            outcome.bytes_from_browser, outcome.bytes_to_browser = filt.client.bytes_in, filt.server.bytes_out
+            outcome.events = filt.client.events + filt.server.events
         writer.close()
-        with contextlib.suppress(Exception):
-            await writer.wait_closed()
+    with contextlib.suppress(Exception):
+        await writer.wait_closed()
     return outcome
 
 
