@@ -25,7 +25,7 @@ from rich.table import Table
 from controlplane.config import Settings
 from controlplane.domain.policy_load import MAX_FILE_BYTES
 from controlplane.errors import ExpectedError, InvalidInput, ShiftDeskError
-from controlplane.main import build_context, build_reconciler, create_app
+from controlplane.main import build_context, build_reconciler, create_app, tls_files
 from controlplane.services import desktops, identity, images, policies, pools, selftest
 from controlplane.services.context import Context
 from controlplane.services.views import desktop_view, image_view
@@ -124,8 +124,10 @@ def serve(
         reconciler = build_reconciler(ctx, settings)
         api = create_app(settings, ctx, reconciler)
         h, p = host or settings.api.host, port or settings.api.port
-        err.print(f"ShiftDesk API on http://{h}:{p}  (docs: http://{h}:{p}/docs)")
-        uvicorn.run(api, host=h, port=p, log_level="warning")
+        cert, key = tls_files(settings)
+        err.print(f"ShiftDesk on https://{h}:{p}/  (agents: /portal/, API docs: /docs, CA: {cert.parent / 'ca.pem'})")
+        uvicorn.run(api, host=h, port=p, log_level="warning", ssl_certfile=str(cert), ssl_keyfile=str(key),
+                    access_log=False)  # no access log: gateway URLs carry (single-use) tickets
 
 
 @app.command()

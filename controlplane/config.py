@@ -89,6 +89,11 @@ class GatewaySettings(BaseModel):
 class ApiSettings(BaseModel):
     host: str = Field("127.0.0.1", description="Listen address of `shiftdesk serve`")
     port: int = Field(8600, ge=1, le=65535, description="Listen port of `shiftdesk serve`")
+    tls_cert_file: Path | None = Field(None, description="Server certificate (PEM); unset: a local CA signs one")
+    tls_key_file: Path | None = Field(None, description="Its private key (PEM)")
+    tls_names: list[str] = Field(default_factory=lambda: ["localhost", "127.0.0.1"],
+                                 description="Names the generated certificate is valid for")
+    agents_dir: Path = Field(Path("agents"), description="The portal's files and its npm packages")
 
 
 class Settings(BaseSettings):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 from datetime import timedelta
+from pathlib import Path
 
 from fastapi import FastAPI
 
@@ -75,6 +76,17 @@ def build_context(settings: Settings, hypervisor: Hypervisor | None = None,
 
 def build_reconciler(ctx: Context, settings: Settings) -> Reconciler:
     return Reconciler(ctx, lease_ttl=timedelta(seconds=settings.reconciler.lease_ttl_s))
+
+
+def tls_files(settings: Settings) -> tuple[Path, Path]:
+    """The configured certificate, or one our local CA signs (kept, 0600, in DATA_DIR/tls)."""
+    api = settings.api
+    if api.tls_cert_file and api.tls_key_file:
+        return api.tls_cert_file, api.tls_key_file
+    from controlplane.drivers.local_ca import ensure_server_cert
+
+    files = ensure_server_cert(settings.data_dir / "tls", api.tls_names)
+    return files.cert, files.key
 
 
 def create_app(settings: Settings, ctx: Context | None = None, reconciler: Reconciler | None = None) -> FastAPI:

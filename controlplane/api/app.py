@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from controlplane.api import errors
+from controlplane.api import errors, portal
 from controlplane.api.routes import audit, auth, desktops, images, me, policies, pools
 from controlplane.config import Settings
 from controlplane.services.context import Context
@@ -41,6 +41,8 @@ def build_app(ctx: Context, settings: Settings, reconciler: Reconciler | None) -
     for router in (auth.router, me.router, images.router, pools.router, desktops.router, policies.router,
                    audit.router):
         app.include_router(router)
+
+    portal.install(app, settings.api.agents_dir)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

@@ -1,0 +1,140 @@
+// The agents' portal: sign in, pick (or go straight to) a desktop, see it through the gateway.
+// Pixels only: no clipboard or file UI exists here, and the page's Permissions-Policy denies
+// clipboard access; the gateway drops clipboard traffic either way.
+import RFB from "./novnc/core/rfb.js";
+
+const $ = (id) => document.getElementById(id);
+const state = { token: null, user: null, pool: null, rfb: null, desktop: null, retries: 0, leaving: false };
+
+async function api(path, options = {}) {
+  const headers = { "Content-Type": "application/json" };
+  if (state.token) headers.Authorization = `Bearer ${state.token}`;
+  const response = await fetch(path, { ...options, headers, credentials: "same-origin", cache: "no-store" });
+  const body = response.status === 204 ? {} : await response.json().catch(() => ({}));
+  if (!response.ok) throw Object.assign(new Error(body.detail || response.statusText), { status: response.status });
+  return body;
+}
+
+function show(view) {
+  for (const id of ["login-view", "pools-view", "viewer-view"]) $(id).hidden = id !== view;
+}
+
+$("login-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  $("login-button").disabled = true;
+  $("login-error").hidden = true;
+  try {
+    const result = await api("/api/v1/auth/login", {
+      method: "POST", body: JSON.stringify({ username: $("username").value, password: $("password").value }),
+    });
+    $("password").value = "";
+    state.token = result.token;
+    state.user = result.username;
+    const pools = await api("/api/v1/me/pools");
+    if (pools.length === 1) return connect(pools[0].name);  // one click from login to desktop
+    listPools(pools);
+  } catch (err) {
+    $("login-error").textContent = err.status === 503 ? "Sign-in is unavailable right now. Please try again shortly."
+      : err.status === 401 ? "Wrong username or password." : err.message;
+    $("login-error").hidden = false;
+  } finally {
+    $("login-button").disabled = false;
+  }
+});
+
+function listPools(pools) {
+  const list = $("pool-list");
+  list.replaceChildren();
+  if (!pools.length) {
+    $("pools-error").textContent = "No desktop is assigned to you. Please contact your supervisor.";
+    $("pools-error").hidden = false;
+  }
+  for (const pool of pools) {
+    const item = document.createElement("li");
+    const button = document.createElement("button");
+    button.textContent = `Open ${pool.name}`;
+    button.addEventListener("click", () => connect(pool.name));
+    item.append(button);
+    list.append(item);
+  }
+  show("pools-view");
+}
+
+async function connect(pool) {
+  state.pool = pool;
+  show("viewer-view");
+  $("status").textContent = "Connecting...";
+  let ticket;
+  try {
+    ticket = await api(`/api/v1/me/pools/${encodeURIComponent(pool)}/connect`, { method: "POST" });
+  } catch (err) {
+    $("status").textContent = err.status === 503 ? "Your desktop is starting, one moment..." : err.message;
+    if (err.status === 401) return signOut();
+    return retryLater();
+  }
+  state.desktop = ticket.desktop;
+  $("who").textContent = state.user;
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const url = `${scheme}://${location.host}${ticket.gateway}?ticket=${encodeURIComponent(ticket.ticket)}`;
+  const rfb = new RFB($("screen"), url, { wsProtocols: ["binary"], shared: false });
+  rfb.scaleViewport = true;  // usable on a small laptop screen
+  rfb.clipViewport = false;
+  rfb.resizeSession = false;
+  rfb.showDotCursor = true;
+  rfb.addEventListener("connect", () => {
+    state.retries = 0;
+    $("status").textContent = `Connected to your desktop`;
+    rfb.focus();
+  });
+  rfb.addEventListener("disconnect", (event) => {
+    state.rfb = null;
+    if (state.leaving) return;
+    $("status").textContent = event.detail.clean ? "Disconnected." : "Connection lost, reconnecting...";
+    retryLater();
+  });
+  state.rfb = rfb;
+  window.__shiftdesk = { rfb };  // for tests and support: the same access any page script would have
+}
+
+function retryLater() {
+  state.retries += 1;
+  const delay = Math.min(1000 * 2 ** Math.min(state.retries, 4), 15000);
+  setTimeout(() => { if (!state.leaving && state.token) connect(state.pool); }, delay);
+}
+
+async function signOut() {
+  state.leaving = true;
+  if (state.rfb) state.rfb.disconnect();
+  try { await api("/api/v1/auth/logout", { method: "POST" }); } catch (err) { /* already gone */ }
+  state.token = null;
+  location.reload();
+}
+$("logout").addEventListener("click", signOut);
+
+// The watermark: who, which desktop, when. Redrawn every second and restored if anything
+// removes or hides it; it sits above the screen and lets clicks through.
+function drawWatermark() {
+  let mark = $("watermark");
+  if (!mark || !document.body.contains(mark)) {
+    mark = document.createElement("div");
+    mark.id = "watermark";
+    mark.setAttribute("aria-hidden", "true");
+    $("viewer-view").append(mark);
+  }
+  mark.removeAttribute("style");
+  mark.hidden = false;
+  const text = `${state.user || ""} · ${state.desktop || ""} · ${new Date().toISOString().slice(0, 19).replace("T", " ")} UTC`;
+  if (mark.childElementCount !== 12) {
+    mark.replaceChildren(...Array.from({ length: 12 }, () => document.createElement("span")));
+  }
+  for (const span of mark.children) span.textContent = text;
+}
+function watermarkTampered() {
+  const mark = $("watermark");
+  return !mark || !document.body.contains(mark) || mark.hidden || mark.hasAttribute("style")
+    || mark.childElementCount !== 12;
+}
+setInterval(drawWatermark, 1000);
+new MutationObserver(() => { if (watermarkTampered()) drawWatermark(); }).observe(document.body, {
+  subtree: true, childList: true, attributes: true, attributeFilter: ["style", "hidden", "class"] });
+drawWatermark();
