@@ -8,9 +8,9 @@ export SHIFTDESK_CACHE_DIR ?= $(CURDIR)/.cache
 RUN_DATA ?= $(CURDIR)/.cache/run-data
 DEMO_SIZE ?= 2
 
-.PHONY: run test setup host venv lint unit integration bench clean
+.PHONY: run test setup host venv portal lint unit integration e2e bench clean
 
-setup: host venv
+setup: host venv portal
 
 host:
 	bash scripts/setup-host.sh
@@ -22,6 +22,12 @@ $(BIN)/.installed: requirements.lock pyproject.toml
 	touch $@
 
 venv: $(BIN)/.installed
+
+agents/node_modules/.installed: agents/package.json agents/package-lock.json
+	cd agents && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $@
+
+portal: agents/node_modules/.installed
 
 run: setup
 	SHIFTDESK_DATA_DIR=$(RUN_DATA) SHIFTDESK_INSTANCE=demo bash scripts/demo.sh $(DEMO_SIZE)
@@ -35,7 +41,10 @@ unit: venv
 	$(BIN)/pytest -q tests/unit
 
 integration: setup
-	$(BIN)/pytest -q -m libvirt tests/integration
+	$(BIN)/pytest -q tests/integration
+
+e2e: setup
+	$(BIN)/pytest -q tests/e2e
 
 test: setup
 	$(BIN)/ruff check controlplane tests bench images

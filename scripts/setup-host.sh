@@ -7,6 +7,7 @@ APT_PACKAGES=(
   qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
   busybox-static cpio e2fsprogs ca-certificates
   samba samba-ad-dc samba-ad-provision winbind krb5-user ldb-tools
+  chromium fonts-dejavu-core
 )
 
 log() { printf '[setup-host] %s\n' "$*"; }
@@ -19,6 +20,13 @@ if ((${#missing[@]})); then
   log "installing ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# npm installs the portal's noVNC (pinned in agents/package-lock.json). Use the machine's Node.js
+# when it has one (it may come from another repository than Debian's); else Debian's.
+if ! command -v npm >/dev/null; then
+  log "installing nodejs and npm"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
 fi
 
 # The half-present /dev/kvm trap (DESIGN.md): /dev/kvm is 0600 root, so QEMU running as

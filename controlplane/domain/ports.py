@@ -122,6 +122,8 @@ class Identity:
 
 
 class Directory(Protocol):
+    manages_computers: bool  # False when no computers OU is configured: desktops get no AD account
+
     def authenticate(self, username: str, password: str) -> Identity:
         """Bind as the user. Raises AuthFailed (wrong password, unknown, disabled, locked, blank
         password) or TemporaryError (directory unreachable). Never binds with a blank password."""

@@ -144,6 +144,7 @@ class FakeDirectory:
         self.disabled = disabled or set()
         self.down = down
         self.computers: dict[str, str] = {}
+        self.manages_computers = True
 
     def _up(self) -> None:
         if self.down:

@@ -72,7 +72,7 @@ def provision(ctx: Context, a: p.Provision) -> None:
         path = ctx.hypervisor.create_overlay(spec)
         ctx.crashpoint("provision.after-overlay")
         if a.fresh:
-            if ctx.directory is not None:
+            if ctx.directory is not None and ctx.directory.manages_computers:
                 spec = replace(spec, join_secret=ctx.directory.set_computer(spec.name))
                 ctx.crashpoint("provision.after-computer")
             ctx.hypervisor.define(spec)
@@ -152,7 +152,7 @@ def _remove_traces(ctx: Context, name: str) -> None:
     ctx.crashpoint("teardown.after-undefine")
     ctx.hypervisor.delete_overlay(name)
     ctx.crashpoint("teardown.after-overlay")
-    if ctx.directory is not None:
+    if ctx.directory is not None and ctx.directory.manages_computers:
         ctx.directory.delete_computer(name)
         ctx.crashpoint("teardown.after-computer")
 

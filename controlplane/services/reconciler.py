@@ -47,7 +47,7 @@ class Reconciler:
                                          since=d.state_since, generation=d.generation)
                              for d in desktops.list_all(session=session)]
         hv, directory = self.ctx.hypervisor, self.ctx.directory
-        computers = directory.list_computers() if directory is not None else None
+        computers = directory.list_computers() if directory is not None and directory.manages_computers else None
         return plan(pool_views, desktop_views, hv.list_desktops(), hv.list_overlays(),
                     self.ctx.clock.now(), self.ctx.limits, computers)
 

@@ -46,6 +46,7 @@ class LdapDirectory:
         self.bind_dn = bind_dn
         self._bind_password = bind_password
         self.computers_ou = computers_ou
+        self.manages_computers = bool(computers_ou)
         self.instance = instance
         self.start_tls = start_tls
         self.receive_timeout = max(1, int(receive_timeout))  # ldap3 packs it into SO_RCVTIMEO as an int

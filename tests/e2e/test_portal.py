@@ -1,0 +1,130 @@
+"""An agent of the Samba test domain signs in in headless Chromium and works on a real desktop:
+pixels on the canvas, keys reach the VM, clipboard never does, headers are strict, and replayed,
+expired and foreign tickets are refused by the gateway."""
+
+from __future__ import annotations
+
+import io
+import ssl
+import time
+
+import pytest
+import websockets.sync.client as ws_client
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from controlplane.drivers.ldap.directory import LdapDirectory
+from controlplane.main import create_app, tls_files
+from controlplane.services import audit, pools
+from controlplane.services.reconciler import Reconciler
+from tests.e2e.conftest import Server
+from tests.integration.test_gateway_qemu import UpstreamTap
+
+
+def canvas_colours(page) -> int:
+    from PIL import Image  # noqa: PLC0415 - only the e2e tests need Pillow
+
+    shot = page.locator("#screen canvas").screenshot()
+    return len(set(Image.open(io.BytesIO(shot)).convert("RGB").getdata()))
+
+
+@pytest.fixture
+def world(real_ctx, real_settings, golden, ad, tmp_path):
+    real_ctx.directory = LdapDirectory(url=ad.dc.url, base_dn=ad.dc.base_dn, bind_dn=ad.svc_dn,
+                                       bind_password=ad.passwords["svc"], ca_file=str(ad.dc.tls.ca_cert))
+    pools.create(real_ctx, name="floor", image="busybox-desktop", size=2, groups=["cc-agents"], actor="test")
+    rec = Reconciler(real_ctx)
+    assert rec.run_until_converged(timeout=180)
+    rec.close()
+    hv = real_ctx.hypervisor
+    real_socket = hv.vnc_socket
+    taps: dict[str, UpstreamTap] = {}
+
+    def tapped(name):
+        if name not in taps:
+            taps[name] = UpstreamTap(str(real_socket(name)), str(tmp_path / f"{name[-6:]}.tap"))
+        return tmp_path / f"{name[-6:]}.tap"
+
+    hv.vnc_socket = tapped
+    cert, key = tls_files(real_settings)
+    with Server(create_app(real_settings, real_ctx), cert, key) as server:
+        server.ctx, server.taps, server.ad, server.ca = real_ctx, taps, ad, cert.parent / "ca.pem"
+        yield server
+
+
+def sign_in(browser, world, user):
+    context = browser.new_context(ignore_https_errors=True, viewport={"width": 1280, "height": 720})
+    page = context.new_page()
+    response = page.goto(f"{world.url}/portal/")
+    page.fill("#username", user)
+    page.fill("#password", world.ad.passwords[user])
+    page.click("#login-button")
+    return page, response
+
+
+def test_agent_works_on_a_real_desktop_with_pixels_only(browser, world):
+    page, response = sign_in(browser, world, "alice")
+    headers = response.headers
+    assert headers["cache-control"] == "no-store"
+    assert "clipboard-read=()" in headers["permissions-policy"] and "clipboard-write=()" in headers["permissions-policy"]
+    assert "script-src 'self'" in headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in headers["content-security-policy"]
+    page.wait_for_selector("#status:has-text('Connected')", timeout=30000)
+    page.wait_for_timeout(1500)
+    assert canvas_colours(page) > 2, "the canvas shows no desktop"
+    watermark = page.locator("#watermark span").first.text_content()
+    assert "alice" in watermark and "sd-" in watermark
+    page.evaluate("document.getElementById('watermark').remove()")
+    page.wait_for_timeout(100)
+    assert page.locator("#watermark span").count() == 12, "the page was able to remove the watermark"
+
+    before = page.locator("#screen canvas").screenshot()
+    page.locator("#screen canvas").click()
+    page.keyboard.type("echo typed-in-chromium")
+    page.keyboard.press("Enter")
+    changed = False
+    for _ in range(20):
+        page.wait_for_timeout(250)
+        if page.locator("#screen canvas").screenshot() != before:
+            changed = True
+            break
+    assert changed, "typing in the browser did not change the VM's screen"
+
+    page.evaluate("window.__shiftdesk.rfb.clipboardPasteFrom('PASTED-CARD-4111111111111111')")
+    page.wait_for_timeout(500)
+    upstream = b"".join(bytes(t.sent) for t in world.taps.values())
+    assert b"PASTED-CARD" not in upstream, "clipboard text reached the VM"
+    assert b"t" in upstream  # while typed keys did
+    dropped = audit.recent(world.ctx, action="session.clipboard_dropped", limit=10)
+    assert dropped and dropped[0]["actor"] == "alice"
+
+
+def gateway_refuses(world, token, ticket) -> bool:
+    ctx = ssl.create_default_context(cafile=str(world.ca))
+    try:
+        with ws_client.connect(f"wss://127.0.0.1:{world.port}/gateway?ticket={ticket}", ssl=ctx,
+                               origin=f"https://127.0.0.1:{world.port}",
+                               additional_headers={"Cookie": f"sd_session={token}"}, open_timeout=5) as ws:
+            ws.recv(timeout=5)
+            return False
+    except (InvalidStatus, ConnectionClosed):
+        return True
+
+
+def test_tickets_replayed_expired_or_foreign_are_refused(world):
+    import httpx
+
+    client = httpx.Client(base_url=world.url, verify=str(world.ca))  # the local CA really validates
+    tokens = {}
+    for user in ("alice", "bob"):
+        r = client.post("/api/v1/auth/login", json={"username": user, "password": world.ad.passwords[user]})
+        tokens[user] = r.json()["token"]
+    auth = {"Authorization": f"Bearer {tokens['alice']}"}
+    ticket = client.post("/api/v1/me/pools/floor/connect", headers=auth).json()["ticket"]
+    assert not gateway_refuses(world, tokens["alice"], ticket)  # first use works
+    assert gateway_refuses(world, tokens["alice"], ticket)  # replay
+    ticket = client.post("/api/v1/me/pools/floor/connect", headers=auth).json()["ticket"]
+    assert gateway_refuses(world, tokens["bob"], ticket)  # another user's ticket
+    world.ctx.ticket_ttl_s = 1
+    ticket = client.post("/api/v1/me/pools/floor/connect", headers=auth).json()["ticket"]
+    time.sleep(1.5)
+    assert gateway_refuses(world, tokens["alice"], ticket)  # expired
