@@ -65,7 +65,8 @@ def test_agent_works_on_a_real_desktop_with_pixels_only(browser, world):
     page, response = sign_in(browser, world, "alice")
     headers = response.headers
     assert headers["cache-control"] == "no-store"
-    assert "clipboard-read=()" in headers["permissions-policy"] and "clipboard-write=()" in headers["permissions-policy"]
+    permissions = headers["permissions-policy"]
+    assert "clipboard-read=()" in permissions and "clipboard-write=()" in permissions
     assert "script-src 'self'" in headers["content-security-policy"]
     assert "frame-ancestors 'none'" in headers["content-security-policy"]
     page.wait_for_selector("#status:has-text('Connected')", timeout=30000)
