@@ -83,7 +83,8 @@ class GatewaySettings(BaseModel):
                                        description="Origins allowed to open the gateway WebSocket (empty: same host)")
     max_connections_per_user: int = Field(2, ge=1, le=10, description="Concurrent display sessions per agent")
     handshake_timeout_s: float = Field(10.0, gt=0, description="Both RFB handshakes must finish within this")
-    idle_timeout_s: float = Field(900.0, gt=0, description="No input from the browser for this long ends the session")
+    idle_timeout_s: float = Field(900.0, gt=0, description="Ceiling on idle time (the policy's idle timeout is used)")
+    watchdog_period_s: float = Field(2.0, gt=0, description="How often a live session checks idle/limits/admin")
 
 
 class ApiSettings(BaseModel):

@@ -69,6 +69,8 @@ class Desktop(SQLModel, table=True):
     generation: int = 1
     disk_path: str | None = None
     assigned_to: str | None = Field(default=None, index=True)  # the agent whose session this is
+    grace_until: datetime | None = None  # no live display session: recycled after this moment
+    disconnect_requested: bool = False  # an admin asked the gateway to end the live session
     created_at: datetime = Field(default_factory=utcnow)
     state_since: datetime = Field(default_factory=utcnow)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import and_, delete, select, update
 from sqlmodel import Session, col
 
 from controlplane.db.models import ConnectTicket, Desktop
@@ -54,3 +54,8 @@ def assigned(*, session: Session, pool_id: int, username: str) -> Desktop | None
     query = select(Desktop).where(Desktop.pool_id == pool_id, Desktop.assigned_to == username,  # type: ignore[arg-type]
                                   Desktop.state == DesktopState.IN_USE)  # type: ignore[arg-type]
     return session.execute(query).scalars().first()
+
+
+def delete_for_desktop(*, session: Session, desktop_id: int) -> None:
+    """A deleted desktop leaves no tickets behind (used or not)."""
+    session.execute(delete(ConnectTicket).where(ConnectTicket.desktop_id == desktop_id))  # type: ignore[arg-type]

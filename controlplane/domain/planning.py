@@ -39,6 +39,7 @@ class DesktopView:
     state: DesktopState
     since: datetime
     generation: int = 1
+    grace_until: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -205,8 +206,10 @@ def _desktop_steps(d: DesktopView, pool: PoolView | None, domains: dict[str, Obs
             return [Repair(d.id, "computer account missing in the directory")]
         if not dom.running:
             return [StartDomain(d.id)]
+        if d.state in (S.IN_USE, S.DRAINING) and d.grace_until is not None and d.grace_until < now:
+            return [Delete(d.id)]  # nobody came back within the grace period: recycle, never hand over
         if d.state == S.DRAINING:
-            return []  # waits for its session to end (sessions arrive with the broker)
+            return []  # waits for its session to end
     return []
 
 

@@ -3,8 +3,10 @@ looked up in the store), then the filtered relay. The client never names a targe
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+from dataclasses import replace
 from collections import Counter
 from urllib.parse import urlsplit
 
@@ -12,9 +14,10 @@ from fastapi import APIRouter, FastAPI, WebSocket, WebSocketDisconnect
 from starlette.concurrency import run_in_threadpool
 
 from controlplane.config import GatewaySettings
+from controlplane.domain.rfb.filter import RfbFilter
 from controlplane.domain.rfb.stream import Event
 from controlplane.errors import ExpectedError
-from controlplane.gateway.relay import Disconnected, Outcome, relay
+from controlplane.gateway.relay import Disconnected, Outcome, Watchdog, relay
 from controlplane.services import broker, identity, sessions
 from controlplane.services.context import Context
 from controlplane.services.identity import SESSION_COOKIE
@@ -40,7 +43,7 @@ class BrowserSocket:
         return message["bytes"]
 
 
-class Limits:
+class ConnectionCounts:
     """Per-user connection counts of this gateway process. No lock: check-and-count has no await
     in between, and the event loop runs one coroutine at a time."""
 
@@ -50,7 +53,7 @@ class Limits:
 
 def install(app: FastAPI) -> None:
     """Mount the gateway on the control plane's app (main.py does this)."""
-    app.state.gateway_limits = Limits()
+    app.state.gateway_counts = ConnectionCounts()
     app.include_router(router)
 
 
@@ -67,7 +70,7 @@ def origin_allowed(ws: WebSocket, settings: GatewaySettings) -> bool:
 async def gateway(ws: WebSocket) -> None:
     ctx: Context = ws.app.state.ctx
     settings: GatewaySettings = ws.app.state.settings.gateway
-    limits: Limits = ws.app.state.gateway_limits
+    counts: ConnectionCounts = ws.app.state.gateway_counts
     source = ws.client.host if ws.client else "?"
     token = ws.cookies.get(SESSION_COOKIE) or _bearer(ws)
     try:
@@ -80,34 +83,64 @@ async def gateway(ws: WebSocket) -> None:
                                 source=source)
         await ws.close(code=POLICY_VIOLATION)
         return
-    if limits.open[user.sub] >= settings.max_connections_per_user:
+    if counts.open[user.sub] >= settings.max_connections_per_user:
         await ws.close(code=POLICY_VIOLATION)
         await run_in_threadpool(sessions.refused, ctx, user=user.sub, reason="connection cap", source=source)
         return
-    limits.open[user.sub] += 1
+    counts.open[user.sub] += 1
     outcome, started = Outcome(reason="cancelled"), False
+    limits = sessions.Limits(idle_s=settings.idle_timeout_s, max_s=86400.0, grace_s=300.0)
     try:
         offered = ws.headers.get("sec-websocket-protocol", "")
         await ws.accept(subprotocol="binary" if "binary" in offered else None)
         await run_in_threadpool(sessions.started, ctx, user=user.sub, desktop=target.desktop, source=source)
         started = True
+        limits = await run_in_threadpool(sessions.limits_for, ctx, user=user.sub, groups=frozenset(user.groups),
+                                         pool=target.pool)
+        limits = replace(limits, idle_s=min(limits.idle_s, settings.idle_timeout_s))
+        await run_in_threadpool(sessions.mark_live, ctx, target.desktop_id)
 
         async def on_event(event: Event) -> None:
             await run_in_threadpool(sessions.filter_event, ctx, user=user.sub, desktop=target.desktop,
                                     kind=event.kind, detail=event.detail)
 
         await relay(BrowserSocket(ws), ctx.hypervisor.vnc_socket(target.desktop),
-                    handshake_timeout=settings.handshake_timeout_s, idle_timeout=settings.idle_timeout_s,
-                    on_event=on_event, outcome=outcome)
+                    handshake_timeout=settings.handshake_timeout_s,
+                    idle_timeout=limits.idle_s, on_event=on_event, outcome=outcome,
+                    watchdog=_watchdog(ctx, target.desktop_id, limits, settings.watchdog_period_s))
     except (WebSocketDisconnect, OSError) as err:
         outcome.reason = f"dropped: {type(err).__name__}"
     finally:
-        limits.open[user.sub] -= 1
+        counts.open[user.sub] -= 1
         if started:  # synchronously: this must be written even when the task is being cancelled
             sessions.ended(ctx, user=user.sub, desktop=target.desktop, reason=outcome.reason,
                            bytes_in=outcome.bytes_from_browser, bytes_out=outcome.bytes_to_browser)
+            sessions.start_grace(ctx, target.desktop_id, limits.grace_s)
         with contextlib.suppress(RuntimeError):
             await ws.close()
+
+
+def _watchdog(ctx: Context, desktop_id: int, limits: sessions.Limits, period: float) -> Watchdog:
+    """Ends the session when the agent is idle (no keys or pointer), past the policy's maximum
+    length, or an admin disconnected it. Checked every PERIOD seconds."""
+
+    async def watch(filt: RfbFilter) -> str:
+        loop = asyncio.get_running_loop()
+        began = last_input_at = loop.time()
+        inputs = filt.state.inputs
+        while True:
+            await asyncio.sleep(period)
+            now = loop.time()
+            if filt.state.inputs != inputs:
+                inputs, last_input_at = filt.state.inputs, now
+            if now - last_input_at >= limits.idle_s:
+                return "idle timeout"
+            if now - began >= limits.max_s:
+                return "maximum session length"
+            if await run_in_threadpool(sessions.disconnect_requested, ctx, desktop_id):
+                return "disconnected by an admin"
+
+    return watch
 
 
 def _bearer(ws: WebSocket) -> str | None:

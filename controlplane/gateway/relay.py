@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from controlplane.domain.rfb.filter import Policy, RfbFilter
 from controlplane.domain.rfb.handshake import BrowserHandshake, UpstreamHandshake
@@ -41,16 +41,19 @@ class Outcome:
     events: list[Event] = field(default_factory=list)
 
 
+Watchdog = Callable[[RfbFilter], Coroutine[Any, Any, str]]
+
+
 async def relay(browser: Browser, socket_path: Path, *, handshake_timeout: float, idle_timeout: float,
                 policy: Policy | None = None, on_event: Callable[[Event], Awaitable[None]] | None = None,
-                outcome: Outcome | None = None) -> Outcome:
+                outcome: Outcome | None = None, watchdog: Watchdog | None = None) -> Outcome:
     """Relay until either side ends. OUTCOME (if given) is kept current even if this is cancelled."""
     outcome = outcome or Outcome(reason="?")
     reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(socket_path)), handshake_timeout)
     filt: RfbFilter | None = None
     try:
         filt = await asyncio.wait_for(_handshakes(browser, reader, writer, policy), handshake_timeout)
-        outcome.reason = await _pump(browser, reader, writer, filt, idle_timeout, on_event)
+        outcome.reason = await _pump(browser, reader, writer, filt, idle_timeout, on_event, watchdog)
     except TimeoutError:
         outcome.reason = "handshake timeout"
     except FilterClosed as err:
@@ -94,7 +97,8 @@ async def _handshakes(browser: Browser, reader: asyncio.StreamReader, writer: as
 
 
 async def _pump(browser: Browser, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, filt: RfbFilter,
-                idle_timeout: float, on_event: Callable[[Event], Awaitable[None]] | None) -> str:
+                idle_timeout: float, on_event: Callable[[Event], Awaitable[None]] | None,
+                watchdog: Watchdog | None) -> str:
     async def report(stream_events: list[Event], seen: int) -> int:
         for event in stream_events[seen:]:
             if on_event is not None:
@@ -128,6 +132,8 @@ async def _pump(browser: Browser, reader: asyncio.StreamReader, writer: asyncio.
                 await writer.drain()
 
     tasks = [asyncio.create_task(desktop_to_browser()), asyncio.create_task(browser_to_desktop())]
+    if watchdog is not None:  # session rules: idle, maximum length, an admin's disconnect
+        tasks.append(asyncio.create_task(watchdog(filt)))
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         first = done.pop()

@@ -15,10 +15,10 @@ from datetime import datetime, timedelta
 
 from controlplane.db import audit, desktops, tickets
 from controlplane.db.engine import session_scope
-from controlplane.db.models import ConnectTicket
+from controlplane.db.models import ConnectTicket, Pool
 from controlplane.domain.desktop import DesktopState
 from controlplane.errors import ExpectedError, TemporaryError
-from controlplane.services import identity
+from controlplane.services import identity, sessions
 from controlplane.services.context import Context
 from controlplane.services.tokens import Claims
 
@@ -35,6 +35,7 @@ class Target:
     username: str
     desktop: str
     desktop_id: int
+    pool: str
 
 
 class TicketRefused(ExpectedError):
@@ -65,7 +66,12 @@ def connect(ctx: Context, user: Claims, pool_name: str) -> Connection:
                                                              desktop_id=desktop.id or 0, expires_at=expires))
         audit.append(session=session, actor=user.sub, action="session.assign" if not reconnect else "session.reconnect",
                      target=desktop.name, pool=pool_name)
-        return Connection(ticket=ticket, desktop=desktop.name, expires_at=expires)
+        connection = Connection(ticket=ticket, desktop=desktop.name, expires_at=expires)
+        desktop_id, live = desktop.id or 0, desktop.grace_until is None and reconnect
+    if not live:  # an assignment nobody opens expires like a dropped session
+        limits = sessions.limits_for(ctx, user=user.sub, groups=frozenset(user.groups), pool=pool_name)
+        sessions.start_grace(ctx, desktop_id, limits.grace_s + ctx.ticket_ttl_s)
+    return connection
 
 
 def redeem(ctx: Context, ticket: str, username: str) -> Target:
@@ -87,7 +93,9 @@ def redeem(ctx: Context, ticket: str, username: str) -> Target:
         desktop = desktops.get(session=session, desktop_id=row.desktop_id)
         if desktop is None or desktop.assigned_to != row.username or desktop.state != DesktopState.IN_USE:
             raise TicketRefused("desktop no longer assigned to this user")
-        return Target(username=row.username, desktop=desktop.name, desktop_id=desktop.id or 0)
+        pool = session.get(Pool, desktop.pool_id)
+        return Target(username=row.username, desktop=desktop.name, desktop_id=desktop.id or 0,
+                      pool=pool.name if pool else "?")
 
 
 def release(ctx: Context, desktop_name: str, *, actor: str, recycle: bool = False) -> None:

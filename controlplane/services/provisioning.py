@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlmodel import Session
 
-from controlplane.db import audit, desktops, images, pools
+from controlplane.db import audit, desktops, images, pools, tickets
 from controlplane.db.engine import session_scope
 from controlplane.db.models import Desktop, Pool
 from controlplane.domain import naming
@@ -176,6 +176,7 @@ def teardown(ctx: Context, a: p.Teardown) -> None:
     with session_scope(ctx.engine) as session:
         row = desktops.get(session=session, desktop_id=a.desktop_id)
         if row is not None:
+            tickets.delete_for_desktop(session=session, desktop_id=a.desktop_id)
             desktops.delete(session=session, desktop=row)
             audit.append(session=session, actor=ACTOR, action="desktop.removed", target=name)
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, status
 
 from controlplane.api.deps import Actor, CtxDep, current_admin, wake_reconciler
 from controlplane.api.schemas import DesktopPublic
-from controlplane.services import broker, desktops
+from controlplane.services import broker, desktops, sessions
 from controlplane.services.views import desktop_view
 
 router = APIRouter(prefix="/api/v1/desktops", tags=["desktops"], dependencies=[Depends(current_admin)])
@@ -46,4 +46,11 @@ def delete_desktop(name: str, ctx: CtxDep, actor: Actor) -> DesktopPublic:
 def release_desktop(name: str, ctx: CtxDep, actor: Actor, recycle: bool = False) -> DesktopPublic:
     """End the agent's assignment: back to the pool, or recycled (deleted and replaced)."""
     broker.release(ctx, name, actor=actor, recycle=recycle)
+    return desktop_view(*desktops.get(ctx, name))
+
+
+@router.post("/{name}/disconnect", response_model=DesktopPublic)
+def disconnect_desktop(name: str, ctx: CtxDep, actor: Actor) -> DesktopPublic:
+    """End the live display session on this desktop (the agent may reconnect within the grace)."""
+    sessions.request_disconnect(ctx, name, actor=actor)
     return desktop_view(*desktops.get(ctx, name))

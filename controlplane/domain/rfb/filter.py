@@ -67,6 +67,7 @@ class SessionState:
     updates_requested: bool = False
     policy: Policy = field(default_factory=Policy)
     rects: Counter[int] = field(default_factory=Counter)  # forwarded rectangles by encoding
+    inputs: int = 0  # keys and pointer events forwarded: what "not idle" means
 
 
 class RfbFilter:
@@ -100,8 +101,10 @@ def _client_messages(s: Stream, st: SessionState) -> Parser:
             yield from _update_request(s, st)
         elif kind == 4:
             s.emit(b"\x04" + (yield from s.read(7)))
+            st.inputs += 1
         elif kind == 5:
             s.emit(b"\x05" + (yield from s.read(5)))
+            st.inputs += 1
         elif kind == 6:
             yield from _cut_text(s, "client")
         elif kind == 251:

@@ -126,3 +126,12 @@ def test_computer_accounts_follow_desktops():
     assert p.plan([pool(target=1)], [booting], {}, set(), NOW).actions == [p.Provision(1, fresh=True)]
     stopped = {"d1": dom("d1", running=False, ready=False)}
     assert p.plan([pool(target=1)], [booting], stopped, {"d1"}, NOW).actions == [p.Provision(1, fresh=False)]
+
+
+def test_grace_expiry_recycles_assigned_desktops():
+    doms = {"d1": dom("d1")}
+    later = NOW + timedelta(minutes=1)
+    waiting = p.DesktopView(id=1, name="d1", pool_id=1, state=S.IN_USE, since=NOW, grace_until=later)
+    assert p.plan([pool(target=1)], [waiting], doms, {"d1"}, NOW).actions == []
+    expired = p.DesktopView(id=1, name="d1", pool_id=1, state=S.IN_USE, since=NOW, grace_until=NOW - timedelta(1))
+    assert p.plan([pool(target=1)], [expired], doms, {"d1"}, NOW).actions == [p.Delete(1)]

@@ -82,6 +82,13 @@ def test_pixels_through_clipboard_never(world, ctx):
         assert update[:4] == b"\x00\x00\x00\x01" and update.endswith(b"\x42" * 32)
         ws.send_bytes(struct.pack(">BBxxI", 4, 1, 0x61) + struct.pack(">BBHHHH", 3, 1, 0, 0, w, h))
         assert ws.receive_bytes()[:4] == b"\x00\x00\x00\x01"  # the key went first, then this request
+        ws.close()  # the browser goes away (a tab closed)
+        import time
+
+        for _ in range(100):  # let the gateway see it before the test client tears the app down
+            if audit.recent(ctx, action="session.end", limit=1):
+                break
+            time.sleep(0.02)
     server = world.servers[c["desktop"]]
     import time
 
@@ -154,3 +161,73 @@ def test_filter_violation_ends_the_session_and_is_audited(world, ctx):
             break
         time.sleep(0.05)
     assert "type 250" in drops[0]["detail"]["reason"]
+
+
+def open_session(world, user="alice"):
+    api, cookie = login(world, user)
+    c = connect(world, api)
+    ws_cm = world.websocket_connect(f"/gateway?ticket={c['ticket']}", headers={**ORIGIN, **cookie})
+    return api, c, ws_cm
+
+
+def wait_for(ctx, action, timeout=5.0):
+    import time
+
+    for _ in range(int(timeout / 0.05)):
+        found = audit.recent(ctx, action=action, limit=5)
+        if found:
+            return found[0]
+        time.sleep(0.05)
+    raise AssertionError(f"no {action} in the audit log")
+
+
+def test_idle_session_is_ended_by_the_watchdog(world, ctx, settings):
+    settings.gateway.idle_timeout_s, settings.gateway.watchdog_period_s = 0.4, 0.05
+    _, c, ws_cm = open_session(world)
+    with ws_cm as ws:
+        w, h, _ = rfb_handshake(ws)
+        ws.send_bytes(struct.pack(">BxHi", 2, 1, 0))
+        import time
+
+        deadline = time.monotonic() + 5
+        with pytest.raises(WebSocketDisconnect):
+            while time.monotonic() < deadline:  # update requests are not activity: only keys and pointer are
+                ws.send_bytes(struct.pack(">BBHHHH", 3, 1, 0, 0, w, h))
+                ws.receive_bytes()
+    assert wait_for(ctx, "session.end")["detail"]["reason"] == "idle timeout"
+
+
+def test_admin_force_disconnect(world, ctx, settings):
+    settings.gateway.watchdog_period_s = 0.05
+    _, c, ws_cm = open_session(world)
+    carol, _ = login(world, "carol")
+    with ws_cm as ws:
+        rfb_handshake(ws)
+        r = world.post(f"/api/v1/desktops/{c['desktop']}/disconnect", headers=carol)
+        assert r.status_code == 200
+        with pytest.raises(WebSocketDisconnect):
+            for _ in range(100):
+                ws.send_bytes(struct.pack(">BBHH", 5, 0, 1, 1))
+                ws.receive_bytes()
+    assert wait_for(ctx, "session.end")["detail"]["reason"] == "disconnected by an admin"
+    assert audit.recent(ctx, action="session.force_disconnect", limit=1)[0]["actor"] == "carol"
+
+
+def test_grace_keeps_the_desktop_then_recycles_it(world, ctx, clock):
+    from controlplane.services import desktops
+
+    api, c, ws_cm = open_session(world)
+    with ws_cm as ws:
+        rfb_handshake(ws)
+        ws.close()
+    wait_for(ctx, "session.end")
+    row, _ = desktops.get(ctx, c["desktop"])
+    assert row.grace_until is not None and row.assigned_to == "alice"
+    assert connect(world, api)["desktop"] == c["desktop"]  # back within the grace: the same desktop
+    clock.advance(3600)
+    rec = Reconciler(ctx)
+    assert rec.run_until_converged(timeout=10, busy_period=0)
+    rec.close()
+    names = {d.name for d, _ in desktops.list_all(ctx)}
+    assert c["desktop"] not in names and len(names) == 2  # recycled, and the pool made a fresh one
+    assert wait_for(ctx, "desktop.delete")["target"] == c["desktop"]
