@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import replace
 from collections import Counter
+from dataclasses import replace
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, FastAPI, WebSocket, WebSocketDisconnect
