@@ -94,6 +94,32 @@ async function connect(pool) {
   });
   state.rfb = rfb;
   window.__shiftdesk = { rfb };  // for tests and support: the same access any page script would have
+  watchLimits(pool);
+}
+
+// Warn before the gateway ends the session (it enforces the same limits, whatever the page does).
+async function watchLimits(pool) {
+  let limits;
+  try {
+    limits = (await api(`/api/v1/me/policy?pool=${encodeURIComponent(pool)}`)).session;
+  } catch (err) {
+    return;
+  }
+  const started = Date.now();
+  state.lastInput = Date.now();
+  clearInterval(state.limitTimer);
+  state.limitTimer = setInterval(() => {
+    const idleLeft = limits.idle_timeout_minutes * 60000 - (Date.now() - state.lastInput);
+    const sessionLeft = limits.max_session_hours * 3600000 - (Date.now() - started);
+    let text = "";
+    if (idleLeft < 60000) text = `No activity: you will be disconnected in ${Math.max(0, Math.round(idleLeft / 1000))} s.`;
+    else if (sessionLeft < 300000) text = `Your session ends in ${Math.max(0, Math.round(sessionLeft / 60000))} min.`;
+    $("warning").textContent = text;
+    $("warning").hidden = !text;
+  }, 1000);
+}
+for (const type of ["keydown", "pointerdown", "pointermove", "wheel"]) {
+  document.addEventListener(type, () => { state.lastInput = Date.now(); }, { capture: true, passive: true });
 }
 
 function retryLater() {
