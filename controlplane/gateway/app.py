@@ -116,8 +116,8 @@ async def gateway(ws: WebSocket) -> None:
             sessions.ended(ctx, user=user.sub, desktop=target.desktop, reason=outcome.reason,
                            bytes_in=outcome.bytes_from_browser, bytes_out=outcome.bytes_to_browser)
             sessions.start_grace(ctx, target.desktop_id, limits.grace_s)
-        with contextlib.suppress(RuntimeError):
-            await ws.close()
+        with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+            await ws.close()  # may be closed already, from either side
 
 
 def _watchdog(ctx: Context, desktop_id: int, limits: sessions.Limits, period: float) -> Watchdog:
