@@ -86,10 +86,10 @@ async function connect(pool) {
     $("status").textContent = `Connected to your desktop`;
     rfb.focus();
   });
-  rfb.addEventListener("disconnect", (event) => {
+  rfb.addEventListener("disconnect", () => {
     state.rfb = null;
     if (state.leaving) return;
-    $("status").textContent = event.detail.clean ? "Disconnected." : "Connection lost, reconnecting...";
+    $("status").textContent = "Connection lost, reconnecting...";  // same desktop, within the grace period
     retryLater();
   });
   state.rfb = rfb;

@@ -129,3 +129,19 @@ def test_tickets_replayed_expired_or_foreign_are_refused(world):
     ticket = client.post("/api/v1/me/pools/floor/connect", headers=auth).json()["ticket"]
     time.sleep(1.5)
     assert gateway_refuses(world, tokens["alice"], ticket)  # expired
+
+
+def test_portal_reconnects_to_the_same_desktop_after_a_drop(browser, world):
+    page, _ = sign_in(browser, world, "alice")
+    page.wait_for_selector("#status:has-text('Connected')", timeout=30000)
+    page.wait_for_timeout(1200)  # the watermark redraws every second
+    first = page.locator("#watermark span").first.text_content().split(" · ")[1]
+    assert first.startswith("sd-")
+    for tap in world.taps.values():
+        tap.drop()
+    page.wait_for_selector("#status:has-text('reconnecting')", timeout=10000)
+    page.wait_for_selector("#status:has-text('Connected')", timeout=30000)
+    page.wait_for_timeout(1200)
+    assert page.locator("#watermark span").first.text_content().split(" · ")[1] == first
+    starts = [e for e in audit.recent(world.ctx, action="session.start", limit=20) if e["actor"] == "alice"]
+    assert len(starts) == 2 and {e["target"] for e in starts} == {first}

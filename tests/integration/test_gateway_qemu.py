@@ -3,6 +3,7 @@ the gateway changes the desktop's screen, and pasted clipboard text never reache
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
@@ -51,6 +52,7 @@ class UpstreamTap:
 
     def __init__(self, target: str, path: str) -> None:
         self.target, self.sent = target, bytearray()
+        self.live: list[socket.socket] = []
         self.server = socket.socket(socket.AF_UNIX)
         self.server.bind(path)
         self.server.listen(4)
@@ -64,8 +66,16 @@ class UpstreamTap:
                 return
             up = socket.socket(socket.AF_UNIX)
             up.connect(self.target)
+            self.live += [down, up]
             threading.Thread(target=self._copy, args=(down, up, True), daemon=True).start()
             threading.Thread(target=self._copy, args=(up, down, False), daemon=True).start()
+
+    def drop(self) -> None:
+        """Cut every connection, like a network failure between gateway and desktop."""
+        for sock in self.live:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self.live.clear()
 
     def _copy(self, src: socket.socket, dst: socket.socket, record: bool) -> None:
         try:
