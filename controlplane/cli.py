@@ -13,6 +13,7 @@ import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -26,7 +27,7 @@ from controlplane.config import Settings
 from controlplane.domain.policy_load import MAX_FILE_BYTES
 from controlplane.errors import ExpectedError, InvalidInput, ShiftDeskError
 from controlplane.main import build_context, build_reconciler, create_app, tls_files
-from controlplane.services import desktops, identity, images, policies, pools, selftest
+from controlplane.services import desktops, identity, images, policies, pools, scaling, selftest
 from controlplane.services.context import Context
 from controlplane.services.views import desktop_view, image_view
 
@@ -39,6 +40,8 @@ app.add_typer(pool_app, name="pool")
 app.add_typer(desktop_app, name="desktop")
 policy_app = typer.Typer(help="Desktop policies as code (policies/*.yaml).", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
+schedule_app = typer.Typer(help="Shift rosters that size pools (policies/rosters/*.yaml).", no_args_is_help=True)
+app.add_typer(schedule_app, name="schedule")
 
 out = Console()
 err = Console(stderr=True)
@@ -387,6 +390,75 @@ def policy_explain(user: str, pool: Annotated[str | None, typer.Option(help="Des
         out.print("data: " + " ".join(f"{k}={'on' if v else 'off'}" for k, v in result["data"].items()))
         out.print(f"watermark: {'on' if result['watermark'] else 'off'}; session: "
                   + " ".join(f"{k}={v}" for k, v in result["session"].items()))
+
+
+# --- schedules ------------------------------------------------------------------------------------
+
+
+def _roster_errors(run: Callable[[], T]) -> T:
+    try:
+        return run()
+    except scaling.RosterFilesInvalid as problem:
+        for e in problem.errors:
+            err.print(f"[red]invalid:[/red] {e}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+@schedule_app.command("validate")
+def schedule_validate(files: FilesOpt) -> None:
+    """Check roster files; errors name the file, line and field."""
+    with context():
+        texts = read_policy_files(files)
+        loaded = _roster_errors(lambda: scaling.validate(texts))
+        err.print(f"{len(loaded)} rosters valid: {', '.join(sorted(r.pool for r in loaded))}")
+
+
+@schedule_app.command("apply")
+def schedule_apply(files: FilesOpt) -> None:
+    """Apply roster files (all or nothing; every pool must exist)."""
+    with context() as (ctx, _):
+        texts = read_policy_files(files)
+        changed = _roster_errors(lambda: scaling.apply(ctx, texts, actor=ACTOR))
+        err.print(f"rosters applied: {', '.join(changed) or 'none changed'}")
+
+
+@schedule_app.command("show")
+def schedule_show(pool: str) -> None:
+    """Print POOL's roster."""
+    with context() as (ctx, _):
+        print(json.dumps(scaling.show(ctx, pool), indent=2, default=str))
+
+
+@schedule_app.command("plan")
+def schedule_plan(
+    pool: str,
+    days: Annotated[int, typer.Option(help="How many days from now (or --start)")] = 1,
+    start: Annotated[str | None, typer.Option(help="ISO date/time to start from (UTC)")] = None,
+    step: Annotated[int, typer.Option(help="Minutes between points")] = 15,
+    png: Annotated[Path | None, typer.Option(help="Write a capacity plot as PNG")] = None,
+    svg: Annotated[Path | None, typer.Option(help="Write a capacity plot as SVG")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Planned capacity against head-count over a day or a week, as a table, JSON or a plot."""
+    with context() as (ctx, _):
+        begin = datetime.fromisoformat(start).replace(tzinfo=UTC) if start else ctx.clock.now()
+        points = scaling.plan(ctx, pool, begin, hours=24 * days, step_minutes=step)
+        actual = [d for d, _ in desktops.list_all(ctx, pool)]
+        if png or svg:
+            from controlplane.web.capacity_plot import render
+
+            for path, fmt in ((png, "png"), (svg, "svg")):
+                if path:
+                    path.write_bytes(render(pool, points, len(actual), fmt))
+                    err.print(f"wrote {path}")
+        if as_json:
+            print(json.dumps([{"at": p.at.isoformat(), "headcount": p.headcount, "desired": p.desired}
+                              for p in points], indent=2))
+        elif not (png or svg):
+            table = Table("at (UTC)", "headcount", "desktops planned")
+            for p in points:
+                table.add_row(p.at.strftime("%a %Y-%m-%d %H:%M"), str(p.headcount), str(p.desired))
+            out.print(table)
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -87,6 +87,10 @@ class GatewaySettings(BaseModel):
     watchdog_period_s: float = Field(2.0, gt=0, description="How often a live session checks idle/limits/admin")
 
 
+class SchedulerSettings(BaseModel):
+    period_s: float = Field(60.0, gt=0, description="Scaling is re-evaluated at least this often")
+
+
 class ApiSettings(BaseModel):
     host: str = Field("127.0.0.1", description="Listen address of `shiftdesk serve`")
     port: int = Field(8600, ge=1, le=65535, description="Listen port of `shiftdesk serve`")
@@ -115,6 +119,7 @@ class Settings(BaseSettings):
     ldap: LdapSettings = LdapSettings()
     auth: AuthSettings = AuthSettings()
     gateway: GatewaySettings = GatewaySettings()
+    scheduler: SchedulerSettings = SchedulerSettings()
 
     @field_validator("instance")
     @classmethod

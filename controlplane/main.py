@@ -94,6 +94,12 @@ def create_app(settings: Settings, ctx: Context | None = None, reconciler: Recon
     from controlplane.gateway import app as gateway
 
     ctx = ctx or build_context(settings)
-    app = build_app(ctx, settings, reconciler)
+    background = []
+    if reconciler is not None:  # serving: the shift scheduler runs beside the reconciler (one per DB)
+        from controlplane.scheduler.jobs import ShiftScheduler
+
+        background.append(ShiftScheduler(ctx, period_s=settings.scheduler.period_s,
+                                         on_change=reconciler.wake.set))
+    app = build_app(ctx, settings, reconciler, background)
     gateway.install(app)
     return app

@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Protocol
 
 from fastapi import FastAPI
 
 from controlplane.api import errors, portal
-from controlplane.api.routes import audit, auth, desktops, images, me, policies, pools
+from controlplane.api.routes import audit, auth, desktops, images, me, policies, pools, schedules
 from controlplane.config import Settings
 from controlplane.services.context import Context
 from controlplane.services.reconciler import Reconciler
 
 
-def build_app(ctx: Context, settings: Settings, reconciler: Reconciler | None) -> FastAPI:
+class Background(Protocol):
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def build_app(ctx: Context, settings: Settings, reconciler: Reconciler | None,
+              background: Sequence[Background] = ()) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stop = threading.Event()
@@ -25,7 +33,11 @@ def build_app(ctx: Context, settings: Settings, reconciler: Reconciler | None) -
             thread = threading.Thread(target=reconciler.run, args=(stop,), name="reconciler", daemon=True,
                                       kwargs={"period": rc.period_s, "busy_period": rc.busy_period_s})
             thread.start()
+        for service in background:
+            service.start()
         yield
+        for service in background:
+            service.stop()
         stop.set()
         if reconciler is not None and thread is not None:
             reconciler.wake.set()
@@ -39,7 +51,7 @@ def build_app(ctx: Context, settings: Settings, reconciler: Reconciler | None) -
     app.state.reconciler = reconciler
     errors.install(app)
     for router in (auth.router, me.router, images.router, pools.router, desktops.router, policies.router,
-                   audit.router):
+                   audit.router, schedules.router):
         app.include_router(router)
 
     portal.install(app, settings.api.agents_dir)

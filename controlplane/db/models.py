@@ -71,6 +71,7 @@ class Desktop(SQLModel, table=True):
     assigned_to: str | None = Field(default=None, index=True)  # the agent whose session this is
     grace_until: datetime | None = None  # no live display session: recycled after this moment
     disconnect_requested: bool = False  # an admin asked the gateway to end the live session
+    logoff_at: datetime | None = None  # ramp-down: the live session is ended at this moment
     created_at: datetime = Field(default_factory=utcnow)
     state_since: datetime = Field(default_factory=utcnow)
 
@@ -130,3 +131,15 @@ class ConnectTicket(SQLModel, table=True):
     desktop_id: int = Field(foreign_key="desktops.id", index=True)
     expires_at: datetime
     used_at: datetime | None = None
+
+
+class RosterRecord(SQLModel, table=True):
+    """A pool's roster, as validated from its file (one per pool; replaced as a whole on apply)."""
+
+    __tablename__ = "rosters"
+    id: int | None = Field(default=None, primary_key=True)
+    pool_id: int = Field(foreign_key="pools.id", unique=True)
+    document: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    sha256: str
+    applied_at: datetime = Field(default_factory=utcnow)
+    actor: str

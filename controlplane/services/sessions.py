@@ -9,6 +9,7 @@ from typing import Any
 
 from controlplane.db import audit, desktops
 from controlplane.db.engine import session_scope
+from controlplane.domain.desktop import DesktopState
 from controlplane.services import policies
 from controlplane.services.context import Context
 
@@ -42,14 +43,19 @@ def start_grace(ctx: Context, desktop_id: int, grace_s: float) -> None:
     with session_scope(ctx.engine) as session:
         row = desktops.get(session=session, desktop_id=desktop_id)
         if row is not None and row.assigned_to is not None:
-            row.grace_until = ctx.clock.now() + timedelta(seconds=grace_s)
+            now = ctx.clock.now()
+            over = row.state == DesktopState.DRAINING or (row.logoff_at is not None and row.logoff_at <= now)
+            row.grace_until = now + timedelta(seconds=0 if over else grace_s)  # shift over: no coming back
             session.add(row)
 
 
 def disconnect_requested(ctx: Context, desktop_id: int) -> bool:
+    """An admin asked, the desktop was taken away, or a ramp-down's log-off time has come."""
     with session_scope(ctx.engine) as session:
         row = desktops.get(session=session, desktop_id=desktop_id)
-        return row is None or row.disconnect_requested or row.assigned_to is None
+        if row is None or row.disconnect_requested or row.assigned_to is None:
+            return True
+        return row.logoff_at is not None and row.logoff_at <= ctx.clock.now()
 
 
 def request_disconnect(ctx: Context, desktop_name: str, *, actor: str) -> None:

@@ -86,3 +86,26 @@ def test_local_admin_token_works_against_the_api(env, settings):
     with TestClient(create_app(settings, build_context(settings))) as client:
         assert client.get("/api/v1/pools", headers={"Authorization": f"Bearer {token}"}).status_code == 200
         assert client.get("/api/v1/pools", headers={"Authorization": f"Bearer {token}x"}).status_code == 401
+
+
+def test_schedule_commands_and_capacity_plots(env, tmp_path):
+    from pathlib import Path
+
+    rosters = Path(__file__).resolve().parents[2] / "policies" / "rosters"
+    assert run("pool", "create", "sales", "--image", "busybox-desktop", "--size", "0", "--no-wait").exit_code == 0
+    r = run("schedule", "validate", "-f", str(rosters))
+    assert r.exit_code == 0 and "1 rosters valid: sales" in r.output
+    assert run("schedule", "apply", "-f", str(rosters)).exit_code == 0
+    assert json.loads(run("schedule", "show", "sales").output)["roster"]["timezone"] == "Europe/Berlin"
+    plan = json.loads(run("schedule", "plan", "sales", "--start", "2026-11-27T00:00", "--json").output)
+    peak = max(p["desired"] for p in plan)
+    assert len(plan) == 96 and peak == 230 + 23  # Black Friday 13-14h: early shift 30 + stream 200, buffer 10%
+    png, svg = tmp_path / "week.png", tmp_path / "week.svg"
+    r = run("schedule", "plan", "sales", "--days", "7", "--png", str(png), "--svg", str(svg))
+    assert r.exit_code == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and b"<svg" in svg.read_bytes()[:400]
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.yaml").write_text("pool: sales\ntimezone: Nowhere/City\nshifts: []\n")
+    r = run("schedule", "apply", "-f", str(bad))
+    assert r.exit_code == 2 and "x.yaml:2: timezone" in r.output

@@ -1,0 +1,124 @@
+"""Roster files (YAML, one pool each) -> Roster objects, with file:line:field errors.
+
+    pool: sales
+    timezone: Europe/Berlin          # IANA name; shift times are local wall-clock times
+    min: 2
+    max: 120
+    buffer: {min: 2, percent: 10}    # warm spare desktops while anyone is rostered
+    prewarm_minutes: 20              # optional; default: derived from measured provisioning
+    ramp_down: {logoff_after_minutes: 10}
+    shifts:
+      - {name: early, days: [mon, tue, wed, thu, fri], start: "06:00", end: "14:00", headcount: 30}
+      - {name: night, days: [mon, tue, wed, thu, fri, sat, sun], start: "22:00", end: "06:00", headcount: 5}
+    events:
+      - {name: promo, start: "2026-11-27T13:00", end: "2026-11-27T17:00", headcount: 200}
+    holidays: ["2026-12-25"]
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, available_timezones
+
+from controlplane.domain.naming import NAME_RE
+from controlplane.domain.roster import Event, Roster, Shift
+from controlplane.domain.safe_yaml import DocumentError, DocumentsInvalid, check_count, line_of, load_one
+
+DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+HHMM = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+LOCAL_DT = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T([01][0-9]|2[0-3]):[0-5][0-9]$"
+
+
+def _obj(props: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    return {"type": "object", "additionalProperties": False, "properties": props, "required": required}
+
+
+COUNT = {"type": "integer", "minimum": 0, "maximum": 5000}
+NAME = {"type": "string", "pattern": r"^[a-z0-9][a-z0-9 _-]{0,39}$"}
+SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "ShiftDesk pool roster",
+    **_obj({
+        "pool": {"type": "string", "pattern": NAME_RE.pattern},
+        "timezone": {"type": "string", "maxLength": 64},
+        "min": COUNT, "max": COUNT,
+        "buffer": _obj({"min": COUNT, "percent": {"type": "number", "minimum": 0, "maximum": 500}}, []),
+        "prewarm_minutes": {"type": "integer", "minimum": 0, "maximum": 1440},
+        "ramp_down": _obj({"logoff_after_minutes": {"type": "integer", "minimum": 0, "maximum": 1440}}, []),
+        "shifts": {"type": "array", "maxItems": 200, "items": _obj({
+            "name": NAME, "days": {"type": "array", "minItems": 1, "uniqueItems": True,
+                                   "items": {"enum": DAYS}},
+            "start": {"type": "string", "pattern": HHMM}, "end": {"type": "string", "pattern": HHMM},
+            "headcount": COUNT}, ["name", "days", "start", "end", "headcount"])},
+        "events": {"type": "array", "maxItems": 500, "items": _obj({
+            "name": NAME, "start": {"type": "string", "pattern": LOCAL_DT},
+            "end": {"type": "string", "pattern": LOCAL_DT}, "headcount": COUNT},
+            ["name", "start", "end", "headcount"])},
+        "holidays": {"type": "array", "maxItems": 400, "uniqueItems": True,
+                     "items": {"type": "string", "format": "date", "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"}},
+    }, ["pool", "timezone", "shifts"]),
+}
+
+
+def parse(files: dict[str, str]) -> list[tuple[str, dict[str, Any]]]:
+    """(file name, validated document) for every file; DocumentsInvalid lists every problem."""
+    errors: list[DocumentError] = []
+    check_count(files)
+    docs: list[tuple[str, dict[str, Any]]] = []
+    for name in sorted(files):
+        doc = load_one(name, files[name], SCHEMA, errors)
+        if doc is None:
+            continue
+        problems = _semantic_problems(doc)
+        for path, message in problems:
+            errors.append(DocumentError(name, line_of(files[name], path), ".".join(map(str, path)), message))
+        if not problems:
+            docs.append((name, doc))
+    seen: dict[str, str] = {}
+    for fname, doc in docs:
+        if doc["pool"] in seen:
+            errors.append(DocumentError(fname, 1, "pool", f"{doc['pool']!r} also has a roster in {seen[doc['pool']]}"))
+        seen[doc["pool"]] = fname
+    if errors:
+        raise DocumentsInvalid(errors)
+    return docs
+
+
+def load(files: dict[str, str]) -> list[Roster]:
+    return [to_roster(doc) for _, doc in parse(files)]
+
+
+def _semantic_problems(doc: dict[str, Any]) -> list[tuple[list[Any], str]]:
+    problems: list[tuple[list[Any], str]] = []
+    if doc["timezone"] not in available_timezones():
+        problems.append((["timezone"], f"{doc['timezone']!r} is not an IANA timezone"))
+    if doc.get("min", 0) > doc.get("max", 500):
+        problems.append((["min"], "min is above max"))
+    for i, event in enumerate(doc.get("events", [])):
+        if event["end"] <= event["start"]:
+            problems.append((["events", i, "end"], "an event must end after it starts"))
+    for i, shift in enumerate(doc["shifts"]):
+        if shift["start"] == shift["end"]:
+            problems.append((["shifts", i, "end"], "a shift cannot start and end at the same time"))
+    return problems
+
+
+def to_roster(doc: dict[str, Any]) -> Roster:
+    zone = ZoneInfo(doc["timezone"])
+    buf = doc.get("buffer", {})
+    prewarm = doc.get("prewarm_minutes")
+    return Roster(
+        pool=doc["pool"], timezone=doc["timezone"],
+        shifts=tuple(Shift(name=s["name"], days=frozenset(DAYS.index(d) for d in s["days"]),
+                           start=time.fromisoformat(s["start"]), end=time.fromisoformat(s["end"]),
+                           headcount=s["headcount"]) for s in doc["shifts"]),
+        events=tuple(Event(name=e["name"], start=datetime.fromisoformat(e["start"]).replace(tzinfo=zone),
+                           end=datetime.fromisoformat(e["end"]).replace(tzinfo=zone), headcount=e["headcount"])
+                     for e in doc.get("events", [])),
+        holidays=frozenset(date.fromisoformat(h) for h in doc.get("holidays", [])),
+        prewarm=timedelta(minutes=prewarm) if prewarm is not None else None,
+        buffer_min=buf.get("min", 0), buffer_pct=float(buf.get("percent", 0)),
+        min_size=doc.get("min", 0), max_size=doc.get("max", 500),
+        logoff_grace=timedelta(minutes=doc.get("ramp_down", {}).get("logoff_after_minutes", 10)),
+    )

@@ -1,0 +1,181 @@
+"""Shift-driven scaling: rosters in, pool targets out.
+
+`evaluate()` is what every scheduler wake-up does: for each pool with a roster, recompute the
+desired size from (roster, now, live sessions, measured provisioning rate) and set the pool's
+target. Nothing is remembered between wake-ups, so a missed, late or doubled wake-up cannot leave a
+pool wrong. Ramp-down is the reconciler's usual shrink (idle desktops first, sessions drained,
+never destroyed under a live session) plus a log-off time stamped on draining desktops.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from controlplane.db import audit, desktops, leases, pools, rosters
+from controlplane.db.engine import session_scope
+from controlplane.db.models import RosterRecord
+from controlplane.domain.desktop import DesktopState
+from controlplane.domain.roster import ProvisioningRate, Roster, desired_size, headcount, lead_time, transitions
+from controlplane.domain.roster_load import parse, to_roster
+from controlplane.domain.safe_yaml import DocumentsInvalid
+from controlplane.errors import InvalidInput, NotFound
+from controlplane.services.context import Context
+
+SCHEDULER_LEASE = "scheduler"
+
+
+class RosterFilesInvalid(InvalidInput):
+    def __init__(self, err: DocumentsInvalid) -> None:
+        first = err.errors[0]
+        super().__init__(str(err), field=f"{first.file}:{first.line}:{first.field}")
+        self.errors = err.errors
+
+
+def _parse(files: dict[str, str]) -> list[tuple[str, dict[str, Any]]]:
+    try:
+        return parse(files)
+    except DocumentsInvalid as err:
+        raise RosterFilesInvalid(err) from None
+
+
+def validate(files: dict[str, str]) -> list[Roster]:
+    return [to_roster(doc) for _, doc in _parse(files)]
+
+
+def apply(ctx: Context, files: dict[str, str], *, actor: str) -> list[str]:
+    """All files valid and every pool known, then all rosters replaced in one transaction."""
+    docs = _parse(files)
+    with session_scope(ctx.engine) as session:
+        changed = []
+        for fname, doc in docs:
+            pool = pools.get_by_name(session=session, name=doc["pool"])
+            if pool is None:
+                raise InvalidInput(f"{fname}: pool: {doc['pool']!r} does not exist", field=f"{fname}:pool")
+            sha = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+            existing = rosters.for_pool(session=session, pool_id=pool.id or 0)
+            if existing is not None and existing.sha256 == sha:
+                continue
+            rosters.upsert(session=session, record=RosterRecord(pool_id=pool.id or 0, document=doc, sha256=sha,
+                                                                 applied_at=ctx.clock.now(), actor=actor))
+            audit.append(session=session, actor=actor, action="roster.apply", target=doc["pool"], sha256=sha,
+                         file=fname)
+            changed.append(doc["pool"])
+        return changed
+
+
+def roster_of(ctx: Context, pool: str) -> Roster:
+    with session_scope(ctx.engine) as session:
+        p = pools.get_or_raise(session=session, name=pool)
+        record = rosters.for_pool(session=session, pool_id=p.id or 0)
+        if record is None:
+            raise NotFound(f"pool {pool!r} has no roster", field="pool")
+        return to_roster(record.document)
+
+
+def show(ctx: Context, pool: str) -> dict[str, Any]:
+    with session_scope(ctx.engine) as session:
+        p = pools.get_or_raise(session=session, name=pool)
+        record = rosters.for_pool(session=session, pool_id=p.id or 0)
+        if record is None:
+            raise NotFound(f"pool {pool!r} has no roster", field="pool")
+        return {"pool": pool, "applied_at": record.applied_at, "actor": record.actor, "roster": record.document}
+
+
+def measured_rate(ctx: Context, parallelism: int | None = None) -> ProvisioningRate:
+    """Boot time from the last desktops' `desktop.ready` audit events; rate from the parallelism."""
+    with session_scope(ctx.engine) as session:
+        boots = [float(e.detail.get("boot_s", 0)) for e in audit.list_recent(session=session, limit=50,
+                                                                              action="desktop.ready")]
+    boot = statistics.median(boots) if boots else 10.0
+    return ProvisioningRate(boot_s=boot, per_second=(parallelism or ctx.parallelism) / max(boot, 0.5))
+
+
+@dataclass(frozen=True)
+class PlanPoint:
+    at: datetime
+    headcount: int
+    desired: int
+
+
+def plan(ctx: Context, pool: str, start: datetime, hours: int = 24, step_minutes: int = 15) -> list[PlanPoint]:
+    roster, rate = roster_of(ctx, pool), measured_rate(ctx)
+    lead = lead_time(roster, rate, start)
+    points, t = [], start
+    while t < start + timedelta(hours=hours):
+        points.append(PlanPoint(t, headcount(roster, t), desired_size(roster, t, 0, rate, lead)))
+        t += timedelta(minutes=step_minutes)
+    return points
+
+
+def next_wakes(ctx: Context, now: datetime, horizon: timedelta) -> list[tuple[str, datetime]]:
+    """When the scheduler should look again: every roster edge minus its lead time."""
+    rate, wakes = measured_rate(ctx), []
+    with session_scope(ctx.engine) as session:
+        records = [(r, pools_name(session, r.pool_id)) for r in rosters.list_all(session=session)]
+    for record, name in records:
+        roster = to_roster(record.document)
+        lead = lead_time(roster, rate, now)
+        for edge in transitions(roster, now, now + horizon + lead):
+            if edge - lead > now:
+                wakes.append((name, edge - lead))
+    return sorted(wakes, key=lambda w: w[1])
+
+
+def pools_name(session: Any, pool_id: int) -> str:
+    pool = session.get(pools.Pool, pool_id)
+    return pool.name if pool else "?"
+
+
+def evaluate(ctx: Context) -> dict[str, tuple[int, int]]:
+    """Set every rostered pool's target from its roster now. Returns {pool: (before, after)} changes."""
+    now, rate, changes = ctx.clock.now(), measured_rate(ctx), {}
+    with session_scope(ctx.engine) as session:
+        for record in rosters.list_all(session=session):
+            pool = session.get(pools.Pool, record.pool_id)
+            if pool is None or pool.deleting:
+                continue
+            roster = to_roster(record.document)
+            rows = desktops.list_all(session=session, pool_id=pool.id)
+            in_use = sorted((d for d in rows if d.state == DesktopState.IN_USE), key=lambda d: d.state_since)
+            want = desired_size(roster, now, len(in_use), rate)
+            _schedule_logoffs(session, rows, in_use, desired_size(roster, now, 0, rate), now + roster.logoff_grace)
+            if want != pool.target_size or not pool.min_size <= want <= pool.max_size:
+                before = pool.target_size
+                pool.target_size = want
+                pool.min_size, pool.max_size = min(pool.min_size, want), max(pool.max_size, want)
+                session.add(pool)
+                audit.append(session=session, actor="scheduler", action="pool.autoscale", target=pool.name,
+                             before=before, after=want, live=len(in_use), headcount=headcount(roster, now))
+                changes[pool.name] = (before, want)
+    return changes
+
+
+def _schedule_logoffs(session: Any, rows: list[Any], in_use: list[Any], rostered: int, at: datetime) -> None:
+    """Ramp-down: sessions beyond what the roster still wants get a log-off time (oldest first);
+    the gateway warns and ends them then, and only then is the desktop recycled. Sessions on
+    drained desktops are logged off the same way. More people rostered again cancels it."""
+    excess = max(0, len(in_use) - rostered)
+    for i, d in enumerate(in_use):
+        wanted = at if i < excess else None
+        if (d.logoff_at is None) != (wanted is None):
+            d.logoff_at = wanted
+            session.add(d)
+    for d in rows:
+        if d.state == DesktopState.DRAINING and d.logoff_at is None:
+            d.logoff_at = at
+            session.add(d)
+
+
+def hold_lease(ctx: Context, holder: str, ttl: timedelta) -> bool:
+    with session_scope(ctx.engine) as session:
+        return leases.acquire(session=session, name=SCHEDULER_LEASE, holder=holder, now=ctx.clock.now(), ttl=ttl)
+
+
+def release_lease(ctx: Context, holder: str) -> None:
+    with session_scope(ctx.engine) as session:
+        leases.release(session=session, name=SCHEDULER_LEASE, holder=holder)

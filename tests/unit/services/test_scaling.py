@@ -1,0 +1,166 @@
+"""Rosters applied to pools, the scheduler's wake-ups, reactive top-up and a safe ramp-down."""
+
+from __future__ import annotations
+
+import time as walltime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect
+
+from controlplane.domain.desktop import DesktopState as S
+from controlplane.errors import InvalidInput
+from controlplane.scheduler.jobs import ShiftScheduler
+from controlplane.services import broker, desktops, pools, scaling, sessions
+from controlplane.services.reconciler import Reconciler
+from controlplane.services.scaling import RosterFilesInvalid
+from controlplane.services.tokens import Claims
+
+ROOT = Path(__file__).resolve().parents[3]
+EXAMPLE = {"sales.yaml": (ROOT / "policies" / "rosters" / "sales.yaml").read_text()}
+# Tuesday 24 November 2026, 08:00 UTC = 09:00 Berlin: the early shift (30 + buffer 3) is on
+SMALL = """pool: sales
+timezone: UTC
+min: 1
+max: 20
+buffer: {min: 1}
+prewarm_minutes: 10
+ramp_down: {logoff_after_minutes: 5}
+shifts:
+  - {name: day, days: [tue], start: "08:05", end: "08:30", headcount: 3}
+"""
+
+
+def settle(ctx):
+    rec = Reconciler(ctx)
+    assert rec.run_until_converged(timeout=10, busy_period=0)
+    rec.close()
+
+
+@pytest.fixture
+def sales(ctx, image):
+    return pools.create(ctx, name="sales", image="busybox-desktop", size=0, groups=["cc-agents"], actor="t")
+
+
+def test_example_roster_is_valid():
+    (roster,) = scaling.validate(EXAMPLE)
+    assert roster.pool == "sales" and len(roster.shifts) == 4 and roster.events
+
+
+@pytest.mark.parametrize("text,where", [
+    (SMALL.replace("timezone: UTC", "timezone: Mars/Olympus"), (2, "timezone")),
+    (SMALL.replace('"08:05"', '"25:00"'), (9, "shifts.0.start")),
+    (SMALL.replace("[tue]", "[tuesday]"), (9, "shifts.0.days.0")),
+    (SMALL.replace("min: 1\n", "min: 30\n"), (3, "min")),
+    (SMALL + "colour: red\n", (10, "colour")),
+    (SMALL.replace('"08:30"', '"08:05"'), (9, "shifts.0.end")),
+])
+def test_bad_rosters_name_file_line_and_field(text, where):
+    with pytest.raises(RosterFilesInvalid) as e:
+        scaling.validate({"r.yaml": text})
+    assert ("r.yaml", *where) in [(x.file, x.line, x.field) for x in e.value.errors], str(e.value)
+
+
+def test_apply_needs_known_pools_and_changes_nothing_otherwise(ctx, sales):
+    with pytest.raises(InvalidInput, match="does not exist"):
+        scaling.apply(ctx, {"a.yaml": SMALL, "b.yaml": SMALL.replace("pool: sales", "pool: nosuch")}, actor="t")
+    with pytest.raises(Exception):
+        scaling.show(ctx, "sales")
+    assert scaling.apply(ctx, {"a.yaml": SMALL}, actor="t") == ["sales"]
+    assert scaling.apply(ctx, {"a.yaml": SMALL}, actor="t") == []  # unchanged
+
+
+def test_evaluate_prewarms_then_scales_down(ctx, clock, sales):
+    scaling.apply(ctx, {"a.yaml": SMALL}, actor="t")
+    clock.t = datetime(2026, 11, 24, 7, 50, tzinfo=UTC)  # 15 min before the shift, lead is 10
+    scaling.evaluate(ctx)
+    assert pools.get(ctx, "sales").target_size == 1  # min
+    clock.t = datetime(2026, 11, 24, 7, 55, tzinfo=UTC)  # lead reached
+    assert scaling.evaluate(ctx) == {"sales": (1, 4)}  # 3 + buffer 1
+    settle(ctx)
+    assert len(desktops.list_all(ctx, "sales")) == 4
+    clock.t = datetime(2026, 11, 24, 8, 31, tzinfo=UTC)
+    assert scaling.evaluate(ctx) == {"sales": (4, 1)}
+
+
+def test_reactive_top_up_when_more_agents_arrive(ctx, clock, sales):
+    scaling.apply(ctx, {"a.yaml": SMALL}, actor="t")
+    clock.t = datetime(2026, 11, 24, 8, 10, tzinfo=UTC)
+    scaling.evaluate(ctx)
+    settle(ctx)
+    for i in range(4):  # four agents for three rostered seats
+        broker.connect(ctx, Claims(f"a{i}", "agent", ("cc-agents",), "j", 0), "sales")
+    scaling.evaluate(ctx)
+    assert pools.get(ctx, "sales").target_size == 5  # 4 live + buffer 1
+
+
+def test_ramp_down_never_destroys_a_desktop_with_a_live_session(ctx, clock, sales):
+    scaling.apply(ctx, {"a.yaml": SMALL.replace("min: 1\n", "min: 0\n")}, actor="t")
+    clock.t = datetime(2026, 11, 24, 8, 10, tzinfo=UTC)
+    scaling.evaluate(ctx)
+    settle(ctx)
+    c = broker.connect(ctx, Claims("alice", "agent", ("cc-agents",), "j", 0), "sales")
+    target = broker.redeem(ctx, c.ticket, "alice")
+    sessions.mark_live(ctx, target.desktop_id)  # the gateway holds a live session
+    clock.t = datetime(2026, 11, 24, 8, 31, tzinfo=UTC)  # the shift is over
+    scaling.evaluate(ctx)
+    rec = Reconciler(ctx)
+    for _ in range(6):
+        rec.pass_once()
+        scaling.evaluate(ctx)  # keeps the live desktop, stamps its log-off time
+        clock.advance(120)
+        row, _ = desktops.get(ctx, c.desktop)
+        assert row.state in (S.IN_USE, S.DRAINING), "a desktop with a live session was torn down"
+    row, _ = desktops.get(ctx, c.desktop)
+    assert row.state == S.IN_USE and row.logoff_at is not None  # kept while live, log-off scheduled
+    assert sessions.disconnect_requested(ctx, target.desktop_id)  # the gateway now logs the agent off
+    sessions.start_grace(ctx, target.desktop_id, 300)  # ...and its session ends: no grace after the shift
+    clock.advance(1)
+    for _ in range(4):
+        rec.pass_once()
+    rec.close()
+    assert c.desktop not in {d.name for d, _ in desktops.list_all(ctx)}
+
+
+def wait_until(predicate, seconds=10.0):
+    deadline = walltime.monotonic() + seconds
+    while walltime.monotonic() < deadline:
+        if predicate():
+            return True
+        walltime.sleep(0.05)
+    return False
+
+
+def test_scheduler_down_across_a_shift_start_is_right_after_restart(ctx, clock, sales):
+    scaling.apply(ctx, {"a.yaml": SMALL}, actor="t")
+    clock.t = datetime(2026, 11, 24, 8, 20, tzinfo=UTC)  # the shift started 15 minutes ago; nobody ran
+    assert pools.get(ctx, "sales").target_size == 0
+    sched = ShiftScheduler(ctx, period_s=0.2)
+    sched.start()
+    try:
+        assert wait_until(lambda: pools.get(ctx, "sales").target_size == 4)
+        assert "apscheduler_jobs" in inspect(ctx.engine).get_table_names()  # jobs persist in our DB
+    finally:
+        sched.stop()
+    settle(ctx)
+    assert sum(1 for d, _ in desktops.list_all(ctx, "sales") if d.state == S.READY) == 4
+
+
+def test_two_control_planes_never_both_scale(ctx, sales):
+    a = ShiftScheduler(ctx, period_s=0.1, lease_ttl=timedelta(seconds=2))
+    b = ShiftScheduler(ctx, period_s=0.1, lease_ttl=timedelta(seconds=2))
+    a.start()
+    b.start()
+    try:
+        assert wait_until(lambda: a.active or b.active)
+        for _ in range(20):
+            assert not (a.active and b.active)
+            walltime.sleep(0.05)
+        first, second = (a, b) if a.active else (b, a)
+        assert second.evaluate() == {}  # a stand-by evaluation does nothing
+        first.stop()
+        assert wait_until(lambda: second.active), "the stand-by did not take over"
+    finally:
+        a.stop()
+        b.stop()
