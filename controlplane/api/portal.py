@@ -1,4 +1,4 @@
-"""Serving the agents' portal: static files (ours and noVNC from npm) with strict headers.
+"""Serving the agents' portal and the admins' console: static files with strict headers.
 
 Every response carries `Cache-Control: no-store` (nothing of a session stays in the browser's
 cache) and, for the portal, a CSP that only allows our own scripts and connections, plus a
@@ -15,7 +15,7 @@ from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
        "connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 SECURITY_HEADERS = {
     "Cache-Control": "no-store",
@@ -44,6 +44,8 @@ def install(app: FastAPI, agents_dir: Path) -> None:
     if novnc.is_dir():
         app.mount("/portal/novnc", StaticFiles(directory=novnc), name="novnc")
     app.mount("/portal", StaticFiles(directory=agents_dir / "portal", html=True), name="portal")
+    app.mount("/console", StaticFiles(directory=Path(__file__).parents[1] / "web" / "console", html=True),
+              name="console")
 
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:

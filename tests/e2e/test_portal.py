@@ -5,6 +5,7 @@ expired and foreign tickets are refused by the gateway."""
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 import ssl
 import time
 
@@ -31,6 +32,7 @@ def canvas_colours(page) -> int:
 def world(real_ctx, real_settings, golden, ad, tmp_path):
     real_ctx.directory = LdapDirectory(url=ad.dc.url, base_dn=ad.dc.base_dn, bind_dn=ad.svc_dn,
                                        bind_password=ad.passwords["svc"], ca_file=str(ad.dc.tls.ca_cert))
+    real_ctx.auth = replace(real_ctx.auth, admin_group="cc-admins")
     pools.create(real_ctx, name="floor", image="busybox-desktop", size=2, groups=["cc-agents"], actor="test")
     rec = Reconciler(real_ctx)
     assert rec.run_until_converged(timeout=180)
@@ -145,3 +147,31 @@ def test_portal_reconnects_to_the_same_desktop_after_a_drop(browser, world):
     assert page.locator("#watermark span").first.text_content().split(" · ")[1] == first
     starts = [e for e in audit.recent(world.ctx, action="session.start", limit=20) if e["actor"] == "alice"]
     assert len(starts) == 2 and {e["target"] for e in starts} == {first}
+
+
+def test_admin_console_shows_the_capacity_plot(browser, world):
+    from controlplane.services import scaling
+
+    roster = ("pool: floor\ntimezone: Europe/Berlin\nmin: 1\nmax: 10\nshifts:\n"
+              "  - {name: day, days: [mon, tue, wed, thu, fri], start: \"08:00\", end: \"16:00\", headcount: 4}\n")
+    scaling.apply(world.ctx, {"floor.yaml": roster}, actor="test")
+    context = browser.new_context(ignore_https_errors=True)
+    page = context.new_page()
+    response = page.goto(f"{world.url}/console/")
+    assert response.headers["cache-control"] == "no-store"
+    page.fill("#username", "carol")
+    page.fill("#password", world.ad.passwords["carol"])
+    page.click("button[type=submit]")
+    page.wait_for_selector("#pool-rows tr")
+    assert "floor" in page.locator("#pool-rows").text_content()
+    page.click("#pool-rows button")
+    page.wait_for_selector("#plot:not([hidden])")
+    page.wait_for_timeout(500)
+    assert page.locator("#plot").evaluate("img => img.naturalWidth") > 100
+    agent = browser.new_context(ignore_https_errors=True).new_page()
+    agent.goto(f"{world.url}/console/")
+    agent.fill("#username", "alice")
+    agent.fill("#password", world.ad.passwords["alice"])
+    agent.click("button[type=submit]")
+    agent.wait_for_selector("#error:not([hidden])")
+    assert "administrators" in agent.locator("#error").text_content()
