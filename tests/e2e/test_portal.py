@@ -5,9 +5,9 @@ expired and foreign tickets are refused by the gateway."""
 from __future__ import annotations
 
 import io
-from dataclasses import replace
 import ssl
 import time
+from dataclasses import replace
 
 import pytest
 import websockets.sync.client as ws_client
