@@ -10,8 +10,10 @@ desired_size(roster, t, live, rate) is the whole scaling rule, a pure function:
     need(u)     = headcount(u) + buffer(headcount(u))      buffer = max(min, ceil(pct * headcount)),
                                                             0 when nobody is rostered
     lead        = roster.prewarm, or boot time + peak need / provisioning rate (+ a safety minute)
+                  + the arrival margin (agents log in up to that early)
     planned(t)  = max need(u) for u in [t, t + lead]        (warm before people arrive)
-    reactive(t) = live + buffer(live) while anyone is rostered (more agents than rostered)
+    arriving(t) = head-count of shifts starting within [t - margin, t + lead] (agents come early/late)
+    reactive(t) = live + arriving + buffer(live + arriving)   (hand-overs; more agents than rostered)
     desired(t)  = clamp(max(planned, reactive), min, max), and never below live sessions
 Because it only depends on (roster, t, live, rate), a missed, late or doubled scheduler wake-up
 cannot leave a pool wrong: the next evaluation gives the right answer.
@@ -55,6 +57,7 @@ class Roster:
     min_size: int = 0
     max_size: int = 500
     logoff_grace: timedelta = field(default=timedelta(minutes=10))  # ramp-down: sessions after shift end
+    arrival_margin: timedelta = field(default=timedelta(minutes=10))  # agents come this early (or late)
 
     @property
     def zone(self) -> ZoneInfo:
@@ -128,7 +131,7 @@ def lead_time(roster: Roster, rate: ProvisioningRate, t: datetime) -> timedelta:
     week = [n for _, _, n in intervals(roster, t, t + timedelta(days=8))]
     peak = max(week, default=0)
     seconds = rate.boot_s + (peak + buffer(roster, peak)) / max(rate.per_second, 1e-3) + 60.0
-    return timedelta(seconds=seconds)
+    return timedelta(seconds=seconds) + roster.arrival_margin
 
 
 def planned(roster: Roster, t: datetime, lead: timedelta) -> int:
@@ -143,8 +146,12 @@ def desired_size(roster: Roster, t: datetime, live: int, rate: ProvisioningRate,
                  lead: timedelta | None = None) -> int:
     lead = lead_time(roster, rate, t) if lead is None else lead
     want = planned(roster, t, lead)
-    if headcount(roster, t) > 0:
-        want = max(want, live + buffer(roster, live))  # reactive top-up: more agents than rostered
+    arriving = sum(n for a, _, n in intervals(roster, t - roster.arrival_margin, t + lead)
+                   if t - roster.arrival_margin < a <= t + lead)
+    if live or arriving:
+        # at a hand-over the leaving shift is still logged in while the next one arrives; and more
+        # agents than rostered may turn up: live sessions plus everyone still expected, plus buffer
+        want = max(want, live + arriving + buffer(roster, live + arriving))
     size = min(roster.max_size, max(roster.min_size, want))
     return max(size, min(live, roster.max_size))
 

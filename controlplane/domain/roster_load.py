@@ -7,6 +7,7 @@
     buffer: {min: 2, percent: 10}    # warm spare desktops while anyone is rostered
     prewarm_minutes: 20              # optional; default: derived from measured provisioning
     ramp_down: {logoff_after_minutes: 10}
+    arrival_margin_minutes: 10       # agents log in up to this early or late
     shifts:
       - {name: early, days: [mon, tue, wed, thu, fri], start: "06:00", end: "14:00", headcount: 30}
       - {name: night, days: [mon, tue, wed, thu, fri, sat, sun], start: "22:00", end: "06:00", headcount: 5}
@@ -46,6 +47,7 @@ SCHEMA: dict[str, Any] = {
         "buffer": _obj({"min": COUNT, "percent": {"type": "number", "minimum": 0, "maximum": 500}}, []),
         "prewarm_minutes": {"type": "integer", "minimum": 0, "maximum": 1440},
         "ramp_down": _obj({"logoff_after_minutes": {"type": "integer", "minimum": 0, "maximum": 1440}}, []),
+        "arrival_margin_minutes": {"type": "integer", "minimum": 0, "maximum": 240},
         "shifts": {"type": "array", "maxItems": 200, "items": _obj({
             "name": NAME, "days": {"type": "array", "minItems": 1, "uniqueItems": True,
                                    "items": {"enum": DAYS}},
@@ -121,4 +123,5 @@ def to_roster(doc: dict[str, Any]) -> Roster:
         buffer_min=buf.get("min", 0), buffer_pct=float(buf.get("percent", 0)),
         min_size=doc.get("min", 0), max_size=doc.get("max", 500),
         logoff_grace=timedelta(minutes=doc.get("ramp_down", {}).get("logoff_after_minutes", 10)),
+        arrival_margin=timedelta(minutes=doc.get("arrival_margin_minutes", 10)),
     )

@@ -1,0 +1,208 @@
+#!/usr/bin/env python3
+"""A week of a contact centre, on an injected clock, against the real reconciler and scheduler logic.
+
+    .venv/bin/python bench/shift_sim.py [--step-minutes 1] [--boot-s 5.5] [--per-second 0.46]
+
+Hypervisor: libvirt's test driver (test:///default) behind a pacing wrapper, so a started desktop
+becomes ready only after the boot time and at the provisioning rate that bench/provision.py
+measures on this machine (defaults: 20 desktops in 43.8 s -> 0.46/s, 5.5 s boot). The week: three
+weekday shifts, a quiet weekend, and one promotion afternoon at 8x the running shift. Agents
+arrive up to 10 minutes early or late and leave around their shift's end; each arrival asks the
+broker for a desktop: it either finds one ready or counts as a miss (and retries each minute).
+
+Three strategies run the same week:
+- roster: scaling.evaluate every step (pre-warm lead, buffer, reactive top-up, ramp-down);
+- fixed_peak: a fixed pool sized for the week's peak need;
+- clock_no_prewarm: the pool follows the head-count at each moment, with no pre-warm.
+ready_pct = arrivals that found a desktop at once; cost_ratio = desktop-hours used / the oracle
+minimum (the sum of the time each agent was present). The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import random
+import secrets
+import sys
+import tempfile
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from controlplane.config import Settings  # noqa: E402
+from controlplane.domain.ports import DesktopSpec, ObservedDomain  # noqa: E402
+from controlplane.domain.roster import ProvisioningRate, Roster, intervals, need  # noqa: E402
+from controlplane.domain.roster_load import to_roster  # noqa: E402
+from controlplane.drivers.libvirt.driver import LibvirtHypervisor  # noqa: E402
+from controlplane.errors import NotFound, TemporaryError  # noqa: E402
+from controlplane.main import build_context  # noqa: E402
+from controlplane.services import broker, desktops, pools, scaling, sessions  # noqa: E402
+from controlplane.services.reconciler import Reconciler  # noqa: E402
+from controlplane.services.tokens import Claims  # noqa: E402
+from tests.conftest import FakeBuilder, ManualClock  # noqa: E402
+
+WEEK_START = datetime(2026, 11, 23, 0, 0, tzinfo=UTC)  # a Monday
+ROSTER = {
+    "pool": "floor", "timezone": "Europe/Berlin", "min": 0, "max": 400,
+    "buffer": {"min": 1, "percent": 5}, "ramp_down": {"logoff_after_minutes": 10}, "arrival_margin_minutes": 10,
+    "shifts": [
+        {"name": "early", "days": ["mon", "tue", "wed", "thu", "fri"], "start": "06:00", "end": "14:00",
+         "headcount": 30},
+        {"name": "late", "days": ["mon", "tue", "wed", "thu", "fri"], "start": "14:00", "end": "22:00",
+         "headcount": 20},
+        {"name": "night", "days": ["mon", "tue", "wed", "thu", "fri"], "start": "22:00", "end": "06:00",
+         "headcount": 5},
+        {"name": "weekend", "days": ["sat", "sun"], "start": "09:00", "end": "17:00", "headcount": 6},
+    ],
+    # Wednesday afternoon live-stream promotion: 8x the late shift (20 -> 160) from 14:00 to 18:00
+    "events": [{"name": "promotion", "start": "2026-11-25T14:00", "end": "2026-11-25T18:00", "headcount": 140}],
+}
+
+
+class PacedHypervisor(LibvirtHypervisor):
+    """The test driver, but a started desktop is ready only after boot time, at a limited rate."""
+
+    def __init__(self, clock: ManualClock, rate: ProvisioningRate, **kw) -> None:
+        super().__init__(readiness="running", **kw)
+        self.clock, self.rate = clock, rate
+        self.ready_at: dict[str, datetime] = {}
+        self.pipeline = clock.now()
+
+    def start(self, name: str) -> None:
+        super().start(name)
+        now = self.clock.now()
+        self.pipeline = max(now, self.pipeline) + timedelta(seconds=1 / self.rate.per_second)
+        self.ready_at[name] = self.pipeline + timedelta(seconds=self.rate.boot_s)
+
+    def list_desktops(self) -> dict[str, ObservedDomain]:
+        now = self.clock.now()
+        return {n: replace(d, ready=d.ready and self.ready_at.get(n, now) <= now)
+                for n, d in super().list_desktops().items()}
+
+    def create_overlay(self, spec: DesktopSpec) -> Path:
+        return Path(f"/sim/{spec.name}.qcow2")  # no disk: the test driver only keeps names
+
+    def list_overlays(self) -> set[str]:
+        return set(super().list_desktops())
+
+    def delete_overlay(self, name: str) -> None:
+        self.ready_at.pop(name, None)
+
+
+@dataclass
+class Agent:
+    name: str
+    arrive: datetime
+    leave: datetime
+    desktop: str | None = None
+    missed: bool = False
+
+
+def agents_for(roster: Roster, rnd: random.Random) -> list[Agent]:
+    people = []
+    for start, end, count in intervals(roster, WEEK_START, WEEK_START + timedelta(days=7)):
+        for _ in range(count):
+            arrive = start + timedelta(minutes=rnd.uniform(-10, 10))
+            leave = end + timedelta(minutes=rnd.uniform(-5, 5))
+            if WEEK_START <= arrive < WEEK_START + timedelta(days=7):
+                people.append(Agent(f"a{len(people):05d}", arrive, leave))
+    return people
+
+
+def simulate(strategy: str, roster_doc: dict, rate: ProvisioningRate, step: timedelta, seed: int) -> dict:
+    roster = to_roster(roster_doc)
+    rnd = random.Random(seed)
+    people = agents_for(roster, rnd)
+    peak = max(need(roster, WEEK_START + timedelta(minutes=m)) for m in range(0, 7 * 1440, 5))
+    with tempfile.TemporaryDirectory(prefix="shiftdesk-sim-") as tmp:
+        instance = f"sim{secrets.token_hex(3)}"
+        settings = Settings(data_dir=Path(tmp), instance=instance, libvirt={"uri": "test:///default"},
+                            reconciler={"boot_timeout_s": 3600})
+        clock = ManualClock(WEEK_START - timedelta(hours=2))
+        hv = PacedHypervisor(clock, rate, uri="test:///default", instance=instance, storage_pool="default-pool",
+                             overlay_dir=Path("/default-pool"), run_dir=Path(tmp) / "run")
+        ctx = build_context(settings, hypervisor=hv)
+        ctx.clock, ctx.builder, ctx.parallelism = clock, FakeBuilder(), 8
+        from controlplane.services import images
+
+        images.build(ctx, "busybox-desktop", actor="sim")
+        pools.create(ctx, name="floor", image="busybox-desktop", size=peak if strategy == "fixed_peak" else 0,
+                     max_size=400, groups=["agents"], actor="sim")
+        if strategy == "roster":
+            scaling.apply(ctx, {"floor.yaml": json.dumps(roster_doc)}, actor="sim")
+        rec = Reconciler(ctx)
+        ctx.limits = replace(ctx.limits, boot_timeout=timedelta(hours=1))
+        desktop_minutes = present_minutes = 0.0
+        ready_first = total = 0
+        t = clock.now()
+        end = WEEK_START + timedelta(days=7)
+        waiting: list[Agent] = []
+        by_arrival = sorted(people, key=lambda a: a.arrive)
+        i = 0
+        while t < end:
+            clock.t = t
+            if strategy == "roster":
+                scaling.evaluate(ctx)
+            elif strategy == "clock_no_prewarm":
+                pools.scale(ctx, "floor", min(400, need(roster, t)), actor="sim")
+            rec.pass_once()
+            while i < len(by_arrival) and by_arrival[i].arrive <= t:
+                waiting.append(by_arrival[i])
+                total += 1
+                i += 1
+            still = []
+            for agent in waiting:
+                try:
+                    agent.desktop = broker.connect(ctx, Claims(agent.name, "agent", ("agents",), "j", 0),
+                                                   "floor").desktop
+                    sessions.mark_live(ctx, desktops.get(ctx, agent.desktop)[0].id or 0)  # the agent is working
+                    ready_first += 0 if agent.missed else 1
+                except TemporaryError:
+                    agent.missed = True
+                    still.append(agent)
+            waiting = still
+            for agent in people:
+                if agent.desktop and agent.leave <= t:
+                    with contextlib.suppress(NotFound):  # a ramp-down may have logged them off already
+                        broker.release(ctx, agent.desktop, actor="sim", recycle=True)
+                    agent.desktop, agent.leave = None, end + timedelta(days=365)
+            step_min = step.total_seconds() / 60
+            if t >= WEEK_START:
+                desktop_minutes += len(hv.list_desktops()) * step_min
+                present_minutes += sum(1 for a in people if a.arrive <= t < a.leave and a.leave < end
+                                       + timedelta(days=300)) * step_min
+            t += step
+        rec.close()
+        for name in list(hv.list_desktops()):
+            hv.undefine(name)
+    return {"ready_pct": round(100.0 * ready_first / max(total, 1), 2),
+            "cost_ratio": round(desktop_minutes / max(present_minutes, 1e-9), 3), "agents": total, "peak": peak}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--step-minutes", type=float, default=1.0)
+    parser.add_argument("--boot-s", type=float, default=5.5, help="from bench/provision.py on this machine")
+    parser.add_argument("--per-second", type=float, default=0.46, help="from bench/provision.py on this machine")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    rate = ProvisioningRate(boot_s=args.boot_s, per_second=args.per_second)
+    step = timedelta(minutes=args.step_minutes)
+    results = {}
+    for strategy in ("roster", "fixed_peak", "clock_no_prewarm"):
+        results[strategy] = simulate(strategy, ROSTER, rate, step, args.seed)
+        print(f"{strategy}: {results[strategy]}", file=sys.stderr)
+    roster = results["roster"]
+    print(json.dumps({"ready_pct": roster["ready_pct"], "cost_ratio": roster["cost_ratio"],
+                      "fixed_peak": {k: results["fixed_peak"][k] for k in ("ready_pct", "cost_ratio")},
+                      "clock_no_prewarm": {k: results["clock_no_prewarm"][k] for k in ("ready_pct", "cost_ratio")}}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
