@@ -49,7 +49,7 @@ from tests.conftest import FakeBuilder, ManualClock  # noqa: E402
 WEEK_START = datetime(2026, 11, 23, 0, 0, tzinfo=UTC)  # a Monday
 ROSTER = {
     "pool": "floor", "timezone": "Europe/Berlin", "min": 0, "max": 400,
-    "buffer": {"min": 1, "percent": 5}, "ramp_down": {"logoff_after_minutes": 10}, "arrival_margin_minutes": 10,
+    "buffer": {"min": 1, "percent": 2}, "ramp_down": {"logoff_after_minutes": 10}, "arrival_margin_minutes": 10,
     "shifts": [
         {"name": "early", "days": ["mon", "tue", "wed", "thu", "fri"], "start": "06:00", "end": "14:00",
          "headcount": 30},

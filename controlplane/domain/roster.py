@@ -12,7 +12,7 @@ desired_size(roster, t, live, rate) is the whole scaling rule, a pure function:
     lead        = roster.prewarm, or boot time + peak need / provisioning rate (+ a safety minute)
                   + the arrival margin (agents log in up to that early)
     planned(t)  = max need(u) for u in [t, t + lead]        (warm before people arrive)
-    arriving(t) = head-count of shifts starting within [t - margin, t + lead] (agents come early/late)
+    arriving(t) = agents of shifts starting soon not logged in yet (arrivals spread over start +- margin)
     reactive(t) = live + arriving + buffer(live + arriving)   (hand-overs; more agents than rostered)
     desired(t)  = clamp(max(planned, reactive), min, max), and never below live sessions
 Because it only depends on (roster, t, live, rate), a missed, late or doubled scheduler wake-up
@@ -146,14 +146,30 @@ def desired_size(roster: Roster, t: datetime, live: int, rate: ProvisioningRate,
                  lead: timedelta | None = None) -> int:
     lead = lead_time(roster, rate, t) if lead is None else lead
     want = planned(roster, t, lead)
-    arriving = sum(n for a, _, n in intervals(roster, t - roster.arrival_margin, t + lead)
-                   if t - roster.arrival_margin < a <= t + lead)
+    arriving = expected_arrivals(roster, t, lead)
     if live or arriving:
         # at a hand-over the leaving shift is still logged in while the next one arrives; and more
         # agents than rostered may turn up: live sessions plus everyone still expected, plus buffer
         want = max(want, live + arriving + buffer(roster, live + arriving))
     size = min(roster.max_size, max(roster.min_size, want))
     return max(size, min(live, roster.max_size))
+
+
+def expected_arrivals(roster: Roster, t: datetime, lead: timedelta) -> int:
+    """Agents of shifts starting soon who have not logged in yet. Arrivals are spread evenly over
+    [start - margin, start + margin]: before that window everyone is still to come, inside it the
+    part of the window still ahead, after it nobody."""
+    margin = roster.arrival_margin
+    pending = 0.0
+    for a, _, n in intervals(roster, t - margin, t + lead + margin):
+        if not t - margin < a <= t + lead:
+            continue
+        opens, closes = a - margin, a + margin
+        if t <= opens or margin.total_seconds() == 0:
+            pending += n
+        elif t < closes:
+            pending += n * (closes - t) / (closes - opens)
+    return math.ceil(pending)
 
 
 def transitions(roster: Roster, start: datetime, end: datetime) -> list[datetime]:

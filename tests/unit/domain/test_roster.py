@@ -120,3 +120,16 @@ def _buffer(r, people):
 def test_same_answer_in_any_timezone_representation(r, t):
     other = t.astimezone(ZoneInfo("Pacific/Auckland"))
     assert desired_size(r, t, 3, RATE) == desired_size(r, other, 3, RATE)
+
+
+def test_expected_arrivals_spread_over_the_margin():
+    from controlplane.domain.roster import expected_arrivals
+
+    r = Roster(pool="p", timezone="UTC", shifts=(Shift("day", frozenset(range(7)), time(8), time(16), 20),),
+               arrival_margin=timedelta(minutes=10))
+    start = datetime(2026, 11, 24, 8, tzinfo=UTC)
+    lead = timedelta(minutes=30)
+    assert expected_arrivals(r, start - timedelta(minutes=20), lead) == 20  # the window has not opened
+    assert expected_arrivals(r, start, lead) == 10  # half the window is still ahead
+    assert expected_arrivals(r, start + timedelta(minutes=10), lead) == 0
+    assert expected_arrivals(r, start - timedelta(minutes=31), lead) == 0  # beyond the lead time
