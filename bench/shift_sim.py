@@ -114,7 +114,8 @@ def agents_for(roster: Roster, rnd: random.Random) -> list[Agent]:
     return people
 
 
-def simulate(strategy: str, roster_doc: dict, rate: ProvisioningRate, step: timedelta, seed: int) -> dict:
+def simulate(strategy: str, roster_doc: dict, rate: ProvisioningRate, step: timedelta, seed: int,
+             trace: list | None = None) -> dict:
     roster = to_roster(roster_doc)
     rnd = random.Random(seed)
     people = agents_for(roster, rnd)
@@ -128,6 +129,7 @@ def simulate(strategy: str, roster_doc: dict, rate: ProvisioningRate, step: time
                              overlay_dir=Path("/default-pool"), run_dir=Path(tmp) / "run")
         ctx = build_context(settings, hypervisor=hv)
         ctx.clock, ctx.builder, ctx.parallelism = clock, FakeBuilder(), 8
+        ctx.provisioning_rate = rate  # plan with bench/provision.py's figures, as an operator would configure
         from controlplane.services import images
 
         images.build(ctx, "busybox-desktop", actor="sim")
@@ -173,9 +175,12 @@ def simulate(strategy: str, roster_doc: dict, rate: ProvisioningRate, step: time
                     agent.desktop, agent.leave = None, end + timedelta(days=365)
             step_min = step.total_seconds() / 60
             if t >= WEEK_START:
-                desktop_minutes += len(hv.list_desktops()) * step_min
-                present_minutes += sum(1 for a in people if a.arrive <= t < a.leave and a.leave < end
-                                       + timedelta(days=300)) * step_min
+                have = len(hv.list_desktops())
+                present = sum(1 for a in people if a.arrive <= t < a.leave and a.leave < end + timedelta(days=300))
+                desktop_minutes += have * step_min
+                present_minutes += present * step_min
+                if trace is not None:
+                    trace.append((t.isoformat(), have, present, pools.get(ctx, "floor").target_size))
             t += step
         rec.close()
         for name in list(hv.list_desktops()):

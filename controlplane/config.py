@@ -89,6 +89,8 @@ class GatewaySettings(BaseModel):
 
 class SchedulerSettings(BaseModel):
     period_s: float = Field(60.0, gt=0, description="Scaling is re-evaluated at least this often")
+    boot_s: float | None = Field(None, gt=0, description="Plan with this boot time (default: measured)")
+    desktops_per_s: float | None = Field(None, gt=0, description="Plan with this provisioning rate (default: measured)")
 
 
 class ApiSettings(BaseModel):

@@ -15,6 +15,7 @@ from controlplane.config import Settings
 from controlplane.db.engine import make_engine, migrate
 from controlplane.domain.planning import Limits
 from controlplane.domain.ports import Directory, Hypervisor
+from controlplane.domain.roster import ProvisioningRate
 from controlplane.drivers.clock import SystemClock
 from controlplane.drivers.image_builder import ScriptImageBuilder
 from controlplane.services import hosts
@@ -71,7 +72,15 @@ def build_context(settings: Settings, hypervisor: Hypervisor | None = None,
         auth=AuthConfig(key=load_or_create_key(settings.auth.key_file or settings.data_dir / "token.key"),
                         ttl_s=settings.auth.token_ttl_s, admin_group=settings.auth.admin_group.lower()),
         ticket_ttl_s=settings.gateway.ticket_ttl_s,
+        provisioning_rate=_planned_rate(settings),
     )
+
+
+def _planned_rate(settings: Settings) -> ProvisioningRate | None:
+    sched = settings.scheduler
+    if sched.boot_s is None or sched.desktops_per_s is None:
+        return None
+    return ProvisioningRate(boot_s=sched.boot_s, per_second=sched.desktops_per_s)
 
 
 def build_reconciler(ctx: Context, settings: Settings) -> Reconciler:

@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.engine import Engine
 
@@ -47,3 +48,4 @@ class Context:
     directory: Directory | None = None
     auth: AuthConfig = field(default_factory=AuthConfig)
     ticket_ttl_s: int = 20
+    provisioning_rate: Any = None  # a ProvisioningRate to plan with; None: measured from the audit log

@@ -87,7 +87,10 @@ def show(ctx: Context, pool: str) -> dict[str, Any]:
 
 
 def measured_rate(ctx: Context, parallelism: int | None = None) -> ProvisioningRate:
-    """Boot time from the last desktops' `desktop.ready` audit events; rate from the parallelism."""
+    """The configured rate, or: boot time from the last desktops' `desktop.ready` audit events and a
+    rate of `parallelism` desktops per boot time."""
+    if isinstance(ctx.provisioning_rate, ProvisioningRate):
+        return ctx.provisioning_rate
     with session_scope(ctx.engine) as session:
         boots = [float(e.detail.get("boot_s", 0)) for e in audit.list_recent(session=session, limit=50,
                                                                               action="desktop.ready")]
