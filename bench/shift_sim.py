@@ -15,7 +15,9 @@ Three strategies run the same week:
 - fixed_peak: a fixed pool sized for the week's peak need;
 - clock_no_prewarm: the pool follows the head-count at each moment, with no pre-warm.
 ready_pct = arrivals that found a desktop at once; cost_ratio = desktop-hours used / the oracle
-minimum (the sum of the time each agent was present). The last line printed is one JSON object.
+minimum (the sum of the time each agent was present). Time advances from event to event: a grid of
+--step-minutes, every arrival and departure, and the scheduler's planned wake-ups; the reconciler
+passes once at each (in production it runs continuously). The last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -101,6 +103,7 @@ class Agent:
     leave: datetime
     desktop: str | None = None
     missed: bool = False
+    gone: bool = False
 
 
 def agents_for(roster: Roster, rnd: random.Random) -> list[Agent]:
@@ -112,6 +115,23 @@ def agents_for(roster: Roster, rnd: random.Random) -> list[Agent]:
             if WEEK_START <= arrive < WEEK_START + timedelta(days=7):
                 people.append(Agent(f"a{len(people):05d}", arrive, leave))
     return people
+
+
+def timeline(ctx, start: datetime, end: datetime, step: timedelta, people: list[Agent],
+             strategy: str) -> list[datetime]:
+    """Every moment something happens: the step grid, each agent's arrival and departure, and (for
+    the roster strategy) the scheduler's planned wake-ups (roster edges minus lead time), as the
+    real scheduler's date jobs would fire them."""
+    moments = set()
+    t = start
+    while t < end:
+        moments.add(t)
+        t += step
+    for agent in people:
+        moments.update({agent.arrive, agent.leave})
+    if strategy == "roster":
+        moments.update(at for _, at in scaling.next_wakes(ctx, start, end - start))
+    return sorted(m for m in moments if start <= m < end)
 
 
 def simulate(strategy: str, roster_doc: dict, rate: ProvisioningRate, step: timedelta, seed: int,
@@ -139,20 +159,20 @@ def simulate(strategy: str, roster_doc: dict, rate: ProvisioningRate, step: time
             scaling.apply(ctx, {"floor.yaml": json.dumps(roster_doc)}, actor="sim")
         rec = Reconciler(ctx)
         ctx.limits = replace(ctx.limits, boot_timeout=timedelta(hours=1))
+        end = WEEK_START + timedelta(days=7)
+        moments = timeline(ctx, clock.now(), end, step, people, strategy)
         desktop_minutes = present_minutes = 0.0
         ready_first = total = 0
-        t = clock.now()
-        end = WEEK_START + timedelta(days=7)
         waiting: list[Agent] = []
         by_arrival = sorted(people, key=lambda a: a.arrive)
         i = 0
-        while t < end:
+        for t, t_next in zip(moments, moments[1:] + [end], strict=True):
             clock.t = t
             if strategy == "roster":
                 scaling.evaluate(ctx)
             elif strategy == "clock_no_prewarm":
                 pools.scale(ctx, "floor", min(400, need(roster, t)), actor="sim")
-            rec.pass_once()
+            rec.pass_once()  # the reconciler runs continuously: look at the world before anyone logs in
             while i < len(by_arrival) and by_arrival[i].arrive <= t:
                 waiting.append(by_arrival[i])
                 total += 1
@@ -172,16 +192,15 @@ def simulate(strategy: str, roster_doc: dict, rate: ProvisioningRate, step: time
                 if agent.desktop and agent.leave <= t:
                     with contextlib.suppress(NotFound):  # a ramp-down may have logged them off already
                         broker.release(ctx, agent.desktop, actor="sim", recycle=True)
-                    agent.desktop, agent.leave = None, end + timedelta(days=365)
-            step_min = step.total_seconds() / 60
+                    agent.desktop, agent.gone = None, True
             if t >= WEEK_START:
+                span = (t_next - t).total_seconds() / 60
                 have = len(hv.list_desktops())
-                present = sum(1 for a in people if a.arrive <= t < a.leave and a.leave < end + timedelta(days=300))
-                desktop_minutes += have * step_min
-                present_minutes += present * step_min
+                present = sum(1 for a in people if a.arrive <= t and not a.gone and a.leave > t)
+                desktop_minutes += have * span
+                present_minutes += present * span
                 if trace is not None:
                     trace.append((t.isoformat(), have, present, pools.get(ctx, "floor").target_size))
-            t += step
         rec.close()
         for name in list(hv.list_desktops()):
             hv.undefine(name)
