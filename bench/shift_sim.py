@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import heapq
 import json
 import random
 import secrets
@@ -161,15 +162,24 @@ def simulate(strategy: str, roster_doc: dict, rate: ProvisioningRate, step: time
         ctx.limits = replace(ctx.limits, boot_timeout=timedelta(hours=1))
         end = WEEK_START + timedelta(days=7)
         moments = timeline(ctx, clock.now(), end, step, people, strategy)
+        heapq.heapify(moments)
+        seen = set(moments)
         desktop_minutes = present_minutes = 0.0
         ready_first = total = 0
         waiting: list[Agent] = []
         by_arrival = sorted(people, key=lambda a: a.arrive)
         i = 0
-        for t, t_next in zip(moments, moments[1:] + [end], strict=True):
+        while moments:
+            t = heapq.heappop(moments)
+            t_next = moments[0] if moments else end
             clock.t = t
             if strategy == "roster":
                 scaling.evaluate(ctx)
+                for _, at in scaling.next_wakes(ctx, t, timedelta(hours=24)):  # as plan_wakes() re-plans
+                    if t < at < end and at not in seen:
+                        seen.add(at)
+                        heapq.heappush(moments, at)
+                t_next = moments[0] if moments else end
             elif strategy == "clock_no_prewarm":
                 pools.scale(ctx, "floor", min(400, need(roster, t)), actor="sim")
             rec.pass_once()  # the reconciler runs continuously: look at the world before anyone logs in

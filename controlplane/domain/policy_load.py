@@ -22,7 +22,7 @@ from controlplane.domain.policy_schema import SCHEMA
 from controlplane.domain.safe_yaml import MAX_FILE_BYTES as MAX_FILE_BYTES
 from controlplane.domain.safe_yaml import DocumentError as PolicyError
 from controlplane.domain.safe_yaml import DocumentsInvalid as PolicyInvalid
-from controlplane.domain.safe_yaml import check_count, line_of, load_one
+from controlplane.domain.safe_yaml import check_count, line_of, load_one, unique
 
 __all__ = ["MAX_FILE_BYTES", "PolicyError", "PolicyInvalid", "load", "to_document", "to_policy"]
 
@@ -42,11 +42,7 @@ def load(files: dict[str, str]) -> list[Policy]:
                 errors.append(PolicyError(name, line_of(files[name], ["bind", "groups", i]), f"bind.groups.{i}",
                                           problem))
         docs.append((name, doc))
-    seen: dict[str, str] = {}
-    for fname, doc in docs:
-        if doc["name"] in seen:
-            errors.append(PolicyError(fname, 1, "name", f"{doc['name']!r} is also defined in {seen[doc['name']]}"))
-        seen[doc["name"]] = fname
+    errors += unique(docs, "name", "is also defined in")
     if errors:
         raise PolicyInvalid(errors)
     return [to_policy(doc) for _, doc in docs]

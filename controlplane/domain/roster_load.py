@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo, available_timezones
 
 from controlplane.domain.naming import NAME_RE
 from controlplane.domain.roster import Event, Roster, Shift
-from controlplane.domain.safe_yaml import DocumentError, DocumentsInvalid, check_count, line_of, load_one
+from controlplane.domain.safe_yaml import DocumentError, DocumentsInvalid, check_count, line_of, load_one, unique
 
 DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 HHMM = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
@@ -77,11 +77,7 @@ def parse(files: dict[str, str]) -> list[tuple[str, dict[str, Any]]]:
             errors.append(DocumentError(name, line_of(files[name], path), ".".join(map(str, path)), message))
         if not problems:
             docs.append((name, doc))
-    seen: dict[str, str] = {}
-    for fname, doc in docs:
-        if doc["pool"] in seen:
-            errors.append(DocumentError(fname, 1, "pool", f"{doc['pool']!r} also has a roster in {seen[doc['pool']]}"))
-        seen[doc["pool"]] = fname
+    errors += unique(docs, "pool", "also has a roster in")
     if errors:
         raise DocumentsInvalid(errors)
     return docs

@@ -153,3 +153,14 @@ def check_count(files: dict[str, str]) -> None:
 def line_of(text: str, path: list[Any]) -> int:
     node = yaml.compose(text, Loader=yaml.SafeLoader)
     return _line_of(node, path) if node is not None else 0
+
+
+def unique(docs: list[tuple[str, dict[str, Any]]], key: str, what: str) -> list[DocumentError]:
+    """An error for every document whose KEY value an earlier file already used."""
+    seen: dict[str, str] = {}
+    errors = []
+    for fname, doc in docs:
+        if doc[key] in seen:
+            errors.append(DocumentError(fname, 1, key, f"{doc[key]!r} {what} {seen[doc[key]]}"))
+        seen[doc[key]] = fname
+    return errors

@@ -72,15 +72,7 @@ class SambaDC:
         raise RuntimeError("samba did not come up")
 
     def stop(self) -> None:
-        pid_file = self.root / "run" / "samba.pid"
-        if pid_file.exists():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
-        for _ in range(100):
-            if not _port_open(636):
-                break
-            time.sleep(0.1)
-        STALE.unlink(missing_ok=True)
+        _terminate(self.root / "run" / "samba.pid")
 
     def admin(self) -> ldap3.Connection:
         tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=str(self.tls.ca_cert))
@@ -122,9 +114,12 @@ def _port_open(port: int) -> bool:
 
 def kill_stale() -> None:
     """Stop a DC left by a crashed run (samba renames its processes, so go by the pid it wrote)."""
-    if not STALE.exists():
-        return
-    pid_file = Path(STALE.read_text().strip())
+    if STALE.exists():
+        _terminate(Path(STALE.read_text().strip()))
+
+
+def _terminate(pid_file: Path) -> None:
+    """SIGTERM the DC whose pid PID_FILE holds, wait for LDAPS to go away, forget the marker."""
     with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
         os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
     for _ in range(100):

@@ -167,3 +167,9 @@ def test_two_control_planes_never_both_scale(ctx, sales):
     finally:
         a.stop()
         b.stop()
+
+
+def test_two_rosters_for_one_pool_are_refused():
+    with pytest.raises(RosterFilesInvalid) as e:
+        scaling.validate({"a.yaml": SMALL, "b.yaml": SMALL})
+    assert [(x.file, x.field) for x in e.value.errors] == [("b.yaml", "pool")] and "a.yaml" in str(e.value)
