@@ -108,12 +108,22 @@ async function watchLimits(pool) {
   const started = Date.now();
   state.lastInput = Date.now();
   clearInterval(state.limitTimer);
+  clearInterval(state.logoffTimer);
+  const checkLogoff = async () => {  // a ramp-down after the shift: signed out at this time
+    try {
+      const mine = await api(`/api/v1/me/pools/${encodeURIComponent(pool)}/desktop`);
+      state.logoffAt = mine.logoff_at ? Date.parse(mine.logoff_at) : null;
+    } catch (err) { /* keep the last answer */ }
+  };
+  checkLogoff();
+  state.logoffTimer = setInterval(checkLogoff, 30000);
   state.limitTimer = setInterval(() => {
     const idleLeft = limits.idle_timeout_minutes * 60000 - (Date.now() - state.lastInput);
     const sessionLeft = limits.max_session_hours * 3600000 - (Date.now() - started);
+    const logoffLeft = state.logoffAt ? state.logoffAt - Date.now() : Infinity;
     let text = "";
-    if (idleLeft < 60000) text = `No activity: you will be disconnected in ${Math.max(0, Math.round(idleLeft / 1000))} s.`;
-    else if (sessionLeft < 300000) text = `Your session ends in ${Math.max(0, Math.round(sessionLeft / 60000))} min.`;
+    if (logoffLeft < Infinity) text = `Your shift has ended: you will be signed out in ${Math.max(0, Math.ceil(logoffLeft / 60000))} min. Please save your work.`;
+    else if (idleLeft < 60000) text = `No activity: you will be disconnected in ${Math.max(0, Math.round(idleLeft / 1000))} s.`;
     $("warning").textContent = text;
     $("warning").hidden = !text;
   }, 1000);

@@ -9,6 +9,7 @@ from typing import Any
 
 from controlplane.db import audit, desktops
 from controlplane.db.engine import session_scope
+from controlplane.db.models import Pool
 from controlplane.domain.desktop import DesktopState
 from controlplane.services import policies
 from controlplane.services.context import Context
@@ -90,3 +91,14 @@ def refused(ctx: Context, *, user: str, reason: str, source: str) -> None:
 def _append(ctx: Context, actor: str, action: str, target: str, **detail: Any) -> None:
     with session_scope(ctx.engine) as session:
         audit.append(session=session, actor=actor, action=action, target=target, **detail)
+
+
+def my_desktop(ctx: Context, *, user: str, pool: str) -> dict[str, Any]:
+    """What the portal may know of the agent's own desktop in POOL: its name and any log-off time."""
+    with session_scope(ctx.engine) as session:
+        for row in desktops.list_all(session=session):
+            if row.assigned_to == user:
+                pool_row = session.get(Pool, row.pool_id)
+                if pool_row is not None and pool_row.name == pool:
+                    return {"desktop": row.name, "logoff_at": row.logoff_at}
+    return {"desktop": None, "logoff_at": None}

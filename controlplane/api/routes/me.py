@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from controlplane.api.deps import CtxDep, CurrentUser
-from controlplane.services import broker, identity, policies
+from controlplane.services import broker, identity, policies, sessions
 
 router = APIRouter(prefix="/api/v1/me", tags=["me"])
 
@@ -34,3 +34,10 @@ def connect(pool: str, ctx: CtxDep, user: CurrentUser) -> dict[str, Any]:
     """Assign (or find again) a desktop and return a single-use connect ticket for the gateway."""
     c = broker.connect(ctx, user, pool)
     return {"ticket": c.ticket, "desktop": c.desktop, "expires_at": c.expires_at, "gateway": "/gateway"}
+
+
+@router.get("/pools/{pool}/desktop")
+def my_desktop(pool: str, ctx: CtxDep, user: CurrentUser) -> dict[str, Any]:
+    """The agent's own desktop in POOL, with the time a ramp-down will sign them out (if any)."""
+    identity.require_entitled(ctx, user, pool)
+    return sessions.my_desktop(ctx, user=user.sub, pool=pool)

@@ -173,3 +173,29 @@ def test_two_rosters_for_one_pool_are_refused():
     with pytest.raises(RosterFilesInvalid) as e:
         scaling.validate({"a.yaml": SMALL, "b.yaml": SMALL})
     assert [(x.file, x.field) for x in e.value.errors] == [("b.yaml", "pool")] and "a.yaml" in str(e.value)
+
+
+def test_agents_can_see_their_ramp_down_log_off_time(ctx, clock, sales, settings):
+    from fastapi.testclient import TestClient
+
+    from controlplane.main import create_app
+    from tests.conftest import USERS
+
+    scaling.apply(ctx, {"a.yaml": SMALL.replace("min: 1\n", "min: 0\n")}, actor="t")
+    clock.t = datetime(2026, 11, 24, 8, 10, tzinfo=UTC)
+    scaling.evaluate(ctx)
+    settle(ctx)
+    with TestClient(create_app(settings, ctx)) as client:
+        token = client.post("/api/v1/auth/login", json={"username": "alice", "password": USERS["alice"][0]}).json()
+        auth = {"Authorization": f"Bearer {token['token']}"}
+        desktop = client.post("/api/v1/me/pools/sales/connect", headers=auth).json()["desktop"]
+        mine = client.get("/api/v1/me/pools/sales/desktop", headers=auth).json()
+        assert mine == {"desktop": desktop, "logoff_at": None}
+        sessions.mark_live(ctx, desktops.get(ctx, desktop)[0].id or 0)
+        clock.t = datetime(2026, 11, 24, 8, 31, tzinfo=UTC)
+        scaling.evaluate(ctx)
+        token = client.post("/api/v1/auth/login", json={"username": "alice", "password": USERS["alice"][0]}).json()
+        auth = {"Authorization": f"Bearer {token['token']}"}  # (the first token's 15 minutes are over)
+        mine = client.get("/api/v1/me/pools/sales/desktop", headers=auth).json()
+        assert mine["logoff_at"].startswith("2026-11-24T08:36")  # shift end + the roster's 5 minutes
+        assert client.get("/api/v1/me/pools/other/desktop", headers=auth).status_code == 403
