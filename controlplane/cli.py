@@ -297,10 +297,10 @@ def read_policy_files(path: Path) -> dict[str, str]:
 
 
 def _policy_errors(run: Callable[[], T]) -> T:
-    """Run RUN; print every policy error (file:line: field: message) and exit 2 if any."""
+    """Run RUN; print every file error (file:line: field: message) and exit 2 if any."""
     try:
         return run()
-    except policies.PolicyFilesInvalid as problem:
+    except (policies.PolicyFilesInvalid, scaling.RosterFilesInvalid) as problem:
         for e in problem.errors:
             err.print(f"[red]invalid:[/red] {e}", highlight=False)
         raise typer.Exit(2) from None
@@ -395,21 +395,12 @@ def policy_explain(user: str, pool: Annotated[str | None, typer.Option(help="Des
 # --- schedules ------------------------------------------------------------------------------------
 
 
-def _roster_errors(run: Callable[[], T]) -> T:
-    try:
-        return run()
-    except scaling.RosterFilesInvalid as problem:
-        for e in problem.errors:
-            err.print(f"[red]invalid:[/red] {e}", highlight=False)
-        raise typer.Exit(2) from None
-
-
 @schedule_app.command("validate")
 def schedule_validate(files: FilesOpt) -> None:
     """Check roster files; errors name the file, line and field."""
     with context():
         texts = read_policy_files(files)
-        loaded = _roster_errors(lambda: scaling.validate(texts))
+        loaded = _policy_errors(lambda: scaling.validate(texts))
         err.print(f"{len(loaded)} rosters valid: {', '.join(sorted(r.pool for r in loaded))}")
 
 
@@ -418,7 +409,7 @@ def schedule_apply(files: FilesOpt) -> None:
     """Apply roster files (all or nothing; every pool must exist)."""
     with context() as (ctx, _):
         texts = read_policy_files(files)
-        changed = _roster_errors(lambda: scaling.apply(ctx, texts, actor=ACTOR))
+        changed = _policy_errors(lambda: scaling.apply(ctx, texts, actor=ACTOR))
         err.print(f"rosters applied: {', '.join(changed) or 'none changed'}")
 
 
