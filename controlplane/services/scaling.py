@@ -145,8 +145,10 @@ def evaluate(ctx: Context) -> dict[str, tuple[int, int]]:
             roster = to_roster(record.document)
             rows = desktops.list_all(session=session, pool_id=pool.id)
             in_use = sorted((d for d in rows if d.state == DesktopState.IN_USE), key=lambda d: d.state_since)
-            want = desired_size(roster, now, len(in_use), rate)
-            _schedule_logoffs(session, rows, in_use, desired_size(roster, now, 0, rate), now + roster.logoff_grace)
+            lead = lead_time(roster, rate, now)
+            want = desired_size(roster, now, len(in_use), rate, lead)
+            _schedule_logoffs(session, rows, in_use, desired_size(roster, now, 0, rate, lead),
+                              now + roster.logoff_grace)
             if want != pool.target_size or not pool.min_size <= want <= pool.max_size:
                 before = pool.target_size
                 pool.target_size = want
