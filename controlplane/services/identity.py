@@ -7,7 +7,7 @@ session keeps working while AD is down (its token and session row are local).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from controlplane.db import audit, pools, sessions
 from controlplane.db.engine import session_scope
@@ -66,13 +66,9 @@ def authorize(ctx: Context, token: str) -> Claims:
     claims = tokens.verify(ctx.auth.key, token, now=now)
     with session_scope(ctx.engine) as session:
         row = sessions.get(session=session, jti=claims.jti)
-        if row is None or row.revoked_at is not None or _aware(row.expires_at) <= now:
+        if row is None or row.revoked_at is not None or row.expires_at <= now:
             raise TokenInvalid("session ended")
     return claims
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def logout(ctx: Context, claims: Claims) -> None:

@@ -7,7 +7,6 @@ point at them as backing files. Registering the same bytes twice returns the exi
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -114,6 +113,3 @@ def _sha256(path: Path) -> str:
             digest.update(block)
     return digest.hexdigest()
 
-
-def manifest_of(image: Image) -> str:
-    return json.dumps(image.manifest, sort_keys=True)

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from controlplane.db import desktops, leases, pools
 from controlplane.db.engine import session_scope
@@ -45,7 +45,7 @@ class Reconciler:
                           for p in pools.list_all(session=session)]
             desktop_views = [DesktopView(id=d.id or 0, name=d.name, pool_id=d.pool_id, state=d.state,
                                          since=d.state_since, generation=d.generation,
-                                         grace_until=_aware(d.grace_until))
+                                         grace_until=d.grace_until)
                              for d in desktops.list_all(session=session)]
         hv, directory = self.ctx.hypervisor, self.ctx.directory
         computers = directory.list_computers() if directory is not None and directory.manages_computers else None
@@ -130,11 +130,6 @@ class Reconciler:
         """Stop the workers and hand the lease back, so a successor need not wait for the TTL."""
         self._pool.shutdown(wait=True)
         self.release_lease()
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    """SQLite hands datetimes back naive; they were written as UTC."""
-    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
 def _dead_local_holder(holder: str) -> bool:

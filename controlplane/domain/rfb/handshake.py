@@ -13,7 +13,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from controlplane.domain.rfb.filter import MAX_DIMENSION, PixelFormat
+from controlplane.domain.rfb.filter import MAX_DIMENSION
 from controlplane.domain.rfb.stream import FilterClosed, Parser, Stream
 
 VERSION = b"RFB 003.008\n"
@@ -109,6 +109,3 @@ class BrowserHandshake:
         while True:
             yield
 
-
-def session_pixel_format() -> PixelFormat:
-    return PixelFormat.parse(TRUE_COLOUR)
