@@ -133,6 +133,24 @@ class ConnectTicket(SQLModel, table=True):
     used_at: datetime | None = None
 
 
+class DisplaySession(SQLModel, table=True):
+    """A live display session through a gateway: one row per open WebSocket, removed when it ends.
+
+    A desktop is in use while any row of it is fresh: the disconnect grace starts only when the
+    last one ends, so a second tab or a half-open socket never lets the reconciler recycle a
+    desktop someone is working in. The gateway refreshes `seen_at` every watchdog period; a row
+    whose gateway died stops being refreshed and counts for nothing once it is stale."""
+
+    __tablename__ = "display_sessions"
+    id: int | None = Field(default=None, primary_key=True)
+    desktop_id: int = Field(index=True)  # no foreign key: the row must outlive a desktop torn down under it
+    username: str = Field(index=True)
+    source: str
+    gateway: str  # host:pid of the gateway process serving it
+    started_at: datetime = Field(default_factory=utcnow)
+    seen_at: datetime = Field(default_factory=utcnow)
+
+
 class RosterRecord(SQLModel, table=True):
     """A pool's roster, as validated from its file (one per pool; replaced as a whole on apply)."""
 
