@@ -9,7 +9,8 @@ a 08:00 shift starts at 08:00 local on both sides of a DST change.
 desired_size(roster, t, live, rate) is the whole scaling rule, a pure function:
     need(u)     = headcount(u) + buffer(headcount(u))      buffer = max(min, ceil(pct * headcount)),
                                                             0 when nobody is rostered
-    lead        = roster.prewarm, or boot time + peak need / provisioning rate (+ a safety minute)
+    lead        = roster.prewarm, or boot time + need(concurrent peak) / provisioning rate
+                  (+ a safety minute)
                   + the arrival margin (agents log in up to that early)
     planned(t)  = max need(u) for u in [t, t + lead]        (warm before people arrive)
     arriving(t) = agents of shifts starting soon not logged in yet (arrivals spread over start +- margin)
@@ -123,13 +124,25 @@ def need(roster: Roster, t: datetime) -> int:
     return people + buffer(roster, people)
 
 
+def peak_headcount(roster: Roster, start: datetime, end: datetime) -> int:
+    """The most people rostered at one instant of [start, end): overlapping shifts and events add
+    up. A sweep over interval edges, where an interval ending at an instant no longer counts there."""
+    edges = sorted((x, delta) for a, b, n in intervals(roster, start, end)
+                   for x, delta in ((max(a, start), n), (min(b, end), -n)))
+    peak = current = 0
+    for _, delta in edges:  # at one instant the ends (negative) sort before the starts
+        current += delta
+        peak = max(peak, current)
+    return peak
+
+
 def lead_time(roster: Roster, rate: ProvisioningRate, t: datetime) -> timedelta:
     """How long before a shift the pool must start growing: the roster's own setting, or long
-    enough to boot the week's peak at the measured rate (plus a safety minute)."""
+    enough to boot the week's peak at the measured rate (plus a safety minute). The peak is the
+    most people rostered at one moment, since a promotion stacked on a shift must be booted in full."""
     if roster.prewarm is not None:
         return roster.prewarm
-    week = [n for _, _, n in intervals(roster, t, t + timedelta(days=8))]
-    peak = max(week, default=0)
+    peak = peak_headcount(roster, t, t + timedelta(days=8))
     seconds = rate.boot_s + (peak + buffer(roster, peak)) / max(rate.per_second, 1e-3) + 60.0
     return timedelta(seconds=seconds) + roster.arrival_margin
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -133,3 +134,51 @@ def test_expected_arrivals_spread_over_the_margin():
     assert expected_arrivals(r, start, lead) == 10  # half the window is still ahead
     assert expected_arrivals(r, start + timedelta(minutes=10), lead) == 0
     assert expected_arrivals(r, start - timedelta(minutes=31), lead) == 0  # beyond the lead time
+
+
+# --- the derived lead time (no prewarm set: boot time + peak need at the measured rate) -----------
+
+def test_derived_lead_time_uses_the_concurrent_peak_not_the_largest_entry():
+    from controlplane.domain.roster import lead_time
+
+    promo = Event("promo", local("Europe/Berlin", 2026, 11, 27, 13), local("Europe/Berlin", 2026, 11, 27, 17), 200)
+    r = centre(events=(promo,), buffer_pct=10, arrival_margin=timedelta(0))
+    t = local("Europe/Berlin", 2026, 11, 27, 0)
+    peak = 230 + 23  # the early shift (30) and the promotion (200) at once, plus 10 %
+    assert lead_time(r, RATE, t) == timedelta(seconds=RATE.boot_s + peak / RATE.per_second + 60)
+
+
+@st.composite
+def derived_roster_and_instant(draw):
+    """A roster without a prewarm setting, with events stacked on its shifts near the instant."""
+    t = draw(instants)
+    events = draw(st.lists(st.builds(
+        lambda offset, hours, n: Event("e", t + offset, t + offset + timedelta(hours=hours), n),
+        st.timedeltas(timedelta(0), timedelta(days=2)), st.integers(1, 8), st.integers(1, 120)), max_size=3))
+    r = draw(roster_st.map(lambda r: dataclasses.replace(r, prewarm=None, events=tuple(events))))
+    margin = draw(st.timedeltas(timedelta(0), timedelta(minutes=30)).map(lambda d: d - d % timedelta(minutes=1)))
+    return dataclasses.replace(r, arrival_margin=margin), t
+
+
+@settings(max_examples=150, deadline=None)
+@given(derived_roster_and_instant())
+def test_derived_lead_time_boots_every_start_in_time(case):
+    """From boot time + need/rate + a minute + the margin before any start on, the pool wants that
+    start's full need: however entries stack, booting them at the measured rate ends by the start."""
+    r, t = case
+    for start in transitions(r, t, t + timedelta(days=2))[:8]:
+        people = headcount(r, start)
+        need = people + _buffer(r, people)
+        booting = timedelta(seconds=RATE.boot_s + need / RATE.per_second + 60) + r.arrival_margin
+        want = min(r.max_size, max(r.min_size, need))
+        assert desired_size(r, start - booting, 0, RATE) >= want, (start, need)
+
+
+@settings(max_examples=100, deadline=None)
+@given(derived_roster_and_instant())
+def test_peak_headcount_is_the_most_rostered_at_any_edge(case):
+    from controlplane.domain.roster import peak_headcount
+
+    r, t = case
+    end = t + timedelta(days=2)
+    assert peak_headcount(r, t, end) == max(headcount(r, u) for u in [t, *transitions(r, t, end)])
