@@ -63,6 +63,21 @@ def set_state(*, session: Session, desktop: Desktop, state: DesktopState, now: d
     return desktop
 
 
+def unassign(*, session: Session, desktop: Desktop) -> Desktop:
+    """Forget whose desktop this is (and the disconnect grace that went with the assignment)."""
+    desktop.assigned_to = None
+    desktop.grace_until = None
+    session.add(desktop)
+    session.flush()
+    return desktop
+
+
 def delete(*, session: Session, desktop: Desktop) -> None:
     session.delete(desktop)
     session.flush()
+
+
+def lock(*, session: Session, desktop_id: int) -> Desktop | None:
+    """The desktop row, locked until the transaction ends (SELECT ... FOR UPDATE where the database
+    supports it; SQLite serialises writers anyway), so two sessions ending at once both see the truth."""
+    return session.exec(select(Desktop).where(Desktop.id == desktop_id).with_for_update()).first()

@@ -4,6 +4,10 @@
 a hypervisor. The reconciler calls it on each pass with fresh observations and performs the
 steps; because the plan is recomputed from the world every time, a crash between two steps
 costs nothing but a repeated (idempotent) step.
+
+Every action that moves a desktop moves it along an edge of `desktop.ALLOWED` (a property test
+holds the two together), so no plan can loop on a refused transition. A desktop whose last step
+failed with a TemporaryError waits until its `retry_at` (exponential back-off, `backoff()`).
 """
 
 from __future__ import annotations
@@ -40,12 +44,23 @@ class DesktopView:
     since: datetime
     generation: int = 1
     grace_until: datetime | None = None
+    retry_at: datetime | None = None  # its last step failed: leave it alone until then
 
 
 @dataclass(frozen=True)
 class Limits:
     boot_timeout: timedelta = timedelta(seconds=120)
     failure_budget: int = 3
+    min_retry_delay: timedelta = timedelta(seconds=1)
+    max_retry_delay: timedelta = timedelta(seconds=300)
+
+
+def backoff(delay: float, failures: int, limits: Limits = Limits()) -> timedelta:
+    """How long a desktop waits after its FAILURES-th failure in a row of a step that asked for DELAY
+    seconds: the delay (at least `min_retry_delay`), doubled per further failure, at most
+    `max_retry_delay`."""
+    base = max(timedelta(seconds=delay), limits.min_retry_delay)
+    return min(base * 2 ** min(max(failures - 1, 0), 32), limits.max_retry_delay)
 
 
 # --- actions: one small idempotent step each -------------------------------------------------
@@ -84,7 +99,18 @@ class StartDomain:
 
 @dataclass(frozen=True)
 class Repair:
-    """The database says the desktop exists but libvirt lacks part of it: provision it again."""
+    """An idle (ready) desktop lacks part of itself in libvirt or the directory, or is not running:
+    back to provisioning (so it is never handed out meanwhile) until it reports ready again."""
+
+    desktop_id: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Recycle:
+    """The domain or disk of a desktop in a session vanished: the agent's work is gone with it.
+    Free the assignment and delete the desktop (never re-provision one agent's disk for the
+    next); the pool's size brings a fresh one and the agent gets it on reconnect."""
 
     desktop_id: int
     reason: str
@@ -137,8 +163,8 @@ class DropPool:
 
 
 Action = (
-    CreateDesktop | Provision | MarkReady | MarkFailed | StartDomain | Repair | Recreate | Drain | Delete
-    | Teardown | Adopt | RemoveOrphan | DropPool
+    CreateDesktop | Provision | MarkReady | MarkFailed | StartDomain | Repair | Recycle | Recreate | Drain
+    | Delete | Teardown | Adopt | RemoveOrphan | DropPool
 )
 
 
@@ -146,11 +172,12 @@ Action = (
 class Plan:
     actions: list[Action] = field(default_factory=list)
     booting: int = 0  # desktops started and waited for: nothing to do, but not converged either
+    retry_at: datetime | None = None  # the earliest moment a desktop backing off is due again
 
     @property
     def pending(self) -> bool:
         """True while the world is still moving (so the reconciler should come back soon)."""
-        return bool(self.actions) or self.booting > 0
+        return bool(self.actions) or self.booting > 0 or self.retry_at is not None
 
 
 def plan(
@@ -169,6 +196,9 @@ def plan(
     by_pool = {p.id: p for p in pools}
     known = {d.name for d in desktops}
     for desktop in desktops:
+        if desktop.retry_at is not None and desktop.retry_at > now:
+            out.retry_at = min(out.retry_at or desktop.retry_at, desktop.retry_at)
+            continue
         out.actions.extend(_desktop_steps(desktop, by_pool.get(desktop.pool_id), domains, overlays,
                                           now, limits, computers))
     out.booting = sum(1 for d in desktops if d.state == S.PROVISIONING)
@@ -201,11 +231,13 @@ def _desktop_steps(d: DesktopView, pool: PoolView | None, domains: dict[str, Obs
     if d.state in (S.READY, S.IN_USE, S.DRAINING):
         if dom is None or d.name not in overlays:
             what = "domain" if dom is None else "overlay"
+            if d.state != S.READY:
+                return [Recycle(d.id, f"{what} missing in libvirt")]
             return [Repair(d.id, f"{what} missing in libvirt")]
         if no_computer and d.state == S.READY:  # a desktop in a session keeps going until it ends
             return [Repair(d.id, "computer account missing in the directory")]
-        if not dom.running:
-            return [StartDomain(d.id)]
+        if not dom.running:  # powered off: an idle one is not ready again until it says so
+            return [StartDomain(d.id)] if d.state != S.READY else [Repair(d.id, "domain was not running")]
         if d.state in (S.IN_USE, S.DRAINING) and d.grace_until is not None and d.grace_until < now:
             return [Delete(d.id)]  # nobody came back within the grace period: recycle, never hand over
         if d.state == S.DRAINING:

@@ -115,9 +115,10 @@ def mark_failed(ctx: Context, a: p.MarkFailed) -> None:
 
 
 def start_domain(ctx: Context, a: p.StartDomain) -> None:
+    """Power a desktop in a session back on (an idle one goes through provisioning instead)."""
     with session_scope(ctx.engine) as session:
         row = desktops.get(session=session, desktop_id=a.desktop_id)
-        if row is None:
+        if row is None or row.state not in (S.IN_USE, S.DRAINING):
             return
         audit.append(session=session, actor=ACTOR, action="desktop.restart", target=row.name,
                      reason="domain was not running")
@@ -137,6 +138,20 @@ def _transition(ctx: Context, desktop_id: int, state: DesktopState, action: str,
 
 def repair(ctx: Context, a: p.Repair) -> None:
     _transition(ctx, a.desktop_id, S.PROVISIONING, "desktop.repair", reason=a.reason)
+
+
+def recycle(ctx: Context, a: p.Recycle) -> None:
+    """The agent's desktop is gone: free the assignment and delete the rest (audited, once)."""
+    with session_scope(ctx.engine) as session:
+        row = desktops.get(session=session, desktop_id=a.desktop_id)
+        if row is None or row.state not in (S.IN_USE, S.DRAINING):
+            return
+        user, name = row.assigned_to, row.name
+        desktops.unassign(session=session, desktop=row)
+        desktops.set_state(session=session, desktop=row, state=S.DELETING, now=ctx.clock.now(), reason=a.reason)
+        audit.append(session=session, actor=ACTOR, action="desktop.recycle", target=row.name, user=user,
+                     reason=a.reason)
+    log.warning("desktop %s of %s recycled: %s", name, user, a.reason)
 
 
 def drain(ctx: Context, a: p.Drain) -> None:
@@ -218,6 +233,7 @@ STEPS: dict[type, Callable[[Context, Any], None]] = {
     p.MarkFailed: mark_failed,
     p.StartDomain: start_domain,
     p.Repair: repair,
+    p.Recycle: recycle,
     p.Recreate: recreate,
     p.Drain: drain,
     p.Delete: delete,

@@ -1,6 +1,10 @@
 from datetime import UTC, datetime, timedelta
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from controlplane.domain import planning as p
+from controlplane.domain.desktop import ALLOWED
 from controlplane.domain.desktop import DesktopState as S
 from controlplane.domain.ports import ObservedDomain
 
@@ -22,6 +26,11 @@ def dom(name, running=True, ready=True, pool="sales", generation=1):
 
 def kinds(plan):
     return [type(a).__name__ for a in plan.actions]
+
+
+def of(plan, desktop_id):
+    """The actions on one desktop (pool sizing may add others)."""
+    return [a for a in plan.actions if getattr(a, "desktop_id", None) == desktop_id]
 
 
 def test_empty_pool_grows_to_target():
@@ -74,7 +83,24 @@ def test_missing_domain_or_overlay_is_repaired_and_stopped_domain_started():
     assert kinds(p.plan([pool(target=1)], [desk(1)], {}, {"d1"}, NOW)) == ["Repair"]
     assert kinds(p.plan([pool(target=1)], [desk(1)], {"d1": dom("d1")}, set(), NOW)) == ["Repair"]
     stopped = {"d1": dom("d1", running=False, ready=False)}
-    assert kinds(p.plan([pool(target=1)], [desk(1)], stopped, {"d1"}, NOW)) == ["StartDomain"]
+    for state in (S.IN_USE, S.DRAINING):  # the agent's session: bring it back as it is
+        assert of(p.plan([pool(target=1)], [desk(1, state)], stopped, {"d1"}, NOW), 1) == [p.StartDomain(1)]
+
+
+def test_a_ready_desktop_that_is_not_running_is_not_ready_until_it_boots_again():
+    stopped = {"d1": dom("d1", running=False, ready=False)}
+    out = p.plan([pool(target=1)], [desk(1)], stopped, {"d1"}, NOW)
+    assert out.actions == [p.Repair(1, "domain was not running")]
+
+
+def test_vanished_domain_under_a_session_recycles_the_desktop():
+    """The agent's work died with the domain: never re-provision their disk for someone else, never
+    leave the desktop ready but assigned; recycle it (a reconnect gets a fresh one)."""
+    for state in (S.IN_USE, S.DRAINING):
+        out = of(p.plan([pool(target=1)], [desk(1, state)], {}, {"d1"}, NOW), 1)
+        assert out == [p.Recycle(1, "domain missing in libvirt")]
+        out = of(p.plan([pool(target=1)], [desk(1, state)], {"d1": dom("d1")}, set(), NOW), 1)
+        assert out == [p.Recycle(1, "overlay missing in libvirt")]
 
 
 def test_deleting_desktop_is_torn_down():
@@ -135,3 +161,66 @@ def test_grace_expiry_recycles_assigned_desktops():
     assert p.plan([pool(target=1)], [waiting], doms, {"d1"}, NOW).actions == []
     expired = p.DesktopView(id=1, name="d1", pool_id=1, state=S.IN_USE, since=NOW, grace_until=NOW - timedelta(1))
     assert p.plan([pool(target=1)], [expired], doms, {"d1"}, NOW).actions == [p.Delete(1)]
+
+
+def test_a_desktop_backing_off_is_left_alone_until_its_retry_time():
+    waiting = p.DesktopView(id=1, name="d1", pool_id=1, state=S.PROVISIONING, since=NOW,
+                            retry_at=NOW + timedelta(seconds=8))
+    out = p.plan([pool(target=1)], [waiting], {}, set(), NOW)
+    assert out.actions == [] and out.pending and out.retry_at == NOW + timedelta(seconds=8)
+    later = p.plan([pool(target=1)], [waiting], {}, set(), NOW + timedelta(seconds=8))
+    assert later.actions == [p.Provision(1, fresh=True)] and later.retry_at is None
+
+
+def test_back_off_doubles_per_failure_and_is_capped():
+    limits = p.Limits(max_retry_delay=timedelta(seconds=60))
+    assert [p.backoff(2.0, n, limits).total_seconds() for n in range(1, 7)] == [2, 4, 8, 16, 32, 60]
+    assert p.backoff(0.0, 1, limits) >= p.Limits().min_retry_delay  # never a hot loop
+
+
+# --- the planner and the lifecycle hold together ------------------------------------------------
+
+# Each action that moves a desktop, and where to; each action that acts in place, and where it may.
+MOVES = {p.MarkReady: S.READY, p.MarkFailed: S.FAILED, p.Repair: S.PROVISIONING, p.Recycle: S.DELETING,
+         p.Drain: S.DRAINING, p.Delete: S.DELETING}
+IN_PLACE = {p.Provision: {S.PROVISIONING}, p.Recreate: {S.PROVISIONING}, p.Teardown: {S.DELETING},
+            p.StartDomain: {S.IN_USE, S.DRAINING}}
+
+names = st.sampled_from(["d1", "d2", "d3", "d4", "x"])
+
+
+@st.composite
+def worlds(draw):
+    pools = [pool(target=draw(st.integers(0, 4)), min_size=draw(st.integers(0, 2)), max_size=draw(st.integers(0, 5)),
+                  deleting=draw(st.booleans()), id=i, name=f"p{i}") for i in (1, 2)]
+    desktops = []
+    for i in draw(st.sets(st.integers(1, 4))):
+        grace = draw(st.sampled_from([None, NOW - timedelta(seconds=1), NOW + timedelta(seconds=60)]))
+        desktops.append(p.DesktopView(id=i, name=f"d{i}", pool_id=draw(st.sampled_from([1, 2, 3])),
+                                      state=draw(st.sampled_from(list(S))),
+                                      since=NOW - timedelta(seconds=draw(st.integers(0, 600))),
+                                      generation=draw(st.integers(1, 2)), grace_until=grace))
+    domains = {}
+    for name in draw(st.sets(names)):
+        running = draw(st.booleans())
+        domains[name] = dom(name, running=running, ready=running and draw(st.booleans()),
+                            pool=draw(st.sampled_from(["p1", "p2", "gone"])), generation=draw(st.integers(1, 2)))
+    overlays = draw(st.sets(names))
+    computers = draw(st.one_of(st.none(), st.sets(names)))
+    return pools, desktops, domains, overlays, computers
+
+
+@settings(max_examples=400, deadline=None)
+@given(worlds())
+def test_every_planned_action_is_an_allowed_lifecycle_edge(world):
+    pools, desktops, domains, overlays, computers = world
+    state = {d.id: d.state for d in desktops}
+    for action in p.plan(pools, desktops, domains, overlays, NOW, computers=computers).actions:
+        if type(action) in MOVES:
+            current, new = state[action.desktop_id], MOVES[type(action)]
+            assert new != current, f"{action} leaves a {current} desktop where it is: it would loop"
+            assert new in ALLOWED[current], f"{action}: {current} -> {new} is not a lifecycle edge"
+        elif type(action) in IN_PLACE:
+            assert state[action.desktop_id] in IN_PLACE[type(action)], f"{action} on a {state[action.desktop_id]}"
+        else:
+            assert not hasattr(action, "desktop_id"), f"{action}: map it to the state it moves the desktop to"

@@ -272,3 +272,61 @@ def test_directory_down_postpones_but_does_not_wreck(ctx, hv, directory, image):
     rec.close()
     directory.down = False
     assert desktops.get(ctx, row.name)[0].state == S.READY and row.name in hv.domains
+
+
+# --- desktops whose domain vanished under a session (issue 8, item 2) -----------------------------
+
+
+def claim(ctx, user="alice"):
+    from controlplane.db import pools as pool_rows
+    from controlplane.db import tickets
+
+    with session_scope(ctx.engine) as session:
+        pool = pool_rows.get_or_raise(session=session, name="sales")
+        claimed = tickets.claim_ready(session=session, pool_id=pool.id, username=user, now=ctx.clock.now())
+        return claimed.name if claimed else None
+
+
+def audited(ctx, action):
+    with session_scope(ctx.engine) as session:
+        return [e for e in audit.list_recent(session=session, limit=1000) if e.action == action]
+
+
+@pytest.mark.parametrize("state", [S.IN_USE, S.DRAINING])
+def test_vanished_domain_under_a_session_is_recycled_and_the_agent_gets_a_fresh_desktop(ctx, hv, image, state):
+    row = one_ready_desktop(ctx)
+    assert claim(ctx) == row.name
+    if state == S.DRAINING:
+        from controlplane.db import desktops as desktop_rows
+
+        with session_scope(ctx.engine) as session:
+            desktop_rows.set_state(session=session, desktop=desktop_rows.get(session=session, desktop_id=row.id),
+                                   state=S.DRAINING, now=ctx.clock.now())
+    hv.undefine(row.name)  # libvirt lost the domain while the agent was on it
+    settle(ctx)
+    (fresh, _), = desktops.list_all(ctx)
+    assert fresh.name != row.name, "the lost agent's disk must never be provisioned again for anyone"
+    assert fresh.state == S.READY and fresh.assigned_to is None
+    assert row.name not in hv.domains and row.name not in hv.overlays
+    (event,) = audited(ctx, "desktop.recycle")
+    assert event.target == row.name and event.detail["user"] == "alice" and "domain missing" in event.detail["reason"]
+    assert claim(ctx) == fresh.name, "the agent gets a fresh desktop on reconnect"
+    assert_consistent(ctx, hv)
+
+
+def test_a_stopped_ready_desktop_is_not_handed_out_until_it_is_ready_again(ctx, hv, image):
+    hv.boot_passes = 2
+    row = one_ready_desktop(ctx)
+    hv.destroy(row.name)  # powered off under an idle desktop
+    rec = Reconciler(ctx)
+    for _ in range(10):
+        rec.pass_once()
+        if desktops.get(ctx, row.name)[0].state == S.READY:
+            break
+        assert claim(ctx) is None, "a desktop that is not running (or still booting) is never handed out"
+    rec.close()
+    assert desktops.get(ctx, row.name)[0].state == S.READY and hv.domains[row.name].running
+    assert ("start", row.name) in hv.calls[-6:]
+    (event,) = audited(ctx, "desktop.repair")
+    assert event.detail["reason"] == "domain was not running"
+    assert claim(ctx) == row.name
