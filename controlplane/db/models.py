@@ -72,6 +72,8 @@ class Desktop(SQLModel, table=True):
     grace_until: datetime | None = None  # no live display session: recycled after this moment
     disconnect_requested: bool = False  # an admin asked the gateway to end the live session
     logoff_at: datetime | None = None  # ramp-down: the live session is ended at this moment
+    failures: int = 0  # the reconciler's steps on it that failed in a row (reset by a success)
+    retry_at: datetime | None = None  # its last step failed: the reconciler leaves it alone until then
     created_at: datetime = Field(default_factory=utcnow)
     state_since: datetime = Field(default_factory=utcnow)
 
