@@ -56,6 +56,7 @@ class PixelFormat:
 class Policy:
     allow_resize: bool = False  # SetDesktopSize from the browser
     max_key_events_per_s: int | None = None  # optional key-rate cap (None: no cap)
+    violation_budget: int | None = 256  # dropped messages per direction before the session closes
 
 
 @dataclass
@@ -67,7 +68,8 @@ class SessionState:
     updates_requested: bool = False
     policy: Policy = field(default_factory=Policy)
     rects: Counter[int] = field(default_factory=Counter)  # forwarded rectangles by encoding
-    inputs: int = 0  # keys and pointer events forwarded: what "not idle" means
+    inputs: int = 0  # keys, and pointer moves or clicks, forwarded: what "not idle" means
+    last_pointer: bytes = b""  # the last PointerEvent's buttons and position
 
 
 class RfbFilter:
@@ -77,8 +79,9 @@ class RfbFilter:
         if not (0 < width <= MAX_DIMENSION and 0 < height <= MAX_DIMENSION):
             raise FilterClosed(f"framebuffer {width}x{height} out of bounds")
         self.state = SessionState(width=width, height=height, policy=policy or Policy())
-        self.client = Stream(lambda s: _client_messages(s, self.state))
-        self.server = Stream(lambda s: _server_messages(s, self.state))
+        budget = self.state.policy.violation_budget
+        self.client = Stream(lambda s: _client_messages(s, self.state), violation_budget=budget)
+        self.server = Stream(lambda s: _server_messages(s, self.state), violation_budget=budget)
 
     def from_client(self, data: bytes) -> bytes:
         return self.client.feed(data)
@@ -103,8 +106,10 @@ def _client_messages(s: Stream, st: SessionState) -> Parser:
             s.emit(b"\x04" + (yield from s.read(7)))
             st.inputs += 1
         elif kind == 5:
-            s.emit(b"\x05" + (yield from s.read(5)))
-            st.inputs += 1
+            body = yield from s.read(5)
+            s.emit(b"\x05" + body)
+            if body != st.last_pointer:  # a pointer event that changes nothing is not activity
+                st.last_pointer, st.inputs = body, st.inputs + 1
         elif kind == 6:
             yield from _cut_text(s, "client")
         elif kind == 251:
@@ -136,7 +141,7 @@ def _set_encodings(s: Stream, st: SessionState) -> Parser:
     kept = [e for e in asked if enc.allowed(e)]
     stripped = sorted(set(asked) - set(kept))
     if stripped:
-        s.event("encodings_stripped", encodings=stripped)
+        s.dropped("encodings_stripped", 4 * (len(asked) - len(kept)), encodings=stripped)
     st.encodings = set(kept) | {enc.RAW}  # Raw is always implied by the protocol
     s.emit(struct.pack(">BxH", 2, len(kept)) + struct.pack(f">{len(kept)}i", *kept))
 
@@ -156,7 +161,7 @@ def _cut_text(s: Stream, side: str) -> Parser:
     if size > MAX_CUT_TEXT:
         raise FilterClosed(f"{side} cut text of {size} bytes")
     yield from s.discard(size)
-    s.event("clipboard_dropped", direction=side, bytes=size, extended=length < 0)
+    s.dropped("clipboard_dropped", 8 + size, direction=side, extended=length < 0)
 
 
 def _set_desktop_size(s: Stream, st: SessionState) -> Parser:
@@ -166,7 +171,7 @@ def _set_desktop_size(s: Stream, st: SessionState) -> Parser:
         raise FilterClosed(f"SetDesktopSize with {screens} screens")
     body = yield from s.read(16 * screens)
     if not st.policy.allow_resize or enc.EXTENDED_DESKTOP_SIZE not in st.encodings:
-        s.event("resize_dropped", width=w, height=h)
+        s.dropped("resize_dropped", 8 + 16 * screens, width=w, height=h)
         return
     if not (0 < w <= MAX_DIMENSION and 0 < h <= MAX_DIMENSION):
         raise FilterClosed(f"SetDesktopSize {w}x{h} out of bounds")
@@ -186,7 +191,7 @@ def _qemu_client(s: Stream, st: SessionState) -> Parser:
             yield from s.discard(6)
         elif op not in (0, 1):
             raise FilterClosed(f"QEMU audio operation {op}")
-        s.event("audio_dropped", operation=op)
+        s.dropped("audio_dropped", 10 if op == 2 else 4, operation=op)
     else:
         raise FilterClosed(f"QEMU client message subtype {sub} is not allowed")
 

@@ -66,7 +66,42 @@ def test_client_clipboard_is_dropped_and_audited(extended):
     out = f.from_client(key() + cut_text(b"card 4111-1111", extended=extended) + pointer())
     assert out == key() + pointer()
     (ev,) = events(f.client, "clipboard_dropped")
-    assert ev.detail == {"direction": "client", "bytes": 14, "extended": extended}
+    assert ev.summary() == {"direction": "client", "extended": extended, "count": 1, "bytes": 8 + 14}
+
+
+AUDIO_OFF = b"\xff\x01\x00\x01"  # QEMU audio, operation "disable": 4 bytes, dropped
+EMPTY_CUT = cut_text(b"")  # 8 bytes, dropped
+
+
+@pytest.mark.parametrize("message", [AUDIO_OFF, EMPTY_CUT, set_encodings(-259)], ids=["audio", "cut", "encodings"])
+def test_a_flood_of_dropped_messages_is_tallied_not_recorded_and_closes_past_the_budget(message):
+    f = session(violation_budget=1000)
+    baseline = f.client.violations
+    f.from_client(message * (1000 - baseline))
+    assert len(f.client.events) <= 2  # one tally per kind (encodings stripped at session start)
+    kind = f.client.events[-1]
+    assert kind.count >= 1000 - baseline and kind.bytes >= 4 * (1000 - baseline)
+    with pytest.raises(FilterClosed, match="more than 1000 dropped messages"):
+        f.from_client(message)
+
+
+def test_dropped_messages_cost_constant_memory():
+    f = session(violation_budget=None)
+    f.from_client(AUDIO_OFF * 1000)
+    before = sum(len(e.detail) for e in f.client.events), len(f.client.events)
+    f.from_client(AUDIO_OFF * 100_000)
+    assert (sum(len(e.detail) for e in f.client.events), len(f.client.events)) == before
+    assert f.client.tally["audio_dropped"].count == 101_000
+
+
+def test_a_pointer_event_that_changes_nothing_is_not_activity():
+    f = session()
+    f.from_client(pointer(0, 5, 5))
+    assert f.state.inputs == 1
+    f.from_client(pointer(0, 5, 5) * 50)  # a jiggler that does not move: still idle
+    assert f.state.inputs == 1
+    f.from_client(pointer(0, 6, 5) + pointer(1, 6, 5) + key())
+    assert f.state.inputs == 4
 
 
 def test_huge_cut_text_closes_without_buffering():
@@ -117,7 +152,7 @@ def test_qemu_client_messages():
         RfbFilter(W, H).from_client(set_encodings(0) + ext_key)  # not negotiated
     f = session()
     assert f.from_client(struct.pack(">BBH", 255, 1, 0) + struct.pack(">BBHBBI", 255, 1, 2, 3, 2, 44100)) == b""
-    assert len(events(f.client, "audio_dropped")) == 2
+    assert events(f.client, "audio_dropped")[0].count == 2
     with pytest.raises(FilterClosed):
         session().from_client(b"\xff\x07")
 
