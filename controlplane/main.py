@@ -5,7 +5,9 @@ The only module that chooses concrete drivers. Nothing happens at import.
 
 from __future__ import annotations
 
+import os
 import socket
+import stat
 from datetime import timedelta
 from pathlib import Path
 
@@ -54,7 +56,7 @@ def make_directory(settings: Settings) -> Directory | None:
 
 def build_context(settings: Settings, hypervisor: Hypervisor | None = None,
                   directory: Directory | None = None) -> Context:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    _private_dir(settings.data_dir)
     engine = make_engine(settings.database_url, settings.db.busy_timeout_ms)
     migrate(engine)
     rc = settings.reconciler
@@ -74,6 +76,19 @@ def build_context(settings: Settings, hypervisor: Hypervisor | None = None,
         ticket_ttl_s=settings.gateway.ticket_ttl_s,
         provisioning_rate=_planned_rate(settings),
     )
+
+
+def _private_dir(path: Path) -> None:
+    """DATA_DIR is root's alone (0700), whatever the umask; an older, looser one is tightened.
+
+    One grant is kept: search (not read) for another group than ours, which the libvirt driver
+    gives QEMU's group so QEMU can open the images, overlays and sockets libvirt labels for it.
+    """
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = path.stat()
+    wanted = 0o700 | (stat.S_IMODE(st.st_mode) & 0o010 if st.st_gid != os.getegid() else 0)
+    if stat.S_IMODE(st.st_mode) != wanted:
+        path.chmod(wanted)
 
 
 def _planned_rate(settings: Settings) -> ProvisioningRate | None:

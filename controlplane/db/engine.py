@@ -1,18 +1,21 @@
 """Engine creation and migrations.
 
 SQLite runs in WAL mode with a busy timeout, so the API, the reconciler's worker threads and the
-CLI can write concurrently without "database is locked". Migrations run at start, from day one.
+CLI can write concurrently without "database is locked". Its files are root's alone (0600).
+Migrations run at start, from day one.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import event, make_url
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, create_engine
 
@@ -21,6 +24,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 def make_engine(url: str, busy_timeout_ms: int = 5000) -> Engine:
     if url.startswith("sqlite"):
+        _private_sqlite_files(make_url(url).database)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": busy_timeout_ms / 1000})
 
         @event.listens_for(engine, "connect")
@@ -34,6 +38,24 @@ def make_engine(url: str, busy_timeout_ms: int = 5000) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True)
+
+
+def _private_sqlite_files(database: str | None) -> None:
+    """The database file is created 0600 before SQLite opens it, and tightened if it is older.
+
+    SQLite creates its -wal and -shm files with the mode of the database file, so they follow;
+    existing ones are tightened too. In-memory databases have no files.
+    """
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            if stat.S_IMODE(file.stat().st_mode) != 0o600:
+                file.chmod(0o600)
+        except FileNotFoundError:
+            pass
 
 
 def migrate(engine: Engine) -> None:

@@ -2,7 +2,8 @@
 
 Used when no real certificates are configured (the portal and API over HTTPS) and by tests that
 need LDAPS with real validation (a Samba DC presenting a certificate our CA signed). Keys are
-written with mode 0600 and never logged. Existing files are reused, so restarts keep identities.
+written with mode 0600 in a 0700 directory (looser ones are tightened) and never logged.
+Existing files are reused, so restarts keep identities.
 """
 
 from __future__ import annotations
@@ -26,8 +27,15 @@ class ServerFiles:
     key: Path
 
 
+def _private_dir(directory: Path) -> None:
+    """The CA's directory is root's alone (0700), whatever the umask or an older version left."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if directory.stat().st_mode & 0o077:
+        directory.chmod(0o700)
+
+
 def _write_private(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _private_dir(path.parent)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
@@ -46,7 +54,11 @@ def _name(common_name: str) -> x509.Name:
 
 def ensure_ca(directory: Path, days: int = 3650) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     cert_path, key_path = directory / "ca.pem", directory / "ca.key"
+    _private_dir(directory)
     if cert_path.exists() and key_path.exists():
+        for path in (cert_path, key_path):
+            if path.stat().st_mode & 0o077:
+                path.chmod(0o600)
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
         assert isinstance(key, ec.EllipticCurvePrivateKey)
         return x509.load_pem_x509_certificate(cert_path.read_bytes()), key
@@ -72,6 +84,8 @@ def ensure_server_cert(directory: Path, names: list[str], days: int = 825) -> Se
     ca_cert, ca_key = ensure_ca(directory)
     files = ServerFiles(ca_cert=directory / "ca.pem", cert=directory / "server.pem", key=directory / "server.key")
     if files.cert.exists() and files.key.exists():
+        if files.key.stat().st_mode & 0o077:
+            files.key.chmod(0o600)
         return files
     key = ec.generate_private_key(ec.SECP256R1())
     sans: list[x509.GeneralName] = []

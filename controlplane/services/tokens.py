@@ -39,13 +39,16 @@ class Claims:
 
 
 def load_or_create_key(path: Path) -> bytes:
-    """The signing key, created once with mode 0600 (32 random bytes)."""
+    """The signing key, created once with mode 0600 (32 random bytes); an older, looser file is
+    tightened to 0600."""
     if path.exists():
         key = path.read_bytes()
         if len(key) < 32:
             raise ValueError(f"auth.key_file: {path} holds fewer than 32 bytes")
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
         return key
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(secrets.token_bytes(32))
