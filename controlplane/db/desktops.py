@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlmodel import Session, select
+from sqlalchemy import update
+from sqlmodel import Session, col, select
 
 from controlplane.db.models import Desktop, Pool
 from controlplane.domain.desktop import DesktopState, check_transition
@@ -52,15 +53,32 @@ def create(*, session: Session, desktop: Desktop) -> Desktop:
 
 def set_state(*, session: Session, desktop: Desktop, state: DesktopState, now: datetime,
               reason: str | None = None) -> Desktop:
-    """Move along an allowed lifecycle edge (refuses any other)."""
+    """Move along an allowed lifecycle edge (refuses any other). A new state starts with a clean
+    slate: failures of steps in the old one no longer hold it back."""
     check_transition(desktop.state, state)
     if desktop.state != state:
         desktop.state_since = now
+        desktop.failures, desktop.retry_at = 0, None
     desktop.state = state
     desktop.reason = reason
     session.add(desktop)
     session.flush()
     return desktop
+
+
+def note_failure(*, session: Session, desktop: Desktop, retry_at: datetime) -> Desktop:
+    """One more failed step in a row; the reconciler leaves the desktop alone until RETRY_AT."""
+    desktop.failures += 1
+    desktop.retry_at = retry_at
+    session.add(desktop)
+    session.flush()
+    return desktop
+
+
+def clear_failures(*, session: Session, desktop_id: int) -> None:
+    """A step succeeded: no more back-off (one UPDATE that touches nothing when there was none)."""
+    session.execute(update(Desktop).where(col(Desktop.id) == desktop_id, col(Desktop.failures) > 0)
+                    .values(failures=0, retry_at=None))
 
 
 def unassign(*, session: Session, desktop: Desktop) -> Desktop:

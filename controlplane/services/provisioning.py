@@ -22,7 +22,7 @@ from controlplane.domain import naming
 from controlplane.domain import planning as p
 from controlplane.domain.desktop import DesktopState
 from controlplane.domain.ports import BootImage, DesktopSpec
-from controlplane.errors import PermanentError
+from controlplane.errors import PermanentError, TemporaryError
 from controlplane.services.context import Context
 
 S = DesktopState
@@ -54,7 +54,10 @@ def create_desktop(ctx: Context, a: p.CreateDesktop) -> None:
         audit.append(session=session, actor=ACTOR, action="desktop.create", target=row.name, pool=pool.name)
         desktop_id = row.id or 0
     ctx.crashpoint("provision.after-row")
-    provision(ctx, p.Provision(desktop_id))
+    try:
+        provision(ctx, p.Provision(desktop_id))
+    except TemporaryError as err:  # the row exists now: it backs off like any desktop
+        retry_later(ctx, desktop_id, err.delay, str(err))
 
 
 def provision(ctx: Context, a: p.Provision) -> None:
@@ -124,6 +127,50 @@ def start_domain(ctx: Context, a: p.StartDomain) -> None:
                      reason="domain was not running")
         name = row.name
     ctx.hypervisor.start(name)
+
+
+# --- what a failed step leaves on its desktop (the reconciler calls these) ------------------------
+
+
+def retry_later(ctx: Context, desktop_id: int, delay: float, reason: str) -> None:
+    """A step asked to be retried in DELAY seconds: back off, doubling with each failure in a row."""
+    with session_scope(ctx.engine) as session:
+        row = desktops.get(session=session, desktop_id=desktop_id)
+        if row is None:
+            return
+        wait = p.backoff(delay, row.failures + 1, ctx.limits)
+        desktops.note_failure(session=session, desktop=row, retry_at=ctx.clock.now() + wait)
+        name, failures = row.name, row.failures
+    log.info("desktop %s: failure %d in a row, next try in %.0f s: %s", name, failures, wait.total_seconds(),
+             reason)
+
+
+def record_permanent(ctx: Context, desktop_id: int, step: str, reason: str) -> None:
+    """A step failed for good. A provisioning desktop fails (with the reason); any other keeps its
+    state (its lifecycle has no edge to failed), carries the reason, is audited once, and is looked
+    at again only after the longest back-off, in case someone repaired what was wrong."""
+    with session_scope(ctx.engine) as session:
+        row = desktops.get(session=session, desktop_id=desktop_id)
+        if row is None:
+            return
+        provisioning = row.state == S.PROVISIONING
+        if not provisioning:
+            if row.reason != reason:
+                audit.append(session=session, actor=ACTOR, action="desktop.step_failed", target=row.name,
+                             step=step, state=str(row.state), reason=reason)
+            row.reason = reason
+            desktops.note_failure(session=session, desktop=row, retry_at=ctx.clock.now() + ctx.limits.max_retry_delay)
+        name = row.name
+    if provisioning:
+        mark_failed(ctx, p.MarkFailed(desktop_id, reason))
+    else:
+        log.error("desktop %s: %s failed for good (looked at again in %s): %s", name, step,
+                  ctx.limits.max_retry_delay, reason)
+
+
+def succeeded(ctx: Context, desktop_id: int) -> None:
+    with session_scope(ctx.engine) as session:
+        desktops.clear_failures(session=session, desktop_id=desktop_id)
 
 
 def _transition(ctx: Context, desktop_id: int, state: DesktopState, action: str, **detail: Any) -> None:

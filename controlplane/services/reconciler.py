@@ -3,7 +3,13 @@
 Level-triggered: each pass starts from a fresh look at the database and at libvirt, never from
 memory of the last pass. Steps of one pass run in parallel with a bound; a pass never waits for
 a guest to boot (booting desktops are simply looked at again next pass). One reconciler per
-database holds a lease, so a second `shiftdesk serve` (or a CLI `--wait`) stands by.
+database holds a lease, so a second `shiftdesk serve` (or a CLI `--wait`) stands by; the lease is
+renewed before each step of a pass (a pass can outlast its TTL), and a reconciler that finds it
+lost stops acting at once.
+
+A failed step says what to do next (`controlplane.errors`): a TemporaryError backs its desktop
+off (its delay, doubled per failure in a row, kept on the row so a successor honours it too); a
+PermanentError is recorded on the desktop and audited once; nothing is retried at the pass rate.
 """
 
 from __future__ import annotations
@@ -15,12 +21,13 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from controlplane.db import desktops, leases, pools
 from controlplane.db.engine import session_scope
-from controlplane.domain.planning import DesktopView, Plan, PoolView, plan
+from controlplane.domain.planning import Action, DesktopView, Plan, PoolView, backoff, plan
 from controlplane.errors import PermanentError, TemporaryError
+from controlplane.services import provisioning
 from controlplane.services.context import Context
 from controlplane.services.provisioning import STEPS
 
@@ -35,6 +42,10 @@ class Reconciler:
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self.wake = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=ctx.parallelism, thread_name_prefix="reconcile")
+        self._lease_lock = threading.Lock()
+        self._renewed_at: datetime | None = None  # when this reconciler last took or renewed the lease
+        self._lost = False
+        self._held: dict[Action, tuple[int, datetime]] = {}  # steps of no desktop (orphans) backing off
 
     # --- one pass -----------------------------------------------------------------------------
 
@@ -45,7 +56,7 @@ class Reconciler:
                           for p in pools.list_all(session=session)]
             desktop_views = [DesktopView(id=d.id or 0, name=d.name, pool_id=d.pool_id, state=d.state,
                                          since=d.state_since, generation=d.generation,
-                                         grace_until=d.grace_until)
+                                         grace_until=d.grace_until, retry_at=d.retry_at)
                              for d in desktops.list_all(session=session)]
         hv, directory = self.ctx.hypervisor, self.ctx.directory
         computers = directory.list_computers() if directory is not None and directory.manages_computers else None
@@ -55,20 +66,70 @@ class Reconciler:
     def pass_once(self) -> Plan:
         """Observe, plan and perform every step. Returns the plan it carried out."""
         current = self.observe_and_plan()
-        futures = [self._pool.submit(self._perform, action) for action in current.actions]
+        self._lost = False
+        now = self.ctx.clock.now()
+        due = [a for a in current.actions if a not in self._held or self._held[a][1] <= now]
+        futures = [self._pool.submit(self._perform, action) for action in due]
         for future in futures:
             future.result()
         return current
 
-    def _perform(self, action: object) -> None:
+    def _perform(self, action: Action) -> None:
+        if not self._lease_kept():
+            return  # another reconciler acts now: doing anything more could undo its work
+        desktop_id: int | None = getattr(action, "desktop_id", None)
         try:
             STEPS[type(action)](self.ctx, action)
         except TemporaryError as err:
-            log.info("step %s will be retried: %s", action, err)
+            self._retry_later(action, desktop_id, err.delay, str(err))
         except PermanentError as err:
-            log.error("step %s failed: %s", action, err)
-        except Exception:
-            log.exception("step %s crashed; the next pass will look again", action)
+            if desktop_id is None:
+                log.error("step %s failed: %s", action, err)
+                self._retry_later(action, None, self.ctx.limits.max_retry_delay.total_seconds(), str(err))
+            else:
+                self._record(provisioning.record_permanent, desktop_id, type(action).__name__, str(err))
+        except Exception as err:
+            log.exception("step %s crashed; backing off", action)
+            self._retry_later(action, desktop_id, self.ctx.limits.min_retry_delay.total_seconds(), repr(err))
+        else:
+            if desktop_id is None:
+                self._held.pop(action, None)
+            else:
+                self._record(provisioning.succeeded, desktop_id)
+
+    def _retry_later(self, action: Action, desktop_id: int | None, delay: float, reason: str) -> None:
+        if desktop_id is not None:
+            self._record(provisioning.retry_later, desktop_id, delay, reason)
+            return
+        failures = self._held.get(action, (0, self.ctx.clock.now()))[0] + 1
+        wait = backoff(delay, failures, self.ctx.limits)
+        self._held[action] = (failures, self.ctx.clock.now() + wait)
+        log.info("step %s: failure %d in a row, next try in %.0f s: %s", action, failures, wait.total_seconds(),
+                 reason)
+
+    def _record(self, what: Callable[..., None], *args: object) -> None:
+        try:
+            what(self.ctx, *args)
+        except Exception:  # the database is away: the next pass looks at the world again
+            log.exception("could not record the outcome of a step")
+
+    def _lease_kept(self) -> bool:
+        """Renew the lease unless it was renewed less than a third of its TTL ago; False once lost."""
+        with self._lease_lock:
+            if self._lost:
+                return False
+            now = self.ctx.clock.now()
+            if self._renewed_at is not None and now - self._renewed_at < self.lease_ttl / 3:
+                return True
+            try:
+                kept = self.hold_lease()
+            except Exception:
+                log.exception("could not renew the reconciler lease")
+                kept = False
+            if not kept:
+                log.warning("reconciler lease lost during a pass: stopping until it is ours again")
+                self._lost = True
+            return kept
 
     # --- the loop -----------------------------------------------------------------------------
 
@@ -76,16 +137,18 @@ class Reconciler:
         """Take or renew the lease; take it over at once from a dead process on this host."""
         now = self.ctx.clock.now()
         with session_scope(self.ctx.engine) as session:
-            if leases.acquire(session=session, name=LEASE, holder=self.holder, now=now, ttl=self.lease_ttl):
-                return True
-            other = leases.holder_of(session=session, name=LEASE)
-            if other is None or not _dead_local_holder(other):
-                return False
-            log.warning("reconciler lease of %s: that process is gone, taking over", other)
-            return leases.take_over(session=session, name=LEASE, stale_holder=other, holder=self.holder,
-                                    now=now, ttl=self.lease_ttl)
+            held = leases.acquire(session=session, name=LEASE, holder=self.holder, now=now, ttl=self.lease_ttl)
+            if not held:
+                other = leases.holder_of(session=session, name=LEASE)
+                if other is not None and _dead_local_holder(other):
+                    log.warning("reconciler lease of %s: that process is gone, taking over", other)
+                    held = leases.take_over(session=session, name=LEASE, stale_holder=other, holder=self.holder,
+                                            now=now, ttl=self.lease_ttl)
+        self._renewed_at = now if held else None
+        return held
 
     def release_lease(self) -> None:
+        self._renewed_at = None
         with session_scope(self.ctx.engine) as session:
             leases.release(session=session, name=LEASE, holder=self.holder)
 
@@ -96,7 +159,7 @@ class Reconciler:
                 delay = period
                 try:
                     if self.hold_lease():
-                        delay = busy_period if self.pass_once().pending else period
+                        delay = self._next_delay(self.pass_once(), period, busy_period)
                 except Exception:
                     log.exception("reconcile pass failed; retrying")
                 self.wake.wait(delay)
@@ -123,8 +186,17 @@ class Reconciler:
                 on_pass(current)
             if not current.pending:
                 return True
-            time.sleep(busy_period)
+            time.sleep(min(self._next_delay(current, 5.0, busy_period), max(0.0, deadline - time.monotonic())))
         return False
+
+    def _next_delay(self, current: Plan, period: float, busy_period: float) -> float:
+        """Come back soon while things move; when only back-offs are pending, when the first is due."""
+        if not current.pending:
+            return period
+        if current.actions or current.booting or current.retry_at is None:
+            return busy_period
+        due = (current.retry_at - self.ctx.clock.now()).total_seconds()
+        return min(max(due, busy_period), max(period, busy_period))
 
     def close(self) -> None:
         """Stop the workers and hand the lease back, so a successor need not wait for the TTL."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from datetime import timedelta
 
 import pytest
 
@@ -10,6 +11,7 @@ from controlplane.db import audit
 from controlplane.db.engine import session_scope
 from controlplane.domain.desktop import DesktopState as S
 from controlplane.drivers.fake import FakeHypervisor
+from controlplane.errors import PermanentError, TemporaryError
 from controlplane.services import desktops, pools
 from controlplane.services.reconciler import Reconciler
 
@@ -101,13 +103,6 @@ def test_crash_at_any_step_converges(ctx, hv, image, point):
     settle(ctx)
     assert states(ctx) == ["ready", "ready"]
     assert_consistent(ctx, hv)
-
-
-def test_temporary_errors_are_retried(ctx, hv, image):
-    hv.flaky = 3
-    pools.create(ctx, name="sales", image="busybox-desktop", size=2, actor="t")
-    settle(ctx)
-    assert states(ctx) == ["ready", "ready"]
 
 
 def test_boot_timeout_marks_failed_and_budget_stops_retrying(ctx, image, clock, settings):
@@ -330,3 +325,127 @@ def test_a_stopped_ready_desktop_is_not_handed_out_until_it_is_ready_again(ctx, 
     (event,) = audited(ctx, "desktop.repair")
     assert event.detail["reason"] == "domain was not running"
     assert claim(ctx) == row.name
+
+
+# --- retries, permanent failures and the lease during a pass (issue 8, item 8) ---------------------
+
+
+class StuckStart(FakeHypervisor):
+    """Every start fails with a TemporaryError asking to retry in DELAY seconds (libvirtd busy)."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+
+    def start(self, name: str) -> None:
+        self.calls.append(("start", name))
+        raise TemporaryError(f"start {name}: simulated busy libvirtd", delay=self.delay)
+
+
+class UndeletableOverlay(FakeHypervisor):
+    """Deleting any overlay fails for good (say, a volume someone locked by hand)."""
+
+    def delete_overlay(self, name: str) -> None:
+        self.calls.append(("delete_overlay", name))
+        raise PermanentError(f"delete overlay {name}: simulated refusal")
+
+
+def starts(hv) -> int:
+    return sum(1 for verb, _ in hv.calls if verb == "start")
+
+
+def test_a_temporary_error_is_retried_after_its_delay_with_back_off_per_desktop(ctx, image, clock):
+    hv = ctx.hypervisor = StuckStart(delay=2.0)
+    pools.create(ctx, name="sales", image="busybox-desktop", size=1, actor="t")
+    rec = Reconciler(ctx)
+    attempts = []
+    for _ in range(60):  # 15 s of passes at 4 Hz
+        plan = rec.pass_once()
+        assert plan.pending, "a desktop waiting to retry is not converged"
+        attempts.append(starts(hv))
+        clock.advance(0.25)
+    rec.close()
+    moments = [i * 0.25 for i, n in enumerate(attempts) if i == 0 or n > attempts[i - 1]]
+    # the first attempt, then 2 s, 4 s and 8 s later: never at the pass rate
+    assert moments == [0.0, 2.0, 6.0, 14.0], moments
+    (row, _), = desktops.list_all(ctx)
+    assert row.state == S.PROVISIONING and row.failures == 4
+    assert row.retry_at == clock.now() - timedelta(seconds=1) + timedelta(seconds=16)
+
+
+def test_temporary_errors_are_retried_and_a_success_ends_the_back_off(ctx, hv, image, clock):
+    hv.flaky = 3
+    pools.create(ctx, name="sales", image="busybox-desktop", size=2, actor="t")
+    rec = Reconciler(ctx)
+    for _ in range(40):
+        if not rec.pass_once().pending:
+            break
+        clock.advance(1)
+    rec.close()
+    assert states(ctx) == ["ready", "ready"]
+    assert all(d.failures == 0 and d.retry_at is None for d, _ in desktops.list_all(ctx))
+
+
+def test_a_permanent_failure_is_recorded_on_the_desktop_and_audited_once(ctx, image, clock):
+    hv = ctx.hypervisor = UndeletableOverlay()
+    row = one_ready_desktop(ctx)
+    desktops.delete(ctx, row.name, actor="t")
+    rec = Reconciler(ctx)
+    for _ in range(40):
+        rec.pass_once()
+        clock.advance(60)
+    rec.close()
+    stuck = desktops.get(ctx, row.name)[0]
+    assert stuck.state == S.DELETING and "simulated refusal" in (stuck.reason or "")
+    (event,) = audited(ctx, "desktop.step_failed")
+    assert event.target == row.name and event.detail["step"] == "Teardown"
+    tries = sum(1 for verb, name in hv.calls if verb == "delete_overlay" and name == row.name)
+    assert 2 <= tries <= 40 * 60 / ctx.limits.max_retry_delay.total_seconds() + 1, tries
+
+
+def test_a_permanent_failure_while_provisioning_fails_the_desktop_with_its_reason(ctx, image):
+    hv = ctx.hypervisor = FakeHypervisor(fail_overlay=_AllNames())
+    pools.create(ctx, name="sales", image="busybox-desktop", size=1, actor="t")
+    rec = Reconciler(ctx)
+    for _ in range(5):
+        rec.pass_once()
+    rec.close()
+    rows = [d for d, _ in desktops.list_all(ctx)]
+    assert all(d.state == S.FAILED and "simulated failure" in d.reason for d in rows)
+    assert len(audited(ctx, "desktop.failed")) == len(rows) and len(rows) <= ctx.limits.failure_budget
+    assert hv.calls.count(("create_overlay", rows[0].name)) == 1
+
+
+def test_a_long_pass_renews_its_lease_so_nobody_else_can_act(ctx, image, clock):
+    ctx.parallelism = 1  # steps one after another: the pass outlives the lease's TTL
+    a, b = Reconciler(ctx), Reconciler(ctx)
+    pools.create(ctx, name="sales", image="busybox-desktop", size=4, actor="t")
+    assert a.hold_lease()
+    rivals = []
+
+    def slow_step(point):
+        if point == "provision.after-row":
+            clock.advance(a.lease_ttl.total_seconds() * 0.6)
+            rivals.append(b.hold_lease())
+
+    ctx.crashpoint = slow_step
+    a.pass_once()
+    assert len(rivals) == 4 and not any(rivals), "the lease ran out in the middle of a pass"
+    a.close(), b.close()
+
+
+def test_a_reconciler_that_lost_its_lease_stops_acting(ctx, image, clock):
+    ctx.parallelism = 1
+    a, b = Reconciler(ctx), Reconciler(ctx)
+    pools.create(ctx, name="sales", image="busybox-desktop", size=3, actor="t")
+    assert a.hold_lease()
+
+    def stalled(point):  # the first step stalls past the TTL and another reconciler takes over
+        if point == "provision.after-row" and not b.hold_lease():
+            clock.advance(a.lease_ttl.total_seconds() + 1)
+            assert b.hold_lease()
+
+    ctx.crashpoint = stalled
+    a.pass_once()
+    assert len(desktops.list_all(ctx)) == 1, "a reconciler without the lease went on acting"
+    a.close(), b.close()
