@@ -129,8 +129,23 @@ def serve(
         h, p = host or settings.api.host, port or settings.api.port
         cert, key = tls_files(settings)
         err.print(f"ShiftDesk on https://{h}:{p}/  (agents: /portal/, API docs: /docs, CA: {cert.parent / 'ca.pem'})")
-        uvicorn.run(api, host=h, port=p, log_level="warning", ssl_certfile=str(cert), ssl_keyfile=str(key),
-                    access_log=False)  # no access log: gateway URLs carry (single-use) tickets
+        config = uvicorn.Config(api, host=h, port=p, log_level="warning", ssl_certfile=str(cert),
+                                ssl_keyfile=str(key), access_log=False,  # gateway URLs carry (single-use) tickets
+                                ws_max_size=settings.gateway.max_frame_bytes, timeout_graceful_shutdown=2)
+        _run_server(config, api.state.gateway_live)
+
+
+def _run_server(config: Any, live: Any) -> None:
+    """uvicorn's server, told to end the live display sessions first when asked to stop (SIGTERM),
+    so agents are told why and every session is audited before the process exits."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: Any = None) -> None:
+            await live.end_all(timeout=2.0)
+            await super().shutdown(sockets)
+
+    Server(config).run()
 
 
 @app.command()

@@ -119,6 +119,7 @@ class Identity:
     dn: str
     display_name: str
     groups: frozenset[str]  # group names (cn), lower-cased for comparison
+    enabled: bool = True  # False when the account is disabled or locked out
 
 
 class Directory(Protocol):

@@ -155,7 +155,8 @@ class FakeDirectory:
         if username not in self.users:
             return None
         return Identity(username=username, dn=f"CN={username},OU=Fake", display_name=username.title(),
-                        groups=frozenset(g.lower() for g in self.users[username][1]))
+                        groups=frozenset(g.lower() for g in self.users[username][1]),
+                        enabled=username not in self.disabled)
 
     def authenticate(self, username: str, password: str) -> Identity:
         if not isinstance(password, str) or not password.strip():

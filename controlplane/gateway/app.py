@@ -6,30 +6,39 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 from collections import Counter
 from dataclasses import replace
+from typing import Any
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, FastAPI, WebSocket, WebSocketDisconnect
 from starlette.concurrency import run_in_threadpool
 
 from controlplane.config import GatewaySettings
-from controlplane.domain.rfb.filter import RfbFilter
-from controlplane.domain.rfb.stream import Event
+from controlplane.domain.rfb.filter import Policy, RfbFilter
+from controlplane.domain.rfb.stream import FilterClosed
+from controlplane.domain.session import NEEDS_SIGN_IN, EndReason
 from controlplane.errors import ExpectedError
-from controlplane.gateway.relay import Disconnected, Outcome, Watchdog, relay
+from controlplane.gateway.relay import Disconnected, Outcome, Pace, Watchdog, relay
 from controlplane.services import broker, identity, sessions
 from controlplane.services.context import Context
 from controlplane.services.identity import SESSION_COOKIE
+from controlplane.services.tokens import Claims
 
 log = logging.getLogger(__name__)
 router = APIRouter()
-POLICY_VIOLATION = 1008
+
+
+POLICY_VIOLATION, NORMAL, GOING_AWAY = 1008, 1000, 1001
+GATEWAY_ID = f"{socket.gethostname()}:{os.getpid()}"
 
 
 class BrowserSocket:
-    def __init__(self, ws: WebSocket) -> None:
+    def __init__(self, ws: WebSocket, max_frame_bytes: int) -> None:
         self.ws = ws
+        self.max_frame_bytes = max_frame_bytes
 
     async def send_bytes(self, data: bytes) -> None:
         await self.ws.send_bytes(data)
@@ -38,22 +47,35 @@ class BrowserSocket:
         message = await self.ws.receive()
         if message["type"] == "websocket.disconnect":
             raise Disconnected()
-        if message.get("bytes") is None:
+        data = message.get("bytes")
+        if data is None:
             raise Disconnected()  # text frames have no place in RFB
-        return message["bytes"]
+        if len(data) > self.max_frame_bytes:  # the server caps frames too (uvicorn's ws_max_size)
+            raise FilterClosed(f"WebSocket message of {len(data)} bytes")
+        return data
 
 
-class ConnectionCounts:
-    """Per-user connection counts of this gateway process. No lock: check-and-count has no await
-    in between, and the event loop runs one coroutine at a time."""
+class LiveSessions:
+    """This gateway process's live sessions: per-user counts (no lock: check-and-count has no
+    await in between, and the event loop runs one coroutine at a time), the session tasks, and
+    the shutdown signal every watchdog listens to."""
 
     def __init__(self) -> None:
         self.open: Counter[str] = Counter()
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.stopping = asyncio.Event()
+
+    async def end_all(self, timeout: float) -> None:
+        """Tell every live session the control plane is going away, and wait (up to TIMEOUT) for
+        each to close and be audited."""
+        self.stopping.set()
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=timeout)
 
 
 def install(app: FastAPI) -> None:
     """Mount the gateway on the control plane's app (main.py does this)."""
-    app.state.gateway_counts = ConnectionCounts()
+    app.state.gateway_live = LiveSessions()
     app.include_router(router)
 
 
@@ -70,12 +92,14 @@ def origin_allowed(ws: WebSocket, settings: GatewaySettings) -> bool:
 async def gateway(ws: WebSocket) -> None:
     ctx: Context = ws.app.state.ctx
     settings: GatewaySettings = ws.app.state.settings.gateway
-    counts: ConnectionCounts = ws.app.state.gateway_counts
+    live: LiveSessions = ws.app.state.gateway_live
     source = ws.client.host if ws.client else "?"
     token = ws.cookies.get(SESSION_COOKIE) or _bearer(ws)
     try:
         if not origin_allowed(ws, settings):
             raise ExpectedError("origin not allowed", field="origin")
+        if live.stopping.is_set():
+            raise ExpectedError("the control plane is shutting down", field="gateway")
         user = await run_in_threadpool(identity.authorize, ctx, token or "")
         target = await run_in_threadpool(broker.redeem, ctx, ws.query_params.get("ticket", ""), user.sub)
     except ExpectedError as err:
@@ -83,64 +107,93 @@ async def gateway(ws: WebSocket) -> None:
                                 source=source)
         await ws.close(code=POLICY_VIOLATION)
         return
-    if counts.open[user.sub] >= settings.max_connections_per_user:
+    if live.open[user.sub] >= settings.max_connections_per_user:
         await ws.close(code=POLICY_VIOLATION)
         await run_in_threadpool(sessions.refused, ctx, user=user.sub, reason="connection cap", source=source)
         return
-    counts.open[user.sub] += 1
-    outcome, started = Outcome(reason="cancelled"), False
-    limits = sessions.Limits(idle_s=settings.idle_timeout_s, max_s=86400.0, grace_s=300.0)
+    live.open[user.sub] += 1
     try:
-        offered = ws.headers.get("sec-websocket-protocol", "")
-        await ws.accept(subprotocol="binary" if "binary" in offered else None)
-        await run_in_threadpool(sessions.started, ctx, user=user.sub, desktop=target.desktop, source=source)
-        started = True
-        limits = await run_in_threadpool(sessions.limits_for, ctx, user=user.sub, groups=frozenset(user.groups),
-                                         pool=target.pool)
-        limits = replace(limits, idle_s=min(limits.idle_s, settings.idle_timeout_s))
-        await run_in_threadpool(sessions.mark_live, ctx, target.desktop_id)
+        await _serve(ws, ctx, settings, live, user, target, source)
+    finally:
+        live.open[user.sub] -= 1
 
-        async def on_event(event: Event) -> None:
-            await run_in_threadpool(sessions.filter_event, ctx, user=user.sub, desktop=target.desktop,
-                                    kind=event.kind, detail=event.detail)
 
-        await relay(BrowserSocket(ws), ctx.hypervisor.vnc_socket(target.desktop),
-                    handshake_timeout=settings.handshake_timeout_s,
-                    idle_timeout=limits.idle_s, on_event=on_event, outcome=outcome,
-                    watchdog=_watchdog(ctx, target.desktop_id, limits, settings.watchdog_period_s))
+async def _serve(ws: WebSocket, ctx: Context, settings: GatewaySettings, live: LiveSessions, user: Claims,
+                 target: broker.Target, source: str) -> None:
+    """Accept, register the display session, relay through the filter, and close it: audited and
+    with the desktop's grace started only if no other session of it is live."""
+    outcome = Outcome(reason="cancelled")
+    period = settings.watchdog_period_s
+    limits = await run_in_threadpool(sessions.limits_for, ctx, user=user.sub, groups=frozenset(user.groups),
+                                     pool=target.pool)
+    limits = replace(limits, idle_s=min(limits.idle_s, settings.idle_timeout_s))
+    offered = ws.headers.get("sec-websocket-protocol", "")
+    await ws.accept(subprotocol="binary" if "binary" in offered else None)
+    display = await run_in_threadpool(sessions.open_display, ctx, desktop_id=target.desktop_id, user=user.sub,
+                                      jti=user.jti, source=source, gateway=GATEWAY_ID, limits=limits,
+                                      period_s=period)
+    task = asyncio.current_task()
+    if task is not None:
+        live.tasks.add(task)
+    try:
+        await relay(BrowserSocket(ws, settings.max_frame_bytes), ctx.hypervisor.vnc_socket(target.desktop),
+                    handshake_timeout=settings.handshake_timeout_s, idle_timeout=limits.idle_s, outcome=outcome,
+                    watchdog=_watchdog(ctx, display, target.pool, limits, period, live.stopping),
+                    policy=Policy(violation_budget=settings.violation_budget),
+                    pace=Pace(rate=settings.max_input_bytes_per_s, burst=4 * settings.max_input_bytes_per_s))
     except (WebSocketDisconnect, OSError) as err:
         outcome.reason = f"dropped: {type(err).__name__}"
+    except asyncio.CancelledError:  # the server is stopping under us (unless the session had ended)
+        outcome.reason = EndReason.SHUTDOWN if outcome.reason == "cancelled" else outcome.reason
+        raise
     finally:
-        counts.open[user.sub] -= 1
-        if started:  # synchronously: this must be written even when the task is being cancelled
-            sessions.ended(ctx, user=user.sub, desktop=target.desktop, reason=outcome.reason,
-                           bytes_in=outcome.bytes_from_browser, bytes_out=outcome.bytes_to_browser)
-            sessions.start_grace(ctx, target.desktop_id, limits.grace_s)
+        if task is not None:
+            live.tasks.discard(task)
+        # synchronously: this must be written even when the task is being cancelled
+        sessions.close_display(ctx, display, desktop=target.desktop, reason=outcome.reason,
+                               bytes_in=outcome.bytes_from_browser, bytes_out=outcome.bytes_to_browser,
+                               events=outcome.events, limits=limits, period_s=period)
         with contextlib.suppress(RuntimeError, WebSocketDisconnect):
-            await ws.close()  # may be closed already, from either side
+            code = GOING_AWAY if outcome.reason == EndReason.SHUTDOWN else POLICY_VIOLATION if (
+                outcome.reason in NEEDS_SIGN_IN) else NORMAL
+            await ws.close(code=code, reason=str(outcome.reason)[:120])  # may be closed already
 
 
-def _watchdog(ctx: Context, desktop_id: int, limits: sessions.Limits, period: float) -> Watchdog:
-    """Ends the session when the agent is idle (no keys or pointer), past the policy's maximum
-    length, or an admin disconnected it. Checked every PERIOD seconds."""
+def _watchdog(ctx: Context, display: sessions.Display, pool: str, limits: sessions.Limits, period: float,
+              stopping: asyncio.Event) -> Watchdog:
+    """Ends the session when the agent is idle (no keys, no pointer moves), past the policy's maximum
+    length, when a rule ends it (an admin, the desktop taken away, the shift's log-off time, the
+    sign-in revoked, the account disabled or no longer entitled in the directory) or when the
+    control plane shuts down. Checked every PERIOD seconds; each check also refreshes the
+    session's heartbeat, which keeps the desktop held for the agent."""
 
     async def watch(filt: RfbFilter) -> str:
         loop = asyncio.get_running_loop()
         began = last_input_at = loop.time()
         inputs = filt.state.inputs
         while True:
-            await asyncio.sleep(period)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), period)
+            if stopping.is_set():
+                return EndReason.SHUTDOWN
             now = loop.time()
             if filt.state.inputs != inputs:
                 inputs, last_input_at = filt.state.inputs, now
             if now - last_input_at >= limits.idle_s:
-                return "idle timeout"
+                return EndReason.IDLE
             if now - began >= limits.max_s:
-                return "maximum session length"
-            if await run_in_threadpool(sessions.disconnect_requested, ctx, desktop_id):
-                return "disconnected by an admin"
+                return EndReason.MAX_LENGTH
+            verdict = await run_in_threadpool(_check, ctx, display, pool, limits, period)
+            if verdict is not None:
+                return verdict
 
     return watch
+
+
+def _check(ctx: Context, display: sessions.Display, pool: str, limits: sessions.Limits,
+           period: float) -> EndReason | None:
+    return (sessions.heartbeat(ctx, display, limits=limits, period_s=period)
+            or sessions.standing(ctx, user=display.user, pool=pool))
 
 
 def _bearer(ws: WebSocket) -> str | None:

@@ -4,13 +4,18 @@ Both handshakes are performed by the gateway itself (it is the server to the bro
 client to QEMU), then every byte each way goes through the filter's state machine. Back-pressure
 is structural: the gateway reads from the desktop only after the browser took the previous
 chunk, and from the browser only after the desktop took the previous message.
+
+What one browser may cost is bounded: its bytes are paced by a token bucket (an honest viewer
+sends a few KiB/s of keys and pointer; a flood is slowed, not buffered), the relay yields to the
+event loop after every message so other sessions and the API keep their latency, and what the
+filter drops is tallied and reported once, when the session ends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,6 +25,23 @@ from controlplane.domain.rfb.handshake import BrowserHandshake, UpstreamHandshak
 from controlplane.domain.rfb.stream import Event, FilterClosed
 
 CHUNK = 64 * 1024
+
+
+class Pacer:
+    """A token bucket over the bytes one browser sends: RATE bytes/s sustained, BURST at once.
+
+    `delay(n)` takes N bytes and says how long to wait before handling them, so a client
+    over its rate is slowed down (TCP pushes back on it) instead of costing CPU or memory."""
+
+    def __init__(self, rate: float, burst: float, now: Callable[[], float]) -> None:
+        self.rate, self.burst, self._now = rate, burst, now
+        self.tokens, self.at = burst, now()
+
+    def delay(self, n: int) -> float:
+        t = self._now()
+        self.tokens = min(self.burst, self.tokens + (t - self.at) * self.rate) - n
+        self.at = t
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
 
 
 class Browser(Protocol):
@@ -38,22 +60,30 @@ class Outcome:
     reason: str
     bytes_from_browser: int = 0
     bytes_to_browser: int = 0
-    events: list[Event] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)  # tallied by kind: at most a few per session
 
 
 Watchdog = Callable[[RfbFilter], Coroutine[Any, Any, str]]
 
 
+@dataclass(frozen=True)
+class Pace:
+    """How fast one browser may send: bytes per second sustained, and a burst."""
+
+    rate: float = 64 * 1024
+    burst: float = 256 * 1024
+
+
 async def relay(browser: Browser, socket_path: Path, *, handshake_timeout: float, idle_timeout: float,
-                policy: Policy | None = None, on_event: Callable[[Event], Awaitable[None]] | None = None,
-                outcome: Outcome | None = None, watchdog: Watchdog | None = None) -> Outcome:
+                policy: Policy | None = None, outcome: Outcome | None = None, watchdog: Watchdog | None = None,
+                pace: Pace = Pace()) -> Outcome:
     """Relay until either side ends. OUTCOME (if given) is kept current even if this is cancelled."""
     outcome = outcome or Outcome(reason="?")
     reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(socket_path)), handshake_timeout)
     filt: RfbFilter | None = None
     try:
         filt = await asyncio.wait_for(_handshakes(browser, reader, writer, policy), handshake_timeout)
-        outcome.reason = await _pump(browser, reader, writer, filt, idle_timeout, on_event, watchdog)
+        outcome.reason = await _pump(browser, reader, writer, filt, idle_timeout, watchdog, pace)
     except TimeoutError:
         outcome.reason = "handshake timeout"
     except FilterClosed as err:
@@ -63,7 +93,7 @@ async def relay(browser: Browser, socket_path: Path, *, handshake_timeout: float
     finally:
         if filt is not None:
             outcome.bytes_from_browser, outcome.bytes_to_browser = filt.client.bytes_in, filt.server.bytes_out
-            outcome.events = filt.client.events + filt.server.events
+            outcome.events = [e for e in filt.client.events + filt.server.events if e.kind != "closed"]  # in reason
         writer.close()
     with contextlib.suppress(Exception):
         await writer.wait_closed()
@@ -97,27 +127,20 @@ async def _handshakes(browser: Browser, reader: asyncio.StreamReader, writer: as
 
 
 async def _pump(browser: Browser, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, filt: RfbFilter,
-                idle_timeout: float, on_event: Callable[[Event], Awaitable[None]] | None,
-                watchdog: Watchdog | None) -> str:
-    async def report(stream_events: list[Event], seen: int) -> int:
-        for event in stream_events[seen:]:
-            if on_event is not None:
-                await on_event(event)
-        return len(stream_events)
+                idle_timeout: float, watchdog: Watchdog | None, pace: Pace) -> str:
+    loop = asyncio.get_running_loop()
+    pacer = Pacer(pace.rate, pace.burst, loop.time)
 
     async def desktop_to_browser() -> str:
-        seen = 0
         while True:
             data = await reader.read(CHUNK)
             if not data:
                 return "desktop closed"
             out = filt.from_server(data)
-            seen = await report(filt.server.events, seen)
             if out:
                 await browser.send_bytes(out)
 
     async def browser_to_desktop() -> str:
-        seen = 0
         while True:
             try:
                 data = await asyncio.wait_for(browser.receive_bytes(), idle_timeout)
@@ -125,8 +148,8 @@ async def _pump(browser: Browser, reader: asyncio.StreamReader, writer: asyncio.
                 return "idle timeout"
             except Disconnected:
                 return "browser closed"
+            await asyncio.sleep(pacer.delay(len(data)))  # also yields to the loop after every message
             out = filt.from_client(data)
-            seen = await report(filt.client.events, seen)
             if out:
                 writer.write(out)
                 await writer.drain()
@@ -140,9 +163,6 @@ async def _pump(browser: Browser, reader: asyncio.StreamReader, writer: asyncio.
         try:
             return first.result()
         except FilterClosed as err:
-            for event in (filt.client.events + filt.server.events):
-                if event.kind == "closed" and on_event is not None:
-                    await on_event(event)
             return f"filter closed: {err.reason}"
         except (ConnectionError, Disconnected):
             return "connection lost"

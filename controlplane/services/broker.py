@@ -17,7 +17,7 @@ from controlplane.db import audit, desktops, tickets
 from controlplane.db.engine import session_scope
 from controlplane.db.models import ConnectTicket, Pool
 from controlplane.domain.desktop import DesktopState
-from controlplane.errors import ExpectedError, TemporaryError
+from controlplane.errors import ExpectedError, Forbidden, TemporaryError
 from controlplane.services import identity, sessions
 from controlplane.services.context import Context
 from controlplane.services.tokens import Claims
@@ -51,7 +51,14 @@ def digest(ticket: str) -> str:
 
 
 def connect(ctx: Context, user: Claims, pool_name: str) -> Connection:
+    """Claim (or find again) the agent's desktop and issue a ticket, in one transaction with the
+    disconnect grace: a crash at any point leaves either nothing or an assignment that expires."""
     pool = identity.require_entitled(ctx, user, pool_name)
+    verdict = sessions.standing(ctx, user=user.sub, pool=pool_name)
+    if verdict is not None:
+        identity.revoke_user(ctx, user.sub, actor="broker")
+        raise Forbidden(f"pool: {verdict}", field="pool")
+    limits = sessions.limits_for(ctx, user=user.sub, groups=frozenset(user.groups), pool=pool_name)
     now = ctx.clock.now()
     with session_scope(ctx.engine) as session:
         desktop = tickets.assigned(session=session, pool_id=pool.id or 0, username=user.sub)
@@ -64,14 +71,14 @@ def connect(ctx: Context, user: Claims, pool_name: str) -> Connection:
         expires = now + timedelta(seconds=ctx.ticket_ttl_s)
         tickets.create(session=session, ticket=ConnectTicket(digest=digest(ticket), username=user.sub,
                                                              desktop_id=desktop.id or 0, expires_at=expires))
+        hold = expires + timedelta(seconds=limits.grace_s)  # an assignment nobody opens expires like a drop
+        if desktop.grace_until is None or desktop.grace_until < hold:
+            desktop.grace_until = hold
+            session.add(desktop)
+        ctx.crashpoint("broker.connect")
         audit.append(session=session, actor=user.sub, action="session.assign" if not reconnect else "session.reconnect",
                      target=desktop.name, pool=pool_name)
-        connection = Connection(ticket=ticket, desktop=desktop.name, expires_at=expires)
-        desktop_id, live = desktop.id or 0, desktop.grace_until is None and reconnect
-    if not live:  # an assignment nobody opens expires like a dropped session
-        limits = sessions.limits_for(ctx, user=user.sub, groups=frozenset(user.groups), pool=pool_name)
-        sessions.start_grace(ctx, desktop_id, limits.grace_s + ctx.ticket_ttl_s)
-    return connection
+        return Connection(ticket=ticket, desktop=desktop.name, expires_at=expires)
 
 
 def redeem(ctx: Context, ticket: str, username: str) -> Target:
@@ -98,14 +105,19 @@ def redeem(ctx: Context, ticket: str, username: str) -> Target:
                       pool=pool.name if pool else "?")
 
 
-def release(ctx: Context, desktop_name: str, *, actor: str, recycle: bool = False) -> None:
-    """End an assignment: back to the pool (ready) or, with RECYCLE, deleted and replaced."""
+def release(ctx: Context, desktop_name: str, *, actor: str, keep_for_user: bool = False) -> None:
+    """End an agent's assignment. The desktop is recycled (deleted and replaced by a fresh one), so
+    the next agent never gets the previous one's open session. With KEEP_FOR_USER the live display
+    session is ended but the desktop stays the same agent's, to come back to within the grace."""
     with session_scope(ctx.engine) as session:
         desktop = desktops.get_or_raise(session=session, name=desktop_name)
         if desktop.state not in (DesktopState.IN_USE, DesktopState.DRAINING):
             return
-        user, desktop.assigned_to = desktop.assigned_to, None
-        target = DesktopState.DELETING if recycle or desktop.state == DesktopState.DRAINING else DesktopState.READY
-        desktops.set_state(session=session, desktop=desktop, state=target, now=ctx.clock.now())
+        user = desktop.assigned_to
+        if not keep_for_user:
+            desktop.assigned_to = None
+            desktops.set_state(session=session, desktop=desktop, state=DesktopState.DELETING, now=ctx.clock.now())
         audit.append(session=session, actor=actor, action="session.release", target=desktop_name, user=user,
-                     recycle=target == DesktopState.DELETING)
+                     recycle=not keep_for_user)
+    if keep_for_user:
+        sessions.request_disconnect(ctx, desktop_name, actor=actor)

@@ -1,5 +1,9 @@
-"""Display sessions in the audit log: start, end or drop, with reason and bytes each way, and
-every filter event (clipboard dropped, encodings stripped, alerts)."""
+"""Display sessions: what holds a desktop for its agent, what ends a session, and the audit log of
+each (start, end or drop with reason and bytes each way, and what the filter dropped, tallied).
+
+A desktop is held while any display session on it sends heartbeats (its `grace_until` is pushed
+forward every watchdog period); when the last one ends, the disconnect grace starts, after which
+the reconciler recycles the desktop. A gateway that dies simply stops pushing: the same grace."""
 
 from __future__ import annotations
 
@@ -7,11 +11,15 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from controlplane.db import audit, desktops
+from controlplane.db import audit, desktops, display_sessions
+from controlplane.db import sessions as api_sessions
 from controlplane.db.engine import session_scope
-from controlplane.db.models import Pool
+from controlplane.db.models import DisplaySession, Pool
 from controlplane.domain.desktop import DesktopState
-from controlplane.services import policies
+from controlplane.domain.rfb.stream import Event
+from controlplane.domain.session import NEEDS_SIGN_IN, EndReason
+from controlplane.errors import TemporaryError
+from controlplane.services import identity, policies
 from controlplane.services.context import Context
 
 
@@ -29,59 +37,123 @@ def limits_for(ctx: Context, *, user: str, groups: frozenset[str], pool: str) ->
                   grace_s=session["disconnect_grace_minutes"] * 60.0)
 
 
-def mark_live(ctx: Context, desktop_id: int) -> None:
-    """A display session is open: no grace clock, no pending disconnect."""
-    with session_scope(ctx.engine) as session:
-        row = desktops.get(session=session, desktop_id=desktop_id)
-        if row is not None:
-            row.grace_until, row.disconnect_requested = None, False
-            session.add(row)
+@dataclass(frozen=True)
+class Display:
+    """One open display session as the gateway knows it."""
+
+    id: int
+    desktop_id: int
+    user: str
+    jti: str  # the sign-in (API session) that opened it
 
 
-def start_grace(ctx: Context, desktop_id: int, grace_s: float) -> None:
-    """No display session: the agent may come back to the same desktop until the grace ends,
-    after which the reconciler recycles it (never handing one agent's desktop to another)."""
+def _stale_after(period_s: float) -> timedelta:
+    """A session whose gateway missed three heartbeats is gone (its gateway died)."""
+    return timedelta(seconds=3 * period_s)
+
+
+def _lease(limits: Limits, period_s: float) -> timedelta:
+    """How long a desktop stays safe from recycling after its gateway's last heartbeat: a gateway
+    that dies mid-session gives the agent the same grace as a dropped connection."""
+    return timedelta(seconds=limits.grace_s) + _stale_after(period_s)
+
+
+def open_display(ctx: Context, *, desktop_id: int, user: str, jti: str, source: str, gateway: str,
+                 limits: Limits, period_s: float) -> Display:
+    """A display session is open: the desktop is held for as long as its heartbeats continue."""
+    now = ctx.clock.now()
     with session_scope(ctx.engine) as session:
-        row = desktops.get(session=session, desktop_id=desktop_id)
-        if row is not None and row.assigned_to is not None:
-            now = ctx.clock.now()
+        display_sessions.remove_stale(session=session, before=now - _stale_after(period_s))
+        row = display_sessions.create(session=session, row=DisplaySession(
+            desktop_id=desktop_id, username=user, source=source, gateway=gateway, started_at=now, seen_at=now))
+        desktop = desktops.get(session=session, desktop_id=desktop_id)
+        if desktop is not None:  # a new sign-in opened it: an earlier admin disconnect is done with
+            desktop.grace_until, desktop.disconnect_requested = now + _lease(limits, period_s), False
+            session.add(desktop)
+        audit.append(session=session, actor=user, action="session.start", target=desktop.name if desktop else "?",
+                     source=source, display=row.id)
+        return Display(id=row.id or 0, desktop_id=desktop_id, user=user, jti=jti)
+
+
+def heartbeat(ctx: Context, display: Display, *, limits: Limits, period_s: float) -> EndReason | None:
+    """Every watchdog period: refresh the session and the desktop's hold, and say whether a rule
+    now ends it (the desktop was taken away, an admin asked, the shift's log-off time came, or
+    the sign-in that opened it was revoked)."""
+    now = ctx.clock.now()
+    with session_scope(ctx.engine) as session:
+        display_sessions.touch(session=session, display_id=display.id, now=now)
+        row = desktops.get(session=session, desktop_id=display.desktop_id)
+        if row is None or row.assigned_to != display.user or row.state not in (DesktopState.IN_USE,
+                                                                                 DesktopState.DRAINING):
+            return EndReason.TAKEN_AWAY
+        row.grace_until = now + _lease(limits, period_s)
+        session.add(row)
+        if row.disconnect_requested:
+            return EndReason.ADMIN
+        if row.logoff_at is not None and row.logoff_at <= now:
+            return EndReason.SHIFT_OVER
+        sign_in = api_sessions.get(session=session, jti=display.jti)
+        if sign_in is None or sign_in.revoked_at is not None:
+            return EndReason.SIGN_IN_REVOKED
+    return None
+
+
+def standing(ctx: Context, *, user: str, pool: str) -> EndReason | None:
+    """What the directory says of USER now: None while they are enabled and entitled to POOL.
+    A directory that cannot be reached says nothing (sessions go on while AD is down)."""
+    if ctx.directory is None:
+        return None
+    try:
+        who = ctx.directory.lookup(user)
+    except TemporaryError:
+        return None
+    if who is None or not who.enabled:
+        return EndReason.ACCOUNT_DISABLED
+    if not any(p.name == pool for p in identity.entitled_pools(ctx, who.groups)):
+        return EndReason.NOT_ENTITLED
+    return None
+
+
+def close_display(ctx: Context, display: Display, *, desktop: str, reason: str, bytes_in: int, bytes_out: int,
+                  events: list[Event], limits: Limits, period_s: float) -> None:
+    """The session ended: audit it (with what the filter dropped, one row per kind) and, if no other
+    session is live on the desktop, start the disconnect grace. One transaction, so a second tab
+    or a half-open socket ending never recycles a desktop someone is working in."""
+    now = ctx.clock.now()
+    with session_scope(ctx.engine) as session:
+        display_sessions.remove(session=session, display_id=display.id)  # first: takes SQLite's write lock
+        row = desktops.lock(session=session, desktop_id=display.desktop_id)
+        fresh = display_sessions.count_fresh(session=session, desktop_id=display.desktop_id,
+                                             since=now - _stale_after(period_s))
+        if row is not None and row.assigned_to == display.user and not fresh:
             over = row.state == DesktopState.DRAINING or (row.logoff_at is not None and row.logoff_at <= now)
-            row.grace_until = now + timedelta(seconds=0 if over else grace_s)  # shift over: no coming back
+            row.grace_until = now + timedelta(seconds=0 if over else limits.grace_s)  # shift over: no coming back
+            row.disconnect_requested = False  # honoured: the next sign-in may connect again
             session.add(row)
-
-
-def disconnect_requested(ctx: Context, desktop_id: int) -> bool:
-    """An admin asked, the desktop was taken away, or a ramp-down's log-off time has come."""
-    with session_scope(ctx.engine) as session:
-        row = desktops.get(session=session, desktop_id=desktop_id)
-        if row is None or row.disconnect_requested or row.assigned_to is None:
-            return True
-        return row.logoff_at is not None and row.logoff_at <= ctx.clock.now()
+        for event in events:
+            audit.append(session=session, actor=display.user, action=f"session.{event.kind}", target=desktop,
+                         **event.summary())
+        ended = reason in {r.value for r in EndReason} and EndReason(reason).clean
+        audit.append(session=session, actor=display.user, action="session.end" if ended else "session.drop",
+                     target=desktop, reason=reason, bytes_from_browser=bytes_in, bytes_to_browser=bytes_out,
+                     display=display.id)
+        if reason in NEEDS_SIGN_IN:
+            revoked = api_sessions.revoke_user(session=session, username=display.user, now=now)
+            audit.append(session=session, actor="gateway", action="auth.revoke", target=display.user,
+                         sessions=revoked, reason=reason)
 
 
 def request_disconnect(ctx: Context, desktop_name: str, *, actor: str) -> None:
-    """An admin ends a live session; the gateway serving it notices within seconds."""
+    """An admin ends the live sessions on a desktop: the gateways serving them notice within a
+    watchdog period, and the agent's sign-ins are revoked so the portal cannot resume by itself."""
     with session_scope(ctx.engine) as session:
         row = desktops.get_or_raise(session=session, name=desktop_name)
         row.disconnect_requested = True
         session.add(row)
         audit.append(session=session, actor=actor, action="session.force_disconnect", target=desktop_name,
                      user=row.assigned_to)
-
-
-def started(ctx: Context, *, user: str, desktop: str, source: str) -> None:
-    _append(ctx, user, "session.start", desktop, source=source)
-
-
-def ended(ctx: Context, *, user: str, desktop: str, reason: str, bytes_in: int, bytes_out: int) -> None:
-    clean = reason in ("browser closed", "idle timeout", "desktop closed", "maximum session length",
-                       "disconnected by an admin")
-    _append(ctx, user, "session.end" if clean else "session.drop", desktop, reason=reason,
-            bytes_from_browser=bytes_in, bytes_to_browser=bytes_out)
-
-
-def filter_event(ctx: Context, *, user: str, desktop: str, kind: str, detail: dict[str, Any]) -> None:
-    _append(ctx, user, f"session.{kind}", desktop, **detail)
+        if row.assigned_to is not None:
+            api_sessions.revoke_user(session=session, username=row.assigned_to, now=ctx.clock.now())
 
 
 def refused(ctx: Context, *, user: str, reason: str, source: str) -> None:

@@ -43,9 +43,11 @@ def delete_desktop(name: str, ctx: CtxDep, actor: Actor) -> DesktopPublic:
 
 
 @router.post("/{name}/release", response_model=DesktopPublic, dependencies=[Wake])
-def release_desktop(name: str, ctx: CtxDep, actor: Actor, recycle: bool = False) -> DesktopPublic:
-    """End the agent's assignment: back to the pool, or recycled (deleted and replaced)."""
-    broker.release(ctx, name, actor=actor, recycle=recycle)
+def release_desktop(name: str, ctx: CtxDep, actor: Actor, keep_for_user: bool = False) -> DesktopPublic:
+    """End the agent's assignment: the desktop is recycled (deleted and replaced by a fresh one), so
+    nobody else ever gets this agent's open session. KEEP_FOR_USER: only end the live session; the
+    desktop stays the same agent's."""
+    broker.release(ctx, name, actor=actor, keep_for_user=keep_for_user)
     return desktop_view(*desktops.get(ctx, name))
 
 

@@ -1,0 +1,43 @@
+"""Live display sessions, one row per open gateway WebSocket. Keyword-only; the caller commits."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import delete, func, select, update
+from sqlmodel import Session, col
+
+from controlplane.db.models import DisplaySession
+
+
+def create(*, session: Session, row: DisplaySession) -> DisplaySession:
+    session.add(row)
+    session.flush()
+    return row
+
+
+def touch(*, session: Session, display_id: int, now: datetime) -> bool:
+    """Refresh the row's heartbeat; False if it is gone (swept as stale)."""
+    done = session.execute(update(DisplaySession).where(col(DisplaySession.id) == display_id).values(seen_at=now))
+    return bool(done.rowcount)  # type: ignore[attr-defined]
+
+
+def remove(*, session: Session, display_id: int) -> None:
+    session.execute(delete(DisplaySession).where(col(DisplaySession.id) == display_id))
+
+
+def count_fresh(*, session: Session, desktop_id: int, since: datetime) -> int:
+    """Sessions on DESKTOP_ID whose gateway has refreshed them since SINCE."""
+    query = select(func.count()).select_from(DisplaySession).where(
+        col(DisplaySession.desktop_id) == desktop_id, col(DisplaySession.seen_at) >= since)
+    return int(session.execute(query).scalar_one())
+
+
+def remove_stale(*, session: Session, before: datetime) -> int:
+    """Rows no gateway refreshed since BEFORE (their gateway died): they count for nothing."""
+    done = session.execute(delete(DisplaySession).where(col(DisplaySession.seen_at) < before))
+    return int(done.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def list_all(*, session: Session) -> list[DisplaySession]:
+    return list(session.execute(select(DisplaySession).order_by(col(DisplaySession.id))).scalars())
