@@ -107,8 +107,8 @@ def _client_messages(s: Stream, st: SessionState) -> Parser:
             st.inputs += 1
         elif kind == 5:
             body = yield from s.read(5)
-            s.emit(b"\x05" + body)
-            if body != st.last_pointer:  # a pointer event that changes nothing is not activity
+            if body != st.last_pointer:  # one that changes nothing carries nothing: not forwarded, not activity
+                s.emit(b"\x05" + body)
                 st.last_pointer, st.inputs = body, st.inputs + 1
         elif kind == 6:
             yield from _cut_text(s, "client")

@@ -94,11 +94,11 @@ def test_dropped_messages_cost_constant_memory():
     assert f.client.tally["audio_dropped"].count == 101_000
 
 
-def test_a_pointer_event_that_changes_nothing_is_not_activity():
+def test_a_pointer_event_that_changes_nothing_is_not_activity_nor_forwarded():
     f = session()
-    f.from_client(pointer(0, 5, 5))
+    assert f.from_client(pointer(0, 5, 5)) == pointer(0, 5, 5)
     assert f.state.inputs == 1
-    f.from_client(pointer(0, 5, 5) * 50)  # a jiggler that does not move: still idle
+    assert f.from_client(pointer(0, 5, 5) * 50) == b""  # a jiggler that does not move: idle, and not forwarded
     assert f.state.inputs == 1
     f.from_client(pointer(0, 6, 5) + pointer(1, 6, 5) + key())
     assert f.state.inputs == 4
