@@ -12,6 +12,7 @@ network yet, and the serial line goes to a host file only the control plane read
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -253,3 +254,20 @@ def read_tag(xml: str) -> Tag | None:
     root = ET.fromstring(xml)  # noqa: S314 - XML comes from our own libvirtd
     el = root.find(f"metadata/{{{NS}}}desktop")
     return Tag.from_element(el) if el is not None else None
+
+
+def without_fw_cfg(xml: str, drop: Callable[[FwCfgFile], bool]) -> str | None:
+    """libvirt's XML of a domain minus the fw_cfg entries DROP selects, or None if it has none.
+
+    Works on libvirt's own XML, not through `Domain`, so everything libvirt added (addresses,
+    labels) stays as it is: only the entries go (and their <sysinfo> when it is left empty)."""
+    root = ET.fromstring(xml)  # noqa: S314 - XML comes from our own libvirtd
+    changed = False
+    for sysinfo in root.findall("sysinfo[@type='fwcfg']"):
+        for entry in sysinfo.findall("entry"):
+            if drop(FwCfgFile(name=entry.get("name", ""), file=Path(entry.get("file", "")))):
+                sysinfo.remove(entry)
+                changed = True
+        if len(sysinfo) == 0:
+            root.remove(sysinfo)
+    return ET.tostring(root, encoding="unicode") if changed else None

@@ -12,6 +12,7 @@ import threading
 import time
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 
 import libvirt
@@ -29,6 +30,7 @@ from controlplane.drivers.libvirt.domxml import (
     SerialLog,
     Tag,
     VncGraphics,
+    without_fw_cfg,
 )
 from controlplane.drivers.libvirt.errors import is_not_found, translate
 from controlplane.errors import PermanentError
@@ -134,7 +136,22 @@ class LibvirtHypervisor:
         return self.run_dir / f"{name}.join"
 
     def discard_join_secret(self, name: str) -> None:
+        """The guest has its secret. The definition stops pointing at the file first (QEMU refuses
+        to start a domain whose fw_cfg file is missing), then the file goes: a crash in between
+        leaves a file to remove, never a desktop that cannot start again."""
+        self._drop_fw_cfg(name, lambda entry: entry.name == JOIN_FW_CFG)
         self.join_file(name).unlink(missing_ok=True)
+
+    def _drop_fw_cfg(self, name: str, drop: Callable[[FwCfgFile], bool]) -> None:
+        dom = self._lookup(name)
+        if dom is None:
+            return
+        try:
+            xml = without_fw_cfg(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE), drop)
+            if xml is not None:
+                self.conn.defineXML(xml)
+        except libvirt.libvirtError as err:
+            raise translate(err, f"drop the join secret from the definition of {name}") from err
 
     # --- actions ------------------------------------------------------------------------------
 
@@ -189,7 +206,8 @@ class LibvirtHypervisor:
             raise PermanentError(f"start {name}: domain is not defined")
         if dom.isActive():
             return
-        self.serial_log(name).unlink(missing_ok=True)
+        self._drop_fw_cfg(name, lambda entry: not entry.file.exists())  # a secret discarded long ago
+        self.serial_log(name).unlink(missing_ok=True)  # readiness counts from this boot's line only
         try:
             dom.create()
         except libvirt.libvirtError as err:

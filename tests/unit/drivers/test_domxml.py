@@ -133,3 +133,27 @@ def test_join_secret_goes_to_a_root_only_file_never_into_xml(tmp_path):
         assert not secret_file.exists()
     finally:
         hv.undefine(spec.name)
+
+
+def test_a_discarded_join_secret_leaves_a_definition_that_can_start_again(tmp_path):
+    """QEMU refuses to start a domain whose fw_cfg file is gone: once the guest has its secret, the
+    definition must stop pointing at the file, and a definition left pointing at a missing file (an
+    older one, or a crash in between) is healed at start."""
+    hv = LibvirtHypervisor(uri="test:///default", instance="main", storage_pool="default-pool",
+                           overlay_dir=tmp_path, run_dir=tmp_path, readiness="running")
+    spec = CASES["desktop-joining"]
+    conn = libvirt.open("test:///default")
+    hv.define(spec)
+    try:
+        hv.discard_join_secret(spec.name)
+        xml = conn.lookupByName(spec.name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        assert "opt/org.shiftdesk/join" not in xml and str(hv.join_file(spec.name)) not in xml
+        assert Domain.parse(xml).fw_cfg == [] and read_tag(xml).desktop_id == spec.desktop_id
+
+        hv.define(spec)  # a definition from before this fix: the file is gone, the reference stays
+        hv.join_file(spec.name).unlink()
+        hv.start(spec.name)
+        assert conn.lookupByName(spec.name).isActive()
+        assert "opt/org.shiftdesk/join" not in conn.lookupByName(spec.name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    finally:
+        hv.undefine(spec.name)
