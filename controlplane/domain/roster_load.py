@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, available_timezones
@@ -29,6 +30,7 @@ from controlplane.domain.safe_yaml import DocumentError, DocumentsInvalid, check
 DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 HHMM = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
 LOCAL_DT = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T([01][0-9]|2[0-3]):[0-5][0-9]$"
+FIRST_YEAR, LAST_YEAR = 2000, 2199  # far from datetime's limits, where a time-zone shift overflows
 
 
 def _obj(props: dict[str, Any], required: list[str]) -> dict[str, Any]:
@@ -93,13 +95,38 @@ def _semantic_problems(doc: dict[str, Any]) -> list[tuple[list[Any], str]]:
         problems.append((["timezone"], f"{doc['timezone']!r} is not an IANA timezone"))
     if doc.get("min", 0) > doc.get("max", 500):
         problems.append((["min"], "min is above max"))
-    for i, event in enumerate(doc.get("events", [])):
-        if event["end"] <= event["start"]:
-            problems.append((["events", i, "end"], "an event must end after it starts"))
+    problems += _date_problems(doc)
     for i, shift in enumerate(doc["shifts"]):
         if shift["start"] == shift["end"]:
             problems.append((["shifts", i, "end"], "a shift cannot start and end at the same time"))
     return problems
+
+
+def _date_problems(doc: dict[str, Any]) -> list[tuple[list[Any], str]]:
+    """Dates the schema's shape check lets through but the calendar has not (2026-02-30, month 13):
+    refused here, since to_roster would otherwise fail on them later, at every scaling evaluation."""
+    problems: list[tuple[list[Any], str]] = []
+    for i, text in enumerate(doc.get("holidays", [])):
+        if (why := _calendar_problem(text, date.fromisoformat)) is not None:
+            problems.append((["holidays", i], why))
+    for i, event in enumerate(doc.get("events", [])):
+        bad = [(["events", i, key], why) for key in ("start", "end")
+               if (why := _calendar_problem(event[key], datetime.fromisoformat)) is not None]
+        if not bad and event["end"] <= event["start"]:  # the fixed shape sorts as text
+            bad.append((["events", i, "end"], "an event must end after it starts"))
+        problems += bad
+    return problems
+
+
+def _calendar_problem(text: str, parse: Callable[[str], date]) -> str | None:
+    """Why TEXT (already of the right shape) is no day of a roster, or None."""
+    try:
+        year = parse(text).year
+    except ValueError as err:
+        return f"{text!r} is not a date in the calendar ({err})"
+    if not FIRST_YEAR <= year <= LAST_YEAR:
+        return f"{text!r}: a roster plans the years {FIRST_YEAR} to {LAST_YEAR}"
+    return None
 
 
 def to_roster(doc: dict[str, Any]) -> Roster:

@@ -109,3 +109,12 @@ def test_schedule_commands_and_capacity_plots(env, tmp_path):
     (bad / "x.yaml").write_text("pool: sales\ntimezone: Nowhere/City\nshifts: []\n")
     r = run("schedule", "apply", "-f", str(bad))
     assert r.exit_code == 2 and "x.yaml:2: timezone" in r.output
+
+
+@pytest.mark.parametrize("command", ["policy", "schedule"])
+def test_hostile_yaml_exits_2_naming_file_line_and_field(env, tmp_path, command):
+    (tmp_path / "deep.yaml").write_text("name: x\ndeep: " + "[" * 10_000 + "]" * 10_000 + "\n")
+    (tmp_path / "twice.yaml").write_text("pool: a\npool: b\n")
+    r = run(command, "validate", "-f", str(tmp_path))
+    assert r.exit_code == 2, r.output
+    assert "deep.yaml:2: deep.0.0" in r.output and "twice.yaml:2: pool: duplicate key" in r.output
