@@ -36,7 +36,7 @@ def make_hypervisor(settings: Settings) -> Hypervisor:
     return LibvirtHypervisor(
         uri=settings.libvirt.uri, instance=settings.instance, storage_pool=settings.storage_pool,
         overlay_dir=settings.overlay_dir, run_dir=settings.run_dir, readiness=settings.libvirt.readiness,
-        domain_type=settings.libvirt.domain_type, probe_cache=settings.cache_dir,
+        domain_type=settings.libvirt.domain_type, probe_cache=settings.cache_dir, data_dir=settings.data_dir,
     )
 
 

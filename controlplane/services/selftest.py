@@ -26,8 +26,9 @@ class SelfTest:
         return (
             f"libvirt define+undefine took {self.define_undefine_ms:.0f} ms (limit {self.limit_ms:.0f} ms). "
             "Likely the half-present /dev/kvm trap: QEMU's user cannot open /dev/kvm, so libvirt "
-            "re-probes QEMU on every call. Run scripts/setup-host.sh (it runs QEMU as root and "
-            "clears the capabilities cache), then restart libvirtd."
+            "re-probes QEMU on every call. Run scripts/setup-host.sh: it gives QEMU's user (not "
+            "root) /dev/kvm through the kvm group (0660 root:kvm), clears libvirt's capabilities "
+            "cache and restarts libvirtd. Devices are recreated at boot, so run it after a reboot."
         )
 
 

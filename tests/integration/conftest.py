@@ -5,6 +5,8 @@ from __future__ import annotations
 import secrets
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import ldap3
@@ -31,13 +33,18 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture
-def real_settings(tmp_path: Path) -> Settings:
+def real_settings() -> Iterator[Settings]:
     if not libvirt_available():
         pytest.fail("qemu:///system is not reachable: run scripts/setup-host.sh (make test does)")
-    return Settings(data_dir=tmp_path / "data", instance=f"it{secrets.token_hex(3)}",
-                    images_dir=ROOT / "images", cache_dir=ROOT / ".cache",
-                    libvirt={"uri": "qemu:///system"},
-                    reconciler={"boot_timeout_s": 120, "parallelism": 4})
+    # QEMU runs as libvirt-qemu: it must be able to search the path to DATA_DIR, and pytest's own
+    # tmp_path sits under a 0700 directory. DATA_DIR itself stays root's (see drivers/libvirt/host_access.py).
+    parent = Path(tempfile.mkdtemp(prefix="shiftdesk-it-", dir="/var/tmp"))
+    parent.chmod(0o711)
+    yield Settings(data_dir=parent / "data", instance=f"it{secrets.token_hex(3)}",
+                   images_dir=ROOT / "images", cache_dir=ROOT / ".cache",
+                   libvirt={"uri": "qemu:///system"},
+                   reconciler={"boot_timeout_s": 120, "parallelism": 4})
+    shutil.rmtree(parent, ignore_errors=True)
 
 
 @pytest.fixture

@@ -3,11 +3,15 @@
 Every domain it creates carries a ShiftDesk tag (installation, pool, desktop id) in its
 metadata; listing only ever returns tagged domains of this installation, so a test run and a
 demo can share one libvirtd without ever touching each other's desktops.
+
+QEMU runs as its own unprivileged user under libvirt's seccomp sandbox and DAC labels
+(scripts/setup-host.sh); host_access.py says which directories it may search and why.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 import uuid as uuidlib
@@ -19,7 +23,7 @@ import libvirt
 
 from controlplane.domain import naming
 from controlplane.domain.ports import DesktopSpec, ObservedDomain
-from controlplane.drivers.libvirt import kvm_probe, linked_clone
+from controlplane.drivers.libvirt import host_access, kvm_probe, linked_clone
 from controlplane.drivers.libvirt.domxml import (
     NS,
     OS,
@@ -49,7 +53,7 @@ libvirt.registerErrorHandler(_quiet, None)
 class LibvirtHypervisor:
     def __init__(self, *, uri: str, instance: str, storage_pool: str, overlay_dir: Path,
                  run_dir: Path, readiness: str = "serial", domain_type: str = "qemu",
-                 probe_cache: Path | None = None) -> None:
+                 probe_cache: Path | None = None, data_dir: Path | None = None) -> None:
         self.uri = uri
         self.instance = instance
         self.pool_name = storage_pool
@@ -58,6 +62,10 @@ class LibvirtHypervisor:
         self.readiness = readiness
         self.domain_type = domain_type  # "auto": decided by a real KVM probe at first define
         self.probe_cache = probe_cache or run_dir
+        self.data_dir = data_dir  # QEMU's group may search from here down to the files it opens
+        self.qemu: host_access.QemuUser | None = None  # who QEMU runs as, learnt at connect
+        self._desktop_re = re.compile(rf"{naming.PREFIX}-{re.escape(instance)}-[a-z][a-z0-9-]{{0,22}}[a-z0-9]"
+                                      r"-[0-9a-f]{6}")
         self._conn: libvirt.virConnect | None = None
         self._lock = threading.Lock()
 
@@ -71,9 +79,18 @@ class LibvirtHypervisor:
                     self._conn = libvirt.open(self.uri)
                 except libvirt.libvirtError as err:
                     raise translate(err, f"connect to {self.uri}") from err
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-                self.run_dir.chmod(0o700)
+                self.qemu = host_access.QemuUser.from_capabilities(self._conn.getCapabilities())
+                self._grant_qemu(self.run_dir.parent, self.overlay_dir)
+                host_access.prepare_run_dir(self.run_dir, self.qemu)
             return self._conn
+
+    def _grant_qemu(self, *dirs: Path) -> None:
+        """Let an unprivileged QEMU search DIRS (inside DATA_DIR only); see host_access."""
+        if self.qemu is None or self.qemu.is_root or self.data_dir is None:
+            return
+        for directory in dirs:
+            directory.mkdir(mode=host_access.PRIVATE, parents=True, exist_ok=True)
+            host_access.grant_search(self.data_dir, directory, self.qemu.gid)
 
     def _pool(self) -> libvirt.virStoragePool:
         return linked_clone.ensure_pool(self.conn, self.pool_name, self.overlay_dir)
@@ -130,6 +147,9 @@ class LibvirtHypervisor:
         return self.run_dir / f"{name}.serial"
 
     def vnc_socket(self, name: str) -> Path:
+        """Only for a desktop name of this installation: never a path a caller could steer."""
+        if not isinstance(name, str) or not self._desktop_re.fullmatch(name) or "--" in name:
+            raise PermanentError(f"vnc socket: {name!r} is not a desktop of installation {self.instance!r}")
         return self.run_dir / f"{name}.vnc"
 
     def join_file(self, name: str) -> Path:
@@ -191,6 +211,9 @@ class LibvirtHypervisor:
         return self.domain_type
 
     def define(self, spec: DesktopSpec) -> None:
+        image = spec.image
+        self.conn  # noqa: B018 - connecting learns who QEMU runs as
+        self._grant_qemu(*{p.parent for p in (image.disk, image.kernel, image.initrd) if p is not None})
         if spec.join_secret:
             _write_secret(self.join_file(spec.name), spec.join_secret)
         existing = self._lookup(spec.name)
@@ -214,6 +237,7 @@ class LibvirtHypervisor:
             if dom.isActive():
                 return  # a concurrent start won the race: same outcome
             raise translate(err, f"start {name}") from err
+        host_access.close_socket(self.vnc_socket(name))
 
     def reboot(self, name: str) -> None:
         if self._lookup(name) is None:
