@@ -2,7 +2,7 @@
 
 SQLite runs in WAL mode with a busy timeout, so the API, the reconciler's worker threads and the
 CLI can write concurrently without "database is locked". Its files are root's alone (0600).
-Migrations run at start, from day one.
+Migrations run at start, from day one, and the audit log's append-only guard is checked after them.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, make_url
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, create_engine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -33,6 +33,9 @@ def make_engine(url: str, busy_timeout_ms: int = 5000) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
             cur.execute("PRAGMA foreign_keys=ON")
+            # REPLACE deletes conflicting rows; only with this do DELETE triggers (the audit log's
+            # append-only guard) fire for them, so INSERT OR REPLACE cannot overwrite an event
+            cur.execute("PRAGMA recursive_triggers=ON")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
 
@@ -58,13 +61,41 @@ def _private_sqlite_files(database: str | None) -> None:
             pass
 
 
+class AppendOnlyMissing(RuntimeError):
+    """The database does not enforce the audit log's append-only rule: refuse to run on it."""
+
+
+# The audit log is append-only in the database itself, on every database we support: the guard
+# is created by the migrations (0001 for SQLite: triggers that RAISE on UPDATE and DELETE) and
+# checked here at every start. Supporting another database means adding its guard in a
+# migration (PostgreSQL: a BEFORE UPDATE OR DELETE trigger that raises, and REVOKE UPDATE,
+# DELETE, TRUNCATE from the application role) and a query for it here; until then it is refused.
+APPEND_ONLY_GUARDS: dict[str, tuple[str, frozenset[str]]] = {
+    "sqlite": ("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'audit_events'",
+               frozenset({"audit_events_no_update", "audit_events_no_delete"})),
+}
+
+
 def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest revision (idempotent)."""
+    """Bring the schema to the newest revision (idempotent), then check the audit log's guard."""
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+        check_append_only(conn)
+
+
+def check_append_only(conn: Connection) -> None:
+    """Raise AppendOnlyMissing unless this database refuses UPDATE and DELETE on audit_events."""
+    dialect = conn.dialect.name
+    if dialect not in APPEND_ONLY_GUARDS:
+        raise AppendOnlyMissing(f"database {dialect}: no append-only guard for the audit log is known; "
+                                "add one (migration + APPEND_ONLY_GUARDS) before running on it")
+    query, expected = APPEND_ONLY_GUARDS[dialect]
+    missing = expected - {row[0] for row in conn.exec_driver_sql(query)}
+    if missing:
+        raise AppendOnlyMissing(f"audit log is not append-only: {', '.join(sorted(missing))} missing")
 
 
 @contextmanager
