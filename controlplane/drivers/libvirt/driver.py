@@ -11,6 +11,7 @@ QEMU runs as its own unprivileged user under libvirt's seccomp sandbox and DAC l
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import threading
 import time
@@ -207,7 +208,9 @@ class LibvirtHypervisor:
             return self.domain_type
         if not kernel.exists():
             return "qemu"  # nothing to probe with (unit tests on the test driver): the safe choice
-        self.domain_type = kvm_probe.cached_domain_type(kernel, self.probe_cache)
+        self.conn  # noqa: B018 - connecting learns who QEMU runs as
+        runas = pwd.getpwuid(self.qemu.uid).pw_name if self.qemu and not self.qemu.is_root else None
+        self.domain_type = kvm_probe.cached_domain_type(kernel, self.probe_cache, runas)
         return self.domain_type
 
     def define(self, spec: DesktopSpec) -> None:

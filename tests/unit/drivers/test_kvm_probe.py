@@ -10,7 +10,7 @@ def test_no_kernel_output_means_tcg(tmp_path):
 def test_probe_result_is_cached_per_kernel(tmp_path, monkeypatch):
     calls = []
 
-    def fake_probe(kernel: Path, timeout: float = 5.0) -> bool:
+    def fake_probe(kernel: Path, timeout: float = 5.0, runas: str | None = None) -> bool:
         calls.append(kernel)
         return True
 
@@ -31,3 +31,23 @@ def test_auto_without_a_kernel_file_is_tcg(tmp_path):
     hv = LibvirtHypervisor(uri="test:///default", instance="main", storage_pool="default-pool",
                            overlay_dir=tmp_path, run_dir=tmp_path, domain_type="auto")
     assert hv.resolved_domain_type(tmp_path / "none") == "qemu"
+
+
+def test_the_probe_qemu_drops_root_and_runs_sandboxed(tmp_path, monkeypatch):
+    import os
+    import pwd
+    import subprocess
+
+    seen = []
+
+    def fake_run(cmd, **kw):
+        seen.append((cmd, kw))
+        return subprocess.CompletedProcess(cmd, 0, stdout=b"Linux version 6.1", stderr=b"")
+
+    monkeypatch.setattr(os, "access", lambda *_a: True)
+    monkeypatch.setattr(kvm_probe.subprocess, "run", fake_run)
+    assert kvm_probe.kvm_boots(tmp_path / "vmlinuz", runas="libvirt-qemu") is True
+    [(cmd, kw)] = seen
+    user = pwd.getpwnam("libvirt-qemu")
+    assert (kw["user"], kw["group"]) == (user.pw_uid, user.pw_gid) and kw["user"] != 0
+    assert cmd[cmd.index("-sandbox") + 1].startswith("on,")
