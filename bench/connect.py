@@ -43,6 +43,7 @@ from controlplane.drivers.fake import FakeDirectory  # noqa: E402
 from controlplane.main import build_context, create_app, tls_files  # noqa: E402
 from controlplane.services import images, pools  # noqa: E402
 from controlplane.services.reconciler import Reconciler  # noqa: E402
+from tests.conftest import AGENTS  # noqa: E402
 from tests.e2e.conftest import Server  # noqa: E402
 
 RAW = struct.pack(">BxHi", 2, 1, 0)
@@ -128,9 +129,9 @@ async def real_desktop_figures(connects: int, frames: int) -> tuple[list[float],
     with tempfile.TemporaryDirectory(prefix="shiftdesk-bench-") as tmp:
         settings = Settings(data_dir=Path(tmp), instance=f"bc{secrets.token_hex(2)}", images_dir=ROOT / "images",
                             cache_dir=ROOT / ".cache", gateway={"ticket_ttl_s": 30})
-        ctx = build_context(settings, directory=FakeDirectory({"agent": ("Bench-pw-1", {"cc-agents"})}))
+        ctx = build_context(settings, directory=FakeDirectory({"agent": ("Bench-pw-1", {AGENTS})}))
         images.build(ctx, "busybox-desktop", actor="bench")
-        pools.create(ctx, name="bench", image="busybox-desktop", size=1, groups=["cc-agents"], actor="bench")
+        pools.create(ctx, name="bench", image="busybox-desktop", size=1, groups=[AGENTS], actor="bench")
         rec = Reconciler(ctx)
         try:
             assert rec.run_until_converged(timeout=300)

@@ -47,7 +47,7 @@ from controlplane.main import build_context  # noqa: E402
 from controlplane.services import broker, desktops, pools, scaling, sessions  # noqa: E402
 from controlplane.services.reconciler import Reconciler  # noqa: E402
 from controlplane.services.tokens import Claims  # noqa: E402
-from tests.conftest import FakeBuilder, ManualClock  # noqa: E402
+from tests.conftest import AGENTS, FakeBuilder, ManualClock  # noqa: E402
 
 WEEK_START = datetime(2026, 11, 23, 0, 0, tzinfo=UTC)  # a Monday
 ROSTER = {
@@ -155,7 +155,7 @@ def simulate(strategy: str, roster_doc: dict, rate: ProvisioningRate, step: time
 
         images.build(ctx, "busybox-desktop", actor="sim")
         pools.create(ctx, name="floor", image="busybox-desktop", size=peak if strategy == "fixed_peak" else 0,
-                     max_size=400, groups=["agents"], actor="sim")
+                     max_size=400, groups=[AGENTS], actor="sim")
         if strategy == "roster":
             scaling.apply(ctx, {"floor.yaml": json.dumps(roster_doc)}, actor="sim")
         rec = Reconciler(ctx)
@@ -190,7 +190,7 @@ def simulate(strategy: str, roster_doc: dict, rate: ProvisioningRate, step: time
             still = []
             for agent in waiting:
                 try:
-                    agent.desktop = broker.connect(ctx, Claims(agent.name, "agent", ("agents",), "j", 0),
+                    agent.desktop = broker.connect(ctx, Claims(agent.name, "agent", (AGENTS,), "j", 0),
                                                    "floor").desktop
                     sessions.mark_live(ctx, desktops.get(ctx, agent.desktop)[0].id or 0)  # the agent is working
                     ready_first += 0 if agent.missed else 1

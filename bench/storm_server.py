@@ -22,7 +22,7 @@ from controlplane.drivers.fake import FakeDirectory, FakeHypervisor  # noqa: E40
 from controlplane.main import build_context, create_app, tls_files  # noqa: E402
 from controlplane.services import images, pools  # noqa: E402
 from controlplane.services.reconciler import Reconciler  # noqa: E402
-from tests.conftest import FakeBuilder  # noqa: E402
+from tests.conftest import AGENTS, FakeBuilder  # noqa: E402
 from tests.unit.gateway.fake_vnc import FakeVnc  # noqa: E402
 
 
@@ -31,11 +31,11 @@ def main() -> int:
     settings = Settings(data_dir=data, instance="storm", libvirt={"uri": "fake://"},
                         gateway={"max_connections_per_user": 4, "ticket_ttl_s": 60})
     hv = FakeHypervisor(root=data / "vnc")
-    users = {f"agent{i:03d}": (f"Pw-{i:03d}-storm", {"cc-agents"}) for i in range(n)}
+    users = {f"agent{i:03d}": (f"Pw-{i:03d}-storm", {AGENTS}) for i in range(n)}
     ctx = build_context(settings, hypervisor=hv, directory=FakeDirectory(users))
     ctx.builder = FakeBuilder()
     images.build(ctx, "busybox-desktop", actor="bench")
-    pools.create(ctx, name="storm", image="busybox-desktop", size=n, max_size=n, groups=["cc-agents"], actor="bench")
+    pools.create(ctx, name="storm", image="busybox-desktop", size=n, max_size=n, groups=[AGENTS], actor="bench")
     rec = Reconciler(ctx)
     assert rec.run_until_converged(timeout=120, busy_period=0)
     rec.close()

@@ -14,6 +14,8 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from controlplane.domain.groups import group_ref
+
 INSTANCE_RE = re.compile(r"^[a-z][a-z0-9]{0,11}$")
 
 
@@ -71,10 +73,35 @@ class LdapSettings(BaseModel):
         return value
 
 
+class LoginThrottleSettings(BaseModel):
+    """Failed sign-ins (see domain/login_throttle.py for the rule and why these defaults)."""
+
+    ad_lockout_threshold: int = Field(
+        10, ge=0, le=1000, description="AD's account lockout threshold (0: AD never locks); ShiftDesk stops "
+        "sending a user's wrong passwords to AD well before it")
+    window_s: float = Field(1800.0, gt=0, description="Failure counting window; at least AD's 'reset account "
+                            "lockout counter after'")
+    pair_free_failures: int = Field(3, ge=1, description="Failures one user may make from one address before "
+                                    "back-off starts")
+    max_backoff_s: float = Field(900.0, gt=0, description="Longest wait between attempts of one user from one address")
+    source_failures: int = Field(30, ge=1, description="Failures one address may make (any users) per window")
+    familiar_days: float = Field(30.0, gt=0, description="An address a user signed in from this recently is familiar")
+    max_entries: int = Field(50_000, ge=100, description="Cap on remembered users/addresses (least recently used go)")
+
+
 class AuthSettings(BaseModel):
-    admin_group: str = Field("shiftdesk-admins", description="AD group (cn) whose members get the admin API")
+    admin_group: str = Field(
+        "", description="AD group whose members get the admin API, by full DN (CN=...,OU=...,DC=...) or SID "
+        "(S-1-5-21-...), never a bare name; empty: nobody is an admin through AD (use `shiftdesk token`)")
     token_ttl_s: int = Field(900, ge=60, le=43200, description="Lifetime of an API session token")
     key_file: Path | None = Field(None, description="HMAC key for tokens; default DATA_DIR/token.key (0600)")
+    throttle: LoginThrottleSettings = LoginThrottleSettings()
+
+    @field_validator("admin_group")
+    @classmethod
+    def _group_by_identity(cls, value: str) -> str:
+        """Canonical DN or SID: a group's cn can be reused by anyone in any OU."""
+        return group_ref(value) if value.strip() else ""
 
 
 class GatewaySettings(BaseModel):

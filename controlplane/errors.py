@@ -58,3 +58,14 @@ class AuthFailed(ExpectedError):
 
 class Forbidden(ExpectedError):
     status = 403
+
+
+class Throttled(ExpectedError):
+    """Refused before trying (too many recent failures): come back after `retry_after` seconds.
+    The message is the same whoever the user is, known or not."""
+
+    status = 429
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("too many failed sign-ins; try again later", field="credentials")
+        self.retry_after = max(1, retry_after)

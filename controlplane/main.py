@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from controlplane.config import Settings
 from controlplane.db.engine import make_engine, migrate
+from controlplane.domain.login_throttle import LoginThrottle, ThrottleRules
 from controlplane.domain.planning import Limits
 from controlplane.domain.ports import Directory, Hypervisor
 from controlplane.domain.roster import ProvisioningRate
@@ -75,6 +76,7 @@ def build_context(settings: Settings, hypervisor: Hypervisor | None = None,
                         ttl_s=settings.auth.token_ttl_s, admin_group=settings.auth.admin_group.lower()),
         ticket_ttl_s=settings.gateway.ticket_ttl_s,
         provisioning_rate=_planned_rate(settings),
+        login_throttle=LoginThrottle(ThrottleRules(**settings.auth.throttle.model_dump())),
     )
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from controlplane.config import Settings
+from controlplane.domain.groups import group_ref
 from controlplane.drivers.fake import FakeDirectory, FakeHypervisor
 from controlplane.main import build_context
 from controlplane.services import images
@@ -50,7 +51,8 @@ class FakeBuilder:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", instance="unit", libvirt={"uri": "fake://"})
+    return Settings(data_dir=tmp_path / "data", instance="unit", libvirt={"uri": "fake://"},
+                    auth={"admin_group": ADMINS})
 
 
 @pytest.fixture
@@ -63,11 +65,18 @@ def hv() -> FakeHypervisor:
     return FakeHypervisor()
 
 
+def group(cn: str) -> str:
+    """A test group by its canonical full DN (groups are matched by DN or SID, never by cn)."""
+    return group_ref(f"CN={cn},OU=Agents,OU=ShiftDesk,DC=shiftdesk,DC=test")  # as in policies/*.yaml
+
+
+ADMINS, AGENTS, SALES, SUPPORT = (group(cn) for cn in ("shiftdesk-admins", "cc-agents", "cc-sales-team",
+                                                        "cc-support"))
 USERS = {
-    "carol": ("Carol-pw-1234", {"shiftdesk-admins", "cc-agents"}),
-    "alice": ("Alice-pw-1234", {"cc-sales-team", "cc-agents"}),
-    "bob": ("Bob-pw-1234", {"cc-support", "cc-agents"}),
-    "dave": ("Dave-pw-1234", {"cc-sales-team"}),
+    "carol": ("Carol-pw-1234", {ADMINS, AGENTS}),
+    "alice": ("Alice-pw-1234", {SALES, AGENTS}),
+    "bob": ("Bob-pw-1234", {SUPPORT, AGENTS}),
+    "dave": ("Dave-pw-1234", {SALES}),
 }
 
 

@@ -8,7 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from controlplane.errors import ExpectedError, PermanentError, TemporaryError
+from controlplane.errors import ExpectedError, PermanentError, TemporaryError, Throttled
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,8 @@ def install(app: FastAPI) -> None:
         if hasattr(err, "errors"):  # policy files: every problem with file, line and field
             body["errors"] = [e.__dict__ for e in err.errors]
         headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
+        if isinstance(err, Throttled):
+            headers = {"Retry-After": str(err.retry_after)}
         return JSONResponse(body, status_code=err.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)

@@ -1,7 +1,8 @@
 """Desktop policies and the one function that says which rules apply to a (user, desktop).
 
 Precedence (documented in policies/README.md): every policy whose `bind.groups` meets the
-user's groups (nested membership included) and whose `bind.pools` is empty or names the
+user's groups (nested membership included; groups are compared as canonical DNs or SIDs, never
+by cn, see domain/groups.py) and whose `bind.pools` is empty or names the
 desktop's pool applies, and the most restrictive value of each rule wins:
 - apps and domains: allowed only if every applying policy allows them (intersection);
 - clipboard, file transfer, printing, audio: allowed only if every applying policy allows them;
@@ -33,7 +34,7 @@ class SessionLimits:
 @dataclass(frozen=True)
 class Policy:
     name: str
-    groups: frozenset[str]  # lower-cased AD group names
+    groups: frozenset[str]  # canonical group references, full DNs or SIDs (domain/groups.py)
     pools: frozenset[str] = frozenset()  # empty: every pool
     apps: frozenset[str] = frozenset()
     domains: frozenset[str] = frozenset()  # "host.example.com" exact, "*.example.com" any subdomain
@@ -81,8 +82,8 @@ def _intersect_domains(sets: list[frozenset[str]]) -> frozenset[str]:
 
 
 def effective(policies: list[Policy], groups: frozenset[str], pool: str | None) -> EffectivePolicy:
-    """The rules for a user with GROUPS on a desktop of POOL. Pure; most restrictive wins."""
-    groups = frozenset(g.lower() for g in groups)
+    """The rules for a user with GROUPS (canonical references) on a desktop of POOL. Pure; most
+    restrictive wins."""
     applying = sorted((p for p in policies if p.applies(groups, pool)), key=lambda p: p.name) or [DEFAULT]
     reasons = {p.name: "groups " + ", ".join(sorted(p.groups & groups)) for p in applying if p is not DEFAULT}
     return EffectivePolicy(

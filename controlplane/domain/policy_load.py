@@ -7,16 +7,17 @@ Pure: it takes {filename: text} and touches nothing. What it refuses, and why:
 - YAML anchors, aliases and explicit tags (`!!python/...`): billion-laughs bombs and object
   construction are impossible by construction, not by configuration;
 - unknown keys, wrong types, out-of-range numbers (the JSON Schema);
-- group names that are not NFKC-stable or mix scripts (homoglyph tricks such as Cyrillic
-  'а' in 'cc-sаles'); duplicate policy names across files.
+- groups that are not a full DN or a SID (a bare cn is anyone's to reuse in another OU), or
+  whose names are not NFKC-stable or mix scripts (homoglyph tricks such as Cyrillic 'а' in
+  'cc-sаles'): see domain/groups.py; duplicate policy names across files.
 Nothing is applied unless every file is valid.
 """
 
 from __future__ import annotations
 
-import unicodedata
 from typing import Any
 
+from controlplane.domain.groups import InvalidGroup, group_ref, group_refs
 from controlplane.domain.policy import DataRules, Policy, SessionLimits
 from controlplane.domain.policy_schema import SCHEMA
 from controlplane.domain.safe_yaml import MAX_FILE_BYTES as MAX_FILE_BYTES
@@ -37,10 +38,11 @@ def load(files: dict[str, str]) -> list[Policy]:
         if doc is None:
             continue
         for i, group in enumerate(doc["bind"]["groups"]):
-            problem = group_name_problem(group)
-            if problem:
+            try:
+                group_ref(group)
+            except InvalidGroup as err:
                 errors.append(PolicyError(name, line_of(files[name], ["bind", "groups", i]), f"bind.groups.{i}",
-                                          problem))
+                                          str(err)))
         docs.append((name, doc))
     errors += unique(docs, "name", "is also defined in")
     if errors:
@@ -48,29 +50,12 @@ def load(files: dict[str, str]) -> list[Policy]:
     return [to_policy(doc) for _, doc in docs]
 
 
-SCRIPTS = ("LATIN", "CYRILLIC", "GREEK", "ARABIC", "HEBREW", "CJK", "HIRAGANA", "KATAKANA", "HANGUL", "THAI")
-
-
-def group_name_problem(name: str) -> str | None:
-    """Why NAME is not a trustworthy group name, or None."""
-    if unicodedata.normalize("NFKC", name) != name:
-        return f"{name!r} is not in NFKC form (look-alike characters?)"
-    scripts = set()
-    for ch in name:
-        if ch.isalpha():
-            uname = unicodedata.name(ch, "")
-            scripts.add(next((s for s in SCRIPTS if uname.startswith(s)), "OTHER"))
-    if len(scripts) > 1:
-        return f"{name!r} mixes scripts ({', '.join(sorted(scripts))}): homoglyph trick?"
-    return None
-
-
 def to_policy(doc: dict[str, Any]) -> Policy:
     data = doc.get("data", {})
     session = {**SessionLimits().__dict__, **doc.get("session", {})}
     return Policy(
         name=doc["name"], description=doc.get("description", ""),
-        groups=frozenset(g.lower() for g in doc["bind"]["groups"]),
+        groups=group_refs(doc["bind"]["groups"]),  # a stored bare name (older revision) matches nothing
         pools=frozenset(doc["bind"].get("pools", [])),
         apps=frozenset(doc.get("apps", {}).get("allow", [])),
         domains=frozenset(doc.get("domains", {}).get("allow", [])),

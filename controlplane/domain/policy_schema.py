@@ -28,8 +28,9 @@ SCHEMA: dict[str, Any] = {
         "name": {"type": "string", "pattern": NAME, "description": "unique; lowercase a-z, 0-9, '-'"},
         "description": {"type": "string", "maxLength": 500},
         "bind": _object({
-            "groups": {**_list({"type": "string", "minLength": 1, "maxLength": 256}, 100), "minItems": 1,
-                       "description": "AD group names (cn); nested membership counts"},
+            "groups": {**_list({"type": "string", "minLength": 1, "maxLength": 1024}, 100), "minItems": 1,
+                       "description": "AD groups by full DN (CN=...,OU=...,DC=...) or SID (S-1-5-21-...), "
+                                      "never a bare name; nested membership counts"},
             "pools": {**_list({"type": "string", "pattern": POOL}, 100),
                       "description": "only these pools; omitted or empty: every pool"},
         }, ["groups"]),

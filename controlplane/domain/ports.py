@@ -118,7 +118,7 @@ class Identity:
     username: str
     dn: str
     display_name: str
-    groups: frozenset[str]  # group names (cn), lower-cased for comparison
+    groups: frozenset[str]  # canonical full DNs and SIDs (domain/groups.py), never cn
     enabled: bool = True  # False when the account is disabled or locked out
 
 

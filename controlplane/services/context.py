@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from controlplane.domain.login_throttle import LoginThrottle
 from controlplane.domain.planning import Limits
 from controlplane.domain.ports import Clock, Directory, Hypervisor, ImageBuilder
 
@@ -49,3 +50,4 @@ class Context:
     auth: AuthConfig = field(default_factory=AuthConfig)
     ticket_ttl_s: int = 20
     provisioning_rate: Any = None  # a ProvisioningRate to plan with; None: measured from the audit log
+    login_throttle: LoginThrottle = field(default_factory=LoginThrottle)  # in-process: one per replica

@@ -1,19 +1,23 @@
 """Login, sessions and entitlements: who may do what, decided from Active Directory groups.
 
 Roles: members of the configured admin group get the admin API; everyone else who logs in is
-an agent and sees the pools their groups are entitled to. AD is asked at login only: a running
-session keeps working while AD is down (its token and session row are local).
+an agent and sees the pools their groups are entitled to. Groups are compared by canonical
+full DN or SID (domain/groups.py), never by cn, which anyone with rights in some OU can reuse.
+Failed sign-ins are throttled before AD is asked (domain/login_throttle.py has the rule).
+AD is asked at login only: a running session keeps working while AD is down (its token and
+session row are local).
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from controlplane.db import audit, pools, sessions
 from controlplane.db.engine import session_scope
 from controlplane.db.models import ApiSession, Pool
-from controlplane.errors import AuthFailed, Forbidden, PermanentError, TemporaryError
-from controlplane.services import tokens
+from controlplane.domain.ports import Identity
+from controlplane.errors import AuthFailed, Forbidden, PermanentError, TemporaryError, Throttled
+from controlplane.services import policies, tokens
 from controlplane.services.context import Context
 from controlplane.services.tokens import Claims, TokenInvalid
 
@@ -22,20 +26,35 @@ SESSION_COOKIE = "sd_session"  # the token again, HttpOnly, for the gateway's We
 
 
 def login(ctx: Context, username: str, password: str, *, source: str) -> tuple[str, Claims]:
+    """Throttle, then bind as the user; refusals are audited in aggregate (domain/login_throttle.py)."""
     if ctx.directory is None:
         raise PermanentError("login: no directory configured (SHIFTDESK_LDAP__URL)")
+    name = username[:64] if isinstance(username, str) else "?"
+    now = ctx.clock.now()
+    guard = ctx.login_throttle
+    refusal = guard.check(name, source, now.timestamp())
+    if refusal is not None:
+        _audit_refusal(ctx, "auth.login_throttled", _scope_key(refusal.scope, name, source), actor=name,
+                       source=source, scope=refusal.scope, retry_after=refusal.retry_after)
+        raise Throttled(refusal.retry_after)
     try:
         who = ctx.directory.authenticate(username, password)
     except AuthFailed as err:
-        _audit(ctx, username[:64] if isinstance(username, str) else "?", "auth.login_failed", source=source,
-               reason=err.reason)
+        guard.failed(name, source, now.timestamp())
+        _audit_refusal(ctx, "auth.login_failed", (name, source), actor=name, source=source, reason=err.reason)
         raise
     except TemporaryError:
-        _audit(ctx, username[:64], "auth.login_failed", source=source, reason="directory unavailable")
+        _audit_refusal(ctx, "auth.login_failed", (name, source, "unavailable"), actor=name, source=source,
+                       reason="directory unavailable")
         raise
-    role = ADMIN if ctx.auth.admin_group in who.groups else AGENT
-    now = ctx.clock.now()
-    token, claims = tokens.issue(ctx.auth.key, sub=who.username, role=role, groups=sorted(who.groups), now=now,
+    guard.succeeded(name, source, now.timestamp())
+    return _open_session(ctx, who, source=source, now=now)
+
+
+def _open_session(ctx: Context, who: Identity, *, source: str, now: datetime) -> tuple[str, Claims]:
+    role = ADMIN if ctx.auth.admin_group and ctx.auth.admin_group in who.groups else AGENT
+    groups = sorted(who.groups & _known_groups(ctx))
+    token, claims = tokens.issue(ctx.auth.key, sub=who.username, role=role, groups=groups, now=now,
                                  ttl_s=ctx.auth.ttl_s)
     with session_scope(ctx.engine) as session:
         sessions.create(session=session, api_session=ApiSession(
@@ -44,6 +63,24 @@ def login(ctx: Context, username: str, password: str, *, source: str) -> tuple[s
         audit.append(session=session, actor=who.username, action="auth.login", target=who.username, role=role,
                      source=source, session_id=claims.jti[:8])
     return token, claims
+
+
+def _known_groups(ctx: Context) -> frozenset[str]:
+    """Every group ShiftDesk's configuration names (admin group, pools, policies).
+
+    A token carries only the user's groups among these: full DNs are long, and a user in a
+    hundred groups would not fit the 4 KiB token (or a cookie). A group named later counts from
+    the user's next sign-in, as a change of membership in AD does."""
+    with session_scope(ctx.engine) as session:
+        named = {g for p in pools.list_all(session=session) for g in p.groups}
+    named |= {g for p in policies.active(ctx) for g in p.groups}
+    return frozenset(named | {ctx.auth.admin_group} - {""})
+
+
+def _scope_key(scope: str, name: str, source: str) -> tuple[str, ...]:
+    """Refusals of one throttle are counted together: a spray of many names from one address is
+    one key ("*", address), not one per name."""
+    return {"source": ("*", source), "user": (name, "*")}.get(scope, (name, source))
 
 
 def local_admin_token(ctx: Context, *, actor: str) -> tuple[str, Claims]:
@@ -85,10 +122,11 @@ def revoke_user(ctx: Context, username: str, *, actor: str) -> int:
 
 
 def entitled_pools(ctx: Context, groups: frozenset[str] | tuple[str, ...]) -> list[Pool]:
-    mine = {g.lower() for g in groups}
+    """Pools naming one of GROUPS (canonical DNs or SIDs, as pools store them; a bare name stored
+    before DN matching matches nothing)."""
+    mine = set(groups)
     with session_scope(ctx.engine) as session:
-        return [p for p in pools.list_all(session=session)
-                if not p.deleting and mine & {g.lower() for g in p.groups}]
+        return [p for p in pools.list_all(session=session) if not p.deleting and mine & set(p.groups)]
 
 
 def require_entitled(ctx: Context, claims: Claims, pool: str) -> Pool:
@@ -99,6 +137,10 @@ def require_entitled(ctx: Context, claims: Claims, pool: str) -> Pool:
     raise Forbidden(f"pool: you are not entitled to {pool!r}", field="pool")
 
 
-def _audit(ctx: Context, actor: str, action: str, **detail: object) -> None:
+def _audit_refusal(ctx: Context, action: str, key: tuple[str, ...], *, actor: str, **detail: object) -> None:
+    """One row for the 1st, 2nd, 4th, 8th... refusal of KEY in a window, with the running count."""
+    count = ctx.login_throttle.audit.count((action, *key), ctx.clock.now().timestamp())
+    if count is None:
+        return
     with session_scope(ctx.engine) as session:
-        audit.append(session=session, actor=actor, action=action, target=actor, **detail)
+        audit.append(session=session, actor=actor, action=action, target=actor, count=count, **detail)

@@ -6,8 +6,8 @@ from controlplane.db import audit, images, pools
 from controlplane.db import desktops as desktop_repo
 from controlplane.db.engine import session_scope
 from controlplane.db.models import Pool
+from controlplane.domain.groups import InvalidGroup, group_ref
 from controlplane.domain.naming import InvalidName, check_name
-from controlplane.domain.policy_load import group_name_problem
 from controlplane.errors import Conflict, InvalidInput
 from controlplane.services.context import Context
 from controlplane.services.views import PoolPublic, pool_view
@@ -26,13 +26,14 @@ def check_sizes(*, size: int, min_size: int, max_size: int) -> None:
 
 
 def check_groups(groups: list[str]) -> list[str]:
+    """The entitled groups as canonical references (full DN or SID, see domain/groups.py)."""
+    refs = set()
     for i, group in enumerate(groups):
-        if not isinstance(group, str) or not group.strip() or len(group) > 256:
-            raise InvalidInput(f"groups.{i}: a non-empty AD group name is needed", field=f"groups.{i}")
-        problem = group_name_problem(group)
-        if problem:
-            raise InvalidInput(f"groups.{i}: {problem}", field=f"groups.{i}")
-    return sorted({g.strip().lower() for g in groups})
+        try:
+            refs.add(group_ref(group))
+        except InvalidGroup as err:
+            raise InvalidInput(f"groups.{i}: {err}", field=f"groups.{i}") from None
+    return sorted(refs)
 
 
 def create(ctx: Context, *, name: str, image: str, size: int, min_size: int = 0, max_size: int = 50,

@@ -33,7 +33,7 @@ def world(real_ctx, real_settings, golden, ad, tmp_path):
     real_ctx.directory = LdapDirectory(url=ad.dc.url, base_dn=ad.dc.base_dn, bind_dn=ad.svc_dn,
                                        bind_password=ad.passwords["svc"], ca_file=str(ad.dc.tls.ca_cert))
     real_ctx.auth = replace(real_ctx.auth, admin_group="cc-admins")
-    pools.create(real_ctx, name="floor", image="busybox-desktop", size=2, groups=["cc-agents"], actor="test")
+    pools.create(real_ctx, name="floor", image="busybox-desktop", size=2, groups=[ad.groups["cc-agents"]], actor="test")
     rec = Reconciler(real_ctx)
     assert rec.run_until_converged(timeout=180)
     rec.close()

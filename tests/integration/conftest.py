@@ -80,7 +80,8 @@ def purge(settings: Settings) -> None:
 
 class AD:
     """The test domain: OUs, users (alice active, dave disabled, erin for lockout, carol admin),
-    nested groups (alice in cc-sales-team in cc-agents), a service account, a computers OU."""
+    nested groups (alice in cc-sales-team in cc-agents), a service account, a computers OU.
+    `groups` maps each group's cn to its DN: configuration names groups by DN (or SID), never by cn."""
 
     def __init__(self, dc) -> None:
         self.dc = dc
@@ -98,9 +99,10 @@ class AD:
         self.dns["dave"] = dc.add_user(conn, self.users_ou, "dave", self.passwords["dave"], disabled=True)
         self.svc_dn = dc.add_user(conn, self.users_ou, "svc-shiftdesk", self.passwords["svc"])
         team = dc.add_group(conn, self.users_ou, "cc-sales-team", [self.dns["alice"], self.dns["dave"]])
-        dc.add_group(conn, self.users_ou, "cc-agents", [team, self.dns["erin"]])
-        dc.add_group(conn, self.users_ou, "cc-support", [self.dns["bob"]])
-        dc.add_group(conn, self.users_ou, "cc-admins", [self.dns["carol"]])
+        self.groups = {"cc-sales-team": team,
+                       "cc-agents": dc.add_group(conn, self.users_ou, "cc-agents", [team, self.dns["erin"]]),
+                       "cc-support": dc.add_group(conn, self.users_ou, "cc-support", [self.dns["bob"]]),
+                       "cc-admins": dc.add_group(conn, self.users_ou, "cc-admins", [self.dns["carol"]])}
         # delegate computer-object management in the Desktops OU to the service account
         conn.modify(f"CN=Account Operators,CN=Builtin,{dc.base_dn}",
                     {"member": [(ldap3.MODIFY_ADD, [self.svc_dn])]})

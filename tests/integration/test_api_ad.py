@@ -9,6 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from controlplane.config import Settings
+from controlplane.domain.groups import group_ref
 from controlplane.drivers.ldap.directory import LdapDirectory
 from controlplane.main import build_context, create_app
 from controlplane.services import images, policies, pools
@@ -22,13 +23,13 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def api(ad, tmp_path):
     settings = Settings(data_dir=tmp_path / "data", instance="adapi", libvirt={"uri": "fake://"},
-                        auth={"admin_group": "cc-admins"})
+                        auth={"admin_group": ad.groups["cc-admins"]})
     ctx = build_context(settings, directory=ad.directory)
     ctx.builder = FakeBuilder()
-    assert ctx.auth.admin_group == "cc-admins" and isinstance(ctx.auth, AuthConfig)
+    assert ctx.auth.admin_group == group_ref(ad.groups["cc-admins"]) and isinstance(ctx.auth, AuthConfig)
     images.build(ctx, "busybox-desktop", actor="test")
-    pools.create(ctx, name="sales", image="busybox-desktop", size=0, groups=["cc-agents"], actor="test")
-    pools.create(ctx, name="support", image="busybox-desktop", size=0, groups=["cc-support"], actor="test")
+    pools.create(ctx, name="sales", image="busybox-desktop", size=0, groups=[ad.groups["cc-agents"]], actor="test")
+    pools.create(ctx, name="support", image="busybox-desktop", size=0, groups=[ad.groups["cc-support"]], actor="test")
     policies.apply(ctx, {p.name: p.read_text() for p in (ROOT / "policies").glob("*.yaml")}, actor="test")
     with TestClient(create_app(settings, ctx)) as client:
         client.ctx = ctx
@@ -66,7 +67,7 @@ def test_explain_follows_real_nested_groups(api, ad):
     _, carol = login(api, ad, "carol")
     alice = api.get("/api/v1/policies/explain", params={"user": "alice", "pool": "sales"}, headers=carol).json()
     assert alice["applied"] == ["all-agents", "sales-floor"]
-    assert {"cc-agents", "cc-sales-team"} <= set(alice["groups"])
+    assert {group_ref(ad.groups[cn]) for cn in ("cc-agents", "cc-sales-team")} <= set(alice["groups"])
     erin = api.get("/api/v1/policies/explain", params={"user": "erin"}, headers=carol).json()
     assert erin["applied"] == ["all-agents"]
 

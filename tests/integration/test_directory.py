@@ -2,17 +2,58 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
+from controlplane.domain.groups import group_ref, sid_text
 from controlplane.drivers.ldap.directory import LdapDirectory
 from controlplane.errors import AuthFailed, PermanentError, TemporaryError
 
 
-def test_login_returns_nested_groups(ad):
+def test_login_returns_nested_groups_by_dn_and_sid(ad):
     who = ad.directory.authenticate("alice", ad.passwords["alice"])
     assert who.username == "alice" and who.display_name == "Alice Agent"
-    assert {"cc-sales-team", "cc-agents"} <= who.groups, "nested membership must be resolved"
-    assert "cc-admins" not in who.groups
+    dns = {group_ref(ad.groups[cn]) for cn in ("cc-sales-team", "cc-agents")}
+    assert dns <= who.groups, "nested membership must be resolved"
+    assert group_ref(ad.groups["cc-admins"]) not in who.groups
+    assert not {"cc-sales-team", "cc-agents"} & who.groups, "never by cn"
+    sids = {g for g in who.groups if g.startswith("s-1-5-21-")}
+    assert len(sids) == 2 and sids == {sid_of(ad, ad.groups[cn]) for cn in ("cc-sales-team", "cc-agents")}
+
+
+def sid_of(ad, dn):
+    conn = ad.dc.admin()
+    conn.search(dn, "(objectClass=*)", search_scope="BASE", attributes=["objectSid"])
+    raw = conn.response[0]["raw_attributes"]["objectSid"][0]
+    conn.unbind()
+    return sid_text(raw)
+
+
+class CountingDirectory(LdapDirectory):
+    """Counts the connections (each one bind) an authentication opens besides the service one."""
+
+    binds: list[str]
+
+    def _bind_once(self, dn: str, password: str) -> bool:
+        self.binds.append(dn)
+        return super()._bind_once(dn, password)
+
+
+@pytest.mark.parametrize("user,password", [
+    ("alice", "wrong-password-1A"), ("nobody", "wrong-password-1A"), ("dave", "Dave-Pass-1234!"),
+    ("alice", "Alice-Pass-1234!")])
+def test_every_refusal_costs_one_bind_like_a_wrong_password(ad, user, password):
+    """Unknown, disabled and known users go through the same LDAP work (a timing oracle would
+    otherwise say which accounts exist: bench/login_timing.py measures it)."""
+    d = CountingDirectory(url=ad.dc.url, base_dn=ad.dc.base_dn, bind_dn=ad.svc_dn,
+                          bind_password=ad.passwords["svc"], ca_file=str(ad.dc.tls.ca_cert))
+    d.binds = []
+    with contextlib.suppress(AuthFailed):
+        d.authenticate(user, password)
+    assert len(d.binds) == 1
+    if user != "alice":
+        assert d.binds[0] not in ad.dns.values(), "a refused account's own DN is never bound"
 
 
 def test_login_by_user_principal_name(ad):

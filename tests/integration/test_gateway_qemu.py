@@ -14,6 +14,7 @@ from controlplane.drivers.fake import FakeDirectory
 from controlplane.main import create_app
 from controlplane.services import audit, pools
 from controlplane.services.reconciler import Reconciler
+from tests.conftest import AGENTS
 
 
 class WsReader:
@@ -90,8 +91,8 @@ class UpstreamTap:
 
 
 def test_agent_sees_and_types_through_the_gateway(real_ctx, real_settings, golden, tmp_path):
-    real_ctx.directory = FakeDirectory({"alice": ("Alice-pw-1234", {"cc-agents"})})
-    pools.create(real_ctx, name="floor", image="busybox-desktop", size=1, groups=["cc-agents"], actor="test")
+    real_ctx.directory = FakeDirectory({"alice": ("Alice-pw-1234", {AGENTS})})
+    pools.create(real_ctx, name="floor", image="busybox-desktop", size=1, groups=[AGENTS], actor="test")
     rec = Reconciler(real_ctx)
     assert rec.run_until_converged(timeout=180)
     rec.close()

@@ -6,7 +6,14 @@ Rules that matter for security, each enforced here and tested against a real Sam
 - A blank or whitespace password is refused before any bind: AD treats it as an
   unauthenticated bind that "succeeds".
 - Every value put into a filter is escaped (RFC 4515), so `*)(cn=*` is just a strange name.
-- Nested groups come from LDAP_MATCHING_RULE_IN_CHAIN, evaluated by the DC.
+- Nested groups come from LDAP_MATCHING_RULE_IN_CHAIN, evaluated by the DC. Each group is
+  reported by its canonical DN and its objectSid, never by cn (anyone may reuse a cn in
+  another OU; see domain/groups.py).
+- Referrals are never chased: a referral would make ldap3 connect, and bind with the same
+  credentials, to whatever host the referral names.
+- Every refusal costs the same LDAP work: an unknown, ambiguous, disabled or locked account
+  still gets one bind (as a DN that cannot exist, with the offered password), so response time
+  does not tell which accounts exist.
 - Disabled and locked accounts are refused even with the right password.
 - One service connection is reused (under a lock) and reopened when it breaks; every
   network call has a timeout; an unreachable DC is a TemporaryError (HTTP 503).
@@ -25,6 +32,7 @@ import ldap3
 from ldap3.core import exceptions as lx
 from ldap3.utils.conv import escape_filter_chars
 
+from controlplane.domain.groups import group_ref, sid_text
 from controlplane.domain.ports import Identity
 from controlplane.errors import AuthFailed, PermanentError, TemporaryError
 
@@ -62,12 +70,14 @@ class LdapDirectory:
                                    get_info=ldap3.NONE)
         self._conn: ldap3.Connection | None = None
         self._lock = threading.Lock()
+        # binds for refused accounts go here: random per process, so nobody can create it
+        self._decoy_dn = f"CN=shiftdesk-decoy-{secrets.token_hex(16)},{base_dn}"
 
     # --- connections -------------------------------------------------------------------------
 
     def _open(self, user: str, password: str) -> ldap3.Connection:
         conn = ldap3.Connection(self.server, user=user, password=password, receive_timeout=self.receive_timeout,
-                                raise_exceptions=False, read_only=False)
+                                raise_exceptions=False, read_only=False, auto_referrals=False)
         try:
             conn.open()
             if self.start_tls:
@@ -108,10 +118,18 @@ class LdapDirectory:
         return {"dn": entries[0]["dn"], **{k: _one(v) for k, v in entries[0]["attributes"].items()}}
 
     def _groups(self, conn: ldap3.Connection, dn: str) -> frozenset[str]:
+        """Every group DN is in, nested ones included, as canonical DNs and SIDs."""
         query = f"(&(objectClass=group)(member:{IN_CHAIN}:={escape_filter_chars(dn)}))"
-        conn.search(self.base_dn, query, attributes=["cn"])
-        return frozenset(str(_one(e["attributes"]["cn"])).lower() for e in conn.response or []
-                         if e.get("type") == "searchResEntry")
+        conn.search(self.base_dn, query, attributes=["objectSid"])
+        refs: set[str] = set()
+        for e in conn.response or []:
+            if e.get("type") != "searchResEntry":
+                continue
+            refs.add(group_ref(e["dn"]))
+            sid = (e.get("raw_attributes") or {}).get("objectSid") or []
+            if sid:
+                refs.add(sid_text(bytes(sid[0])))
+        return frozenset(refs)
 
     def _identity(self, conn: ldap3.Connection, entry: dict[str, Any]) -> Identity:
         return Identity(username=str(entry["sAMAccountName"]), dn=entry["dn"],
@@ -132,21 +150,21 @@ class LdapDirectory:
             raise AuthFailed("blank password refused before any bind")
         _check_username(username)
         entry = self._service(lambda conn: self._find_user(conn, username))
-        if entry is None:
-            raise AuthFailed("unknown user")
-        uac = int(entry.get("userAccountControl") or 0)
-        computed = int(entry.get("msDS-User-Account-Control-Computed") or 0)
-        if uac & UF_ACCOUNTDISABLE:
-            raise AuthFailed("account disabled")
-        if computed & UF_LOCKOUT:
-            raise AuthFailed("account locked")
-        user_conn = self._open(entry["dn"], password)
+        refusal = _refusal(entry)
+        bound = self._bind_once(entry["dn"] if entry is not None and refusal is None else self._decoy_dn, password)
+        if refusal is not None or entry is None:
+            raise AuthFailed(refusal or "unknown user")
+        if not bound:
+            raise AuthFailed("wrong password")
+        return self._service(lambda conn: self._identity(conn, entry))
+
+    def _bind_once(self, dn: str, password: str) -> bool:
+        """One simple bind on a fresh connection: the same cost whether DN exists or not."""
+        user_conn = self._open(dn, password)
         try:
-            if not user_conn.bound:
-                raise AuthFailed("wrong password")
+            return bool(user_conn.bound)
         finally:
             user_conn.unbind()
-        return self._service(lambda conn: self._identity(conn, entry))
 
     # --- computer accounts (offline domain join) ---------------------------------------------
 
@@ -218,6 +236,17 @@ def _one(value: Any) -> Any:
     if isinstance(value, list):
         return value[0] if value else None
     return value
+
+
+def _refusal(entry: dict[str, Any] | None) -> str | None:
+    """Why this account may not sign in whatever the password (for the audit log), or None."""
+    if entry is None:
+        return "unknown user"
+    if int(entry.get("userAccountControl") or 0) & UF_ACCOUNTDISABLE:
+        return "account disabled"
+    if int(entry.get("msDS-User-Account-Control-Computed") or 0) & UF_LOCKOUT:
+        return "account locked"
+    return None
 
 
 def _check_username(username: str) -> None:

@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 
 from controlplane.main import create_app
 from controlplane.services import pools
-from tests.conftest import USERS
+from tests.conftest import AGENTS, SALES, USERS
 
 ADMIN_ENDPOINTS = [
     ("GET", "/api/v1/images", None),
@@ -42,8 +42,10 @@ ADMIN_ENDPOINTS = [
 
 @pytest.fixture
 def app(ctx, settings, image):
-    pools.create(ctx, name="sales", image="busybox-desktop", size=0, groups=["cc-sales-team"], actor="t")
-    pools.create(ctx, name="support", image="busybox-desktop", size=0, groups=["CC-Support"], actor="t")
+    pools.create(ctx, name="sales", image="busybox-desktop", size=0, groups=[SALES], actor="t")
+    # another spelling of SUPPORT's DN: case and spaces around separators do not matter
+    pools.create(ctx, name="support", image="busybox-desktop", size=0,
+                 groups=["cn=CC-Support , OU=agents,ou=ShiftDesk,DC=ShiftDesk,dc=test"], actor="t")
     with TestClient(create_app(settings, ctx)) as c:
         yield c
 
@@ -88,7 +90,9 @@ def test_agents_see_only_their_pools_and_policies(app):
     assert app.get("/api/v1/me/policy?pool=sales", headers=bob).status_code == 403
     assert app.get("/api/v1/me/policy?pool=nonexistent", headers=bob).status_code == 403
     me = app.get("/api/v1/me", headers=alice).json()
-    assert me["username"] == "alice" and me["role"] == "agent" and "cc-agents" in me["groups"]
+    assert me["username"] == "alice" and me["role"] == "agent"
+    assert me["groups"] == [SALES], "the token carries only groups the configuration names (AGENTS is unused)"
+    assert AGENTS in USERS["alice"][1]
 
 
 @pytest.mark.parametrize("user,password", [("alice", "wrong"), ("alice", ""), ("alice", "   "), ("dave", None),
@@ -154,3 +158,22 @@ def test_passwords_and_tokens_never_reach_logs_or_audit(app, ctx, caplog):
         trail = repr([(e.action, e.detail) for e in audit.list_recent(session=session, limit=1000)])
     for secret in ("Wrong-Secret-987", USERS["alice"][0], token, token.split(".")[1]):
         assert secret not in caplog.text and secret not in trail
+
+
+def test_a_same_cn_group_elsewhere_grants_nothing(app, ctx, directory):
+    """mallory is in groups called shiftdesk-admins and cc-sales-team, but in another OU."""
+    rogue = {f"CN={cn},OU=Rogue,DC=corp,DC=example" for cn in ("shiftdesk-admins", "cc-sales-team", "cc-agents")}
+    directory.users["mallory"] = ("Mallory-pw-1234", rogue)
+    r = app.post("/api/v1/auth/login", json={"username": "mallory", "password": "Mallory-pw-1234"})
+    assert r.status_code == 200 and r.json()["role"] == "agent"
+    mallory = {"Authorization": f"Bearer {r.json()['token']}"}
+    assert app.get("/api/v1/me/pools", headers=mallory).json() == []
+    assert app.get("/api/v1/me", headers=mallory).json()["groups"] == []
+
+
+@pytest.mark.parametrize("groups", [["cc-sales-team"], ["CN=cc-sales-team"], ["S-1-5-21-x"]])
+def test_pools_refuse_groups_named_by_bare_name(app, groups):
+    carol = login(app, "carol")
+    r = app.post("/api/v1/pools", json={"name": "other", "image": "busybox-desktop", "size": 0, "groups": groups},
+                 headers=carol)
+    assert r.status_code == 422 and r.json()["field"] == "groups.0"

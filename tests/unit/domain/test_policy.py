@@ -26,7 +26,7 @@ def test_most_restrictive_wins():
             data=DataRules(audio=True, printing=True), watermark=False, session=SessionLimits(20, 10, 10))
     b = pol("b", {"sales"}, apps=frozenset({"crm", "phone", "game"}), domains=frozenset({"crm.brand.example"}),
             data=DataRules(audio=True), watermark=True, session=SessionLimits(15, 12, 5))
-    eff = effective([a, b], frozenset({"AGENTS", "sales"}), "sales")
+    eff = effective([a, b], frozenset({"agents", "sales"}), "sales")
     assert eff.applied == ("a", "b")
     assert eff.apps == {"crm", "phone"}
     assert eff.domains == {"crm.brand.example"}  # allowed by b exactly and by a's wildcard
@@ -50,3 +50,24 @@ def test_diff_documents_field_level():
         {"policy": "gone", "change": "removed", "fields": []},
         {"policy": "new", "change": "added", "fields": []},
     ]
+
+
+def test_groups_match_by_dn_not_cn():
+    """A policy bound to one cc-agents does not apply to members of a cc-agents elsewhere."""
+    from controlplane.domain.groups import group_ref
+    from controlplane.domain.policy_load import to_policy
+
+    real = "CN=cc-agents,OU=Agents,DC=corp,DC=example"
+    p = to_policy({"name": "a", "bind": {"groups": [real]}, "apps": {"allow": ["crm"]}})
+    rogue = frozenset({group_ref("CN=cc-agents,OU=Rogue,DC=corp,DC=example")})
+    assert effective([p], rogue, "sales").applied == (DEFAULT.name,)
+    same = frozenset({group_ref(" cn=CC-AGENTS, ou=agents,dc=corp,dc=example")})
+    assert effective([p], same, "sales").apps == {"crm"}
+
+
+def test_a_stored_bare_name_matches_nothing():
+    """Revisions applied before DN matching may hold bare names: they fail closed."""
+    from controlplane.domain.policy_load import to_policy
+
+    p = to_policy({"name": "old", "bind": {"groups": ["cc-agents"]}, "apps": {"allow": ["crm"]}})
+    assert p.groups == frozenset() and not p.applies(frozenset({"cc-agents"}), None)

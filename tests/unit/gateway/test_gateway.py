@@ -11,7 +11,7 @@ from starlette.websockets import WebSocketDisconnect
 from controlplane.main import create_app
 from controlplane.services import audit, pools
 from controlplane.services.reconciler import Reconciler
-from tests.conftest import USERS
+from tests.conftest import SALES, USERS
 from tests.unit.gateway.fake_vnc import FakeVnc
 
 ORIGIN = {"origin": "http://testserver"}
@@ -19,7 +19,7 @@ ORIGIN = {"origin": "http://testserver"}
 
 @pytest.fixture
 def world(ctx, settings, image, hv):
-    pools.create(ctx, name="sales", image="busybox-desktop", size=2, groups=["cc-sales-team"], actor="t")
+    pools.create(ctx, name="sales", image="busybox-desktop", size=2, groups=[SALES], actor="t")
     rec = Reconciler(ctx)
     assert rec.run_until_converged(timeout=10, busy_period=0)
     rec.close()

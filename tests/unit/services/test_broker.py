@@ -13,18 +13,19 @@ from controlplane.errors import Forbidden, TemporaryError
 from controlplane.services import broker, desktops, pools
 from controlplane.services.reconciler import Reconciler
 from controlplane.services.tokens import Claims
+from tests.conftest import SALES, SUPPORT
 
 
 def agent(name, *groups):
     return Claims(sub=name, role="agent", groups=tuple(groups), jti="x", exp=0)
 
 
-ALICE, BOB = agent("alice", "cc-sales-team"), agent("bob", "cc-sales-team")
+ALICE, BOB = agent("alice", SALES), agent("bob", SALES)
 
 
 @pytest.fixture
 def ready_pool(ctx, image):
-    pools.create(ctx, name="sales", image="busybox-desktop", size=3, groups=["cc-sales-team"], actor="t")
+    pools.create(ctx, name="sales", image="busybox-desktop", size=3, groups=[SALES], actor="t")
     rec = Reconciler(ctx)
     assert rec.run_until_converged(timeout=10, busy_period=0)
     rec.close()
@@ -41,15 +42,15 @@ def test_connect_assigns_and_reconnect_returns_the_same_desktop(ctx, ready_pool)
 
 def test_not_entitled_and_exhausted_pools(ctx, ready_pool):
     with pytest.raises(Forbidden):
-        broker.connect(ctx, agent("eve", "cc-support"), "sales")
+        broker.connect(ctx, agent("eve", SUPPORT), "sales")
     for i in range(3):
-        broker.connect(ctx, agent(f"a{i}", "cc-sales-team"), "sales")
+        broker.connect(ctx, agent(f"a{i}", SALES), "sales")
     with pytest.raises(TemporaryError, match="no desktop is ready"):
-        broker.connect(ctx, agent("late", "cc-sales-team"), "sales")
+        broker.connect(ctx, agent("late", SALES), "sales")
 
 
 def test_simultaneous_clicks_never_share_a_desktop(ctx, image):
-    pools.create(ctx, name="sales", image="busybox-desktop", size=8, groups=["cc-sales-team"], actor="t")
+    pools.create(ctx, name="sales", image="busybox-desktop", size=8, groups=[SALES], actor="t")
     rec = Reconciler(ctx)
     assert rec.run_until_converged(timeout=10, busy_period=0)
     rec.close()
@@ -58,7 +59,7 @@ def test_simultaneous_clicks_never_share_a_desktop(ctx, image):
     def click(i):
         barrier.wait()
         try:
-            results[i] = broker.connect(ctx, agent(f"u{i}", "cc-sales-team"), "sales").desktop
+            results[i] = broker.connect(ctx, agent(f"u{i}", SALES), "sales").desktop
         except TemporaryError:
             results[i] = None
 

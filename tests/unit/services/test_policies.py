@@ -17,7 +17,7 @@ from controlplane.services.policies import PolicyFilesInvalid
 
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLES = {p.name: p.read_text() for p in (ROOT / "policies").glob("*.yaml")}
-GOOD = "name: good\nbind:\n  groups: [cc-agents]\napps:\n  allow: [crm-client]\n"
+GOOD = "name: good\nbind:\n  groups: ['CN=cc-agents,OU=Groups,DC=corp,DC=example']\napps:\n  allow: [crm-client]\n"
 
 
 def errors_of(files):
@@ -43,8 +43,10 @@ def test_examples_are_valid_and_schema_file_is_current():
     ("a: &x [1, 2]\nb: *x\n", (1, "(yaml)"), "anchors"),
     ("x: !!python/object/apply:os.system ['id']\n", (1, "(yaml)"), "explicit tag"),
     ("!!python/name:os.system\n", (1, "(yaml)"), "explicit tag"),
-    ("name: bad\nbind:\n  groups: [cc-s\u0430les]\n", (3, "bind.groups.0"), "mixes scripts"),
-    ("name: bad\nbind:\n  groups: [\uff43c-sales]\n", (3, "bind.groups.0"), "NFKC"),
+    ("name: bad\nbind:\n  groups: ['CN=cc-s\u0430les,DC=corp,DC=example']\n", (3, "bind.groups.0"), "mixes scripts"),
+    ("name: bad\nbind:\n  groups: ['CN=\uff43c-sales,DC=corp,DC=example']\n", (3, "bind.groups.0"), "NFKC"),
+    ("name: bad\nbind:\n  groups: [cc-agents]\n", (3, "bind.groups.0"), "bare name matches any group"),
+    ("name: bad\nbind:\n  groups: [S-1-5-21-x]\n", (3, "bind.groups.0"), "not a SID"),
     ("name: bad\ndescription: \"evil\u202etxt.exe\"\nbind:\n  groups: [g]\n", (2, "(text)"), "U+202E"),
     ("name: bad\x07\nbind:\n  groups: [g]\n", (1, "(text)"), "U+0007"),
     ("name: bad\nbind: [unclosed\n", (3, "(yaml)"), ""),

@@ -16,6 +16,7 @@ from controlplane.services import broker, desktops, pools, scaling, sessions
 from controlplane.services.reconciler import Reconciler
 from controlplane.services.scaling import RosterFilesInvalid
 from controlplane.services.tokens import Claims
+from tests.conftest import AGENTS
 
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLE = {"sales.yaml": (ROOT / "policies" / "rosters" / "sales.yaml").read_text()}
@@ -40,7 +41,7 @@ def settle(ctx):
 
 @pytest.fixture
 def sales(ctx, image):
-    return pools.create(ctx, name="sales", image="busybox-desktop", size=0, groups=["cc-agents"], actor="t")
+    return pools.create(ctx, name="sales", image="busybox-desktop", size=0, groups=[AGENTS], actor="t")
 
 
 def test_example_roster_is_valid():
@@ -90,7 +91,7 @@ def test_reactive_top_up_when_more_agents_arrive(ctx, clock, sales):
     scaling.evaluate(ctx)
     settle(ctx)
     for i in range(4):  # four agents for three rostered seats
-        broker.connect(ctx, Claims(f"a{i}", "agent", ("cc-agents",), "j", 0), "sales")
+        broker.connect(ctx, Claims(f"a{i}", "agent", (AGENTS,), "j", 0), "sales")
     scaling.evaluate(ctx)
     assert pools.get(ctx, "sales").target_size == 6  # 4 live + 1 still expected (a quarter of 3) + buffer 1
     clock.t = datetime(2026, 11, 24, 8, 20, tzinfo=UTC)
@@ -103,7 +104,7 @@ def test_ramp_down_never_destroys_a_desktop_with_a_live_session(ctx, clock, sale
     clock.t = datetime(2026, 11, 24, 8, 10, tzinfo=UTC)
     scaling.evaluate(ctx)
     settle(ctx)
-    c = broker.connect(ctx, Claims("alice", "agent", ("cc-agents",), "j", 0), "sales")
+    c = broker.connect(ctx, Claims("alice", "agent", (AGENTS,), "j", 0), "sales")
     target = broker.redeem(ctx, c.ticket, "alice")
     sessions.mark_live(ctx, target.desktop_id)  # the gateway holds a live session
     clock.t = datetime(2026, 11, 24, 8, 31, tzinfo=UTC)  # the shift is over
