@@ -16,8 +16,11 @@ def append(*, session: Session, actor: str, action: str, target: str, **detail: 
     return event
 
 
-def list_recent(*, session: Session, limit: int = 100, action: str | None = None) -> list[AuditEvent]:
+def list_recent(*, session: Session, limit: int = 100, action: str | None = None,
+                target: str | None = None) -> list[AuditEvent]:
     query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)  # type: ignore[union-attr]
     if action:
         query = query.where(AuditEvent.action == action)
+    if target is not None:
+        query = query.where(AuditEvent.target == target)
     return list(session.exec(query))

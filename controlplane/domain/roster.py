@@ -60,6 +60,13 @@ class Roster:
     logoff_grace: timedelta = field(default=timedelta(minutes=10))  # ramp-down: sessions after shift end
     arrival_margin: timedelta = field(default=timedelta(minutes=10))  # agents come this early (or late)
 
+    def __post_init__(self) -> None:
+        """A Roster that exists can be evaluated at any moment: what would fail there (an unknown
+        zone, a percentage that is no number) fails here, where the caller knows which pool it is."""
+        if not 0 <= self.buffer_pct < math.inf:
+            raise ValueError(f"buffer percent {self.buffer_pct!r} is not a finite number >= 0")
+        ZoneInfo(self.timezone)
+
     @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)

@@ -107,6 +107,8 @@ class ShiftScheduler:
     # --- what a wake-up does -------------------------------------------------------------------
 
     def evaluate(self) -> dict[str, tuple[int, int]]:
+        """One wake-up. A pool whose roster fails to evaluate is reported and skipped inside
+        scaling.evaluate and scaling.next_wakes, so it never costs the other pools their wake-up."""
         if not scaling.hold_lease(self.ctx, self.holder, self.lease_ttl):
             return {}  # lost the lease between wake-ups: the new holder evaluates
         changes = scaling.evaluate(self.ctx)

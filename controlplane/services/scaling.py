@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import statistics
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -23,10 +24,11 @@ from controlplane.domain.desktop import DesktopState
 from controlplane.domain.roster import ProvisioningRate, Roster, desired_size, headcount, lead_time, transitions
 from controlplane.domain.roster_load import parse, to_roster
 from controlplane.domain.safe_yaml import DocumentsInvalid
-from controlplane.errors import InvalidInput, NotFound
+from controlplane.errors import Conflict, InvalidInput, NotFound
 from controlplane.services.context import Context
 
 SCHEDULER_LEASE = "scheduler"
+log = logging.getLogger(__name__)
 
 
 class RosterFilesInvalid(InvalidInput):
@@ -74,7 +76,11 @@ def roster_of(ctx: Context, pool: str) -> Roster:
         record = rosters.for_pool(session=session, pool_id=p.id or 0)
         if record is None:
             raise NotFound(f"pool {pool!r} has no roster", field="pool")
-        return to_roster(record.document)
+        try:
+            return to_roster(record.document)
+        except Exception as err:
+            raise Conflict(f"pool {pool!r}: its stored roster cannot be read ({type(err).__name__}: {err}); "
+                           "apply a corrected roster", field="pool") from err
 
 
 def show(ctx: Context, pool: str) -> dict[str, Any]:
@@ -121,8 +127,12 @@ def next_wakes(ctx: Context, now: datetime, horizon: timedelta) -> list[tuple[st
     with session_scope(ctx.engine) as session:
         records = [(r, pools_name(session, r.pool_id)) for r in rosters.list_all(session=session)]
     for record, name in records:
-        roster = to_roster(record.document)
-        lead = lead_time(roster, rate, now)
+        try:
+            roster = to_roster(record.document)
+            lead = lead_time(roster, rate, now)
+        except Exception:  # evaluate() reports it; the other pools still get their wake-ups
+            log.debug("no wake-ups for pool %s: its roster cannot be evaluated", name)
+            continue
         for edge in transitions(roster, now, now + horizon + lead):
             if edge - lead > now:
                 wakes.append((name, edge - lead))
@@ -134,30 +144,66 @@ def pools_name(session: Any, pool_id: int) -> str:
     return pool.name if pool else "?"
 
 
+ROSTER_FAILED = "roster.failed"
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    """One pool's answer at one evaluation, computed from its roster before anything is written."""
+
+    want: int  # the pool's target
+    rostered: int  # what the roster alone wants: live sessions beyond it get a log-off time
+    headcount: int
+    logoff_at: datetime
+
+
+def _plan_pool(document: dict[str, Any], live: int, now: datetime, rate: ProvisioningRate) -> PoolPlan:
+    roster = to_roster(document)
+    lead = lead_time(roster, rate, now)
+    return PoolPlan(want=desired_size(roster, now, live, rate, lead),
+                    rostered=desired_size(roster, now, 0, rate, lead),
+                    headcount=headcount(roster, now), logoff_at=now + roster.logoff_grace)
+
+
 def evaluate(ctx: Context) -> dict[str, tuple[int, int]]:
-    """Set every rostered pool's target from its roster now. Returns {pool: (before, after)} changes."""
+    """Set every rostered pool's target from its roster now. Returns {pool: (before, after)} changes.
+    A roster that fails to evaluate (stored by an older version, its zone gone from tzdata) leaves
+    its pool as it is, is reported once, and never stops the other pools."""
     now, rate, changes = ctx.clock.now(), measured_rate(ctx), {}
     with session_scope(ctx.engine) as session:
         for record in rosters.list_all(session=session):
             pool = session.get(pools.Pool, record.pool_id)
             if pool is None or pool.deleting:
                 continue
-            roster = to_roster(record.document)
             rows = desktops.list_all(session=session, pool_id=pool.id)
             in_use = sorted((d for d in rows if d.state == DesktopState.IN_USE), key=lambda d: d.state_since)
-            lead = lead_time(roster, rate, now)
-            want = desired_size(roster, now, len(in_use), rate, lead)
-            _schedule_logoffs(session, rows, in_use, desired_size(roster, now, 0, rate, lead),
-                              now + roster.logoff_grace)
-            if want != pool.target_size or not pool.min_size <= want <= pool.max_size:
+            try:
+                plan = _plan_pool(record.document, len(in_use), now, rate)
+            except Exception as err:  # a bulkhead: whatever one roster raises is that pool's alone
+                _report_failure(session, pool.name, record, err)
+                continue
+            _schedule_logoffs(session, rows, in_use, plan.rostered, plan.logoff_at)
+            if plan.want != pool.target_size or not pool.min_size <= plan.want <= pool.max_size:
                 before = pool.target_size
-                pool.target_size = want
-                pool.min_size, pool.max_size = min(pool.min_size, want), max(pool.max_size, want)
+                pool.target_size = plan.want
+                pool.min_size, pool.max_size = min(pool.min_size, plan.want), max(pool.max_size, plan.want)
                 session.add(pool)
                 audit.append(session=session, actor="scheduler", action="pool.autoscale", target=pool.name,
-                             before=before, after=want, live=len(in_use), headcount=headcount(roster, now))
-                changes[pool.name] = (before, want)
+                             before=before, after=plan.want, live=len(in_use), headcount=plan.headcount)
+                changes[pool.name] = (before, plan.want)
     return changes
+
+
+def _report_failure(session: Any, pool: str, record: RosterRecord, err: Exception) -> None:
+    """Log and audit a roster's failure once per applied roster, not at every wake-up (each minute)."""
+    applied = {"sha256": record.sha256, "applied_at": record.applied_at.isoformat()}
+    last = audit.list_recent(session=session, limit=1, action=ROSTER_FAILED, target=pool)
+    if last and all(last[0].detail.get(k) == v for k, v in applied.items()):
+        return
+    log.error("pool %s keeps its size: its roster cannot be evaluated (%s: %s); apply a corrected roster",
+              pool, type(err).__name__, err, exc_info=err)
+    audit.append(session=session, actor="scheduler", action=ROSTER_FAILED, target=pool,
+                 error=f"{type(err).__name__}: {err}"[:500], **applied)
 
 
 def _schedule_logoffs(session: Any, rows: list[Any], in_use: list[Any], rostered: int, at: datetime) -> None:

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import inspect
 
 from controlplane.domain.desktop import DesktopState as S
-from controlplane.errors import InvalidInput
+from controlplane.errors import Conflict, InvalidInput
 from controlplane.scheduler.jobs import ShiftScheduler
 from controlplane.services import broker, desktops, pools, scaling, sessions
 from controlplane.services.reconciler import Reconciler
@@ -200,3 +200,48 @@ def test_agents_can_see_their_ramp_down_log_off_time(ctx, clock, sales, settings
         mine = client.get("/api/v1/me/pools/sales/desktop", headers=auth).json()
         assert mine["logoff_at"].startswith("2026-11-24T08:36")  # shift end + the roster's 5 minutes
         assert client.get("/api/v1/me/pools/other/desktop", headers=auth).status_code == 403
+
+
+def break_stored_roster(ctx, pool: str, **changes) -> None:
+    """Store a roster that no longer loads (validated by an older version, or its zone left tzdata)."""
+    from controlplane.db import pools as pool_rows
+    from controlplane.db import rosters
+    from controlplane.db.engine import session_scope
+    from controlplane.db.models import RosterRecord
+
+    with session_scope(ctx.engine) as session:
+        p = pool_rows.get_by_name(session=session, name=pool)
+        record = rosters.for_pool(session=session, pool_id=p.id)
+        rosters.upsert(session=session, record=RosterRecord(
+            pool_id=p.id, document={**record.document, **changes}, sha256="broken", applied_at=ctx.clock.now(),
+            actor="t"))
+
+
+def failure_events(ctx):
+    from controlplane.db import audit
+    from controlplane.db.engine import session_scope
+
+    with session_scope(ctx.engine) as session:
+        return [(e.target, e.detail["error"]) for e in audit.list_recent(session=session, action="roster.failed")]
+
+
+@pytest.mark.parametrize("broken", [{"holidays": ["2026-02-30"]}, {"timezone": "Mars/Olympus"},
+                                    {"buffer": {"percent": float("nan")}}])
+def test_one_bad_roster_never_stops_scaling_for_the_other_pools(ctx, clock, image, caplog, broken):
+    for name in ("alpha", "beta"):  # alpha's roster is evaluated first
+        pools.create(ctx, name=name, image="busybox-desktop", size=0, actor="t")
+        scaling.apply(ctx, {f"{name}.yaml": SMALL.replace("pool: sales", f"pool: {name}")}, actor="t")
+    break_stored_roster(ctx, "alpha", **broken)
+    clock.t = datetime(2026, 11, 24, 7, 40, tzinfo=UTC)
+    assert [pool for pool, _ in scaling.next_wakes(ctx, clock.now(), timedelta(hours=2))].count("beta") == 2
+    clock.t = datetime(2026, 11, 24, 8, 10, tzinfo=UTC)
+    with caplog.at_level("ERROR", logger="controlplane.services.scaling"):
+        assert scaling.evaluate(ctx) == {"beta": (0, 4)}
+        clock.advance(60)
+        assert ShiftScheduler(ctx).evaluate() == {}  # the scheduler's wake-up goes through too
+    assert pools.get(ctx, "alpha").target_size == 0  # keeps its size until its roster is fixed
+    ((pool, error),) = failure_events(ctx)  # once, not at every wake-up
+    assert pool == "alpha" and error
+    assert len([r for r in caplog.records if "alpha" in r.getMessage()]) == 1
+    with pytest.raises(Conflict, match="alpha"):
+        scaling.plan(ctx, "alpha", clock.now())
