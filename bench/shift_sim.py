@@ -50,6 +50,9 @@ from controlplane.services.tokens import Claims  # noqa: E402
 from tests.conftest import AGENTS, FakeBuilder, ManualClock  # noqa: E402
 
 WEEK_START = datetime(2026, 11, 23, 0, 0, tzinfo=UTC)  # a Monday
+# A working agent's display session. The simulation has no gateway sending heartbeats, so the session
+# holds its desktop for longer than the simulated time, until the agent leaves (release).
+WORKING = sessions.Limits(idle_s=1e9, max_s=1e9, grace_s=timedelta(days=30).total_seconds())
 ROSTER = {
     "pool": "floor", "timezone": "Europe/Berlin", "min": 0, "max": 400,
     "buffer": {"min": 1, "percent": 2}, "ramp_down": {"logoff_after_minutes": 10}, "arrival_margin_minutes": 10,
@@ -192,7 +195,8 @@ def simulate(strategy: str, roster_doc: dict, rate: ProvisioningRate, step: time
                 try:
                     agent.desktop = broker.connect(ctx, Claims(agent.name, "agent", (AGENTS,), "j", 0),
                                                    "floor").desktop
-                    sessions.mark_live(ctx, desktops.get(ctx, agent.desktop)[0].id or 0)  # the agent is working
+                    sessions.open_display(ctx, desktop_id=desktops.get(ctx, agent.desktop)[0].id or 0, user=agent.name,
+                                          jti="j", source="sim", gateway="sim", limits=WORKING, period_s=0)
                     ready_first += 0 if agent.missed else 1
                 except TemporaryError:
                     agent.missed = True
@@ -201,7 +205,7 @@ def simulate(strategy: str, roster_doc: dict, rate: ProvisioningRate, step: time
             for agent in people:
                 if agent.desktop and agent.leave <= t:
                     with contextlib.suppress(NotFound):  # a ramp-down may have logged them off already
-                        broker.release(ctx, agent.desktop, actor="sim", recycle=True)
+                        broker.release(ctx, agent.desktop, actor="sim")
                     agent.desktop, agent.gone = None, True
             if t >= WEEK_START:
                 span = (t_next - t).total_seconds() / 60

@@ -26,7 +26,7 @@ from rich.table import Table
 from controlplane.config import Settings
 from controlplane.domain.policy_load import MAX_FILE_BYTES
 from controlplane.errors import ExpectedError, InvalidInput, ShiftDeskError
-from controlplane.main import build_context, build_reconciler, create_app, tls_files
+from controlplane.main import build_context, build_reconciler, build_server, create_app, tls_files
 from controlplane.services import desktops, identity, images, policies, pools, scaling, selftest
 from controlplane.services.context import Context
 from controlplane.services.views import desktop_view, image_view
@@ -116,8 +116,6 @@ def serve(
     skip_selftest: Annotated[bool, typer.Option(help="Start even if libvirt is slow")] = False,
 ) -> None:
     """Run the API and the reconciler."""
-    import uvicorn
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with context() as (ctx, settings):
         check = selftest.run(ctx.hypervisor, settings.libvirt.selftest_max_ms)
@@ -129,23 +127,7 @@ def serve(
         h, p = host or settings.api.host, port or settings.api.port
         cert, key = tls_files(settings)
         err.print(f"ShiftDesk on https://{h}:{p}/  (agents: /portal/, API docs: /docs, CA: {cert.parent / 'ca.pem'})")
-        config = uvicorn.Config(api, host=h, port=p, log_level="warning", ssl_certfile=str(cert),
-                                ssl_keyfile=str(key), access_log=False,  # gateway URLs carry (single-use) tickets
-                                ws_max_size=settings.gateway.max_frame_bytes, timeout_graceful_shutdown=2)
-        _run_server(config, api.state.gateway_live)
-
-
-def _run_server(config: Any, live: Any) -> None:
-    """uvicorn's server, told to end the live display sessions first when asked to stop (SIGTERM),
-    so agents are told why and every session is audited before the process exits."""
-    import uvicorn
-
-    class Server(uvicorn.Server):
-        async def shutdown(self, sockets: Any = None) -> None:
-            await live.end_all(timeout=2.0)
-            await super().shutdown(sockets)
-
-    Server(config).run()
+        build_server(api, settings, host=h, port=p, cert=cert, key=key).run()
 
 
 @app.command()

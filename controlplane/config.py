@@ -112,6 +112,11 @@ class GatewaySettings(BaseModel):
     handshake_timeout_s: float = Field(10.0, gt=0, description="Both RFB handshakes must finish within this")
     idle_timeout_s: float = Field(900.0, gt=0, description="Ceiling on idle time (the policy's idle timeout is used)")
     watchdog_period_s: float = Field(2.0, gt=0, description="How often a live session checks idle/limits/admin")
+    max_frame_bytes: int = Field(64 * 1024, ge=4096, le=1 << 20,
+                                 description="Largest WebSocket message from a browser (RFB input is tiny)")
+    violation_budget: int = Field(256, ge=1, description="Dropped messages a session may send before it is closed")
+    max_input_bytes_per_s: int = Field(32 * 1024, ge=4096,
+                                       description="A browser's sustained input rate; faster input is slowed down")
 
 
 class SchedulerSettings(BaseModel):

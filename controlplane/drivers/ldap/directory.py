@@ -134,7 +134,7 @@ class LdapDirectory:
     def _identity(self, conn: ldap3.Connection, entry: dict[str, Any]) -> Identity:
         return Identity(username=str(entry["sAMAccountName"]), dn=entry["dn"],
                         display_name=str(entry.get("displayName") or entry["sAMAccountName"]),
-                        groups=self._groups(conn, entry["dn"]))
+                        groups=self._groups(conn, entry["dn"]), enabled=_enabled(entry))
 
     def lookup(self, username: str) -> Identity | None:
         _check_username(username)
@@ -254,3 +254,10 @@ def _check_username(username: str) -> None:
         raise AuthFailed("malformed username")
     if any(ord(c) < 32 or ord(c) == 127 for c in username):
         raise AuthFailed("control character in username")
+
+
+def _enabled(entry: dict[str, Any]) -> bool:
+    """Neither disabled nor locked out (what `authenticate` refuses, seen without a password)."""
+    uac = int(entry.get("userAccountControl") or 0)
+    computed = int(entry.get("msDS-User-Account-Control-Computed") or 0)
+    return not (uac & UF_ACCOUNTDISABLE or computed & UF_LOCKOUT)

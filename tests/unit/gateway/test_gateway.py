@@ -95,7 +95,8 @@ def test_pixels_through_clipboard_never(world, ctx):
     assert 6 not in server.types and b"4111" not in server.received
     assert server.types == [0, 2, 3, 4, 3]  # the gateway's pixel format, then only what the filter allows
     actions = {e["action"]: e for e in audit.recent(ctx, limit=200)}
-    assert actions["session.clipboard_dropped"]["detail"]["bytes"] == 17
+    assert actions["session.clipboard_dropped"]["detail"] | {} == {"direction": "client", "extended": False,
+                                                                  "count": 1, "bytes": 8 + 17}
     for _ in range(50):
         actions = {e["action"]: e for e in audit.recent(ctx, limit=200)}
         if "session.end" in actions:
@@ -178,7 +179,8 @@ def wait_for(ctx, action, timeout=5.0):
         if found:
             return found[0]
         time.sleep(0.05)
-    raise AssertionError(f"no {action} in the audit log")
+    recent = [(e["action"], e["detail"]) for e in audit.recent(ctx, limit=6)]
+    raise AssertionError(f"no {action} in the audit log: {recent}")
 
 
 def test_idle_session_is_ended_by_the_watchdog(world, ctx, settings):
@@ -231,3 +233,203 @@ def test_grace_keeps_the_desktop_then_recycles_it(world, ctx, clock):
     names = {d.name for d, _ in desktops.list_all(ctx)}
     assert c["desktop"] not in names and len(names) == 2  # recycled, and the pool made a fresh one
     assert wait_for(ctx, "desktop.delete")["target"] == c["desktop"]
+
+
+# --- hardening (issue 8) ------------------------------------------------------------------------
+
+POINTER = struct.pack(">BBHH", 5, 0, 1, 1)
+
+
+def until_closed(ws, moving=True, rounds=400):
+    """Keep the session busy (pointer events, each with an update request the desktop answers)
+    until the gateway closes it; return the close code. MOVING=False: the pointer never moves."""
+    import time
+
+    ws.send_bytes(struct.pack(">BxHi", 2, 1, 0))  # SetEncodings: Raw
+    with pytest.raises(WebSocketDisconnect) as e:
+        for i in range(rounds):
+            ws.send_bytes(struct.pack(">BBHH", 5, 0, 1 + (i % 7 if moving else 0), 1)
+                          + struct.pack(">BBHHHH", 3, 1, 0, 0, 64, 48))
+            ws.receive_bytes()
+            time.sleep(0.01)
+    return e.value.code
+
+
+def wait_until(predicate, timeout=5.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_a_second_tab_ending_never_starts_the_grace_under_a_live_session(world, ctx, clock, settings):
+    from controlplane.services import desktops
+
+    settings.gateway.watchdog_period_s = 0.05
+    api, cookie = login(world, "alice")
+    c = connect(world, api)
+    second = connect(world, api)["ticket"]
+    with world.websocket_connect(f"/gateway?ticket={c['ticket']}", headers={**ORIGIN, **cookie}) as old:
+        rfb_handshake(old)
+        with world.websocket_connect(f"/gateway?ticket={second}", headers={**ORIGIN, **cookie}) as new:
+            rfb_handshake(new)
+            old.close()  # the older tab (or a half-open socket) ends while the new one is live
+            assert wait_for(ctx, "session.end")
+            clock.advance(3600)  # far past any grace
+            assert wait_until(lambda: desktops.get(ctx, c["desktop"])[0].grace_until > clock.now())
+            rec = Reconciler(ctx)
+            rec.pass_once()
+            rec.close()
+            row, _ = desktops.get(ctx, c["desktop"])  # still there, still alice's
+            assert row.state == "in_use" and row.assigned_to == "alice"
+            new.send_bytes(POINTER)
+    wait_until(lambda: len(audit.recent(ctx, action="session.end", limit=5)) == 2)
+    row, _ = desktops.get(ctx, c["desktop"])
+    assert row.grace_until <= clock.now() + __import__("datetime").timedelta(minutes=60)  # now the grace runs
+
+
+@pytest.mark.parametrize("message", [b"\xff\x01\x00\x01", struct.pack(">Bxxxi", 6, 0)], ids=["audio", "cut"])
+def test_a_flood_of_dropped_messages_closes_the_session_with_one_audit_row_per_kind(world, ctx, settings, message):
+    settings.gateway.violation_budget = 300
+    _, c, ws_cm = open_session(world)
+    with ws_cm as ws:
+        rfb_handshake(ws)
+        with pytest.raises(WebSocketDisconnect):
+            for _ in range(20):
+                ws.send_bytes(message * 2000)  # 8-16 KiB frames, thousands of dropped messages each
+                ws.receive_bytes()
+    drop = wait_for(ctx, "session.drop")
+    assert "more than 300 dropped messages" in drop["detail"]["reason"]
+    kind = "session.audio_dropped" if message[0] == 255 else "session.clipboard_dropped"
+    rows = audit.recent(ctx, action=kind, limit=50)
+    assert len(rows) == 1 and rows[0]["detail"]["count"] == 301
+
+
+def test_a_websocket_message_larger_than_rfb_needs_closes_the_session(world, ctx, settings):
+    settings.gateway.max_frame_bytes = 4096
+    _, c, ws_cm = open_session(world)
+    with ws_cm as ws:
+        rfb_handshake(ws)
+        with pytest.raises(WebSocketDisconnect):
+            ws.send_bytes(POINTER * 1000)  # 6000 bytes in one message
+            ws.receive_bytes()
+    assert "WebSocket message of 6000 bytes" in wait_for(ctx, "session.drop")["detail"]["reason"]
+
+
+def rejoin(world, api):
+    return world.post("/api/v1/me/pools/sales/connect", headers=api).status_code
+
+
+@pytest.mark.parametrize("rule", ["idle", "admin"])
+def test_idle_timeout_and_admin_disconnect_survive_the_portals_auto_reconnect(world, ctx, settings, rule):
+    settings.gateway.watchdog_period_s = 0.05
+    if rule == "idle":
+        settings.gateway.idle_timeout_s = 0.3
+    api, c, ws_cm = open_session(world)
+    carol, _ = login(world, "carol")
+    with ws_cm as ws:
+        rfb_handshake(ws)
+        if rule == "admin":
+            assert world.post(f"/api/v1/desktops/{c['desktop']}/disconnect", headers=carol).status_code == 200
+        until_closed(ws, moving=rule != "idle")  # a pointer that does not move is not activity
+    reason = wait_for(ctx, "session.end")["detail"]["reason"]
+    assert reason == ("idle timeout" if rule == "idle" else "disconnected by an admin")
+    assert rejoin(world, api) == 401  # the auto-reconnect's sign-in is gone: a new sign-in is needed
+    api, _ = login(world, "alice")
+    assert connect(world, api)["desktop"] == c["desktop"]  # and then it is the same desktop
+
+
+@pytest.mark.parametrize("how", ["revoked", "disabled", "removed from the pool's group"])
+def test_revoking_disabling_or_ungrouping_an_agent_ends_their_session(world, ctx, settings, directory, how):
+    settings.gateway.watchdog_period_s = 0.05
+    api, c, ws_cm = open_session(world)
+    carol, _ = login(world, "carol")
+    with ws_cm as ws:
+        rfb_handshake(ws)
+        if how == "revoked":
+            assert world.post("/api/v1/auth/revoke", json={"username": "alice"}, headers=carol).status_code == 200
+        elif how == "disabled":
+            directory.disabled.add("alice")
+        else:
+            directory.users["alice"][1].clear()
+        until_closed(ws)
+    expected = {"revoked": "sign-in revoked", "disabled": "account disabled or gone in the directory",
+                "removed from the pool's group": "no longer entitled to the pool"}[how]
+    assert wait_for(ctx, "session.end")["detail"]["reason"] == expected
+    assert rejoin(world, api) in (401, 403)
+
+
+def test_shutdown_tells_live_sessions_and_audits_them(world, ctx):
+    import asyncio
+
+    _, c, ws_cm = open_session(world)
+    with ws_cm as ws:
+        rfb_handshake(ws)
+        live = world.app.state.gateway_live
+        world.portal.call(live.end_all, 2.0)
+        with pytest.raises(WebSocketDisconnect) as e:
+            ws.receive_bytes()
+        assert e.value.code == 1001 and not live.tasks
+        assert asyncio.iscoroutinefunction(live.end_all)
+    assert wait_for(ctx, "session.drop")["detail"]["reason"] == "control plane shutting down"
+
+
+def test_sigterm_ends_live_sessions_first_then_the_server_stops(ctx, settings, image, hv):
+    """`shiftdesk serve`'s server (main.build_server) over real HTTPS/WSS: asked to exit (what its
+    SIGTERM handler does) while an agent is connected, it tells the session (1001), audits it, and
+    stops instead of waiting for the browser to leave."""
+    import asyncio
+    import ssl
+    import threading
+
+    import httpx
+    from websockets.asyncio.client import connect as ws_connect
+
+    from controlplane.main import build_server, tls_files
+
+    pools.create(ctx, name="sales", image="busybox-desktop", size=1, groups=[SALES], actor="t")
+    rec = Reconciler(ctx)
+    assert rec.run_until_converged(timeout=10, busy_period=0)
+    rec.close()
+    servers = [FakeVnc(hv.vnc_socket(name)) for name in hv.domains]
+    cert, key = tls_files(settings)
+    from tests.e2e.conftest import free_port
+
+    port = free_port()
+    server = build_server(create_app(settings, ctx), settings, host="127.0.0.1", port=port, cert=cert, key=key)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    assert wait_until(lambda: server.started)
+    base, ca = f"https://127.0.0.1:{port}", ssl.create_default_context(cafile=str(cert.parent / "ca.pem"))
+
+    async def agent() -> int | None:
+        async with httpx.AsyncClient(base_url=base, verify=ca) as http:
+            r = await http.post("/api/v1/auth/login", json={"username": "alice", "password": USERS["alice"][0]})
+            token = r.json()["token"]
+            r = await http.post("/api/v1/me/pools/sales/connect", headers={"Authorization": f"Bearer {token}"})
+            url = f"wss://127.0.0.1:{port}/gateway?ticket={r.json()['ticket']}"
+            async with ws_connect(url, ssl=ca, origin=base, additional_headers={"Cookie": f"sd_session={token}"}) as ws:
+                for reply in (b"RFB 003.008\n", b"\x01", b"\x01"):  # the RFB handshake
+                    await ws.recv()
+                    await ws.send(reply)
+                await ws.recv()  # ServerInit: the session is live
+                server.handle_exit(15, None)  # SIGTERM
+                try:
+                    while True:
+                        await ws.recv()
+                except Exception:  # noqa: BLE001 - the close is what we wait for
+                    return ws.close_code
+
+    try:
+        assert asyncio.run(agent()) == 1001
+        thread.join(timeout=15)
+        assert not thread.is_alive()
+        assert wait_for(ctx, "session.drop")["detail"]["reason"] == "control plane shutting down"
+    finally:
+        server.should_exit = True
+        for s in servers:
+            s.close()

@@ -10,7 +10,7 @@ from sqlalchemy import text
 
 from controlplane.db.engine import session_scope
 from controlplane.errors import Forbidden, TemporaryError
-from controlplane.services import broker, desktops, pools
+from controlplane.services import audit, broker, desktops, pools
 from controlplane.services.reconciler import Reconciler
 from controlplane.services.tokens import Claims
 from tests.conftest import SALES, SUPPORT
@@ -21,6 +21,13 @@ def agent(name, *groups):
 
 
 ALICE, BOB = agent("alice", SALES), agent("bob", SALES)
+
+
+@pytest.fixture(autouse=True)
+def no_directory(ctx, request):
+    """Most tests here use made-up agents the directory does not know: broker logic only."""
+    if "with_directory" not in request.keywords:
+        ctx.directory = None
 
 
 @pytest.fixture
@@ -91,10 +98,45 @@ def test_tickets_single_use_short_lived_user_bound_and_hashed(ctx, clock, ready_
         broker.redeem(ctx, "A" * 43, "alice")  # guessed
 
 
-def test_release_returns_or_recycles(ctx, ready_pool):
+def test_release_recycles_so_the_next_agent_never_gets_an_open_session(ctx, ready_pool):
     c = broker.connect(ctx, ALICE, "sales")
     broker.release(ctx, c.desktop, actor="carol")
-    assert desktops.get(ctx, c.desktop)[0].state == "ready"
-    c = broker.connect(ctx, BOB, "sales")
-    broker.release(ctx, c.desktop, actor="carol", recycle=True)
-    assert desktops.get(ctx, c.desktop)[0].state == "deleting"
+    row = desktops.get(ctx, c.desktop)[0]
+    assert row.state == "deleting" and row.assigned_to is None
+    assert broker.connect(ctx, BOB, "sales").desktop != c.desktop
+
+
+def test_release_keeping_the_desktop_for_its_agent_only_ends_the_live_session(ctx, ready_pool):
+    c = broker.connect(ctx, ALICE, "sales")
+    broker.release(ctx, c.desktop, actor="carol", keep_for_user=True)
+    row = desktops.get(ctx, c.desktop)[0]
+    assert row.state == "in_use" and row.assigned_to == "alice" and row.disconnect_requested
+    assert broker.connect(ctx, ALICE, "sales").desktop == c.desktop
+    assert broker.connect(ctx, BOB, "sales").desktop != c.desktop
+
+
+def test_connect_is_one_transaction_claim_ticket_and_grace(ctx, ready_pool):
+    def crash(point):
+        if point == "broker.connect":
+            raise RuntimeError("power cut")
+
+    ctx.crashpoint = crash
+    with pytest.raises(RuntimeError):
+        broker.connect(ctx, ALICE, "sales")
+    assert {d.state for d, _ in desktops.list_all(ctx)} == {"ready"}  # nothing claimed, nothing stranded
+    ctx.crashpoint = lambda point: None
+    c = broker.connect(ctx, ALICE, "sales")
+    row = desktops.get(ctx, c.desktop)[0]
+    assert row.state == "in_use" and row.grace_until is not None  # recycled if the ticket is never used
+
+
+@pytest.mark.with_directory
+def test_a_disabled_or_no_longer_entitled_agent_cannot_connect_and_loses_their_sign_ins(ctx, ready_pool, directory):
+    directory.disabled.add("alice")
+    with pytest.raises(Forbidden, match="disabled"):
+        broker.connect(ctx, ALICE, "sales")
+    directory.disabled.discard("alice")
+    directory.users["alice"][1].discard(SALES)  # the token still says sales: AD says no longer
+    with pytest.raises(Forbidden, match="no longer entitled"):
+        broker.connect(ctx, ALICE, "sales")
+    assert [e["action"] for e in audit.recent(ctx, action="auth.revoke", limit=5)] == ["auth.revoke"] * 2

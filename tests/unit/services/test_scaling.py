@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import inspect
 
 from controlplane.domain.desktop import DesktopState as S
+from controlplane.domain.session import EndReason
 from controlplane.errors import Conflict, InvalidInput
 from controlplane.scheduler.jobs import ShiftScheduler
 from controlplane.services import broker, desktops, pools, scaling, sessions
@@ -90,6 +91,7 @@ def test_reactive_top_up_when_more_agents_arrive(ctx, clock, sales):
     clock.t = datetime(2026, 11, 24, 8, 10, tzinfo=UTC)
     scaling.evaluate(ctx)
     settle(ctx)
+    ctx.directory = None  # made-up agents the directory does not know
     for i in range(4):  # four agents for three rostered seats
         broker.connect(ctx, Claims(f"a{i}", "agent", (AGENTS,), "j", 0), "sales")
     scaling.evaluate(ctx)
@@ -106,11 +108,14 @@ def test_ramp_down_never_destroys_a_desktop_with_a_live_session(ctx, clock, sale
     settle(ctx)
     c = broker.connect(ctx, Claims("alice", "agent", (AGENTS,), "j", 0), "sales")
     target = broker.redeem(ctx, c.ticket, "alice")
-    sessions.mark_live(ctx, target.desktop_id)  # the gateway holds a live session
+    limits = sessions.Limits(idle_s=900, max_s=3600, grace_s=300)
+    display = sessions.open_display(ctx, desktop_id=target.desktop_id, user="alice", jti="j", source="t",
+                                    gateway="t", limits=limits, period_s=2)  # the gateway holds a live session
     clock.t = datetime(2026, 11, 24, 8, 31, tzinfo=UTC)  # the shift is over
     scaling.evaluate(ctx)
     rec = Reconciler(ctx)
     for _ in range(6):
+        sessions.heartbeat(ctx, display, limits=limits, period_s=2)  # what the gateway does every period
         rec.pass_once()
         scaling.evaluate(ctx)  # keeps the live desktop, stamps its log-off time
         clock.advance(120)
@@ -118,8 +123,10 @@ def test_ramp_down_never_destroys_a_desktop_with_a_live_session(ctx, clock, sale
         assert row.state in (S.IN_USE, S.DRAINING), "a desktop with a live session was torn down"
     row, _ = desktops.get(ctx, c.desktop)
     assert row.state == S.IN_USE and row.logoff_at is not None  # kept while live, log-off scheduled
-    assert sessions.disconnect_requested(ctx, target.desktop_id)  # the gateway now logs the agent off
-    sessions.start_grace(ctx, target.desktop_id, 300)  # ...and its session ends: no grace after the shift
+    verdict = sessions.heartbeat(ctx, display, limits=limits, period_s=2)
+    assert verdict == EndReason.SHIFT_OVER  # the gateway now logs the agent off
+    sessions.close_display(ctx, display, desktop=c.desktop, reason=verdict, bytes_in=0, bytes_out=0, events=[],
+                           limits=limits, period_s=2)  # ...and its session ends: no grace after the shift
     clock.advance(1)
     for _ in range(4):
         rec.pass_once()
@@ -192,7 +199,8 @@ def test_agents_can_see_their_ramp_down_log_off_time(ctx, clock, sales, settings
         desktop = client.post("/api/v1/me/pools/sales/connect", headers=auth).json()["desktop"]
         mine = client.get("/api/v1/me/pools/sales/desktop", headers=auth).json()
         assert mine == {"desktop": desktop, "logoff_at": None}
-        sessions.mark_live(ctx, desktops.get(ctx, desktop)[0].id or 0)
+        sessions.open_display(ctx, desktop_id=desktops.get(ctx, desktop)[0].id or 0, user="alice", jti="j",
+                              source="t", gateway="t", limits=sessions.Limits(900, 3600, 300), period_s=2)
         clock.t = datetime(2026, 11, 24, 8, 31, tzinfo=UTC)
         scaling.evaluate(ctx)
         token = client.post("/api/v1/auth/login", json={"username": "alice", "password": USERS["alice"][0]}).json()
