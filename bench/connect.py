@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import random
-import secrets
 import ssl
 import statistics
 import struct
@@ -37,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 from websockets.asyncio.client import connect as ws_connect  # noqa: E402
 
+from bench import cleanup  # noqa: E402
 from controlplane.config import Settings  # noqa: E402
 from controlplane.domain.rfb.handshake import UpstreamHandshake  # noqa: E402
 from controlplane.drivers.fake import FakeDirectory  # noqa: E402
@@ -126,8 +126,9 @@ async def login(http: httpx.AsyncClient, user: str, password: str) -> str:
 
 
 async def real_desktop_figures(connects: int, frames: int) -> tuple[list[float], float]:
-    with tempfile.TemporaryDirectory(prefix="shiftdesk-bench-") as tmp:
-        settings = Settings(data_dir=Path(tmp), instance=f"bc{secrets.token_hex(2)}", images_dir=ROOT / "images",
+    instance = cleanup.run_instance("bconn")
+    with cleanup.data_dir(instance) as tmp:
+        settings = Settings(data_dir=Path(tmp), instance=instance, images_dir=ROOT / "images",
                             cache_dir=ROOT / ".cache", gateway={"ticket_ttl_s": 30})
         ctx = build_context(settings, directory=FakeDirectory({"agent": ("Bench-pw-1", {AGENTS})}))
         images.build(ctx, "busybox-desktop", actor="bench")

@@ -8,13 +8,14 @@ in production: parallel steps, readiness from the guest's serial line).
 Floor: a plain loop of `qemu-img create -b`, `virsh define`, `virsh start` for N domains with
 the same XML and the same boot check (the READY line on each serial log).
 The last line printed is one JSON object: {"n", "seconds", "floor_seconds", "ratio"}.
+Killed (SIGTERM, SIGINT) it still removes every domain, volume and pool it made; after a kill -9
+the next run removes them (bench/cleanup.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import secrets
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import cleanup  # noqa: E402
 from controlplane.config import Settings  # noqa: E402
 from controlplane.domain.ports import BootImage, DesktopSpec  # noqa: E402
 from controlplane.drivers.libvirt.driver import LibvirtHypervisor  # noqa: E402
@@ -100,8 +102,9 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=20, help="desktops to provision")
     parser.add_argument("--timeout", type=float, default=900, help="seconds before giving up")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="shiftdesk-bench-") as tmp:
-        settings = Settings(data_dir=Path(tmp), instance=f"bench{secrets.token_hex(2)}",
+    instance = cleanup.run_instance("bprov")
+    with cleanup.data_dir(instance) as tmp:
+        settings = Settings(data_dir=Path(tmp), instance=instance,
                             images_dir=ROOT / "images", cache_dir=ROOT / ".cache",
                             reconciler={"boot_timeout_s": args.timeout, "parallelism": 8})
         try:

@@ -1,0 +1,109 @@
+"""Benchmarks leave nothing behind on the host, even when they are killed.
+
+A benchmark that creates real libvirt objects calls `run_instance(family)` first. It gets an
+installation name of its own, `<family><pid>`, and:
+- leftovers of earlier runs of the same family whose process is gone (killed with -9, a power
+  cut) are swept: domains `sd-<instance>-*`, the storage pool `shiftdesk-<instance>` with its
+  volumes, and the data directory `shiftdesk-bench-<instance>-*` under the temp directory;
+- SIGTERM and SIGINT unwind the benchmark like an exception (its `finally` blocks run), and at
+  exit everything of its own instance is removed the same way, whatever the benchmark got to.
+
+Only virsh is used here, never the benchmark's database: what is on the host is the truth.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from types import FrameType
+
+VIRSH = ["virsh", "-q", "-c", "qemu:///system"]
+
+
+def _virsh(*args: str) -> list[str]:
+    done = subprocess.run([*VIRSH, *args], capture_output=True, text=True, check=False)
+    return done.stdout.split() if done.returncode == 0 else []
+
+
+def data_dir_prefix(instance: str) -> str:
+    return f"shiftdesk-bench-{instance}-"
+
+
+def purge(instance: str) -> None:
+    """Remove every domain, volume, storage pool and data directory of INSTANCE. Missing is fine."""
+    for name in _virsh("list", "--all", "--name"):
+        if name.startswith(f"sd-{instance}-"):
+            subprocess.run([*VIRSH, "destroy", name], capture_output=True, check=False)
+            subprocess.run([*VIRSH, "undefine", name], capture_output=True, check=False)
+    pool = f"shiftdesk-{instance}"
+    if pool in _virsh("pool-list", "--all", "--name"):
+        subprocess.run([*VIRSH, "pool-refresh", pool], capture_output=True, check=False)
+        for line in subprocess.run([*VIRSH, "vol-list", pool], capture_output=True, text=True,
+                                   check=False).stdout.splitlines():
+            volume = line.split()[0] if line.split() else ""
+            if volume.endswith(".qcow2"):
+                subprocess.run([*VIRSH, "vol-delete", volume, "--pool", pool], capture_output=True, check=False)
+        subprocess.run([*VIRSH, "pool-destroy", pool], capture_output=True, check=False)
+        subprocess.run([*VIRSH, "pool-undefine", pool], capture_output=True, check=False)
+    for leftover in Path(tempfile.gettempdir()).glob(f"{data_dir_prefix(instance)}*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep(family: str) -> list[str]:
+    """Purge the instances of FAMILY whose benchmark process is gone. Returns their names."""
+    shape = re.compile(rf"^(?:sd-|shiftdesk-|{re.escape(data_dir_prefix(''))})({re.escape(family)}(\d+))(?:-|$)")
+    seen: set[tuple[str, int]] = set()
+    names = [*_virsh("list", "--all", "--name"), *_virsh("pool-list", "--all", "--name"),
+             *(p.name for p in Path(tempfile.gettempdir()).glob(f"{data_dir_prefix(family)}*"))]
+    for name in names:
+        match = shape.match(name)
+        if match:
+            seen.add((match.group(1), int(match.group(2))))
+    dead = sorted(instance for instance, pid in seen if pid != os.getpid() and not _alive(pid))
+    for instance in dead:
+        print(f"bench: removing what a killed run left: {instance}", file=sys.stderr)
+        purge(instance)
+    return dead
+
+
+def _unwind(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def run_instance(family: str) -> str:
+    """This run's installation name; sweeps dead runs of FAMILY and cleans up after this one."""
+    instance = f"{family}{os.getpid()}"
+    if len(instance) > 12:
+        raise SystemExit(f"bench: instance name {instance!r} is longer than 12 characters")
+    sweep(family)
+    atexit.register(purge, instance)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _unwind)
+    return instance
+
+
+def data_dir(instance: str) -> tempfile.TemporaryDirectory[str]:
+    """A temporary data directory the sweep recognises as INSTANCE's."""
+    return tempfile.TemporaryDirectory(prefix=data_dir_prefix(instance))
+
+
+if __name__ == "__main__":  # `python bench/cleanup.py FAMILY...`: sweep by hand
+    for fam in sys.argv[1:]:
+        sweep(fam)
