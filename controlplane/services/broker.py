@@ -13,9 +13,11 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from sqlmodel import Session
+
 from controlplane.db import audit, desktops, tickets
 from controlplane.db.engine import session_scope
-from controlplane.db.models import ConnectTicket, Pool
+from controlplane.db.models import ConnectTicket, Desktop, Pool
 from controlplane.domain.desktop import DesktopState
 from controlplane.errors import ExpectedError, Forbidden, TemporaryError
 from controlplane.services import identity, sessions
@@ -36,6 +38,9 @@ class Target:
     desktop: str
     desktop_id: int
     pool: str
+
+
+CLAIM_TRIES = 3  # desktops found not running before the broker says "none ready yet"
 
 
 class TicketRefused(ExpectedError):
@@ -64,7 +69,7 @@ def connect(ctx: Context, user: Claims, pool_name: str) -> Connection:
         desktop = tickets.assigned(session=session, pool_id=pool.id or 0, username=user.sub)
         reconnect = desktop is not None
         if desktop is None:
-            desktop = tickets.claim_ready(session=session, pool_id=pool.id or 0, username=user.sub, now=now)
+            desktop = _claim_running(ctx, session, pool.id or 0, user.sub)
         if desktop is None:
             raise TemporaryError(f"pool {pool_name}: no desktop is ready yet; try again in a moment", delay=5)
         ticket = secrets.token_urlsafe(32)
@@ -79,6 +84,21 @@ def connect(ctx: Context, user: Claims, pool_name: str) -> Connection:
         audit.append(session=session, actor=user.sub, action="session.assign" if not reconnect else "session.reconnect",
                      target=desktop.name, pool=pool_name)
         return Connection(ticket=ticket, desktop=desktop.name, expires_at=expires)
+
+
+def _claim_running(ctx: Context, session: Session, pool_id: int, username: str) -> Desktop | None:
+    """Claim a ready desktop that is really up. The database says READY until the reconciler's next
+    pass has seen a power-off or a host restart; a desktop found not ready goes back to
+    provisioning (the reconciler starts it again) and the next one is tried."""
+    for _ in range(CLAIM_TRIES):
+        desktop = tickets.claim_ready(session=session, pool_id=pool_id, username=username, now=ctx.clock.now())
+        if desktop is None or ctx.hypervisor.is_ready(desktop.name):
+            return desktop
+        desktop.assigned_to = None
+        desktops.set_state(session=session, desktop=desktop, state=DesktopState.PROVISIONING, now=ctx.clock.now(),
+                           reason="not running when claimed")
+        audit.append(session=session, actor="broker", action="desktop.not_ready", target=desktop.name)
+    return None
 
 
 def redeem(ctx: Context, ticket: str, username: str) -> Target:

@@ -140,3 +140,19 @@ def test_a_disabled_or_no_longer_entitled_agent_cannot_connect_and_loses_their_s
     with pytest.raises(Forbidden, match="no longer entitled"):
         broker.connect(ctx, ALICE, "sales")
     assert [e["action"] for e in audit.recent(ctx, action="auth.revoke", limit=5)] == ["auth.revoke"] * 2
+
+
+def test_a_desktop_powered_off_since_the_last_pass_is_never_handed_out(ctx, ready_pool, hv):
+    names = [d.name for d, _ in desktops.list_all(ctx)]  # in the order the broker claims them
+    for name in names[:2]:  # power cut on two desktops; the reconciler has not looked yet
+        hv.destroy(name)
+    c = broker.connect(ctx, ALICE, "sales")
+    assert c.desktop == names[2]
+    states = {name: desktops.get(ctx, name)[0] for name in names[:2]}
+    assert all(row.state == "provisioning" and row.assigned_to is None for row in states.values())
+    with pytest.raises(TemporaryError, match="no desktop is ready"):
+        broker.connect(ctx, BOB, "sales")
+    rec = Reconciler(ctx)
+    assert rec.run_until_converged(timeout=10, busy_period=0)  # started again, ready again
+    rec.close()
+    assert broker.connect(ctx, BOB, "sales").desktop in names[:2]
