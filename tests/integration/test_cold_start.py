@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 
 import pytest
 from sqlmodel import Session
@@ -121,3 +122,24 @@ def test_every_desktop_comes_back_from_a_host_restart_and_none_is_handed_out_mea
     assert tagged_domains(real_settings.instance) == []
     if directory is not None:
         assert directory.list_computers() == set()
+
+
+def test_a_guest_that_reboots_itself_is_not_handed_out_until_its_new_boot_is_ready(real_ctx, golden):
+    """A reset from inside (or a guest crash) powers the domain off (on_reboot=destroy): it is
+    started again through the driver, with a fresh serial log, and claimable only when ready."""
+    pools.create(real_ctx, name="warm", image="busybox-desktop", size=1, actor="test")
+    recover(real_ctx, "warm")
+    (name,) = {d.name for d, _ in desktops.list_all(real_ctx)}
+    subprocess.run(["virsh", "-c", "qemu:///system", "reset", name], capture_output=True, check=True)
+    for _ in range(50):  # QEMU leaves on a reset request instead of booting again in place
+        if not real_ctx.hypervisor.list_desktops()[name].running:
+            break
+        time.sleep(0.1)
+    assert not real_ctx.hypervisor.list_desktops()[name].running
+    assert not real_ctx.hypervisor.is_ready(name)  # what the broker asks before it hands a desktop out
+    recover(real_ctx, "warm")
+    assert desktops.get(real_ctx, name)[0].state == S.READY and boots(real_ctx, name) == 2
+    pools.delete(real_ctx, "warm", actor="test")
+    rec = Reconciler(real_ctx)
+    assert rec.run_until_converged(timeout=180)
+    rec.close()
