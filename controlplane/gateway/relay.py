@@ -7,7 +7,7 @@ chunk, and from the browser only after the desktop took the previous message.
 
 What one browser may cost is bounded: its bytes are paced by a token bucket (an honest viewer
 sends a few KiB/s of keys and pointer; a flood is slowed, not buffered), the relay yields to the
-event loop after every message so other sessions and the API keep their latency, and what the
+event loop after every few KiB so other sessions and the API keep their latency, and what the
 filter drops is tallied and reported once, when the session ends.
 """
 
@@ -25,6 +25,7 @@ from controlplane.domain.rfb.handshake import BrowserHandshake, UpstreamHandshak
 from controlplane.domain.rfb.stream import Event, FilterClosed
 
 CHUNK = 64 * 1024
+SLICE = 4 * 1024  # browser input is filtered this much at a time between yields to the event loop
 
 
 class Pacer:
@@ -148,11 +149,14 @@ async def _pump(browser: Browser, reader: asyncio.StreamReader, writer: asyncio.
                 return "idle timeout"
             except Disconnected:
                 return "browser closed"
-            await asyncio.sleep(pacer.delay(len(data)))  # also yields to the loop after every message
-            out = filt.from_client(data)
-            if out:
-                writer.write(out)
-                await writer.drain()
+            view = memoryview(data)
+            for at in range(0, len(view), SLICE):  # a big message must not hold the event loop
+                piece = view[at:at + SLICE]
+                await asyncio.sleep(pacer.delay(len(piece)))  # paced, and yields to the loop every slice
+                out = filt.from_client(bytes(piece))
+                if out:
+                    writer.write(out)
+                    await writer.drain()
 
     tasks = [asyncio.create_task(desktop_to_browser()), asyncio.create_task(browser_to_desktop())]
     if watchdog is not None:  # session rules: idle, maximum length, an admin's disconnect
