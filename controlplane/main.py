@@ -147,5 +147,9 @@ def build_server(app: FastAPI, settings: Settings, *, host: str, port: int, cert
 
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", ssl_certfile=str(cert),
                             ssl_keyfile=str(key), access_log=False,  # gateway URLs carry (single-use) tickets
-                            ws_max_size=settings.gateway.max_frame_bytes, timeout_graceful_shutdown=2)
+                            ws_max_size=settings.gateway.max_frame_bytes, timeout_graceful_shutdown=2,
+                            # no permessage-deflate: a few bytes on the wire could inflate to megabytes of
+                            # queued messages before the frame cap or the pacer see them; pixels are
+                            # compressed by RFB already and input is tiny
+                            ws_per_message_deflate=False)
     return Server(config)

@@ -378,18 +378,14 @@ def test_shutdown_tells_live_sessions_and_audits_them(world, ctx):
     assert wait_for(ctx, "session.drop")["detail"]["reason"] == "control plane shutting down"
 
 
-def test_sigterm_ends_live_sessions_first_then_the_server_stops(ctx, settings, image, hv):
-    """`shiftdesk serve`'s server (main.build_server) over real HTTPS/WSS: asked to exit (what its
-    SIGTERM handler does) while an agent is connected, it tells the session (1001), audits it, and
-    stops instead of waiting for the browser to leave."""
-    import asyncio
+@pytest.fixture
+def served(ctx, settings, image, hv):
+    """`shiftdesk serve`'s server (main.build_server) over real HTTPS/WSS, in a thread."""
     import ssl
     import threading
 
-    import httpx
-    from websockets.asyncio.client import connect as ws_connect
-
     from controlplane.main import build_server, tls_files
+    from tests.e2e.conftest import free_port
 
     pools.create(ctx, name="sales", image="busybox-desktop", size=1, groups=[SALES], actor="t")
     rec = Reconciler(ctx)
@@ -397,39 +393,67 @@ def test_sigterm_ends_live_sessions_first_then_the_server_stops(ctx, settings, i
     rec.close()
     servers = [FakeVnc(hv.vnc_socket(name)) for name in hv.domains]
     cert, key = tls_files(settings)
-    from tests.e2e.conftest import free_port
-
     port = free_port()
     server = build_server(create_app(settings, ctx), settings, host="127.0.0.1", port=port, cert=cert, key=key)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
+    server.thread = threading.Thread(target=server.run, daemon=True)
+    server.thread.start()
     assert wait_until(lambda: server.started)
-    base, ca = f"https://127.0.0.1:{port}", ssl.create_default_context(cafile=str(cert.parent / "ca.pem"))
+    server.base, server.ca = f"https://127.0.0.1:{port}", ssl.create_default_context(cafile=str(cert.parent / "ca.pem"))
+    yield server
+    server.should_exit = True
+    server.thread.join(timeout=15)
+    for s in servers:
+        s.close()
+
+
+async def open_live_session(server):
+    """Sign in as alice, connect, open the gateway and finish the RFB handshake; the WebSocket."""
+    import httpx
+    from websockets.asyncio.client import connect as ws_connect
+
+    async with httpx.AsyncClient(base_url=server.base, verify=server.ca) as http:
+        r = await http.post("/api/v1/auth/login", json={"username": "alice", "password": USERS["alice"][0]})
+        token = r.json()["token"]
+        r = await http.post("/api/v1/me/pools/sales/connect", headers={"Authorization": f"Bearer {token}"})
+    url = server.base.replace("https", "wss") + f"/gateway?ticket={r.json()['ticket']}"
+    ws = await ws_connect(url, ssl=server.ca, origin=server.base, additional_headers={"Cookie": f"sd_session={token}"})
+    for reply in (b"RFB 003.008\n", b"\x01", b"\x01"):  # the RFB handshake
+        await ws.recv()
+        await ws.send(reply)
+    await ws.recv()  # ServerInit: the session is live
+    return ws
+
+
+def test_sigterm_ends_live_sessions_first_then_the_server_stops(served, ctx):
+    """Asked to exit (what its SIGTERM handler does) while an agent is connected, the server tells
+    the session (1001), audits it, and stops instead of waiting for the browser to leave."""
+    import asyncio
 
     async def agent() -> int | None:
-        async with httpx.AsyncClient(base_url=base, verify=ca) as http:
-            r = await http.post("/api/v1/auth/login", json={"username": "alice", "password": USERS["alice"][0]})
-            token = r.json()["token"]
-            r = await http.post("/api/v1/me/pools/sales/connect", headers={"Authorization": f"Bearer {token}"})
-            url = f"wss://127.0.0.1:{port}/gateway?ticket={r.json()['ticket']}"
-            async with ws_connect(url, ssl=ca, origin=base, additional_headers={"Cookie": f"sd_session={token}"}) as ws:
-                for reply in (b"RFB 003.008\n", b"\x01", b"\x01"):  # the RFB handshake
-                    await ws.recv()
-                    await ws.send(reply)
-                await ws.recv()  # ServerInit: the session is live
-                server.handle_exit(15, None)  # SIGTERM
-                try:
-                    while True:
-                        await ws.recv()
-                except Exception:  # noqa: BLE001 - the close is what we wait for
-                    return ws.close_code
+        ws = await open_live_session(served)
+        served.handle_exit(15, None)  # SIGTERM
+        try:
+            while True:
+                await ws.recv()
+        except Exception:  # noqa: BLE001 - the close is what we wait for
+            return ws.close_code
 
-    try:
-        assert asyncio.run(agent()) == 1001
-        thread.join(timeout=15)
-        assert not thread.is_alive()
-        assert wait_for(ctx, "session.drop")["detail"]["reason"] == "control plane shutting down"
-    finally:
-        server.should_exit = True
-        for s in servers:
-            s.close()
+    assert asyncio.run(agent()) == 1001
+    served.thread.join(timeout=15)
+    assert not served.thread.is_alive()
+    assert wait_for(ctx, "session.drop")["detail"]["reason"] == "control plane shutting down"
+
+
+def test_no_compression_on_the_gateway_so_a_small_wire_cannot_become_a_big_queue(served):
+    """permessage-deflate would let 1 KiB on the wire become megabytes of queued messages (measured:
+    a flood of compressed 64 KiB frames queued 111 MiB in the server before the app read one)."""
+    import asyncio
+
+    async def agent() -> list:
+        ws = await open_live_session(served)  # the client offers permessage-deflate, as browsers do
+        try:
+            return list(ws.protocol.extensions)
+        finally:
+            await ws.close()
+
+    assert asyncio.run(agent()) == []
