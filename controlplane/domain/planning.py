@@ -217,7 +217,11 @@ def _desktop_steps(d: DesktopView, pool: PoolView | None, domains: dict[str, Obs
     if d.state == S.DELETING:
         return [Teardown(d.id)]
     if pool is None or pool.deleting:
-        return [Delete(d.id)] if d.state != S.IN_USE else [Drain(d.id)]
+        if d.state == S.IN_USE:
+            return [Drain(d.id)]
+        if d.state == S.DRAINING and (d.grace_until is None or d.grace_until >= now):
+            return []  # waits for its session to end, as in a ramp-down
+        return [Delete(d.id)]
     if d.state == S.PROVISIONING:
         if dom is not None and (dom.generation != d.generation or no_computer):
             return [Recreate(d.id)]  # older generation, or its join secret died with its computer account

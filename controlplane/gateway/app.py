@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -64,6 +65,12 @@ class LiveSessions:
         self.open: Counter[str] = Counter()
         self.tasks: set[asyncio.Task[Any]] = set()
         self.stopping = asyncio.Event()
+        self._directory: DirectoryVerdicts | None = None
+
+    def directory(self, ctx: Context) -> DirectoryVerdicts:
+        if self._directory is None:
+            self._directory = DirectoryVerdicts(ctx)
+        return self._directory
 
     async def end_all(self, timeout: float) -> None:
         """Tell every live session the control plane is going away, and wait (up to TIMEOUT) for
@@ -138,7 +145,8 @@ async def _serve(ws: WebSocket, ctx: Context, settings: GatewaySettings, live: L
     try:
         await relay(BrowserSocket(ws, settings.max_frame_bytes), ctx.hypervisor.vnc_socket(target.desktop),
                     handshake_timeout=settings.handshake_timeout_s, idle_timeout=limits.idle_s, outcome=outcome,
-                    watchdog=_watchdog(ctx, display, target.pool, limits, period, live.stopping),
+                    watchdog=_watchdog(ctx, display, target.pool, limits, period, live.stopping,
+                                       live.directory(ctx)),
                     policy=Policy(violation_budget=settings.violation_budget),
                     pace=Pace(rate=settings.max_input_bytes_per_s, burst=4 * settings.max_input_bytes_per_s))
     except (WebSocketDisconnect, OSError) as err:
@@ -149,10 +157,16 @@ async def _serve(ws: WebSocket, ctx: Context, settings: GatewaySettings, live: L
     finally:
         if task is not None:
             live.tasks.discard(task)
-        # synchronously: this must be written even when the task is being cancelled
-        sessions.close_display(ctx, display, desktop=target.desktop, reason=outcome.reason,
-                               bytes_in=outcome.bytes_from_browser, bytes_out=outcome.bytes_to_browser,
-                               events=outcome.events, limits=limits, period_s=period)
+        # off the event loop, and finished even when this task is being cancelled (a shutdown)
+        closing = asyncio.get_running_loop().run_in_executor(None, functools.partial(  # a thread runs to its end
+            sessions.close_display, ctx, display, desktop=target.desktop, reason=outcome.reason,
+            bytes_in=outcome.bytes_from_browser, bytes_out=outcome.bytes_to_browser, events=outcome.events,
+            limits=limits, period_s=period))
+        try:
+            await asyncio.shield(closing)
+        except asyncio.CancelledError:
+            await closing
+            raise
         with contextlib.suppress(RuntimeError, WebSocketDisconnect):
             code = GOING_AWAY if outcome.reason == EndReason.SHUTDOWN else POLICY_VIOLATION if (
                 outcome.reason in NEEDS_SIGN_IN) else NORMAL
@@ -160,7 +174,7 @@ async def _serve(ws: WebSocket, ctx: Context, settings: GatewaySettings, live: L
 
 
 def _watchdog(ctx: Context, display: sessions.Display, pool: str, limits: sessions.Limits, period: float,
-              stopping: asyncio.Event) -> Watchdog:
+              stopping: asyncio.Event, directory: DirectoryVerdicts) -> Watchdog:
     """Ends the session when the agent is idle (no keys, no pointer moves), past the policy's maximum
     length, when a rule ends it (an admin, the desktop taken away, the shift's log-off time, the
     sign-in revoked, the account disabled or no longer entitled in the directory) or when the
@@ -183,17 +197,48 @@ def _watchdog(ctx: Context, display: sessions.Display, pool: str, limits: sessio
                 return EndReason.IDLE
             if now - began >= limits.max_s:
                 return EndReason.MAX_LENGTH
-            verdict = await run_in_threadpool(_check, ctx, display, pool, limits, period)
+            verdict = (await run_in_threadpool(sessions.heartbeat, ctx, display, limits=limits, period_s=period)
+                       or await directory.verdict(display.user, pool, period))
             if verdict is not None:
                 return verdict
 
     return watch
 
 
-def _check(ctx: Context, display: sessions.Display, pool: str, limits: sessions.Limits,
-           period: float) -> EndReason | None:
-    return (sessions.heartbeat(ctx, display, limits=limits, period_s=period)
-            or sessions.standing(ctx, user=display.user, pool=pool))
+class DirectoryVerdicts:
+    """What the directory says of each live agent, asked at most once per period per agent and pool,
+    in the background: a slow or hung directory never delays a session's heartbeat (which holds its
+    desktop) or its end, and costs one worker thread per agent at most, not one per session."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.known: dict[tuple[str, str], tuple[float, EndReason | None]] = {}
+        self.asking: dict[tuple[str, str], asyncio.Future[EndReason | None]] = {}
+
+    async def verdict(self, user: str, pool: str, period: float) -> EndReason | None:
+        """What the directory says of USER in POOL (None: fine, or not known yet). An answer older than
+        PERIOD is asked again, and waited for half a period at most (then the last one counts)."""
+        key, now = (user, pool), asyncio.get_running_loop().time()
+        at, said = self.known.get(key, (-1e9, None))
+        if now - at >= period and key not in self.asking:
+            if len(self.known) > 100_000:  # agents long gone: start afresh rather than grow
+                self.known.clear()
+            self.asking[key] = asyncio.ensure_future(run_in_threadpool(sessions.standing, self.ctx, user=user,
+                                                                       pool=pool))
+            self.asking[key].add_done_callback(lambda done: self._heard(key, done))
+        if key in self.asking:
+            try:
+                return await asyncio.wait_for(asyncio.shield(self.asking[key]), period / 2)
+            except TimeoutError:
+                pass  # a slow directory: the last answer counts, this one arrives later
+            except Exception:  # noqa: BLE001 - a broken lookup must not end (or crash) the session
+                log.exception("directory check of %s failed", user)
+        return said
+
+    def _heard(self, key: tuple[str, str], done: asyncio.Future[EndReason | None]) -> None:
+        self.asking.pop(key, None)
+        said = None if done.cancelled() or done.exception() is not None else done.result()  # failed: no news
+        self.known[key] = (asyncio.get_running_loop().time(), said)
 
 
 def _bearer(ws: WebSocket) -> str | None:

@@ -206,7 +206,17 @@ def drain(ctx: Context, a: p.Drain) -> None:
 
 
 def delete(ctx: Context, a: p.Delete) -> None:
-    _transition(ctx, a.desktop_id, S.DELETING, "desktop.delete")
+    """Mark for teardown. The plan was made from a snapshot: an agent's desktop whose hold was renewed
+    since (a reconnect, a live session's heartbeat) is left alone, decided in this transaction."""
+    with session_scope(ctx.engine) as session:
+        row = desktops.get(session=session, desktop_id=a.desktop_id)
+        if row is None or row.state == S.DELETING:
+            return
+        now = ctx.clock.now()
+        if row.state in (S.IN_USE, S.DRAINING) and (row.grace_until is None or row.grace_until >= now):
+            raise TemporaryError(f"delete {row.name}: its agent is back or still connected", delay=5)
+        desktops.set_state(session=session, desktop=row, state=S.DELETING, now=now)
+        audit.append(session=session, actor=ACTOR, action="desktop.delete", target=row.name)
 
 
 def _remove_traces(ctx: Context, name: str) -> None:

@@ -8,7 +8,7 @@ the reconciler recycles the desktop. A gateway that dies simply stops pushing: t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from controlplane.db import audit, desktops, display_sessions
@@ -45,6 +45,9 @@ class Display:
     desktop_id: int
     user: str
     jti: str  # the sign-in (API session) that opened it
+    source: str = "?"
+    gateway: str = "?"
+    started_at: datetime | None = None
 
 
 def _stale_after(period_s: float) -> timedelta:
@@ -52,10 +55,14 @@ def _stale_after(period_s: float) -> timedelta:
     return timedelta(seconds=3 * period_s)
 
 
+LEASE_FLOOR_S = 60.0  # a live session's hold never depends on a short (or zero) grace alone
+
+
 def _lease(limits: Limits, period_s: float) -> timedelta:
     """How long a desktop stays safe from recycling after its gateway's last heartbeat: a gateway
-    that dies mid-session gives the agent the same grace as a dropped connection."""
-    return timedelta(seconds=limits.grace_s) + _stale_after(period_s)
+    that dies mid-session gives the agent the same grace as a dropped connection, and at least a
+    minute, so late heartbeats (a busy host) never let the reconciler take a live desktop."""
+    return timedelta(seconds=max(limits.grace_s, LEASE_FLOOR_S)) + _stale_after(period_s)
 
 
 def open_display(ctx: Context, *, desktop_id: int, user: str, jti: str, source: str, gateway: str,
@@ -72,7 +79,8 @@ def open_display(ctx: Context, *, desktop_id: int, user: str, jti: str, source: 
             session.add(desktop)
         audit.append(session=session, actor=user, action="session.start", target=desktop.name if desktop else "?",
                      source=source, display=row.id)
-        return Display(id=row.id or 0, desktop_id=desktop_id, user=user, jti=jti)
+        return Display(id=row.id or 0, desktop_id=desktop_id, user=user, jti=jti, source=source, gateway=gateway,
+                       started_at=now)
 
 
 def heartbeat(ctx: Context, display: Display, *, limits: Limits, period_s: float) -> EndReason | None:
@@ -81,7 +89,10 @@ def heartbeat(ctx: Context, display: Display, *, limits: Limits, period_s: float
     the sign-in that opened it was revoked)."""
     now = ctx.clock.now()
     with session_scope(ctx.engine) as session:
-        display_sessions.touch(session=session, display_id=display.id, now=now)
+        if not display_sessions.touch(session=session, display_id=display.id, now=now):  # swept as stale: back
+            display_sessions.create(session=session, row=DisplaySession(
+                id=display.id, desktop_id=display.desktop_id, username=display.user, source=display.source,
+                gateway=display.gateway, started_at=display.started_at or now, seen_at=now))
         row = desktops.get(session=session, desktop_id=display.desktop_id)
         if row is None or row.assigned_to != display.user or row.state not in (DesktopState.IN_USE,
                                                                                  DesktopState.DRAINING):
@@ -125,7 +136,8 @@ def close_display(ctx: Context, display: Display, *, desktop: str, reason: str, 
         row = desktops.lock(session=session, desktop_id=display.desktop_id)
         fresh = display_sessions.count_fresh(session=session, desktop_id=display.desktop_id,
                                              since=now - _stale_after(period_s))
-        if row is not None and row.assigned_to == display.user and not fresh:
+        if row is not None and row.assigned_to == display.user and not fresh and reason != EndReason.SHUTDOWN:
+            # (a shutdown keeps the heartbeat's hold: the agent comes back to a restarted control plane)
             over = row.state == DesktopState.DRAINING or (row.logoff_at is not None and row.logoff_at <= now)
             row.grace_until = now + timedelta(seconds=0 if over else limits.grace_s)  # shift over: no coming back
             row.disconnect_requested = False  # honoured: the next sign-in may connect again
@@ -137,7 +149,7 @@ def close_display(ctx: Context, display: Display, *, desktop: str, reason: str, 
         audit.append(session=session, actor=display.user, action="session.end" if ended else "session.drop",
                      target=desktop, reason=reason, bytes_from_browser=bytes_in, bytes_to_browser=bytes_out,
                      display=display.id)
-        if reason in NEEDS_SIGN_IN:
+        if reason in NEEDS_SIGN_IN and not (reason == EndReason.IDLE and fresh):  # an idle 2nd tab: no
             revoked = api_sessions.revoke_user(session=session, username=display.user, now=now)
             audit.append(session=session, actor="gateway", action="auth.revoke", target=display.user,
                          sessions=revoked, reason=reason)

@@ -457,3 +457,50 @@ def test_no_compression_on_the_gateway_so_a_small_wire_cannot_become_a_big_queue
             await ws.close()
 
     assert asyncio.run(agent()) == []
+
+
+def test_a_hung_directory_never_delays_the_heartbeat_that_holds_the_desktop(world, ctx, settings, directory, clock):
+    """The directory answers after 3 s (a DC timing out); heartbeats (every 0.05 s here) go on meanwhile."""
+    import time
+
+    from controlplane.services import desktops
+
+    settings.gateway.watchdog_period_s = 0.05
+    slow = directory.lookup
+
+    def hung(user):
+        time.sleep(3)
+        return slow(user)
+
+    directory.lookup = hung
+    _, c, ws_cm = open_session(world)
+    with ws_cm as ws:
+        rfb_handshake(ws)
+        time.sleep(0.3)  # the watchdog has asked the directory by now
+        clock.advance(3600)
+        assert wait_until(lambda: desktops.get(ctx, c["desktop"])[0].grace_until > clock.now(), timeout=1.5)
+        ws.close()
+    directory.lookup = slow
+
+
+def test_a_shutdown_keeps_the_agents_hold_on_the_desktop(served, ctx, clock):
+    """A restart of the control plane is not the agent leaving: no disconnect grace starts."""
+    import asyncio
+    from datetime import timedelta
+
+    from controlplane.services import desktops, sessions
+
+    async def agent() -> str:
+        ws = await open_live_session(served)
+        served.handle_exit(15, None)
+        with pytest.raises(Exception):  # noqa: B017 - closed by the server, whichever way
+            while True:
+                await ws.recv()
+        return ws.close_code
+
+    assert asyncio.run(agent()) == 1001
+    served.thread.join(timeout=15)
+    (row, _), = desktops.list_all(ctx)
+    grace = sessions.limits_for(ctx, user="alice", groups=frozenset({SALES}), pool="sales").grace_s
+    assert row.assigned_to == "alice"
+    assert row.grace_until > clock.now() + timedelta(seconds=grace)  # the live hold, not a grace from now

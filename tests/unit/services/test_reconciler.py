@@ -449,3 +449,28 @@ def test_a_reconciler_that_lost_its_lease_stops_acting(ctx, image, clock):
     a.pass_once()
     assert len(desktops.list_all(ctx)) == 1, "a reconciler without the lease went on acting"
     a.close(), b.close()
+
+
+def test_a_delete_planned_from_a_stale_look_spares_a_desktop_its_agent_came_back_to(ctx, image, clock):
+    """The plan saw the grace over; before the step ran, the agent reconnected (the hold renewed).
+    The step decides from the row, in its own transaction: the desktop stays the agent's."""
+    from controlplane.domain.planning import Delete
+    from controlplane.services import broker
+    from controlplane.services.tokens import Claims
+    from tests.conftest import SALES
+
+    pools.create(ctx, name="sales", image="busybox-desktop", size=1, groups=[SALES], actor="t")
+    settle(ctx)
+    ctx.directory = None
+    alice = Claims("alice", "agent", (SALES,), "j", 0)
+    first = broker.connect(ctx, alice, "sales")
+    clock.advance(3600)  # the assignment's hold is long over
+    rec = Reconciler(ctx)
+    planned = rec.observe_and_plan().actions
+    assert any(isinstance(a, Delete) for a in planned)
+    assert broker.connect(ctx, alice, "sales").desktop == first.desktop  # back just in time
+    for action in planned:
+        rec._perform(action)
+    rec.close()
+    row, _ = desktops.get(ctx, first.desktop)
+    assert row.state == S.IN_USE and row.assigned_to == "alice"
