@@ -187,7 +187,8 @@ def _watchdog(ctx: Context, display: sessions.Display, pool: str, limits: sessio
         inputs = filt.state.inputs
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), period)
+                async with asyncio.timeout(period):
+                    await stopping.wait()
             if stopping.is_set():
                 return EndReason.SHUTDOWN
             now = loop.time()
@@ -198,7 +199,7 @@ def _watchdog(ctx: Context, display: sessions.Display, pool: str, limits: sessio
             if now - began >= limits.max_s:
                 return EndReason.MAX_LENGTH
             verdict = (await run_in_threadpool(sessions.heartbeat, ctx, display, limits=limits, period_s=period)
-                       or await directory.verdict(display.user, pool, period))
+                       or directory.verdict(display.user, pool, period))
             if verdict is not None:
                 return verdict
 
@@ -215,9 +216,9 @@ class DirectoryVerdicts:
         self.known: dict[tuple[str, str], tuple[float, EndReason | None]] = {}
         self.asking: dict[tuple[str, str], asyncio.Future[EndReason | None]] = {}
 
-    async def verdict(self, user: str, pool: str, period: float) -> EndReason | None:
-        """What the directory says of USER in POOL (None: fine, or not known yet). An answer older than
-        PERIOD is asked again, and waited for half a period at most (then the last one counts)."""
+    def verdict(self, user: str, pool: str, period: float) -> EndReason | None:
+        """What the directory last said of USER in POOL (None: fine, or not known yet). An answer older
+        than PERIOD is asked again in the background: it counts from the next check on."""
         key, now = (user, pool), asyncio.get_running_loop().time()
         at, said = self.known.get(key, (-1e9, None))
         if now - at >= period and key not in self.asking:
@@ -226,18 +227,13 @@ class DirectoryVerdicts:
             self.asking[key] = asyncio.ensure_future(run_in_threadpool(sessions.standing, self.ctx, user=user,
                                                                        pool=pool))
             self.asking[key].add_done_callback(lambda done: self._heard(key, done))
-        if key in self.asking:
-            try:
-                return await asyncio.wait_for(asyncio.shield(self.asking[key]), period / 2)
-            except TimeoutError:
-                pass  # a slow directory: the last answer counts, this one arrives later
-            except Exception:  # noqa: BLE001 - a broken lookup must not end (or crash) the session
-                log.exception("directory check of %s failed", user)
         return said
 
     def _heard(self, key: tuple[str, str], done: asyncio.Future[EndReason | None]) -> None:
         self.asking.pop(key, None)
         said = None if done.cancelled() or done.exception() is not None else done.result()  # failed: no news
+        if not done.cancelled() and done.exception() is not None:
+            log.error("directory check of %s failed: %s", key[0], done.exception())
         self.known[key] = (asyncio.get_running_loop().time(), said)
 
 

@@ -144,7 +144,8 @@ async def _pump(browser: Browser, reader: asyncio.StreamReader, writer: asyncio.
     async def browser_to_desktop() -> str:
         while True:
             try:
-                data = await asyncio.wait_for(browser.receive_bytes(), idle_timeout)
+                async with asyncio.timeout(idle_timeout):  # not wait_for: on 3.11 it can swallow a cancel
+                    data = await browser.receive_bytes()  # that lands as a message arrives (gh-86296)
             except TimeoutError:
                 return "idle timeout"
             except Disconnected:

@@ -18,7 +18,7 @@ from controlplane.services import audit, images, pools
 from controlplane.services.reconciler import Reconciler
 from tests.conftest import FakeBuilder
 from tests.unit.gateway.fake_vnc import FakeVnc
-from tests.unit.gateway.test_gateway import ORIGIN, rfb_handshake, until_closed
+from tests.unit.gateway.test_gateway import ORIGIN, ends, rfb_handshake, until_closed
 
 
 @pytest.fixture
@@ -75,11 +75,12 @@ def test_ad_changes_end_a_live_session_and_refuse_the_reconnect(gateway, ad, age
     with gateway.websocket_connect(f"/gateway?ticket={ticket}", headers={**ORIGIN, **cookie}) as ws:
         rfb_handshake(ws)
         ws.send_bytes(struct.pack(">BBHH", 5, 0, 3, 3))
+        before = ends(gateway.ctx)
         if change == "disabled":
             conn.modify(dn, {"userAccountControl": [(ldap3.MODIFY_REPLACE, [0x202])]})
         else:
             conn.modify(ad.groups["cc-sales-team"], {"member": [(ldap3.MODIFY_DELETE, [dn])]})
-        until_closed(ws)
+        until_closed(ws, gateway.ctx, before)
     expected = "account disabled or gone in the directory" if change == "disabled" else "no longer entitled to the pool"
     assert end_reason(gateway.ctx) == expected
     assert gateway.post("/api/v1/me/pools/sales/connect", headers=bearer).status_code in (401, 403)

@@ -240,19 +240,27 @@ def test_grace_keeps_the_desktop_then_recycles_it(world, ctx, clock):
 POINTER = struct.pack(">BBHH", 5, 0, 1, 1)
 
 
-def until_closed(ws, moving=True, rounds=400):
-    """Keep the session busy (pointer events, each with an update request the desktop answers)
-    until the gateway closes it; return the close code. MOVING=False: the pointer never moves."""
+def ends(ctx) -> int:
+    """Display sessions the audit log says have ended (cleanly or not)."""
+    return len(audit.recent(ctx, action="session.end", limit=50)) + len(audit.recent(ctx, action="session.drop",
+                                                                                       limit=50))
+
+
+def until_closed(ws, ctx, before, moving=True, timeout=15.0):
+    """Keep the session busy (pointer events) until the audit log shows more than BEFORE ended
+    sessions (count them before the action that should end it). MOVING=False: the pointer never
+    moves. Never blocks on a read, so a session that fails to end fails the test in TIMEOUT seconds."""
     import time
 
     ws.send_bytes(struct.pack(">BxHi", 2, 1, 0))  # SetEncodings: Raw
-    with pytest.raises(WebSocketDisconnect) as e:
-        for i in range(rounds):
-            ws.send_bytes(struct.pack(">BBHH", 5, 0, 1 + (i % 7 if moving else 0), 1)
-                          + struct.pack(">BBHHHH", 3, 1, 0, 0, 64, 48))
-            ws.receive_bytes()
-            time.sleep(0.01)
-    return e.value.code
+    deadline, i = time.monotonic() + timeout, 0
+    while time.monotonic() < deadline:
+        if ends(ctx) > before:
+            return
+        ws.send_bytes(struct.pack(">BBHH", 5, 0, 1 + (i % 7 if moving else 0), 1))
+        i += 1
+        time.sleep(0.02)
+    raise AssertionError("the gateway did not end the session")
 
 
 def wait_until(predicate, timeout=5.0):
@@ -333,9 +341,10 @@ def test_idle_timeout_and_admin_disconnect_survive_the_portals_auto_reconnect(wo
     carol, _ = login(world, "carol")
     with ws_cm as ws:
         rfb_handshake(ws)
+        before = ends(ctx)
         if rule == "admin":
             assert world.post(f"/api/v1/desktops/{c['desktop']}/disconnect", headers=carol).status_code == 200
-        until_closed(ws, moving=rule != "idle")  # a pointer that does not move is not activity
+        until_closed(ws, ctx, before, moving=rule != "idle")  # a pointer that does not move is not activity
     reason = wait_for(ctx, "session.end")["detail"]["reason"]
     assert reason == ("idle timeout" if rule == "idle" else "disconnected by an admin")
     assert rejoin(world, api) == 401  # the auto-reconnect's sign-in is gone: a new sign-in is needed
@@ -350,13 +359,14 @@ def test_revoking_disabling_or_ungrouping_an_agent_ends_their_session(world, ctx
     carol, _ = login(world, "carol")
     with ws_cm as ws:
         rfb_handshake(ws)
+        before = ends(ctx)
         if how == "revoked":
             assert world.post("/api/v1/auth/revoke", json={"username": "alice"}, headers=carol).status_code == 200
         elif how == "disabled":
             directory.disabled.add("alice")
         else:
             directory.users["alice"][1].clear()
-        until_closed(ws)
+        until_closed(ws, ctx, before)
     expected = {"revoked": "sign-in revoked", "disabled": "account disabled or gone in the directory",
                 "removed from the pool's group": "no longer entitled to the pool"}[how]
     assert wait_for(ctx, "session.end")["detail"]["reason"] == expected
