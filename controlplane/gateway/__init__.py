@@ -1,1 +1,1 @@
-"""gateway: arrives with its own issue (see DESIGN.md); the package exists so the layer contracts cover it."""
+"""gateway: the pixel-only WebSocket <-> RFB relay (app.py: the endpoint, relay.py: the pump)."""

@@ -231,9 +231,10 @@ class DirectoryVerdicts:
 
     def _heard(self, key: tuple[str, str], done: asyncio.Future[EndReason | None]) -> None:
         self.asking.pop(key, None)
-        said = None if done.cancelled() or done.exception() is not None else done.result()  # failed: no news
-        if not done.cancelled() and done.exception() is not None:
-            log.error("directory check of %s failed: %s", key[0], done.exception())
+        failure = None if done.cancelled() else done.exception()
+        if failure is not None:
+            log.error("directory check of %s failed: %s", key[0], failure)
+        said = None if done.cancelled() or failure is not None else done.result()  # failed: no news
         self.known[key] = (asyncio.get_running_loop().time(), said)
 
 

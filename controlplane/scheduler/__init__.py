@@ -1,1 +1,1 @@
-"""scheduler: arrives with its own issue (see DESIGN.md); the package exists so the layer contracts cover it."""
+"""scheduler: APScheduler jobs that wake the shift scaling service; they only call services."""

@@ -1,1 +1,1 @@
-"""web: arrives with its own issue (see DESIGN.md); the package exists so the layer contracts cover it."""
+"""web: what the admins' console serves besides the API (capacity plots)."""

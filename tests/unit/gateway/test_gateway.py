@@ -17,13 +17,18 @@ from tests.unit.gateway.fake_vnc import FakeVnc
 ORIGIN = {"origin": "http://testserver"}
 
 
-@pytest.fixture
-def world(ctx, settings, image, hv):
-    pools.create(ctx, name="sales", image="busybox-desktop", size=2, groups=[SALES], actor="t")
+def sales_desktops(ctx, hv, size):
+    """A ready pool "sales" of SIZE fake desktops, each with a fake VNC server behind its socket."""
+    pools.create(ctx, name="sales", image="busybox-desktop", size=size, groups=[SALES], actor="t")
     rec = Reconciler(ctx)
     assert rec.run_until_converged(timeout=10, busy_period=0)
     rec.close()
-    servers = [FakeVnc(hv.vnc_socket(name)) for name in hv.domains]
+    return [FakeVnc(hv.vnc_socket(name)) for name in hv.domains]
+
+
+@pytest.fixture
+def world(ctx, settings, image, hv):
+    servers = sales_desktops(ctx, hv, 2)
     hv.root.mkdir(parents=True, exist_ok=True)
     with TestClient(create_app(settings, ctx)) as client:
         client.servers = {s.path.name[:-4]: s for s in servers}
@@ -172,13 +177,8 @@ def open_session(world, user="alice"):
 
 
 def wait_for(ctx, action, timeout=5.0):
-    import time
-
-    for _ in range(int(timeout / 0.05)):
-        found = audit.recent(ctx, action=action, limit=5)
-        if found:
-            return found[0]
-        time.sleep(0.05)
+    if wait_until(lambda: audit.recent(ctx, action=action, limit=1), timeout):
+        return audit.recent(ctx, action=action, limit=1)[0]
     recent = [(e["action"], e["detail"]) for e in audit.recent(ctx, limit=6)]
     raise AssertionError(f"no {action} in the audit log: {recent}")
 
@@ -397,11 +397,7 @@ def served(ctx, settings, image, hv):
     from controlplane.main import build_server, tls_files
     from tests.e2e.conftest import free_port
 
-    pools.create(ctx, name="sales", image="busybox-desktop", size=1, groups=[SALES], actor="t")
-    rec = Reconciler(ctx)
-    assert rec.run_until_converged(timeout=10, busy_period=0)
-    rec.close()
-    servers = [FakeVnc(hv.vnc_socket(name)) for name in hv.domains]
+    servers = sales_desktops(ctx, hv, 1)
     cert, key = tls_files(settings)
     port = free_port()
     server = build_server(create_app(settings, ctx), settings, host="127.0.0.1", port=port, cert=cert, key=key)
