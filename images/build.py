@@ -2,9 +2,17 @@
 """Build a golden image from a recipe, using only Debian packages.
 
     python3 images/build.py images/recipes/busybox-desktop OUT_DIR [--cache DIR]
+    python3 images/build.py images/recipes/agent-desktop OUT_DIR [--cache DIR]
 
 Output in OUT_DIR: disk.qcow2 (the root disk desktops clone), vmlinuz and initrd.img (direct
-kernel boot), manifest.json (recipe, package versions, sha256 of every artifact).
+kernel boot), manifest.json (recipe, cmdline, package versions, sha256 of every artifact, how
+the desktop says it is ready, and the guest RAM and vCPUs it wants).
+
+Two kinds of recipe (recipe.json "builder"):
+- "busybox" (the default): a Debian kernel and busybox-static, unpacked with dpkg-deb. Boots in
+  seconds; says it is ready on its serial line.
+- "mmdebstrap": a real Debian system installed by mmdebstrap from the Debian archive, plus the
+  recipe's rootfs/ overlay, users and units. Says it is ready over the host channel.
 
 Why this shape: `mkfs.ext4 -d` fills a filesystem from a directory without mounting anything,
 so the build needs no loop devices and no root-only tricks beyond apt. Every timestamp, UUID
@@ -18,6 +26,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -158,11 +167,19 @@ def build_rootfs(work: Path, busybox_tree: Path, recipe_dir: Path, recipe: dict,
     (root / "sbin/init").chmod(0o755)
     (root / "etc/os-release").write_text(f"NAME=ShiftDesk\nID=shiftdesk\nVARIANT={recipe['name']}\n")
     pin_times(root)
+    make_disk(work, root, recipe, out, ["-N", "1024"])
+
+
+def make_disk(work: Path, root: Path, recipe: dict, out: Path, mkfs_extra: list[str]) -> None:
+    """ext4 straight from the tree (no mount, no loop device), then qcow2.
+
+    The UUID and hash seed derive from the recipe's name and mkfs runs on a faked clock, so the
+    same tree always gives the same bytes."""
     raw = work / "disk.raw"
     fs_uuid = str(uuid.uuid5(NAMESPACE, recipe["name"]))
     env = dict(os.environ, E2FSPROGS_FAKE_TIME=str(EPOCH), SOURCE_DATE_EPOCH=str(EPOCH))
     run("mkfs.ext4", "-q", "-F", "-d", str(root), "-U", fs_uuid, "-L", "shiftdesk",
-        "-E", f"hash_seed={fs_uuid},root_owner=0:0", "-N", "1024", "-b", "4096",
+        "-E", f"hash_seed={fs_uuid},root_owner=0:0", *mkfs_extra, "-b", "4096",
         str(raw), f"{int(recipe['disk_mib'])}M", env=env)
     pin_inode_ctimes(root, raw)
     run("qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(out))
@@ -177,6 +194,328 @@ def pin_inode_ctimes(root: Path, raw: Path) -> None:
     run("debugfs", "-w", "-f", str(cmds), str(raw), env=dict(os.environ, E2FSPROGS_FAKE_TIME=str(EPOCH)))
 
 
+# --- recipes --------------------------------------------------------------------------------------
+
+BUILDERS = ("busybox", "mmdebstrap")
+READINESS = ("serial", "channel")
+BUSYBOX_DEFAULTS = {"readiness": "serial", "memory_mib": 256, "vcpus": 1}
+KEYBOARD_FIELDS = ("model", "layout", "variant", "options")
+XKB_VALUE = re.compile(r"[A-Za-z0-9_,:()+-]*")
+NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+DEB_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+")
+
+
+class RecipeError(ValueError):
+    """A recipe.json that cannot be built; the message starts with the field's name."""
+
+
+def load_recipe(recipe_dir: Path) -> dict:
+    """Read and check RECIPE_DIR/recipe.json before any download, so mistakes cost nothing."""
+    try:
+        data = json.loads((recipe_dir / "recipe.json").read_text())
+    except json.JSONDecodeError as exc:
+        raise RecipeError(f"recipe.json: not JSON ({exc})") from None
+    return validate_recipe(data)
+
+
+def validate_recipe(data: object) -> dict:
+    """The recipe with defaults filled in, or RecipeError naming the first bad field.
+
+    Pure (no I/O) so every rule has a unit test. Busybox recipes predate the readiness, memory
+    and vCPU fields: they get the values the busybox desktop has always run with."""
+    if not isinstance(data, dict):
+        raise RecipeError("recipe: must be a JSON object")
+    recipe = dict(data)
+    builder = recipe.setdefault("builder", "busybox")
+    if builder not in BUILDERS:
+        raise RecipeError(f"builder: must be one of {', '.join(BUILDERS)}, not {builder!r}")
+    if builder == "busybox":
+        for key, value in BUSYBOX_DEFAULTS.items():
+            recipe.setdefault(key, value)
+    _check_common(recipe)
+    if builder == "mmdebstrap":
+        _check_debian(recipe)
+    return recipe
+
+
+def _check_common(recipe: dict) -> None:
+    """Fields every builder reads."""
+    _want_str(recipe, "name", NAME)
+    _want_str(recipe, "kernel_package", DEB_NAME)
+    _want_str(recipe, "cmdline")
+    if "root=/dev/vda" not in recipe["cmdline"].split():
+        raise RecipeError("cmdline: must boot root=/dev/vda (the desktop's own disk)")
+    _want_list(recipe, "packages", DEB_NAME)
+    _want_list(recipe, "initramfs_modules", re.compile(r"[a-z0-9_]+"))
+    _want_int(recipe, "disk_mib", 16, 65536)
+    _want_int(recipe, "memory_mib", 128, 65536)
+    _want_int(recipe, "vcpus", 1, 64)
+    if recipe.get("readiness") not in READINESS:
+        raise RecipeError(f"readiness: must be one of {', '.join(READINESS)}")
+
+
+def _check_debian(recipe: dict) -> None:
+    """Fields of the mmdebstrap builder: suite, APT sources and the keyboard layout."""
+    _want_str(recipe, "suite", re.compile(r"[a-z]+"))
+    _want_list(recipe, "sources", re.compile(r"deb https?://\S+ [a-z-]+( [a-z-]+)+"))
+    keyboard = recipe.setdefault("keyboard", {"model": "pc105", "layout": "us", "variant": "", "options": ""})
+    if not isinstance(keyboard, dict) or set(keyboard) != set(KEYBOARD_FIELDS):
+        raise RecipeError(f"keyboard: must be an object with exactly {', '.join(KEYBOARD_FIELDS)}")
+    for key in KEYBOARD_FIELDS:
+        if not isinstance(keyboard[key], str) or not XKB_VALUE.fullmatch(keyboard[key]):
+            raise RecipeError(f"keyboard.{key}: must be an XKB name (letters, digits, _,:()+-)")
+    if not keyboard["layout"]:
+        raise RecipeError("keyboard.layout: must not be empty (e.g. us)")
+
+
+def _want_str(recipe: dict, field: str, pattern: re.Pattern[str] | None = None) -> None:
+    value = recipe.get(field)
+    if not isinstance(value, str) or not value:
+        raise RecipeError(f"{field}: must be a non-empty string")
+    if pattern is not None and not pattern.fullmatch(value):
+        raise RecipeError(f"{field}: {value!r} does not match {pattern.pattern}")
+
+
+def _want_list(recipe: dict, field: str, pattern: re.Pattern[str]) -> None:
+    value = recipe.get(field)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise RecipeError(f"{field}: must be a list of strings")
+    for item in value:
+        if not pattern.fullmatch(item):
+            raise RecipeError(f"{field}: {item!r} does not match {pattern.pattern}")
+
+
+def _want_int(recipe: dict, field: str, low: int, high: int) -> None:
+    value = recipe.get(field)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise RecipeError(f"{field}: must be an integer from {low} to {high}")
+
+
+# --- the mmdebstrap builder -----------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+GUEST_FILES = {  # repo path -> path in the image, mode
+    "images/guest-agent/shiftdesk-guest-agent": ("usr/local/lib/shiftdesk/shiftdesk-guest-agent", 0o755),
+    "controlplane/domain/guest_channel.py": ("usr/local/lib/shiftdesk/shiftdesk_channel.py", 0o644),
+}
+AGENT_UID = 1000  # fixed: units name /run/user/1000
+ENABLE = {  # unit -> target whose .wants/ pulls it in
+    "shiftdesk-session.service": "graphical.target",
+    "shiftdesk-page.path": "graphical.target",
+    "shiftdesk-guest-agent.service": "multi-user.target",
+}
+# No way to a login prompt or a shell: no gettys at all (the session owns tty1), no debug or
+# rescue shells, Ctrl+Alt+Del does nothing. Timers that would wake every idle desktop are off.
+MASK = (
+    "getty@.service", "autovt@.service", "serial-getty@.service", "console-getty.service",
+    "container-getty@.service", "debug-shell.service", "rescue.service", "emergency.service",
+    "ctrl-alt-del.target", "systemd-firstboot.service", "systemd-networkd.service",
+    "systemd-networkd.socket", "apt-daily.timer", "apt-daily-upgrade.timer", "dpkg-db-backup.timer",
+    "e2scrub_all.timer", "e2scrub_reap.service", "fstrim.timer",
+)
+DPKG_EXCLUDES = ("/usr/share/man/*", "/usr/share/info/*", "/usr/share/doc/*", "/usr/share/lintian/*",
+                 "/usr/share/locale/*")
+# initramfs-tools would build an initrd we never use (we build our own, reproducibly): give it a
+# no-op update-initramfs while packages install, and the real one back afterwards.
+NO_INITRAMFS = ('chroot "$1" dpkg-divert --quiet --local --rename --divert /usr/sbin/update-initramfs.real '
+                '--add /usr/sbin/update-initramfs && printf "#!/bin/sh\\nexit 0\\n" > "$1/usr/sbin/update-initramfs"'
+                ' && chmod 755 "$1/usr/sbin/update-initramfs"')
+INITRAMFS_BACK = ('rm -f "$1/usr/sbin/update-initramfs" && chroot "$1" dpkg-divert --quiet --local --rename '
+                  '--remove /usr/sbin/update-initramfs')
+
+
+def mmdebstrap_command(recipe: dict, root: Path, cache: Path) -> list[str]:
+    """The mmdebstrap call: Debian's packages only, and .debs kept in CACHE between builds.
+
+    mmdebstrap's own sync-in/sync-out hooks fill apt's archive directory from CACHE before it
+    downloads and copy it back before it cleans up, so a second build downloads nothing."""
+    cmd = ["mmdebstrap", "--mode=root", "--variant=minbase", "--quiet",
+           "--skip=download/empty", "--skip=essential/unlink",
+           "--include=" + ",".join([recipe["kernel_package"], *recipe["packages"]])]
+    cmd += [f"--dpkgopt=path-exclude={p}" for p in DPKG_EXCLUDES]
+    cmd += ["--dpkgopt=path-include=/usr/share/doc/*/copyright"]
+    cmd += ["--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives/",
+            f"--setup-hook=sync-in {cache} /var/cache/apt/archives/",
+            f"--essential-hook={NO_INITRAMFS}",
+            f"--customize-hook={INITRAMFS_BACK}",
+            f"--customize-hook=sync-out /var/cache/apt/archives {cache}"]
+    return [*cmd, recipe["suite"], str(root), *recipe["sources"]]
+
+
+def build_debian(recipe_dir: Path, recipe: dict, out_dir: Path, cache: Path) -> dict[str, str]:
+    """A real Debian desktop: mmdebstrap, our overlay and settings, then the same disk,
+    initramfs and kernel layout as the busybox image. Returns every installed package's version."""
+    cache.mkdir(parents=True, exist_ok=True)
+    busybox = fetch_deb("busybox-static", cache)  # for the initramfs only, as in the busybox image
+    with tempfile.TemporaryDirectory(prefix="shiftdesk-build-", dir="/var/tmp") as tmp:
+        work = Path(tmp)
+        root = work / "rootfs"
+        env = dict(os.environ, SOURCE_DATE_EPOCH=str(EPOCH))
+        subprocess.run(mmdebstrap_command(recipe, root, cache), check=True, env=env)
+        customize(root, recipe_dir, recipe)
+        scrub(root)
+        pin_times(root)
+        rebuild_font_cache(root)
+        packages = installed_packages(root)
+        shutil.copyfile(sorted(root.glob("boot/vmlinuz-*"))[-1], out_dir / "vmlinuz")
+        extract(busybox, work / "busybox")
+        build_initramfs(work, root / "usr", work / "busybox", recipe_dir,
+                        recipe["initramfs_modules"], out_dir / "initrd.img")
+        pin_times(root)  # again: every read since the first pin moved some access time
+        make_disk(work, root, recipe, out_dir / "disk.qcow2", [])
+    return packages
+
+
+def customize(root: Path, recipe_dir: Path, recipe: dict) -> None:
+    """Everything that makes plain Debian the agent desktop, in the order it depends on."""
+    copy_overlay(recipe_dir / "rootfs", root)
+    install_guest_agent(root)
+    write_settings(root, recipe)
+    add_users(root)
+    set_units(root)
+    (root / "etc/machine-id").write_text("")
+    chown_to(root, "etc/machine-id", "shiftdesk-agent")
+
+
+def copy_overlay(overlay: Path, root: Path) -> None:
+    """The recipe's rootfs/ tree, root-owned, 0755 for executables and 0644 for the rest
+    (git keeps only the x bit, so modes are decided here, not by the checkout)."""
+    for src in sorted(overlay.rglob("*")):
+        dst = root / src.relative_to(overlay)
+        if src.is_dir():
+            dst.mkdir(parents=True, exist_ok=True)
+            dst.chmod(0o755)
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if dst.is_symlink() or dst.exists():
+            dst.unlink()
+        shutil.copyfile(src, dst)
+        dst.chmod(0o755 if os.access(src, os.X_OK) else 0o644)
+
+
+def install_guest_agent(root: Path) -> None:
+    """The lead's in-guest agent and the wire-protocol module it imports, from this repo."""
+    for src, (dst, mode) in GUEST_FILES.items():
+        target = root / dst
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(REPO / src, target)
+        target.chmod(mode)
+
+
+def write_settings(root: Path, recipe: dict) -> None:
+    """Host name, mounts, keyboard layout (console and X), Firefox's policy path, no-downloads."""
+    (root / "etc/hostname").write_text("shiftdesk\n")
+    (root / "etc/hosts").write_text("127.0.0.1\tlocalhost\n127.0.1.1\tshiftdesk\n::1\tlocalhost ip6-localhost\n")
+    (root / "etc/resolv.conf").unlink(missing_ok=True)
+    (root / "etc/fstab").write_text("/dev/vda\t/\text4\trw,relatime\t0\t0\n")
+    kb = recipe["keyboard"]
+    (root / "etc/default/keyboard").write_text(
+        "".join(f'XKB{k.upper()}="{kb[k]}"\n' for k in ("model", "layout", "variant", "options"))
+        + 'BACKSPACE="guess"\n')
+    (root / "etc/X11/xorg.conf.d/00-keyboard.conf").write_text(xorg_keyboard(kb))
+    dist = root / "usr/share/firefox-esr/distribution/policies.json"
+    dist.unlink(missing_ok=True)
+    dist.symlink_to("/etc/firefox-esr/policies/policies.json")
+    nodl = root / "usr/share/shiftdesk/no-downloads"
+    nodl.mkdir(parents=True, exist_ok=True)
+    nodl.chmod(0o555)
+
+
+def xorg_keyboard(kb: dict) -> str:
+    """X's keyboard layout from the recipe: QEMU sends scancodes, the guest's layout maps them."""
+    lines = ['Section "InputClass"', '    Identifier "shiftdesk-keyboard"', '    MatchIsKeyboard "on"']
+    for key in ("model", "layout", "variant", "options"):
+        if kb[key]:
+            lines.append(f'    Option "Xkb{key.capitalize()}" "{kb[key]}"')
+    return "\n".join([*lines, "EndSection"]) + "\n"
+
+
+def add_users(root: Path) -> None:
+    """`agent` (the session, uid 1000) and `shiftdesk-agent` (the guest agent, system user):
+    neither has a password or a shell. root keeps no password and gets no shell either."""
+    nologin = "/usr/sbin/nologin"
+    chroot(root, "useradd", "--system", "--user-group", "--no-create-home", "--home-dir",
+           "/var/lib/shiftdesk-agent", "--shell", nologin, "shiftdesk-agent")
+    chroot(root, "useradd", "--uid", str(AGENT_UID), "--user-group", "--create-home", "--shell", nologin, "agent")
+    (root / "home/agent").chmod(0o700)
+    chroot(root, "usermod", "--lock", "--shell", nologin, "root")
+
+
+def chroot(root: Path, *cmd: str) -> None:
+    run("chroot", str(root), *cmd, env=dict(os.environ, SOURCE_DATE_EPOCH=str(EPOCH)))
+
+
+def chown_to(root: Path, rel: str, user: str) -> None:
+    """chown by the image's own passwd (the host's ids mean nothing in the guest)."""
+    for line in (root / "etc/passwd").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == user:
+            os.chown(root / rel, int(fields[2]), int(fields[3]))
+            return
+    raise SystemExit(f"build: no user {user} in the image")
+
+
+def set_units(root: Path) -> None:
+    """Enable and mask units with the symlinks systemctl would make (no systemd on the host)."""
+    etc = root / "etc/systemd/system"
+    (etc / "getty.target.wants/getty@tty1.service").unlink(missing_ok=True)
+    for unit, target in ENABLE.items():
+        wants = etc / f"{target}.wants"
+        wants.mkdir(parents=True, exist_ok=True)
+        (wants / unit).unlink(missing_ok=True)
+        (wants / unit).symlink_to(f"/etc/systemd/system/{unit}")
+    for unit in MASK:
+        (etc / unit).unlink(missing_ok=True)
+        (etc / unit).symlink_to("/dev/null")
+    (etc / "default.target").unlink(missing_ok=True)
+    (etc / "default.target").symlink_to("/lib/systemd/system/graphical.target")
+
+
+def scrub(root: Path) -> None:
+    """Remove what differs from build to build and nobody needs: logs, backups of files we
+    changed, caches that record build-time state, and the day of the build in /etc/shadow."""
+    for path in sorted((root / "var/log").rglob("*")):
+        if path.is_file() and not path.is_symlink() and path.name != "README":
+            path.write_bytes(b"")
+    for pattern in ("etc/*-", "var/lib/dpkg/*-old", "var/cache/debconf/*-old", "var/cache/ldconfig/aux-cache"):
+        for path in root.glob(pattern):
+            path.unlink()
+    for path in root.glob("var/cache/fontconfig/*"):
+        path.unlink()
+    shadow = root / "etc/shadow"
+    shadow.write_text(pin_shadow_dates(shadow.read_text()))
+
+
+def pin_shadow_dates(text: str) -> str:
+    """/etc/shadow's third field is the day each password last changed: the day of the build."""
+    out = []
+    for line in text.splitlines():
+        fields = line.split(":")
+        if len(fields) > 2 and fields[2]:
+            fields[2] = str(EPOCH // 86400)
+        out.append(":".join(fields))
+    return "\n".join(out) + "\n"
+
+
+def rebuild_font_cache(root: Path) -> None:
+    """fontconfig's caches record directory mtimes, so they are made after pin_times (then
+    they are valid in the guest and nothing rescans fonts at boot), and pinned themselves."""
+    chroot(root, "fc-cache", "--system-only", "--really-force")
+    pin_times(root / "var/cache/fontconfig")
+
+
+def installed_packages(root: Path) -> dict[str, str]:
+    """Every installed package and its version, from the image's own dpkg database."""
+    fmt = "${Package}\\t${Version}\\t${db:Status-Abbrev}\\n"
+    out = run("dpkg-query", f"--admindir={root}/var/lib/dpkg", "-W", "-f", fmt)
+    packages = {}
+    for line in out.splitlines():
+        name, version, status = line.split("\t")
+        if status.startswith("ii"):
+            packages[name] = version
+    return dict(sorted(packages.items()))
+
+
 def sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
@@ -186,7 +525,28 @@ def sha256(path: Path) -> str:
 
 
 def build(recipe_dir: Path, out_dir: Path, cache: Path) -> dict:
-    recipe = json.loads((recipe_dir / "recipe.json").read_text())
+    """Build RECIPE_DIR into OUT_DIR with the builder its recipe names; write the manifest."""
+    recipe = load_recipe(recipe_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if recipe["builder"] == "mmdebstrap":
+        packages = build_debian(recipe_dir, recipe, out_dir, cache.resolve())
+    else:
+        packages = build_busybox(recipe_dir, recipe, out_dir, cache)
+    manifest = {
+        "recipe": recipe["name"],
+        "cmdline": recipe["cmdline"],
+        "packages": packages,
+        "sha256": {f: sha256(out_dir / f) for f in ("disk.qcow2", "vmlinuz", "initrd.img")},
+        "readiness": recipe["readiness"],
+        "memory_mib": recipe["memory_mib"],
+        "vcpus": recipe["vcpus"],
+    }
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
+
+
+def build_busybox(recipe_dir: Path, recipe: dict, out_dir: Path, cache: Path) -> dict[str, str]:
+    """Kernel + busybox unpacked from their .debs: the seconds-to-boot image for tests."""
     kpkg = kernel_package(recipe["kernel_package"])
     debs = {name: fetch_deb(name, cache) for name in [kpkg, *recipe["packages"]]}
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -200,14 +560,7 @@ def build(recipe_dir: Path, out_dir: Path, cache: Path) -> dict:
         build_initramfs(work, kernel_tree, busybox_tree, recipe_dir,
                         recipe["initramfs_modules"], out_dir / "initrd.img")
         build_rootfs(work, busybox_tree, recipe_dir, recipe, out_dir / "disk.qcow2")
-    manifest = {
-        "recipe": recipe["name"],
-        "cmdline": recipe["cmdline"],
-        "packages": {name: unquote(deb.name.split("_")[1]) for name, deb in debs.items()},
-        "sha256": {f: sha256(out_dir / f) for f in ("disk.qcow2", "vmlinuz", "initrd.img")},
-    }
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    return manifest
+    return {name: unquote(deb.name.split("_")[1]) for name, deb in debs.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -219,7 +572,11 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.recipe / "recipe.json").is_file():
         print(f"build: recipe: {args.recipe} has no recipe.json", file=sys.stderr)
         return 2
-    manifest = build(args.recipe, args.out, args.cache)
+    try:
+        manifest = build(args.recipe, args.out, args.cache)
+    except RecipeError as exc:
+        print(f"build: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(manifest, sort_keys=True))
     return 0
 

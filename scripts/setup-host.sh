@@ -5,7 +5,7 @@ set -euo pipefail
 
 APT_PACKAGES=(
   qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
-  busybox-static cpio e2fsprogs ca-certificates
+  busybox-static cpio e2fsprogs ca-certificates mmdebstrap
   samba samba-ad-dc samba-ad-provision winbind krb5-user ldb-tools
   chromium fonts-dejavu-core
 )

@@ -1,0 +1,103 @@
+"""images/build.py's pure helpers: recipe validation (errors name the field), shadow dates,
+the keyboard snippet, the mmdebstrap call and the unit symlinks."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("image_build", ROOT / "images/build.py")
+build = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(build)
+
+
+def recipe(name: str) -> dict:
+    return json.loads((ROOT / "images/recipes" / name / "recipe.json").read_text())
+
+
+def test_busybox_recipe_gets_the_values_it_always_ran_with():
+    checked = build.validate_recipe(recipe("busybox-desktop"))
+    assert checked["builder"] == "busybox"
+    assert (checked["readiness"], checked["memory_mib"], checked["vcpus"]) == ("serial", 256, 1)
+
+
+def test_agent_desktop_recipe_is_valid():
+    checked = build.validate_recipe(recipe("agent-desktop"))
+    assert checked["builder"] == "mmdebstrap"
+    assert checked["readiness"] == "channel"
+    assert checked["keyboard"]["layout"] == "us"
+    assert "firefox-esr" in checked["packages"]
+    assert checked["kernel_package"] == "linux-image-amd64"  # the cloud kernel has no display driver
+
+
+BAD = [
+    (lambda r: r.update(builder="docker"), "builder:"),
+    (lambda r: r.update(name="Agent Desktop"), "name:"),
+    (lambda r: r.update(cmdline="root=/dev/sda"), "cmdline:"),
+    (lambda r: r.update(packages="firefox-esr"), "packages:"),
+    (lambda r: r.update(packages=["firefox-esr", "rm -rf /"]), "packages:"),
+    (lambda r: r.update(disk_mib=True), "disk_mib:"),
+    (lambda r: r.update(memory_mib=64), "memory_mib:"),
+    (lambda r: r.update(vcpus=0), "vcpus:"),
+    (lambda r: r.update(readiness="serial-ish"), "readiness:"),
+    (lambda r: r.pop("suite"), "suite:"),
+    (lambda r: r.update(sources=["deb file:/mnt bookworm main"]), "sources:"),
+    (lambda r: r["keyboard"].update(layout=""), "keyboard.layout:"),
+    (lambda r: r["keyboard"].update(variant='us"; rm'), "keyboard.variant:"),
+    (lambda r: r["keyboard"].update(extra="x"), "keyboard:"),
+]
+
+
+@pytest.mark.parametrize(("mutate", "field"), BAD, ids=[f for _, f in BAD])
+def test_bad_recipe_names_the_field(mutate, field):
+    data = copy.deepcopy(recipe("agent-desktop"))
+    mutate(data)
+    with pytest.raises(build.RecipeError, match=f"^{field}"):
+        build.validate_recipe(data)
+
+
+def test_recipe_must_be_an_object():
+    with pytest.raises(build.RecipeError, match="^recipe:"):
+        build.validate_recipe(["not", "a", "recipe"])
+
+
+def test_shadow_dates_are_pinned_and_other_fields_kept():
+    text = "root:*:20782:0:99999:7:::\nmessagebus:!:20782::::::\nnobody:*::0:99999:7:::\n"
+    day = str(build.EPOCH // 86400)
+    assert build.pin_shadow_dates(text).splitlines() == [
+        f"root:*:{day}:0:99999:7:::", f"messagebus:!:{day}::::::", "nobody:*::0:99999:7:::"]
+
+
+def test_xorg_keyboard_lists_only_the_set_fields():
+    text = build.xorg_keyboard({"model": "pc105", "layout": "de", "variant": "", "options": "caps:none"})
+    assert 'Option "XkbLayout" "de"' in text and 'Option "XkbOptions" "caps:none"' in text
+    assert "XkbVariant" not in text and text.startswith('Section "InputClass"')
+
+
+def test_mmdebstrap_keeps_debs_in_the_cache_and_uses_only_the_recipes_sources(tmp_path):
+    r = build.validate_recipe(recipe("agent-desktop"))
+    cmd = build.mmdebstrap_command(r, tmp_path / "root", tmp_path / "cache")
+    assert f"--setup-hook=sync-in {tmp_path / 'cache'} /var/cache/apt/archives/" in cmd
+    assert f"--customize-hook=sync-out /var/cache/apt/archives {tmp_path / 'cache'}" in cmd
+    assert "--skip=essential/unlink" in cmd and "--skip=download/empty" in cmd
+    assert cmd[-len(r["sources"]):] == r["sources"] and cmd[-len(r["sources"]) - 2] == "bookworm"
+    include = next(a for a in cmd if a.startswith("--include="))
+    assert include.split("=", 1)[1].split(",")[0] == "linux-image-amd64"
+
+
+def test_units_are_enabled_masked_and_the_default_is_graphical(tmp_path):
+    etc = tmp_path / "etc/systemd/system"
+    (etc / "getty.target.wants").mkdir(parents=True)
+    (etc / "getty.target.wants/getty@tty1.service").symlink_to("/lib/systemd/system/getty@.service")
+    build.set_units(tmp_path)
+    assert not (etc / "getty.target.wants/getty@tty1.service").is_symlink()
+    for unit in ("getty@.service", "autovt@.service", "ctrl-alt-del.target", "debug-shell.service"):
+        assert (etc / unit).readlink() == Path("/dev/null")
+    assert (etc / "graphical.target.wants/shiftdesk-session.service").is_symlink()
+    assert (etc / "multi-user.target.wants/shiftdesk-guest-agent.service").is_symlink()
+    assert (etc / "default.target").readlink() == Path("/lib/systemd/system/graphical.target")
