@@ -3,8 +3,9 @@
 A benchmark that creates real libvirt objects calls `run_instance(family)` first. It gets an
 installation name of its own, `<family><pid>`, and:
 - leftovers of earlier runs of the same family whose process is gone (killed with -9, a power
-  cut) are swept: domains `sd-<instance>-*`, the storage pool `shiftdesk-<instance>` with its
-  volumes, and the data directory `shiftdesk-bench-<instance>-*` under the temp directory;
+  cut) are swept: domains `sd-<instance>-*` and templates `sd-<instance>.tpl-*`, the storage
+  pool `shiftdesk-<instance>` with its volumes, and the data directory `shiftdesk-bench-<instance>-*`
+  under the temp directory;
 - SIGTERM and SIGINT unwind the benchmark like an exception (its `finally` blocks run), and at
   exit everything of its own instance is removed the same way, whatever the benchmark got to.
 
@@ -39,7 +40,7 @@ def data_dir_prefix(instance: str) -> str:
 def purge(instance: str) -> None:
     """Remove every domain, volume, storage pool and data directory of INSTANCE. Missing is fine."""
     for name in _virsh("list", "--all", "--name"):
-        if name.startswith(f"sd-{instance}-"):
+        if name.startswith((f"sd-{instance}-", f"sd-{instance}.tpl-")):
             subprocess.run([*VIRSH, "destroy", name], capture_output=True, check=False)
             subprocess.run([*VIRSH, "undefine", name], capture_output=True, check=False)
     pool = f"shiftdesk-{instance}"
@@ -68,7 +69,7 @@ def _alive(pid: int) -> bool:
 
 def sweep(family: str) -> list[str]:
     """Purge the instances of FAMILY whose benchmark process is gone. Returns their names."""
-    shape = re.compile(rf"^(?:sd-|shiftdesk-|{re.escape(data_dir_prefix(''))})({re.escape(family)}(\d+))(?:-|$)")
+    shape = re.compile(rf"^(?:sd-|shiftdesk-|{re.escape(data_dir_prefix(''))})({re.escape(family)}(\d+))(?:-|\.tpl-|$)")
     seen: set[tuple[str, int]] = set()
     names = [*_virsh("list", "--all", "--name"), *_virsh("pool-list", "--all", "--name"),
              *(p.name for p in Path(tempfile.gettempdir()).glob(f"{data_dir_prefix(family)}*"))]

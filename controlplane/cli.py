@@ -200,13 +200,15 @@ def pool_create(
     min_size: Annotated[int, typer.Option(help="Never fewer")] = 0,
     max_size: Annotated[int, typer.Option(help="Never more")] = 50,
     memory_mib: Annotated[int, typer.Option(help="Memory per desktop")] = 256,
+    vcpus: Annotated[int, typer.Option(help="vCPUs per desktop")] = 1,
+    clone: Annotated[str, typer.Option(help="instant: restore from a saved template; cold: boot each")] = "instant",
     wait: WaitOpt = True,
     timeout: TimeoutOpt = 600.0,
 ) -> None:
     """Create pool NAME of SIZE desktops cloned from IMAGE."""
     with context() as (ctx, settings):
         pools.create(ctx, name=name, image=image, size=size, min_size=min_size, max_size=max(max_size, size),
-                     memory_mib=memory_mib, actor=ACTOR)
+                     memory_mib=memory_mib, vcpus=vcpus, clone=clone, actor=ACTOR)
         if wait:
             converge(ctx, settings, name, timeout)
 
@@ -224,7 +226,7 @@ def pool_scale(name: str, size: int, wait: WaitOpt = True, timeout: TimeoutOpt =
 def pool_ls(as_json: JsonOpt = False) -> None:
     """List pools with their desktops by state."""
     with context() as (ctx, _):
-        emit(pools.views(ctx), as_json, ["name", "image", "size", "min_size", "max_size", "desktops"])
+        emit(pools.views(ctx), as_json, ["name", "image", "clone", "size", "min_size", "max_size", "desktops"])
 
 
 @pool_app.command("delete")

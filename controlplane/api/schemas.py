@@ -22,6 +22,7 @@ class PoolCreate(Strict):
     memory_mib: int = Field(256, ge=128, le=65536)
     vcpus: int = Field(1, ge=1, le=16)
     groups: list[str] = Field(default_factory=list, max_length=100, description="AD groups entitled to the pool")
+    clone: str = Field("instant", max_length=16, description="instant (restore from a template) or cold (boot)")
 
 
 class PoolResize(Strict):
@@ -29,6 +30,7 @@ class PoolResize(Strict):
     groups: list[str] | None = Field(None, max_length=100, description="replace the entitled AD groups")
     min_size: int | None = Field(None, ge=0, le=500)
     max_size: int | None = Field(None, ge=0, le=500)
+    clone: str | None = Field(None, max_length=16, description="instant or cold, for desktops made from now on")
 
 
 from controlplane.services.views import DesktopPublic, ImagePublic, PoolPublic  # noqa: E402

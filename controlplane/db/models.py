@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, Column, UniqueConstraint
+from sqlalchemy import JSON, Column, String, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from controlplane.domain.desktop import DesktopState
+from controlplane.domain.ports import CloneMode
 
 
 def utcnow() -> datetime:
@@ -52,6 +53,8 @@ class Pool(SQLModel, table=True):
     target_size: int = 0
     memory_mib: int = 256
     vcpus: int = 1
+    clone: CloneMode = Field(default=CloneMode.INSTANT, sa_column=Column(  # restore from a template, or boot
+        String(16), nullable=False, server_default=CloneMode.INSTANT.value))
     deleting: bool = False
     groups: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))  # AD groups entitled
     created_at: datetime = Field(default_factory=utcnow)

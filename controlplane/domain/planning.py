@@ -50,6 +50,8 @@ class DesktopView:
 @dataclass(frozen=True)
 class Limits:
     boot_timeout: timedelta = timedelta(seconds=120)
+    identity_timeout: timedelta = timedelta(seconds=30)  # a restored clone confirms its identity by then
+    template_wait: timedelta = timedelta(seconds=90)  # an instant desktop waits this long for its template
     failure_budget: int = 3
     min_retry_delay: timedelta = timedelta(seconds=1)
     max_retry_delay: timedelta = timedelta(seconds=300)
@@ -222,11 +224,16 @@ def _desktop_steps(d: DesktopView, pool: PoolView | None, domains: dict[str, Obs
         if d.state == S.DRAINING and (d.grace_until is None or d.grace_until >= now):
             return []  # waits for its session to end, as in a ramp-down
         return [Delete(d.id)]
+    if dom is not None and dom.quarantined and d.state in (S.PROVISIONING, S.READY, S.IN_USE, S.DRAINING):
+        return [_quarantine(d, dom.quarantined)]
     if d.state == S.PROVISIONING:
         if dom is not None and (dom.generation != d.generation or no_computer):
             return [Recreate(d.id)]  # older generation, or its join secret died with its computer account
         if dom is not None and dom.ready:
             return [MarkReady(d.id)]
+        if dom is not None and dom.cloned and dom.running and now - d.since > limits.identity_timeout:
+            waited = int(limits.identity_timeout.total_seconds())
+            return [MarkFailed(d.id, f"clone did not confirm its identity {waited} s after restore")]
         if now - d.since > limits.boot_timeout:
             return [MarkFailed(d.id, f"not ready {int(limits.boot_timeout.total_seconds())} s after start")]
         if dom is None or not dom.running or d.name not in overlays:
@@ -247,6 +254,17 @@ def _desktop_steps(d: DesktopView, pool: PoolView | None, domains: dict[str, Obs
         if d.state == S.DRAINING:
             return []  # waits for its session to end
     return []
+
+
+def _quarantine(d: DesktopView, why: str) -> Action:
+    """A guest the host stopped trusting is never handed out again: a booting one fails, an idle
+    one is deleted, one in a session is recycled (its agent gets a fresh desktop on reconnect)."""
+    reason = f"guest quarantined: {why}"
+    if d.state == S.PROVISIONING:
+        return MarkFailed(d.id, reason)
+    if d.state == S.READY:
+        return Delete(d.id)
+    return Recycle(d.id, reason)
 
 
 def _orphan_steps(pools: list[PoolView], desktops: list[DesktopView],

@@ -7,7 +7,8 @@ desktop's pool applies, and the most restrictive value of each rule wins:
 - apps and domains: allowed only if every applying policy allows them (intersection);
 - clipboard, file transfer, printing, audio: allowed only if every applying policy allows them;
 - watermark: on if any applying policy turns it on;
-- idle timeout, session length, disconnect grace: the smallest.
+- idle timeout, session length, disconnect grace: the smallest;
+- browser start page: that of the first applying policy (by name) that sets one.
 No applying policy means the default policy: nothing allowed, watermark on, short limits.
 """
 
@@ -42,6 +43,7 @@ class Policy:
     watermark: bool = True
     session: SessionLimits = SessionLimits()
     description: str = ""
+    start_page: str | None = None
 
     def applies(self, groups: frozenset[str], pool: str | None) -> bool:
         return bool(self.groups & groups) and (not self.pools or pool is None or pool in self.pools)
@@ -59,6 +61,7 @@ class EffectivePolicy:
     watermark: bool
     session: SessionLimits
     reasons: dict[str, str] = field(default_factory=dict)
+    start_page: str | None = None
 
     def allows_domain(self, host: str) -> bool:
         return any(rule_covers(rule, host.lower().rstrip(".")) for rule in self.domains)
@@ -95,6 +98,7 @@ def effective(policies: list[Policy], groups: frozenset[str], pool: str | None) 
         session=SessionLimits(**{k: min(getattr(p.session, k) for p in applying)
                                  for k in SessionLimits.__dataclass_fields__}),
         reasons=reasons or {DEFAULT.name: "no policy binds to the user's groups"},
+        start_page=next((p.start_page for p in applying if p.start_page), None),
     )
 
 

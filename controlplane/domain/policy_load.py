@@ -62,6 +62,7 @@ def to_policy(doc: dict[str, Any]) -> Policy:
         data=DataRules(**{k: bool(data.get(k, False)) for k in DataRules.__dataclass_fields__}),
         watermark=bool(doc.get("watermark", {}).get("enabled", True)),
         session=SessionLimits(**session),
+        start_page=doc.get("browser", {}).get("start_page"),
     )
 
 
@@ -73,4 +74,5 @@ def to_document(policy: Policy) -> dict[str, Any]:
         "apps": {"allow": sorted(policy.apps)}, "domains": {"allow": sorted(policy.domains)},
         "data": dict(policy.data.__dict__), "watermark": {"enabled": policy.watermark},
         "session": dict(policy.session.__dict__),
+        **({"browser": {"start_page": policy.start_page}} if policy.start_page else {}),
     }

@@ -8,6 +8,7 @@ from typing import Any
 NAME = r"^[a-z][a-z0-9-]{0,46}[a-z0-9]$"
 POOL = r"^[a-z][a-z0-9-]{0,22}[a-z0-9]$"
 APP = r"^[a-z0-9][a-z0-9._+-]{0,63}$"
+START_PAGE = r"^(https://[a-z0-9.-]{1,253}(:[0-9]{1,5})?(/[\x21-\x7e]*)?|file:///usr/share/shiftdesk/[a-z0-9._/-]{1,200})$"
 DOMAIN = r"^(\*\.)?((?!-)[a-z0-9-]{1,63}(?<!-)\.)+(xn--[a-z0-9-]{1,59}|[a-z]{2,63})$"
 
 
@@ -41,6 +42,11 @@ SCHEMA: dict[str, Any] = {
         "data": _object({k: {"type": "boolean", "default": False}
                          for k in ("clipboard", "file_transfer", "printing", "audio")}),
         "watermark": _object({"enabled": {"type": "boolean", "default": True}}),
+        "browser": _object({"start_page": {
+            "type": "string", "pattern": START_PAGE, "maxLength": 2000,
+            "description": "what the desktop's browser shows when an agent is given it: an https URL "
+                           "(its host should be in domains.allow) or a page the image ships under "
+                           "file:///usr/share/shiftdesk/"}}),
         "session": _object({
             "idle_timeout_minutes": {"type": "integer", "minimum": 1, "maximum": 1440},
             "max_session_hours": {"type": "integer", "minimum": 1, "maximum": 24},

@@ -9,8 +9,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
+
+
+class Readiness(StrEnum):
+    """How a guest says it is ready: a line on its serial port (busybox), or the in-guest agent
+    over the host channel once the session shows its browser (agent desktops)."""
+
+    SERIAL = "serial"
+    CHANNEL = "channel"
+
+
+class CloneMode(StrEnum):
+    """How a pool makes desktops: restored from a saved template (about a second), or booted."""
+
+    INSTANT = "instant"
+    COLD = "cold"
 
 
 @dataclass(frozen=True)
@@ -21,6 +37,45 @@ class BootImage:
     kernel: Path
     initrd: Path | None
     cmdline: str
+    image_id: int = 0
+    readiness: Readiness = Readiness.SERIAL
+
+
+@dataclass(frozen=True)
+class TemplateKey:
+    """One instant-clone template per host, image version and machine shape (a restore must
+    recreate the machine the memory was saved from, so memory and vCPUs are part of the key)."""
+
+    image_id: int
+    memory_mib: int
+    vcpus: int
+
+    @property
+    def slug(self) -> str:
+        return f"i{self.image_id}-m{self.memory_mib}-c{self.vcpus}"
+
+    @classmethod
+    def parse(cls, slug: str) -> TemplateKey | None:
+        try:
+            i, m, c = slug.split("-")
+            if (i[0], m[0], c[0]) != ("i", "m", "c"):
+                return None
+            return cls(int(i[1:]), int(m[1:]), int(c[1:]))
+        except (ValueError, IndexError):
+            return None
+
+
+@dataclass(frozen=True)
+class ObservedTemplate:
+    """A template as the host has it: booting (running, maybe ready) or saved (a finished file)."""
+
+    key: TemplateKey
+    defined: bool
+    running: bool
+    ready: bool
+    saved: bool
+    created: int = 0  # Unix time the template domain was defined (0: unknown)
+    quarantined: str | None = None
 
 
 @dataclass(frozen=True)
@@ -35,6 +90,7 @@ class DesktopSpec:
     vcpus: int = 1
     generation: int = 1  # bumped by a rebuild: a domain of an older generation is recreated
     join_secret: str | None = field(default=None, repr=False)  # one-time AD join secret, first boot only
+    template: TemplateKey | None = None  # restore from this saved template instead of booting
 
 
 @dataclass(frozen=True)
@@ -47,6 +103,8 @@ class ObservedDomain:
     running: bool
     ready: bool
     generation: int = 1
+    cloned: bool = False  # restored from a template: ready means its new identity is confirmed
+    quarantined: str | None = None  # the host stopped trusting what this guest says, and why
 
 
 class Hypervisor(Protocol):
@@ -95,6 +153,34 @@ class Hypervisor(Protocol):
 
     def selftest(self) -> float:
         """Define and undefine a dummy domain; return the milliseconds it took."""
+
+    def show_page(self, name: str, url: str) -> bool:
+        """Ask the desktop's in-guest agent to show URL in its browser. Best effort: False when the
+        desktop has no host channel or its agent is not connected (nothing else changes)."""
+
+    # --- instant clones -----------------------------------------------------------------------
+
+    def list_templates(self) -> dict[TemplateKey, ObservedTemplate]:
+        """This installation's templates on this host, booting or saved."""
+
+    def build_template(self, key: TemplateKey, image: BootImage) -> None:
+        """Define and start KEY's template domain (cold boot). Idempotent; running is success."""
+
+    def save_template(self, key: TemplateKey) -> None:
+        """Save the ready template's memory to its file, then undefine the domain, so nothing can
+        ever boot it again and write to the disk its clones are backed by. Idempotent: a saved
+        template whose domain is still defined is only undefined. Never leaves a partial file
+        where a finished one is expected."""
+
+    def remove_template(self, key: TemplateKey) -> None:
+        """Domain, save file and disk of KEY's template, whatever of them exists. Missing: success."""
+
+    def restore_clone(self, spec: DesktopSpec) -> Path:
+        """Create SPEC's desktop from its saved template (`spec.template`) and return its overlay's
+        path: an overlay on the
+        template's disk and a restore under the desktop's own name, UUID, disk and sockets. On
+        error nothing of the attempt is left running or defined (the overlay stays, like after a
+        failed cold start). Raises PermanentError when the template cannot be used."""
 
 
 class Clock(Protocol):

@@ -4,7 +4,11 @@ Scenarios are constructor switches, never class-level state:
 - boot_passes: how many readiness checks a started domain needs before it reports ready;
 - never_ready: names whose guest never signals ready (boot timeout paths);
 - fail_start / fail_overlay: names whose start / overlay creation raise PermanentError;
-- flaky: how many calls raise TemporaryError before calls succeed (hiccup paths).
+- flaky: how many calls raise TemporaryError before calls succeed (hiccup paths);
+- fail_restore: restores from a template raise PermanentError (the cold-boot fallback path);
+- silent_clones: restored clones never confirm their identity (the identity-timeout path);
+- quarantined: desktop name -> why the host stopped trusting its guest.
+Templates boot like desktops (boot_passes), save at once, and restored clones are ready at once.
 The instance outlives a simulated crash of the reconciler, like libvirtd outlives ours.
 """
 
@@ -16,7 +20,14 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from controlplane.domain.ports import DesktopSpec, Identity, ObservedDomain
+from controlplane.domain.ports import (
+    BootImage,
+    DesktopSpec,
+    Identity,
+    ObservedDomain,
+    ObservedTemplate,
+    TemplateKey,
+)
 from controlplane.errors import AuthFailed, PermanentError, TemporaryError
 
 
@@ -25,12 +36,13 @@ class FakeDomain:
     spec: DesktopSpec
     running: bool = False
     checks: int = 0
+    cloned: bool = False
 
 
 class FakeHypervisor:
     def __init__(self, *, boot_passes: int = 0, never_ready: frozenset[str] = frozenset(),
                  fail_start: frozenset[str] = frozenset(), fail_overlay: frozenset[str] = frozenset(),
-                 flaky: int = 0, root: Path = Path("/fake")) -> None:
+                 flaky: int = 0, root: Path = Path("/fake"), fail_restore: bool = False) -> None:
         self.boot_passes = boot_passes
         self.never_ready = never_ready
         self.fail_start = fail_start
@@ -41,6 +53,12 @@ class FakeHypervisor:
         self.overlays: dict[str, Path] = {}
         self.calls: list[tuple[str, str]] = []
         self.join_secrets: dict[str, str] = {}
+        self.fail_restore = fail_restore
+        self.silent_clones = False
+        self.pages: dict[str, str] = {}
+        self.quarantined: dict[str, str] = {}
+        self.templates: dict[TemplateKey, FakeDomain] = {}  # booting templates
+        self.saved: set[TemplateKey] = set()
         self._lock = threading.Lock()
 
     def _call(self, verb: str, name: str) -> None:
@@ -52,7 +70,7 @@ class FakeHypervisor:
     def list_desktops(self) -> dict[str, ObservedDomain]:
         with self._lock:
             return {n: ObservedDomain(n, d.spec.pool, d.spec.desktop_id, d.running, self._ready(n),
-                                      d.spec.generation)
+                                      d.spec.generation, cloned=d.cloned, quarantined=self.quarantined.get(n))
                     for n, d in self.domains.items()}
 
     def _ready(self, name: str) -> bool:
@@ -60,6 +78,8 @@ class FakeHypervisor:
         if dom is None or not dom.running or name in self.never_ready:
             return False
         dom.checks += 1
+        if dom.cloned:
+            return not self.silent_clones
         return dom.checks > self.boot_passes
 
     def list_overlays(self) -> set[str]:
@@ -131,6 +151,54 @@ class FakeHypervisor:
 
     def selftest(self) -> float:
         return 0.0
+
+    def show_page(self, name: str, url: str) -> bool:
+        with self._lock:
+            self._call("show_page", name)
+            self.pages[name] = url
+            return name in self.domains
+
+    def list_templates(self) -> dict[TemplateKey, ObservedTemplate]:
+        with self._lock:
+            found: dict[TemplateKey, ObservedTemplate] = {}
+            for key, dom in self.templates.items():
+                dom.checks += 1
+                found[key] = ObservedTemplate(key, defined=True, running=dom.running,
+                                              ready=dom.running and dom.checks > self.boot_passes,
+                                              saved=key in self.saved)
+            for key in self.saved - set(self.templates):
+                found[key] = ObservedTemplate(key, defined=False, running=False, ready=False, saved=True)
+            return found
+
+    def build_template(self, key: TemplateKey, image: BootImage) -> None:
+        with self._lock:
+            self._call("build_template", key.slug)
+            spec = DesktopSpec(name=f"template-{key.slug}", pool="", desktop_id=0, image=image)
+            self.templates.setdefault(key, FakeDomain(spec, running=True))
+
+    def save_template(self, key: TemplateKey) -> None:
+        with self._lock:
+            self._call("save_template", key.slug)
+            dom = self.templates.pop(key, None)
+            if key not in self.saved and (dom is None or not dom.running):
+                raise PermanentError(f"save template {key.slug}: it is not running")
+            self.saved.add(key)
+
+    def remove_template(self, key: TemplateKey) -> None:
+        with self._lock:
+            self._call("remove_template", key.slug)
+            self.templates.pop(key, None)
+            self.saved.discard(key)
+
+    def restore_clone(self, spec: DesktopSpec) -> Path:
+        with self._lock:
+            self._call("restore_clone", spec.name)
+            if spec.template not in self.saved or self.fail_restore:
+                raise PermanentError(f"restore {spec.name}: simulated failure")
+            if spec.join_secret:
+                self.join_secrets[spec.name] = spec.join_secret
+            self.domains.setdefault(spec.name, FakeDomain(spec, running=True, cloned=True))
+            return self.overlays.setdefault(spec.name, self.root / f"{spec.name}.qcow2")
 
 
 class FakeDirectory:

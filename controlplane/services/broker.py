@@ -83,7 +83,10 @@ def connect(ctx: Context, user: Claims, pool_name: str) -> Connection:
         ctx.crashpoint("broker.connect")
         audit.append(session=session, actor=user.sub, action="session.assign" if not reconnect else "session.reconnect",
                      target=desktop.name, pool=pool_name)
-        return Connection(ticket=ticket, desktop=desktop.name, expires_at=expires)
+        connection = Connection(ticket=ticket, desktop=desktop.name, expires_at=expires)
+    if not reconnect and limits.start_page:  # a reconnect finds the agent's browser as it was left
+        ctx.hypervisor.show_page(connection.desktop, limits.start_page)
+    return connection
 
 
 def _claim_running(ctx: Context, session: Session, pool_id: int, username: str) -> Desktop | None:

@@ -109,5 +109,5 @@ def effective_for(ctx: Context, username: str, groups: frozenset[str], pool: str
         "user": username, "pool": pool, "groups": sorted(groups), "revision": revision,
         "applied": list(eff.applied), "reasons": eff.reasons, "apps": sorted(eff.apps),
         "domains": sorted(eff.domains), "data": asdict(eff.data), "watermark": eff.watermark,
-        "session": asdict(eff.session),
+        "session": asdict(eff.session), "start_page": eff.start_page,
     }

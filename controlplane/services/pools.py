@@ -8,6 +8,7 @@ from controlplane.db.engine import session_scope
 from controlplane.db.models import Pool
 from controlplane.domain.groups import InvalidGroup, group_ref
 from controlplane.domain.naming import InvalidName, check_name
+from controlplane.domain.ports import CloneMode
 from controlplane.errors import Conflict, InvalidInput
 from controlplane.services.context import Context
 from controlplane.services.views import PoolPublic, pool_view
@@ -36,8 +37,17 @@ def check_groups(groups: list[str]) -> list[str]:
     return sorted(refs)
 
 
+def check_clone(value: str) -> CloneMode:
+    try:
+        return CloneMode(value)
+    except ValueError:
+        raise InvalidInput(f"clone: {str(value)[:20]!r} must be one of {', '.join(m.value for m in CloneMode)}",
+                           field="clone") from None
+
+
 def create(ctx: Context, *, name: str, image: str, size: int, min_size: int = 0, max_size: int = 50,
-           memory_mib: int = 256, vcpus: int = 1, groups: list[str] | None = None, actor: str) -> Pool:
+           memory_mib: int = 256, vcpus: int = 1, groups: list[str] | None = None, clone: str = "instant",
+           actor: str) -> Pool:
     try:
         check_name("name", name)
     except InvalidName as err:
@@ -47,16 +57,18 @@ def create(ctx: Context, *, name: str, image: str, size: int, min_size: int = 0,
         raise InvalidInput("memory_mib: must be from 128 to 65536", field="memory_mib")
     if not 1 <= vcpus <= 16:
         raise InvalidInput("vcpus: must be from 1 to 16", field="vcpus")
+    mode = check_clone(clone)
     with session_scope(ctx.engine) as session:
         if pools.get_by_name(session=session, name=name) is not None:
             raise Conflict(f"name: pool {name!r} already exists", field="name")
         img = images.resolve(session=session, ref=image)
         pool = pools.create(session=session, pool=Pool(
             name=name, image_id=img.id or 0, target_size=size, min_size=min_size, max_size=max_size,
-            memory_mib=memory_mib, vcpus=vcpus, groups=check_groups(groups or []), created_at=ctx.clock.now()))
+            memory_mib=memory_mib, vcpus=vcpus, clone=mode, groups=check_groups(groups or []),
+            created_at=ctx.clock.now()))
         audit.append(session=session, actor=actor, action="pool.create", target=name,
                      image=f"{img.name}:{img.version}", size=size, min_size=min_size, max_size=max_size,
-                     groups=pool.groups)
+                     groups=pool.groups, clone=mode.value)
         return pool
 
 
@@ -88,9 +100,11 @@ def scale(ctx: Context, name: str, size: int, *, actor: str, min_size: int | Non
 
 
 def update(ctx: Context, name: str, *, size: int | None, min_size: int | None, max_size: int | None,
-           groups: list[str] | None, actor: str) -> Pool:
-    """PATCH semantics: size/limits through `scale`, entitlements replaced when given."""
+           groups: list[str] | None, actor: str, clone: str | None = None) -> Pool:
+    """PATCH semantics: size/limits through `scale`, entitlements and clone mode replaced when given.
+    A new clone mode applies to desktops made from now on; existing ones are left as they are."""
     checked = check_groups(groups) if groups is not None else None
+    mode = check_clone(clone) if clone is not None else None
     pool = get(ctx, name)
     if size is not None or min_size is not None or max_size is not None:
         pool = scale(ctx, name, pool.target_size if size is None else size, min_size=min_size,
@@ -102,6 +116,14 @@ def update(ctx: Context, name: str, *, size: int | None, min_size: int | None, m
             session.add(pool)
             audit.append(session=session, actor=actor, action="pool.entitle", target=name, before=before,
                          after=checked)
+    if mode is not None:
+        with session_scope(ctx.engine) as session:
+            pool = pools.get_or_raise(session=session, name=name)
+            if pool.clone != mode:
+                audit.append(session=session, actor=actor, action="pool.clone_mode", target=name,
+                             before=str(pool.clone), after=mode.value)
+                pool.clone = mode
+                session.add(pool)
     return pool
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
+from datetime import timedelta
 from typing import Any
 
 from sqlmodel import Session
@@ -21,8 +21,9 @@ from controlplane.db.models import Desktop, Pool
 from controlplane.domain import naming
 from controlplane.domain import planning as p
 from controlplane.domain.desktop import DesktopState
-from controlplane.domain.ports import BootImage, DesktopSpec
+from controlplane.domain.ports import CloneMode, DesktopSpec, Readiness
 from controlplane.errors import PermanentError, TemporaryError
+from controlplane.services import templates
 from controlplane.services.context import Context
 
 S = DesktopState
@@ -31,14 +32,16 @@ log = logging.getLogger(__name__)
 
 
 def spec_for(session: Session, desktop: Desktop) -> DesktopSpec:
+    """What the hypervisor needs for DESKTOP; `template` is set when its pool clones instantly
+    and the desktop's image is still the pool's (a template is made for the pool's shape)."""
     pool = session.get(Pool, desktop.pool_id)
     image = images.get_or_raise(session=session, image_id=desktop.image_id)
     assert pool is not None
+    instant = pool.clone == CloneMode.INSTANT and pool.image_id == desktop.image_id
     return DesktopSpec(
         name=desktop.name, pool=pool.name, desktop_id=desktop.id or 0, generation=desktop.generation,
-        image=BootImage(disk=Path(image.disk_path), kernel=Path(image.kernel_path),
-                        initrd=Path(image.initrd_path) if image.initrd_path else None, cmdline=image.cmdline),
-        memory_mib=pool.memory_mib, vcpus=pool.vcpus,
+        image=templates.boot_image(image), memory_mib=pool.memory_mib, vcpus=pool.vcpus,
+        template=templates.key_of(pool) if instant else None,
     )
 
 
@@ -61,7 +64,8 @@ def create_desktop(ctx: Context, a: p.CreateDesktop) -> None:
 
 
 def provision(ctx: Context, a: p.Provision) -> None:
-    """Overlay, then (for a fresh desktop) computer account + definition, then start.
+    """Restore a fresh desktop from its pool's template if it has one, else boot it: overlay,
+    then (for a fresh desktop) computer account + definition, then start.
 
     A desktop whose domain already exists is only started: redefining it would drop the join
     secret it has not read yet. A crash between the computer account and the definition makes the
@@ -71,6 +75,15 @@ def provision(ctx: Context, a: p.Provision) -> None:
         if row is None or row.state != S.PROVISIONING:
             return
         spec = spec_for(session, row)
+        age = ctx.clock.now() - row.state_since
+    needs_identity = ctx.directory is not None and ctx.directory.manages_computers
+    if spec.template is not None and spec.image.readiness != Readiness.CHANNEL and needs_identity:
+        spec = replace(spec, template=None)  # its join secret could only reach it at boot (fw_cfg)
+    if a.fresh and spec.template is not None:
+        how = _instant(ctx, spec, age)
+        if how != "cold":
+            return
+        spec = replace(spec, template=None)
     try:
         path = ctx.hypervisor.create_overlay(spec)
         ctx.crashpoint("provision.after-overlay")
@@ -90,6 +103,38 @@ def provision(ctx: Context, a: p.Provision) -> None:
         if row is not None and row.disk_path != str(path):
             row.disk_path = str(path)
             session.add(row)
+
+
+def _instant(ctx: Context, spec: DesktopSpec, age: timedelta) -> str:
+    """Try the instant path: "restored", "waiting" (its template is on its way), or "cold" (boot
+    it instead: no template in time, or the restore failed; a failed template is rebuilt)."""
+    key = spec.template
+    assert key is not None
+    template = ctx.hypervisor.list_templates().get(key)
+    if template is None or not template.saved:
+        return "waiting" if age < ctx.limits.template_wait else "cold"
+    if ctx.directory is not None and ctx.directory.manages_computers:
+        spec = replace(spec, join_secret=ctx.directory.set_computer(spec.name))
+    try:
+        path = ctx.hypervisor.restore_clone(spec)
+    except PermanentError as err:
+        log.warning("desktop %s: restore from template %s failed, booting it instead: %s", spec.name,
+                    key.slug, err)
+        with session_scope(ctx.engine) as session:
+            audit.append(session=session, actor=ACTOR, action="desktop.restore_failed", target=spec.name,
+                         template=key.slug, reason=str(err)[:500])
+        ctx.hypervisor.delete_overlay(spec.name)  # its overlay is backed by the template: start afresh
+        ctx.hypervisor.remove_template(key)
+        return "cold"
+    ctx.crashpoint("provision.after-restore")
+    with session_scope(ctx.engine) as session:
+        row = desktops.get(session=session, desktop_id=spec.desktop_id)
+        if row is not None:
+            row.disk_path = str(path)
+            session.add(row)
+        audit.append(session=session, actor=ACTOR, action="desktop.restore", target=spec.name,
+                     template=key.slug)
+    return "restored"
 
 
 def mark_ready(ctx: Context, a: p.MarkReady) -> None:

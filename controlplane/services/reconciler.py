@@ -26,13 +26,14 @@ from datetime import datetime, timedelta
 from controlplane.db import desktops, leases, pools
 from controlplane.db.engine import session_scope
 from controlplane.domain.planning import Action, DesktopView, Plan, PoolView, backoff, plan
+from controlplane.domain.templates import TemplateAction
 from controlplane.errors import PermanentError, TemporaryError
-from controlplane.services import provisioning
+from controlplane.services import provisioning, templates
 from controlplane.services.context import Context
-from controlplane.services.provisioning import STEPS
 
 log = logging.getLogger(__name__)
 LEASE = "reconciler"
+STEPS = {**provisioning.STEPS, **templates.STEPS}
 
 
 class Reconciler:
@@ -45,7 +46,8 @@ class Reconciler:
         self._lease_lock = threading.Lock()
         self._renewed_at: datetime | None = None  # when this reconciler last took or renewed the lease
         self._lost = False
-        self._held: dict[Action, tuple[int, datetime]] = {}  # steps of no desktop (orphans) backing off
+        # steps of no desktop (orphans, templates) backing off
+        self._held: dict[Action | TemplateAction, tuple[int, datetime]] = {}
 
     # --- one pass -----------------------------------------------------------------------------
 
@@ -64,9 +66,19 @@ class Reconciler:
                     self.ctx.clock.now(), self.ctx.limits, computers)
 
     def pass_once(self) -> Plan:
-        """Observe, plan and perform every step. Returns the plan it carried out."""
-        current = self.observe_and_plan()
+        """Observe, plan and perform every step (templates first: clones wait for them). Returns
+        the plan it carried out."""
         self._lost = False
+        try:
+            template_steps = templates.plan(self.ctx)
+        except TemporaryError as err:
+            log.warning("templates not looked at this pass: %s", err)
+            template_steps = []
+        now = self.ctx.clock.now()
+        for step in template_steps:
+            if step not in self._held or self._held[step][1] <= now:
+                self._perform(step)  # type: ignore[arg-type]
+        current = self.observe_and_plan()
         now = self.ctx.clock.now()
         due = [a for a in current.actions if a not in self._held or self._held[a][1] <= now]
         futures = [self._pool.submit(self._perform, action) for action in due]
@@ -74,7 +86,7 @@ class Reconciler:
             future.result()
         return current
 
-    def _perform(self, action: Action) -> None:
+    def _perform(self, action: Action | TemplateAction) -> None:
         if not self._lease_kept():
             return  # another reconciler acts now: doing anything more could undo its work
         desktop_id: int | None = getattr(action, "desktop_id", None)
@@ -97,7 +109,7 @@ class Reconciler:
             else:
                 self._record(provisioning.succeeded, desktop_id)
 
-    def _retry_later(self, action: Action, desktop_id: int | None, delay: float, reason: str) -> None:
+    def _retry_later(self, action: Action | TemplateAction, desktop_id: int | None, delay: float, reason: str) -> None:
         if desktop_id is not None:
             self._record(provisioning.retry_later, desktop_id, delay, reason)
             return

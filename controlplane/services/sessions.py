@@ -28,13 +28,15 @@ class Limits:
     idle_s: float
     max_s: float
     grace_s: float
+    start_page: str | None = None  # what the browser shows when the desktop is handed to the agent
 
 
 def limits_for(ctx: Context, *, user: str, groups: frozenset[str], pool: str) -> Limits:
     """The session rules of USER on a desktop of POOL, from the effective policy."""
-    session = policies.effective_for(ctx, user, groups, pool)["session"]
+    eff = policies.effective_for(ctx, user, groups, pool)
+    session = eff["session"]
     return Limits(idle_s=session["idle_timeout_minutes"] * 60.0, max_s=session["max_session_hours"] * 3600.0,
-                  grace_s=session["disconnect_grace_minutes"] * 60.0)
+                  grace_s=session["disconnect_grace_minutes"] * 60.0, start_page=eff["start_page"])
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ class PoolPublic(BaseModel):
     max_size: int
     memory_mib: int
     vcpus: int
+    clone: str
     deleting: bool
     groups: list[str]
     desktops: dict[str, int]
@@ -61,7 +62,8 @@ def pool_view(pool: Pool, image: Image | None, desktops: list[Desktop]) -> PoolP
     return PoolPublic(id=pool.id or 0, name=pool.name,
                       image=f"{image.name}:{image.version}" if image else str(pool.image_id),
                       size=pool.target_size, min_size=pool.min_size, max_size=pool.max_size,
-                      memory_mib=pool.memory_mib, vcpus=pool.vcpus, deleting=pool.deleting, groups=list(pool.groups),
+                      memory_mib=pool.memory_mib, vcpus=pool.vcpus, clone=str(pool.clone),
+                      deleting=pool.deleting, groups=list(pool.groups),
                       desktops=dict(sorted(counts.items())))
 
 

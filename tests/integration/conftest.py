@@ -62,7 +62,7 @@ def golden(real_ctx):
 def tagged_domains(instance: str) -> list[str]:
     names = subprocess.run(["virsh", "-c", "qemu:///system", "list", "--all", "--name"],
                            capture_output=True, text=True, check=True).stdout.split()
-    return [n for n in names if n.startswith(f"sd-{instance}-")]
+    return [n for n in names if n.startswith((f"sd-{instance}-", f"sd-{instance}.tpl-"))]
 
 
 def purge(settings: Settings) -> None:

@@ -25,12 +25,38 @@ def reconcile(settings, crash_at: str | None = None) -> int:
 
 def assert_consistent(ctx, settings):
     rows = {d.name for d, _ in desktops.list_all(ctx)}
-    assert set(tagged_domains(settings.instance)) == rows
+    assert {n for n in tagged_domains(settings.instance) if ".tpl-" not in n} == rows
     assert ctx.hypervisor.list_overlays() == rows
+    assert not list(ctx.hypervisor.run_dir.glob("*.restore"))
+
+
+def test_killed_while_making_a_template_or_a_clone_converges(real_ctx, real_settings, golden):
+    # each template crash point needs a template still to make: one pool (machine shape) per point
+    for memory, point in ((256, "template.after-build"), (320, "template.after-save")):
+        pools.create(real_ctx, name=f"clones{memory}", image="busybox-desktop", size=1, memory_mib=memory,
+                     actor="test")
+        assert reconcile(real_settings, crash_at=point) == 137, f"did not crash at {point}"
+        assert reconcile(real_settings) == 0, f"no convergence after a crash at {point}"
+        assert_consistent(real_ctx, real_settings)
+    pools.scale(real_ctx, "clones256", 2, actor="test")
+    assert reconcile(real_settings, crash_at="provision.after-restore") == 137
+    assert reconcile(real_settings) == 0
+    assert_consistent(real_ctx, real_settings)
+    rows = [d for d, _ in desktops.list_all(real_ctx)]
+    assert len(rows) == 3 and all(d.state == "ready" for d in rows)
+    templates = real_ctx.hypervisor.list_templates()
+    assert len(templates) == 2 and all(t.saved and not t.defined for t in templates.values())
+    assert sorted(p.name for p in real_ctx.hypervisor.templates_dir.iterdir()) == sorted(
+        f"{real_ctx.hypervisor.template_name(k)}.save" for k in templates)  # no partial file left
+    for memory in (256, 320):
+        pools.delete(real_ctx, f"clones{memory}", actor="test")
+    assert reconcile(real_settings) == 0
+    assert real_ctx.hypervisor.list_templates() == {}
+    assert not tagged_domains(real_settings.instance)
 
 
 def test_killed_during_provisioning_and_deletion_converges(real_ctx, real_settings, golden):
-    pools.create(real_ctx, name="crash", image="busybox-desktop", size=0, actor="test")
+    pools.create(real_ctx, name="crash", image="busybox-desktop", size=0, clone="cold", actor="test")
     size = 0
     for point in ("provision.after-row", "provision.after-overlay", "provision.after-define",
                   "provision.after-start"):

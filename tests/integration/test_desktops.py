@@ -16,7 +16,7 @@ from tests.integration.rfb import grab_frame
 
 def test_two_desktops_boot_show_pixels_and_vanish(real_ctx, real_settings, golden):
     hv = real_ctx.hypervisor
-    pools.create(real_ctx, name="agents", image="busybox-desktop", size=2, actor="test")
+    pools.create(real_ctx, name="agents", image="busybox-desktop", size=2, clone="cold", actor="test")
     rec = Reconciler(real_ctx)
     assert rec.run_until_converged(timeout=180), "desktops did not become ready"
     rows = [d for d, _ in desktops.list_all(real_ctx)]

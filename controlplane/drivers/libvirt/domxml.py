@@ -6,7 +6,9 @@ through validated names, and ElementTree escapes everything it writes.
 
 What is absent is as deliberate as what is present: no sound, no USB controller or
 redirection, no spice/qemu-ga channels (no clipboard agent), no filesystem passthrough, no
-network yet, and the serial line goes to a host file only the control plane reads.
+network yet, and the serial line goes to a host file only the control plane reads. The one
+channel a desktop may have is ShiftDesk's own host channel (virtio-serial to a root-only Unix
+socket, domain/guest_channel.py), which carries no user data.
 """
 
 from __future__ import annotations
@@ -22,12 +24,21 @@ ET.register_namespace("shiftdesk", NS)
 
 @dataclass
 class Tag:
-    """The ShiftDesk tag in <metadata>: which installation, pool and desktop row owns the domain."""
+    """The ShiftDesk tag in <metadata>: which installation, pool and desktop row owns the domain.
+
+    `role` tells desktops from instant-clone templates (which no desktop row explains and the
+    desktop reconciler must never see); `template` names the template a clone was restored
+    from ("" for a cold boot); `readiness` says how the guest signals ready ("serial" line or
+    host "channel"); `created` is a Unix time, so a stuck template build can be timed out."""
 
     instance: str
     pool: str
     desktop_id: int
     generation: int = 1
+    role: str = "desktop"
+    template: str = ""
+    readiness: str = "serial"
+    created: int = 0
 
     def to_element(self) -> ET.Element:
         el = ET.Element(f"{{{NS}}}desktop")
@@ -35,6 +46,12 @@ class Tag:
             ET.SubElement(el, f"{{{NS}}}{key}").text = getattr(self, key)
         ET.SubElement(el, f"{{{NS}}}desktop-id").text = str(self.desktop_id)
         ET.SubElement(el, f"{{{NS}}}generation").text = str(self.generation)
+        ET.SubElement(el, f"{{{NS}}}role").text = self.role
+        if self.template:
+            ET.SubElement(el, f"{{{NS}}}template").text = self.template
+        ET.SubElement(el, f"{{{NS}}}readiness").text = self.readiness
+        if self.created:
+            ET.SubElement(el, f"{{{NS}}}created").text = str(self.created)
         return el
 
     @classmethod
@@ -46,7 +63,9 @@ class Tag:
             return values.get(key, "")
 
         return cls(instance=text("instance"), pool=text("pool"), desktop_id=int(text("desktop-id") or 0),
-                   generation=int(text("generation") or 1))
+                   generation=int(text("generation") or 1), role=text("role") or "desktop",
+                   template=text("template"), readiness=text("readiness") or "serial",
+                   created=int(text("created") or 0))
 
 
 @dataclass
@@ -136,6 +155,27 @@ class VncGraphics:
 
 
 @dataclass
+class HostChannel:
+    """The host channel: a virtio-serial port whose host end is a Unix socket QEMU listens on
+    (root-only, like the VNC socket); the control plane connects, the in-guest agent answers."""
+
+    socket: Path
+    port: str
+
+    def to_element(self) -> ET.Element:
+        el = ET.Element("channel", type="unix")
+        ET.SubElement(el, "source", mode="bind", path=str(self.socket))
+        ET.SubElement(el, "target", type="virtio", name=self.port)
+        return el
+
+    @classmethod
+    def from_element(cls, el: ET.Element) -> HostChannel:
+        src, tgt = el.find("source"), el.find("target")
+        return cls(socket=Path(src.get("path", "") if src is not None else ""),
+                   port=tgt.get("name", "") if tgt is not None else "")
+
+
+@dataclass
 class FwCfgFile:
     """A fw_cfg blob the guest reads from /sys/firmware/qemu_fw_cfg/by_name/<name>/raw."""
 
@@ -149,6 +189,7 @@ class Devices:
     serial: SerialLog
     graphics: VncGraphics
     video_model: str = "vga"
+    channel: HostChannel | None = None
 
     def to_element(self, emulator: str | None) -> ET.Element:
         el = ET.Element("devices")
@@ -157,6 +198,8 @@ class Devices:
         el.append(self.disk.to_element())
         ET.SubElement(el, "controller", type="usb", model="none")
         el.append(self.serial.to_element())
+        if self.channel is not None:
+            el.append(self.channel.to_element())
         ET.SubElement(el, "input", type="keyboard", bus="ps2")
         ET.SubElement(el, "input", type="mouse", bus="ps2")
         el.append(self.graphics.to_element())
@@ -174,11 +217,13 @@ class Devices:
             return found
 
         model = el.find("video/model")
+        channel = el.find("channel[@type='unix']")
         return cls(
             disk=Disk.from_element(one("disk")),
             serial=SerialLog.from_element(one("serial")),
             graphics=VncGraphics.from_element(one("graphics")),
             video_model=model.get("type", "vga") if model is not None else "vga",
+            channel=HostChannel.from_element(channel) if channel is not None else None,
         )
 
 
@@ -195,12 +240,16 @@ class Domain:
     emulator: str | None = None
     features: list[str] = field(default_factory=lambda: ["acpi"])
     fw_cfg: list[FwCfgFile] = field(default_factory=list)
+    tb_cache_mib: int | None = None  # TCG's translation cache, capped (QEMU's default is up to 1 GiB)
+    genid: str | None = None  # VM generation ID: a restored clone's kernel sees it change and reseeds
 
     def to_xml(self) -> str:
         root = ET.Element("domain", type=self.domain_type)
         ET.SubElement(root, "name").text = self.name
         if self.uuid:
             ET.SubElement(root, "uuid").text = self.uuid
+        if self.genid:
+            ET.SubElement(root, "genid").text = self.genid
         meta = ET.SubElement(root, "metadata")
         meta.append(self.tag.to_element())
         ET.SubElement(root, "memory", unit="KiB").text = str(self.memory_mib * 1024)
@@ -213,6 +262,9 @@ class Domain:
         feats = ET.SubElement(root, "features")
         for feat in self.features:
             ET.SubElement(feats, feat)
+        if self.tb_cache_mib is not None and self.domain_type == "qemu":
+            tcg = ET.SubElement(feats, "tcg")
+            ET.SubElement(tcg, "tb-cache", unit="MiB").text = str(self.tb_cache_mib)
         ET.SubElement(root, "on_poweroff").text = "destroy"
         # a reboot from inside the guest powers it off: every boot then goes through the driver's
         # start() (fresh serial log), so a rebooting desktop never looks ready from its last boot
@@ -245,10 +297,20 @@ class Domain:
             vcpus=int(root.findtext("vcpu") or 1),
             domain_type=root.get("type", "qemu"),
             emulator=dev_el.findtext("emulator"),
-            features=[f.tag for f in root.find("features") or []],
+            features=[f.tag for f in root.find("features") or [] if f.tag != "tcg"],
+            tb_cache_mib=_tb_cache_mib(root),
+            genid=root.findtext("genid"),
             fw_cfg=[FwCfgFile(name=e.get("name", ""), file=Path(e.get("file", "")))
                     for e in root.findall("sysinfo[@type='fwcfg']/entry")],
         )
+
+
+def _tb_cache_mib(root: ET.Element) -> int | None:
+    el = root.find("features/tcg/tb-cache")
+    if el is None or not el.text:
+        return None
+    factor = {"KiB": 1 / 1024, "MiB": 1, "GiB": 1024}.get(el.get("unit", "MiB"), 1)
+    return int(int(el.text) * factor)
 
 
 def read_tag(xml: str) -> Tag | None:

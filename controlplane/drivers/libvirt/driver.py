@@ -22,9 +22,16 @@ from pathlib import Path
 
 import libvirt
 
-from controlplane.domain import naming
-from controlplane.domain.ports import DesktopSpec, ObservedDomain
-from controlplane.drivers.libvirt import host_access, kvm_probe, linked_clone
+from controlplane.domain import guest_channel, naming
+from controlplane.domain.ports import (
+    BootImage,
+    DesktopSpec,
+    ObservedDomain,
+    ObservedTemplate,
+    Readiness,
+    TemplateKey,
+)
+from controlplane.drivers.libvirt import host_access, kvm_probe, linked_clone, save_image
 from controlplane.drivers.libvirt.domxml import (
     NS,
     OS,
@@ -32,12 +39,14 @@ from controlplane.drivers.libvirt.domxml import (
     Disk,
     Domain,
     FwCfgFile,
+    HostChannel,
     SerialLog,
     Tag,
     VncGraphics,
     without_fw_cfg,
 )
 from controlplane.drivers.libvirt.errors import is_not_found, translate
+from controlplane.drivers.libvirt.guest_link import GuestLinks
 from controlplane.errors import PermanentError
 
 READY_MARKER = "SHIFTDESK-READY name="
@@ -54,7 +63,8 @@ libvirt.registerErrorHandler(_quiet, None)
 class LibvirtHypervisor:
     def __init__(self, *, uri: str, instance: str, storage_pool: str, overlay_dir: Path,
                  run_dir: Path, readiness: str = "serial", domain_type: str = "qemu",
-                 probe_cache: Path | None = None, data_dir: Path | None = None) -> None:
+                 probe_cache: Path | None = None, data_dir: Path | None = None,
+                 tb_cache_mib: int | None = 128, links: GuestLinks | None = None) -> None:
         self.uri = uri
         self.instance = instance
         self.pool_name = storage_pool
@@ -65,6 +75,9 @@ class LibvirtHypervisor:
         self.probe_cache = probe_cache or run_dir
         self.data_dir = data_dir  # QEMU's group may search from here down to the files it opens
         self.qemu: host_access.QemuUser | None = None  # who QEMU runs as, learnt at connect
+        self.tb_cache_mib = tb_cache_mib
+        self.links = links or GuestLinks()
+        self.templates_dir = overlay_dir.parent / "templates"  # saved template memory, root only
         self._desktop_re = re.compile(rf"{naming.PREFIX}-{re.escape(instance)}-[a-z][a-z0-9-]{{0,22}}[a-z0-9]"
                                       r"-[0-9a-f]{6}")
         self._conn: libvirt.virConnect | None = None
@@ -110,13 +123,15 @@ class LibvirtHypervisor:
         found: dict[str, ObservedDomain] = {}
         for dom in self.conn.listAllDomains(0):
             tag = self._tag(dom)
-            if tag is None or tag.instance != self.instance:
+            if tag is None or tag.instance != self.instance or tag.role != "desktop":
                 continue
             running = bool(dom.isActive())
             name = dom.name()
+            ready = running and self._signalled(name, tag, dom)
             found[name] = ObservedDomain(name=name, pool=tag.pool, desktop_id=tag.desktop_id,
-                                         running=running, ready=running and self._signalled(name),
-                                         generation=tag.generation)
+                                         running=running, ready=ready, generation=tag.generation,
+                                         cloned=bool(tag.template),
+                                         quarantined=self.links.state(name).quarantined)
         return found
 
     def _tag(self, dom: libvirt.virDomain) -> Tag | None:
@@ -133,10 +148,20 @@ class LibvirtHypervisor:
 
     def is_ready(self, name: str) -> bool:
         dom = self._lookup(name)
-        return dom is not None and bool(dom.isActive()) and self._signalled(name)
+        if dom is None or not dom.isActive():
+            return False
+        tag = self._tag(dom)
+        return tag is not None and self._signalled(name, tag, dom)
 
-    def _signalled(self, name: str) -> bool:
+    def _signalled(self, name: str, tag: Tag, dom: libvirt.virDomain) -> bool:
+        """Ready since its last start: its agent confirmed the identity we sent and shows the
+        session (host channel), or its serial line said so. A busybox clone (no channel) was
+        restored from a template that had said so; a cold-booted one must say it again."""
         if self.readiness == "running":
+            return True
+        if tag.readiness == Readiness.CHANNEL:
+            return self._channel_ready(name, dom)
+        if tag.template:
             return True
         try:
             text = self.serial_log(name).read_text(errors="replace")
@@ -144,8 +169,27 @@ class LibvirtHypervisor:
             return False
         return f"{READY_MARKER}{name} " in text or text.rstrip().endswith(f"{READY_MARKER}{name}")
 
+    def _channel_ready(self, name: str, dom: libvirt.virDomain) -> bool:
+        state = self.links.ensure(name, self.channel_socket(name))
+        if not state.connected or state.quarantined:
+            return False
+        if not self.links.identity_sent(name):
+            secret = self.join_file(name)
+            self.links.send_identity(name, hostname=name, machine_id=dom.UUIDString().replace("-", ""),
+                                     join_secret=secret.read_text() if secret.exists() else "")
+            return False
+        return state.ready
+
+    def show_page(self, name: str, url: str) -> bool:
+        if not self.links.state(name).connected:
+            return False
+        return self.links.send_page(name, url)
+
     def serial_log(self, name: str) -> Path:
         return self.run_dir / f"{name}.serial"
+
+    def channel_socket(self, name: str) -> Path:
+        return self.run_dir / f"{name}.chan"
 
     def vnc_socket(self, name: str) -> Path:
         """Only for a desktop name of this installation: never a path a caller could steer."""
@@ -184,23 +228,29 @@ class LibvirtHypervisor:
     def delete_overlay(self, name: str) -> None:
         linked_clone.delete_overlay(self._pool(), naming.volume_name(name))
 
-    def domain_model(self, spec: DesktopSpec, uuid: str | None = None) -> Domain:
+    def domain_model(self, spec: DesktopSpec, uuid: str | None = None, *, genid: str | None = None) -> Domain:
+        """A desktop's domain. The join secret goes through fw_cfg for serial images; an agent
+        desktop gets it over the host channel with the rest of its identity."""
+        channel = spec.image.readiness == Readiness.CHANNEL
         return Domain(
             name=spec.name,
             uuid=uuid,
+            genid=genid,
             tag=Tag(instance=self.instance, pool=spec.pool, desktop_id=spec.desktop_id,
-                    generation=spec.generation),
+                    generation=spec.generation, readiness=spec.image.readiness.value),
             os=OS(kernel=spec.image.kernel, initrd=spec.image.initrd,
                   cmdline=f"{spec.image.cmdline} shiftdesk.name={spec.name}"),
             devices=Devices(
                 disk=Disk(pool=self.pool_name, volume=naming.volume_name(spec.name)),
                 serial=SerialLog(self.serial_log(spec.name)),
-                graphics=VncGraphics(self.vnc_socket(spec.name)),
+                graphics=VncGraphics(self.run_dir / f"{spec.name}.vnc"),
+                channel=HostChannel(self.channel_socket(spec.name), guest_channel.PORT_NAME) if channel else None,
             ),
             memory_mib=spec.memory_mib,
             vcpus=spec.vcpus,
             domain_type=self.resolved_domain_type(spec.image.kernel),
-            fw_cfg=[FwCfgFile(JOIN_FW_CFG, self.join_file(spec.name))] if spec.join_secret else [],
+            fw_cfg=[FwCfgFile(JOIN_FW_CFG, self.join_file(spec.name))] if spec.join_secret and not channel else [],
+            tb_cache_mib=self.tb_cache_mib,
         )
 
     def resolved_domain_type(self, kernel: Path) -> str:
@@ -233,14 +283,36 @@ class LibvirtHypervisor:
         if dom.isActive():
             return
         self._drop_fw_cfg(name, lambda entry: not entry.file.exists())  # a secret discarded long ago
+        self._booted_not_restored(dom)
         self.serial_log(name).unlink(missing_ok=True)  # readiness counts from this boot's line only
+        self.links.forget(name)  # and from this boot's agent only
         try:
             dom.create()
         except libvirt.libvirtError as err:
             if dom.isActive():
                 return  # a concurrent start won the race: same outcome
             raise translate(err, f"start {name}") from err
-        host_access.close_socket(self.vnc_socket(name))
+        self._close_sockets(name)
+
+    def _booted_not_restored(self, dom: libvirt.virDomain) -> None:
+        """A clone started cold (host restart, admin reboot) boots like any desktop: clear its
+        template mark, so its readiness comes from this boot and not from its restore."""
+        tag = self._tag(dom)
+        if tag is None or not tag.template or tag.role != "desktop":
+            return
+        tag.template = ""
+        bare = tag.to_element()
+        for el in bare.iter():  # libvirt puts the namespace on by itself and refuses one given
+            el.tag = el.tag.rsplit("}", 1)[-1]
+        try:
+            dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, ET.tostring(bare, encoding="unicode"),
+                            "shiftdesk", NS, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+        except libvirt.libvirtError as err:
+            raise translate(err, f"mark {dom.name()} as booted") from err
+
+    def _close_sockets(self, name: str) -> None:
+        host_access.close_socket(self.run_dir / f"{name}.vnc")
+        host_access.close_socket(self.channel_socket(name))
 
     def reboot(self, name: str) -> None:
         if self._lookup(name) is None:
@@ -250,6 +322,7 @@ class LibvirtHypervisor:
 
     def destroy(self, name: str) -> None:
         dom = self._lookup(name)
+        self.links.forget(name)
         if dom is None or not dom.isActive():
             return
         try:
@@ -270,6 +343,133 @@ class LibvirtHypervisor:
                     raise translate(err, f"undefine {name}") from err
         self.serial_log(name).unlink(missing_ok=True)
         self.discard_join_secret(name)
+
+    # --- instant clones (save_image.py holds the save-file trick) --------------------------------
+
+    def template_name(self, key: TemplateKey) -> str:
+        """`sd-<instance>.tpl-<key>`: never a desktop name (the dot), never one of our overlays."""
+        return f"{naming.PREFIX}-{self.instance}.tpl-{key.slug}"
+
+    def template_file(self, key: TemplateKey) -> Path:
+        return self.templates_dir / f"{self.template_name(key)}.save"
+
+    def list_templates(self) -> dict[TemplateKey, ObservedTemplate]:
+        found: dict[TemplateKey, ObservedTemplate] = {}
+        for dom in self.conn.listAllDomains(0):
+            tag = self._tag(dom)
+            key = TemplateKey.parse(tag.template) if tag and tag.role == "template" else None
+            if tag is None or key is None or tag.instance != self.instance:
+                continue
+            running = bool(dom.isActive())
+            name = dom.name()
+            found[key] = ObservedTemplate(key=key, defined=True, running=running,
+                                          ready=running and self._signalled(name, tag, dom),
+                                          saved=self._saved(key), created=tag.created,
+                                          quarantined=self.links.state(name).quarantined)
+        prefix = f"{naming.PREFIX}-{self.instance}.tpl-"
+        for path in sorted(self.templates_dir.glob(f"{prefix}*.save")):
+            key = TemplateKey.parse(path.name[len(prefix):-len(".save")])
+            if key is not None and key not in found and self._saved(key):
+                found[key] = ObservedTemplate(key=key, defined=False, running=False, ready=False, saved=True)
+        self._sweep_restores()
+        return found
+
+    def _saved(self, key: TemplateKey) -> bool:
+        try:
+            save_image.read_header(self.template_file(key))
+        except (FileNotFoundError, PermanentError):
+            return False
+        return True
+
+    def _sweep_restores(self, older_than_s: float = 600) -> None:
+        """Per-clone restore files a crash left behind (a live restore takes seconds)."""
+        for path in self.run_dir.glob("*.restore"):
+            try:
+                if time.time() - path.stat().st_mtime > older_than_s:
+                    path.unlink()
+            except FileNotFoundError:
+                pass
+
+    def build_template(self, key: TemplateKey, image: BootImage) -> None:
+        name = self.template_name(key)
+        spec = DesktopSpec(name=name, pool="", desktop_id=0, image=image, memory_mib=key.memory_mib,
+                           vcpus=key.vcpus)
+        self.conn  # noqa: B018 - connecting learns who QEMU runs as
+        self._grant_qemu(*{p.parent for p in (image.disk, image.kernel, image.initrd) if p is not None})
+        linked_clone.create_overlay(self._pool(), naming.volume_name(name), image.disk, _virtual_size(image.disk))
+        if self._lookup(name) is None:
+            model = self.domain_model(spec, genid=str(uuidlib.uuid4()))
+            model.tag = Tag(instance=self.instance, pool="", desktop_id=0, role="template", template=key.slug,
+                            readiness=image.readiness.value, created=int(time.time()))
+            try:
+                self.conn.defineXML(model.to_xml())
+            except libvirt.libvirtError as err:
+                raise translate(err, f"define template {name}") from err
+        self.start(name)
+
+    def save_template(self, key: TemplateKey) -> None:
+        name, path = self.template_name(key), self.template_file(key)
+        if not self._saved(key):
+            dom = self._lookup(name)
+            if dom is None or not dom.isActive():
+                raise PermanentError(f"save template {name}: it is not running")
+            self.templates_dir.mkdir(mode=host_access.PRIVATE, parents=True, exist_ok=True)
+            partial = path.with_suffix(".partial")
+            partial.unlink(missing_ok=True)
+            try:
+                dom.save(str(partial))
+            except libvirt.libvirtError as err:
+                partial.unlink(missing_ok=True)
+                raise translate(err, f"save template {name}") from err
+            partial.rename(path)  # only a finished file ever carries the final name
+        self.undefine(name)  # nothing may boot it again: its disk now backs every clone
+
+    def remove_template(self, key: TemplateKey) -> None:
+        name, path = self.template_name(key), self.template_file(key)
+        self.undefine(name)
+        path.with_suffix(".partial").unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+        linked_clone.delete_overlay(self._pool(), naming.volume_name(name))
+
+    def restore_clone(self, spec: DesktopSpec) -> Path:
+        if spec.template is None:
+            raise PermanentError(f"restore {spec.name}: no template named")
+        if self._lookup(spec.name) is not None:
+            self.start(spec.name)  # restored before (a crash after the restore): it is this desktop
+            return Path(self._pool().storageVolLookupByName(naming.volume_name(spec.name)).path())
+        template = self.template_name(spec.template)
+        try:
+            head = save_image.read_header(self.template_file(spec.template))
+            backing = Path(self._pool().storageVolLookupByName(naming.volume_name(template)).path())
+        except (FileNotFoundError, libvirt.libvirtError) as err:
+            raise PermanentError(f"restore {spec.name}: template {template} is not saved") from err
+        overlay = linked_clone.create_overlay(self._pool(), naming.volume_name(spec.name), backing,
+                                              _virtual_size(spec.image.disk))
+        channel = spec.image.readiness == Readiness.CHANNEL
+        xml = save_image.rewrite_for_clone(head.xml, save_image.CloneNames(
+            name=spec.name, uuid=str(uuidlib.uuid4()), genid=str(uuidlib.uuid4()), pool=spec.pool,
+            desktop_id=spec.desktop_id, generation=spec.generation, template=spec.template.slug,
+            created=int(time.time()), volume=naming.volume_name(spec.name), serial=self.serial_log(spec.name),
+            vnc=self.vnc_socket(spec.name), channel=self.channel_socket(spec.name) if channel else None))
+        if spec.join_secret:
+            _write_secret(self.join_file(spec.name), spec.join_secret)  # sent with its identity
+        self.serial_log(spec.name).unlink(missing_ok=True)
+        self.links.forget(spec.name)
+        staged = self.run_dir / f"{spec.name}.restore"
+        save_image.write_clone(self.template_file(spec.template), staged, xml)
+        try:
+            self.conn.restoreFlags(str(staged), None, libvirt.VIR_DOMAIN_SAVE_RUNNING)
+            dom = self.conn.lookupByName(spec.name)
+            self.conn.defineXML(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE))
+        except libvirt.libvirtError as err:
+            self.undefine(spec.name)  # a half-made clone never lingers: the next try starts clean
+            if not self.conn.isAlive():
+                raise translate(err, f"restore {spec.name} from {template}") from err
+            raise PermanentError(f"restore {spec.name} from {template}: {err.get_error_message()}") from err
+        finally:
+            staged.unlink(missing_ok=True)
+        self._close_sockets(spec.name)
+        return overlay
 
     def selftest(self) -> float:
         """Time define + undefine of a throwaway domain (the half-present /dev/kvm trap check)."""

@@ -12,7 +12,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from controlplane.domain.ports import BootImage, DesktopSpec
+from controlplane.domain.ports import BootImage, DesktopSpec, Readiness
 from controlplane.drivers.libvirt.domxml import Domain, read_tag
 from controlplane.drivers.libvirt.driver import LibvirtHypervisor
 
@@ -33,6 +33,12 @@ CASES = {
         name="sd-main-sales-0a1b2d", pool="sales", desktop_id=8, join_secret="s3cret-never-in-xml",
         image=BootImage(disk=Path("/img/disk.qcow2"), kernel=Path("/img/vmlinuz"), initrd=Path("/img/initrd.img"),
                         cmdline="root=/dev/vda")),
+    "desktop-agent": DesktopSpec(
+        name="sd-main-sales-0a1b2e", pool="sales", desktop_id=9, memory_mib=1024, vcpus=2,
+        join_secret="s3cret-over-the-channel-only",
+        image=BootImage(disk=Path("/img/agent/disk.qcow2"), kernel=Path("/img/agent/vmlinuz"),
+                        initrd=Path("/img/agent/initrd.img"), cmdline="root=/dev/vda ro quiet",
+                        readiness=Readiness.CHANNEL)),
 }
 
 
@@ -69,6 +75,17 @@ def test_no_forbidden_devices():
     for forbidden in ("<sound", "<redirdev", "<channel", "<filesystem", "<hostdev", "spicevmc", "<interface"):
         assert forbidden not in xml
     assert 'model="none"' in xml and "socket=" in xml and "listen type=\"socket\"" in xml
+
+
+def test_the_agent_desktop_has_only_our_channel_and_no_secret_in_its_definition():
+    xml = hypervisor().domain_model(CASES["desktop-agent"]).to_xml()
+    assert xml.count("<channel") == 1
+    assert 'type="unix"' in xml and 'name="org.shiftdesk.agent.0"' in xml
+    assert "/tmp/shiftdesk-unit-run/sd-main-sales-0a1b2e.chan" in xml
+    assert "s3cret" not in xml and "fwcfg" not in xml  # the secret travels with its identity instead
+    for forbidden in ("spicevmc", "org.qemu.guest_agent", "<sound", "<redirdev", "<filesystem", "<interface"):
+        assert forbidden not in xml
+    assert '<tb-cache unit="MiB">128</tb-cache>' in xml
 
 
 def test_test_driver_accepts_define_start_destroy():

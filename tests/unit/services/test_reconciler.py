@@ -25,6 +25,19 @@ class Crash(BaseException):
     """Stands for kill -9: nothing after the crash point runs, nothing catches it."""
 
 
+def crash_once_at(ctx, point):
+    """Make CTX die at crash point POINT, the first time only; returns the points it died at."""
+    crashed: list[str] = []
+
+    def crash(name):
+        if name == point and not crashed:
+            crashed.append(name)
+            raise Crash(name)
+
+    ctx.crashpoint = crash
+    return crashed
+
+
 def states(ctx):
     return sorted(str(d.state) for d, _ in desktops.list_all(ctx))
 
@@ -84,15 +97,8 @@ def test_running_twice_changes_nothing(ctx, hv, image):
 
 @pytest.mark.parametrize("point", CRASH_POINTS)
 def test_crash_at_any_step_converges(ctx, hv, image, point):
-    pools.create(ctx, name="sales", image="busybox-desktop", size=3, actor="t")
-    crashed = []
-
-    def crash(name):
-        if name == point and not crashed:
-            crashed.append(name)
-            raise Crash(name)
-
-    ctx.crashpoint = crash
+    pools.create(ctx, name="sales", image="busybox-desktop", size=3, clone="cold", actor="t")
+    crashed = crash_once_at(ctx, point)
     with pytest.raises(Crash):
         for _ in range(20):
             settle(ctx, passes=20)
@@ -109,7 +115,7 @@ def test_boot_timeout_marks_failed_and_budget_stops_retrying(ctx, image, clock, 
     hv = FakeHypervisor(never_ready=frozenset())
     ctx.hypervisor = hv
     hv.never_ready = _AllNames()
-    pools.create(ctx, name="sales", image="busybox-desktop", size=2, actor="t")
+    pools.create(ctx, name="sales", image="busybox-desktop", size=2, clone="cold", actor="t")
     rec = Reconciler(ctx)
     for _ in range(6):
         rec.pass_once()
@@ -136,7 +142,7 @@ def test_start_failure_marks_failed_with_reason(ctx, image):
     hv = FakeHypervisor()
     ctx.hypervisor = hv
     hv.fail_start = _AllNames()
-    pools.create(ctx, name="sales", image="busybox-desktop", size=1, actor="t")
+    pools.create(ctx, name="sales", image="busybox-desktop", size=1, clone="cold", actor="t")
     rec = Reconciler(ctx)
     rec.pass_once()
     rec.close()
@@ -231,7 +237,7 @@ def subprocess_pid_that_exited() -> int:
 
 
 def test_each_desktop_gets_a_computer_account_and_its_secret_once(ctx, hv, directory, image):
-    pools.create(ctx, name="sales", image="busybox-desktop", size=2, actor="t")
+    pools.create(ctx, name="sales", image="busybox-desktop", size=2, clone="cold", actor="t")
     rec = Reconciler(ctx)
     rec.pass_once()  # create + provision: secrets handed to the domains
     names = {d.name for d, _ in desktops.list_all(ctx)}
@@ -356,7 +362,7 @@ def starts(hv) -> int:
 
 def test_a_temporary_error_is_retried_after_its_delay_with_back_off_per_desktop(ctx, image, clock):
     hv = ctx.hypervisor = StuckStart(delay=2.0)
-    pools.create(ctx, name="sales", image="busybox-desktop", size=1, actor="t")
+    pools.create(ctx, name="sales", image="busybox-desktop", size=1, clone="cold", actor="t")
     rec = Reconciler(ctx)
     attempts = []
     for _ in range(60):  # 15 s of passes at 4 Hz
@@ -405,7 +411,7 @@ def test_a_permanent_failure_is_recorded_on_the_desktop_and_audited_once(ctx, im
 
 def test_a_permanent_failure_while_provisioning_fails_the_desktop_with_its_reason(ctx, image):
     hv = ctx.hypervisor = FakeHypervisor(fail_overlay=_AllNames())
-    pools.create(ctx, name="sales", image="busybox-desktop", size=1, actor="t")
+    pools.create(ctx, name="sales", image="busybox-desktop", size=1, clone="cold", actor="t")
     rec = Reconciler(ctx)
     for _ in range(5):
         rec.pass_once()

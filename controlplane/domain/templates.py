@@ -1,0 +1,60 @@
+"""Instant-clone templates: which ones this host should have, and the steps to get there.
+
+A template is wanted for every (image, memory, vCPUs) an instant-clone pool asks for. It is
+built by a cold boot, saved once its guest is ready, and removed when no pool wants it and no
+desktop of its image is left (a clone's disk is an overlay on the template's disk, so the
+template outlives its last clone). A template stuck booting past the timeout, or whose guest
+was quarantined, is removed and built again on a later pass. Pure, like planning.plan().
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from controlplane.domain.ports import ObservedTemplate, TemplateKey
+
+
+@dataclass(frozen=True)
+class BuildTemplate:
+    key: TemplateKey
+
+
+@dataclass(frozen=True)
+class SaveTemplate:
+    key: TemplateKey
+
+
+@dataclass(frozen=True)
+class RemoveTemplate:
+    key: TemplateKey
+    reason: str
+
+
+TemplateAction = BuildTemplate | SaveTemplate | RemoveTemplate
+
+
+def plan_templates(wanted: set[TemplateKey], images_in_use: set[int],
+                   observed: dict[TemplateKey, ObservedTemplate], now: int, timeout_s: int) -> list[TemplateAction]:
+    """Steps towards WANTED templates. IMAGES_IN_USE: image ids some desktop row still has."""
+    out: list[TemplateAction] = []
+    for key in sorted(wanted - set(observed), key=lambda k: k.slug):
+        out.append(BuildTemplate(key))
+    for key, tpl in sorted(observed.items(), key=lambda kv: kv[0].slug):
+        if key not in wanted:
+            if key.image_id not in images_in_use:
+                out.append(RemoveTemplate(key, "no pool uses it"))
+            elif tpl.defined and not tpl.saved:
+                out.append(RemoveTemplate(key, "no pool wants it any more"))  # nothing is backed by it yet
+            continue
+        if tpl.saved:
+            if tpl.defined:
+                out.append(SaveTemplate(key))  # saved, but a crash kept its domain defined: finish
+        elif tpl.quarantined:
+            out.append(RemoveTemplate(key, f"guest quarantined: {tpl.quarantined}"))
+        elif tpl.running and tpl.ready:
+            out.append(SaveTemplate(key))
+        elif not tpl.running:
+            out.append(RemoveTemplate(key, "template stopped before it was saved"))
+        elif tpl.created and now - tpl.created > timeout_s:
+            out.append(RemoveTemplate(key, f"not ready {timeout_s} s after start"))
+    return out

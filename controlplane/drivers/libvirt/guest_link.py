@@ -1,0 +1,248 @@
+"""The host end of each desktop's host channel: connect, read, check, bound, quarantine.
+
+QEMU listens on a root-only Unix socket per desktop (domxml.HostChannel); the control plane is
+the only client. What the guest says is untrusted input: one reader thread decodes it with
+`guest_channel.Decoder` (at most one 16 KiB frame held per guest), a token bucket bounds
+messages and bytes per second, and the first violation (bad framing, a schema error, a flood,
+an identity that does not match what was sent) quarantines the guest: its socket is closed and
+stays closed, and the desktop never reports ready again. The reconciler and the broker only
+ever read `GuestState` snapshots; nothing the guest sends is acted on beyond those fields.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from controlplane.domain import guest_channel as ch
+
+log = logging.getLogger(__name__)
+READ_CHUNK = 4096
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Per guest: sustained messages and bytes per second, and the burst allowed above them."""
+
+    messages_per_s: float = 20.0
+    message_burst: float = 60.0
+    bytes_per_s: float = 64 * 1024
+    byte_burst: float = 128 * 1024
+
+
+@dataclass(frozen=True)
+class GuestState:
+    """What the host knows about one guest, from this connection's messages only."""
+
+    connected: bool = False
+    agent: str | None = None  # from hello
+    confirmed: bool = False  # the guest applied the identity we sent on this connection
+    ready: bool = False  # a `ready` arrived after the confirmation: the session shows its window
+    last_seen: float | None = None  # monotonic time of the last valid message
+    quarantined: str | None = None  # why the host stopped listening to this guest, for good
+    messages: int = 0
+    page: str | None = None  # last page the guest says it shows
+    rng_probe: str | None = None  # what its RNG gave right after the reseed (unique per desktop)
+
+
+@dataclass
+class _Expected:
+    nonce: str
+    hostname: str
+    machine_id: str
+
+
+class _Link:
+    def __init__(self, sock: socket.socket, budget: Budget, now: float) -> None:
+        self.sock = sock
+        self.decoder = ch.Decoder(ch.Side.GUEST)
+        self.state = GuestState(connected=True)
+        self.expected: _Expected | None = None
+        self.tokens = (budget.message_burst, budget.byte_burst)
+        self.stamp = now
+        self.send_lock = threading.Lock()
+
+    def spend(self, budget: Budget, now: float, nbytes: int) -> bool:
+        """Take NBYTES (and one message per frame later) from the bucket; False when it is empty."""
+        elapsed, self.stamp = now - self.stamp, now
+        msgs = min(budget.message_burst, self.tokens[0] + elapsed * budget.messages_per_s)
+        byts = min(budget.byte_burst, self.tokens[1] + elapsed * budget.bytes_per_s) - nbytes
+        self.tokens = (msgs, byts)
+        return byts >= 0
+
+    def spend_message(self) -> bool:
+        self.tokens = (self.tokens[0] - 1, self.tokens[1])
+        return self.tokens[0] >= 0
+
+
+class GuestLinks:
+    """Every host-channel connection of one hypervisor, read by one background thread."""
+
+    def __init__(self, budget: Budget = Budget(), clock: Callable[[], float] = time.monotonic) -> None:
+        self.budget = budget
+        self.clock = clock
+        self._links: dict[str, _Link] = {}
+        self._quarantined: dict[str, str] = {}
+        self._probes: dict[str, str] = {}  # rng_probe -> desktop that reported it
+        self._lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe()
+        self._thread: threading.Thread | None = None
+
+    # --- what the driver calls -----------------------------------------------------------------
+
+    def ensure(self, name: str, path: Path) -> GuestState:
+        """Connected to NAME's channel (connecting now if need be); its state. Never raises."""
+        with self._lock:
+            if name in self._quarantined:
+                return GuestState(quarantined=self._quarantined[name])
+            link = self._links.get(name)
+            if link is not None:
+                return link.state
+        try:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(2.0)
+            sock.connect(str(path))
+        except OSError:
+            sock.close()
+            return GuestState()
+        with self._lock:
+            if name in self._links:  # another thread connected meanwhile
+                sock.close()
+                return self._links[name].state
+            self._links[name] = _Link(sock, self.budget, self.clock())
+            self._start()
+        os.write(self._wake_w, b"x")
+        return GuestState(connected=True)
+
+    def state(self, name: str) -> GuestState:
+        with self._lock:
+            if name in self._quarantined:
+                return GuestState(quarantined=self._quarantined[name])
+            link = self._links.get(name)
+            return link.state if link is not None else GuestState()
+
+    def send_identity(self, name: str, *, hostname: str, machine_id: str, join_secret: str = "") -> bool:
+        """Tell NAME who it is now (fresh seed and clock). True once written to the channel."""
+        nonce = secrets.token_hex(32)
+        frame = ch.encode("identity", ch.Side.HOST, nonce=nonce, hostname=hostname, machine_id=machine_id,
+                          rng_seed=secrets.token_bytes(64), time_ns=time.time_ns(), join_secret=join_secret)
+        with self._lock:
+            link = self._links.get(name)
+            if link is None:
+                return False
+            link.expected = _Expected(nonce, hostname, machine_id)
+            link.state = replace(link.state, confirmed=False, ready=False)
+        return self._send(name, link, frame)
+
+    def send_page(self, name: str, url: str) -> bool:
+        frame = ch.encode("page", ch.Side.HOST, url=url)
+        with self._lock:
+            link = self._links.get(name)
+        return link is not None and self._send(name, link, frame)
+
+    def identity_sent(self, name: str) -> bool:
+        with self._lock:
+            link = self._links.get(name)
+            return link is not None and link.expected is not None
+
+    def forget(self, name: str) -> None:
+        """The domain is gone (or restarts): drop its link and any quarantine on that name."""
+        with self._lock:
+            link = self._links.pop(name, None)
+            self._quarantined.pop(name, None)
+        if link is not None:
+            link.sock.close()
+
+    def quarantine(self, name: str, reason: str) -> None:
+        with self._lock:
+            link = self._links.pop(name, None)
+            self._quarantined[name] = reason
+        if link is not None:
+            link.sock.close()
+        log.warning("guest %s quarantined: %s", name, reason)
+
+    # --- the reader ------------------------------------------------------------------------------
+
+    def _send(self, name: str, link: _Link, frame: bytes) -> bool:
+        try:
+            with link.send_lock:
+                link.sock.sendall(frame)
+            return True
+        except OSError:
+            self._closed(name, link)
+            return False
+
+    def _start(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="guest-links", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                socks = {link.sock.fileno(): (name, link) for name, link in self._links.items()
+                         if link.sock.fileno() >= 0}
+            readable, _, _ = select.select([self._wake_r, *socks], [], [], 1.0)
+            for fd in readable:
+                if fd == self._wake_r:
+                    os.read(self._wake_r, 512)
+                elif fd in socks:
+                    self._read(*socks[fd])
+
+    def _read(self, name: str, link: _Link) -> None:
+        try:
+            data = link.sock.recv(READ_CHUNK)
+        except (BlockingIOError, TimeoutError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._closed(name, link)
+            return
+        if not link.spend(self.budget, self.clock(), len(data)):
+            self.quarantine(name, f"flood: more than {int(self.budget.bytes_per_s)} bytes/s")
+            return
+        try:
+            for msg in link.decoder.feed(data):
+                if not link.spend_message():
+                    raise ch.ProtocolError(f"flood: more than {int(self.budget.messages_per_s)} messages/s")
+                with self._lock:
+                    self._apply(link, msg)
+        except ch.ProtocolError as err:
+            self.quarantine(name, str(err))
+
+    def _apply(self, link: _Link, msg: ch.Message) -> None:
+        """Fold one checked message into the guest's state (called with the lock held)."""
+        state = replace(link.state, last_seen=self.clock(), messages=link.state.messages + 1)
+        if msg.type == "hello":
+            state = replace(state, agent=msg["agent"])
+        elif msg.type == "identity_applied":
+            want = link.expected
+            if want is None or msg["nonce"] != want.nonce:
+                link.state = state  # a stale confirmation (of an identity we replaced): ignored
+                return
+            if (msg["hostname"], msg["machine_id"]) != (want.hostname, want.machine_id):
+                raise ch.ProtocolError("identity_applied: the guest reports another identity than it was given")
+            owner = self._probes.setdefault(msg["rng_probe"], want.hostname)
+            if owner != want.hostname:
+                raise ch.ProtocolError(f"identity_applied: random state shared with {owner}")
+            state = replace(state, confirmed=True, ready=False, rng_probe=msg["rng_probe"])
+        elif msg.type == "ready":
+            state = replace(state, ready=state.confirmed)
+        elif msg.type == "page_shown":
+            state = replace(state, page=msg["url"])
+        link.state = state
+
+    def _closed(self, name: str, link: _Link) -> None:
+        with self._lock:
+            if self._links.get(name) is link:
+                del self._links[name]
+        link.sock.close()

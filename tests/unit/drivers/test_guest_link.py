@@ -1,0 +1,144 @@
+"""The host end of the channel against a scripted guest on a real Unix socket: identity is confirmed
+only as sent, and a guest that floods or breaks the protocol is quarantined for good."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from controlplane.domain import guest_channel as ch
+from controlplane.drivers.libvirt.guest_link import Budget, GuestLinks
+
+GUEST = ch.Side.GUEST
+
+
+class FakeQemu:
+    """Listens where QEMU would; the accepted connection is the guest's end of the port."""
+
+    def __init__(self, path: Path) -> None:
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(str(path))
+        self.server.listen(1)
+        self.conn: socket.socket | None = None
+        self.accepted = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        self.conn, _ = self.server.accept()
+        self.accepted.set()
+
+    def guest(self) -> socket.socket:
+        assert self.accepted.wait(5)
+        assert self.conn is not None
+        return self.conn
+
+    def read_message(self) -> ch.Message:
+        dec, conn = ch.Decoder(ch.Side.HOST), self.guest()
+        conn.settimeout(5)
+        while True:
+            got = dec.feed(conn.recv(4096))
+            if got:
+                return got[0]
+
+
+def eventually(check, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.01)
+    raise AssertionError("condition never held")
+
+
+@pytest.fixture
+def qemu(tmp_path):
+    q = FakeQemu(tmp_path / "d.chan")
+    yield q
+    q.server.close()
+
+
+def test_identity_is_confirmed_only_when_the_guest_reports_what_was_sent(qemu, tmp_path):
+    links = GuestLinks()
+    assert links.ensure("d", tmp_path / "d.chan").connected
+    assert links.send_identity("d", hostname="sd-main-sales-0a1b2c", machine_id="c" * 32, join_secret="j")
+    sent = qemu.read_message()
+    assert sent.type == "identity" and sent["join_secret"] == "j" and len(sent["rng_seed"]) == 64
+    guest = qemu.guest()
+    guest.sendall(ch.encode("ready", GUEST, window="firefox"))  # before confirming: not ready
+    guest.sendall(ch.encode("identity_applied", GUEST, nonce="0" * 64, hostname="sd-main-sales-0a1b2c",
+                            machine_id="c" * 32, rng_probe="1" * 64))  # a stale nonce: ignored
+    time.sleep(0.1)
+    assert not links.state("d").confirmed and not links.state("d").ready
+    guest.sendall(ch.encode("identity_applied", GUEST, nonce=sent["nonce"], hostname="sd-main-sales-0a1b2c",
+                            machine_id="c" * 32, rng_probe="2" * 64) + ch.encode("ready", GUEST, window="firefox"))
+    eventually(lambda: links.state("d").ready)
+    assert links.state("d").confirmed and links.state("d").quarantined is None
+
+
+def test_a_guest_claiming_another_identity_is_quarantined(qemu, tmp_path):
+    links = GuestLinks()
+    links.ensure("d", tmp_path / "d.chan")
+    links.send_identity("d", hostname="sd-main-sales-0a1b2c", machine_id="c" * 32)
+    sent = qemu.read_message()
+    qemu.guest().sendall(ch.encode("identity_applied", GUEST, nonce=sent["nonce"], hostname="template",
+                                   machine_id="c" * 32, rng_probe="3" * 64))
+    eventually(lambda: links.state("d").quarantined is not None)
+    assert "another identity" in links.state("d").quarantined
+    assert not links.ensure("d", tmp_path / "d.chan").connected  # stays quarantined: no reconnect
+
+
+@pytest.mark.parametrize("payload, why", [
+    (b"GET / HTTP/1.1\r\n\r\n", "bad magic"),
+    (ch.HEADER.pack(b"SD", 1, 0, 1 << 30), "body length"),
+    (ch.encode("heartbeat", GUEST, seq=1, uptime_s=1) * 200, "flood"),
+])
+def test_a_misbehaving_guest_is_quarantined_and_its_socket_closed(qemu, tmp_path, payload, why):
+    links = GuestLinks(Budget(messages_per_s=20, message_burst=60))
+    links.ensure("d", tmp_path / "d.chan")
+    guest = qemu.guest()
+    guest.sendall(payload)
+    eventually(lambda: links.state("d").quarantined is not None)
+    assert why in links.state("d").quarantined
+    guest.settimeout(5)
+    with contextlib.suppress(ConnectionResetError):  # hung up with our bytes unread: the same verdict
+        assert guest.recv(10) == b""  # the host hung up
+
+
+def test_a_byte_flood_is_cut_off_without_buffering_it(qemu, tmp_path):
+    links = GuestLinks(Budget(bytes_per_s=64 * 1024, byte_burst=128 * 1024))
+    links.ensure("d", tmp_path / "d.chan")
+    guest = qemu.guest()
+    one = ch.encode("page_shown", GUEST, url="https://crm.example/" + "a" * 1900)
+    with pytest.raises(OSError):
+        for _ in range(10_000):  # 20 MB, far past the burst: the host must hang up long before
+            guest.sendall(one)
+    assert "flood" in (links.state("d").quarantined or "")
+
+
+def test_two_guests_reporting_the_same_random_state_are_caught(tmp_path):
+    links, guests = GuestLinks(), []
+    for name in ("a", "b"):
+        q = FakeQemu(tmp_path / f"{name}.chan")
+        links.ensure(name, tmp_path / f"{name}.chan")
+        links.send_identity(name, hostname=f"sd-main-sales-00000{name}", machine_id=name * 32)
+        sent = q.read_message()
+        q.guest().sendall(ch.encode("identity_applied", GUEST, nonce=sent["nonce"], hostname=sent["hostname"],
+                                    machine_id=sent["machine_id"], rng_probe="f" * 64))
+        guests.append(q)
+        eventually(lambda n=name: links.state(n).confirmed or links.state(n).quarantined)
+    assert links.state("a").confirmed and links.state("a").quarantined is None
+    assert "random state shared with sd-main-sales-00000a" in (links.state("b").quarantined or "")
+
+
+def test_no_socket_means_not_connected_and_forget_lifts_quarantine(tmp_path):
+    links = GuestLinks()
+    assert not links.ensure("gone", tmp_path / "nothing.chan").connected
+    links.quarantine("gone", "test")
+    assert links.state("gone").quarantined == "test"
+    links.forget("gone")
+    assert links.state("gone").quarantined is None
