@@ -202,13 +202,15 @@ def pool_create(
     memory_mib: Annotated[int, typer.Option(help="Memory per desktop")] = 256,
     vcpus: Annotated[int, typer.Option(help="vCPUs per desktop")] = 1,
     clone: Annotated[str, typer.Option(help="instant: restore from a saved template; cold: boot each")] = "instant",
+    memory_sharing: Annotated[bool, typer.Option(help="let the host merge identical pages (KSM)")] = True,
     wait: WaitOpt = True,
     timeout: TimeoutOpt = 600.0,
 ) -> None:
     """Create pool NAME of SIZE desktops cloned from IMAGE."""
     with context() as (ctx, settings):
         pools.create(ctx, name=name, image=image, size=size, min_size=min_size, max_size=max(max_size, size),
-                     memory_mib=memory_mib, vcpus=vcpus, clone=clone, actor=ACTOR)
+                     memory_mib=memory_mib, vcpus=vcpus, clone=clone,
+                     memory_sharing=memory_sharing, actor=ACTOR)
         if wait:
             converge(ctx, settings, name, timeout)
 

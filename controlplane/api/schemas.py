@@ -23,6 +23,8 @@ class PoolCreate(Strict):
     vcpus: int = Field(1, ge=1, le=16)
     groups: list[str] = Field(default_factory=list, max_length=100, description="AD groups entitled to the pool")
     clone: str = Field("instant", max_length=16, description="instant (restore from a template) or cold (boot)")
+    memory_sharing: bool = Field(True, description="the host may merge identical memory pages of these desktops "
+                                                   "(KSM); false closes that side channel, policies can forbid it")
 
 
 class PoolResize(Strict):

@@ -55,6 +55,7 @@ class Pool(SQLModel, table=True):
     vcpus: int = 1
     clone: CloneMode = Field(default=CloneMode.INSTANT, sa_column=Column(  # restore from a template, or boot
         String(16), nullable=False, server_default=CloneMode.INSTANT.value))
+    memory_sharing: bool = True  # the host may merge its desktops' identical pages (KSM); policies can forbid it
     deleting: bool = False
     groups: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))  # AD groups entitled
     created_at: datetime = Field(default_factory=utcnow)

@@ -9,6 +9,8 @@ desktop's pool applies, and the most restrictive value of each rule wins:
 - watermark: on if any applying policy turns it on;
 - idle timeout, session length, disconnect grace: the smallest;
 - browser start page: that of the first applying policy (by name) that sets one.
+Memory sharing is a property of a pool, not of a user: `sharing_allowed` says whether any policy
+naming the pool forbids it.
 No applying policy means the default policy: nothing allowed, watermark on, short limits.
 """
 
@@ -44,6 +46,7 @@ class Policy:
     session: SessionLimits = SessionLimits()
     description: str = ""
     start_page: str | None = None
+    memory_sharing: bool = True
 
     def applies(self, groups: frozenset[str], pool: str | None) -> bool:
         return bool(self.groups & groups) and (not self.pools or pool is None or pool in self.pools)
@@ -65,6 +68,12 @@ class EffectivePolicy:
 
     def allows_domain(self, host: str) -> bool:
         return any(rule_covers(rule, host.lower().rstrip(".")) for rule in self.domains)
+
+
+def sharing_allowed(policies: list[Policy], pool: str) -> bool:
+    """May the host merge memory pages of POOL's desktops (KSM)? Not if any policy naming the pool
+    (or every pool) forbids it: the strictest wins, whoever signs in later."""
+    return all(p.memory_sharing for p in policies if not p.pools or pool in p.pools)
 
 
 def rule_covers(rule: str, what: str) -> bool:

@@ -63,6 +63,7 @@ def to_policy(doc: dict[str, Any]) -> Policy:
         watermark=bool(doc.get("watermark", {}).get("enabled", True)),
         session=SessionLimits(**session),
         start_page=doc.get("browser", {}).get("start_page"),
+        memory_sharing=bool(doc.get("isolation", {}).get("memory_sharing", True)),
     )
 
 
@@ -75,4 +76,5 @@ def to_document(policy: Policy) -> dict[str, Any]:
         "data": dict(policy.data.__dict__), "watermark": {"enabled": policy.watermark},
         "session": dict(policy.session.__dict__),
         **({"browser": {"start_page": policy.start_page}} if policy.start_page else {}),
+        **({"isolation": {"memory_sharing": False}} if not policy.memory_sharing else {}),
     }

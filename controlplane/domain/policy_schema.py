@@ -42,6 +42,11 @@ SCHEMA: dict[str, Any] = {
         "data": _object({k: {"type": "boolean", "default": False}
                          for k in ("clipboard", "file_transfer", "printing", "audio")}),
         "watermark": _object({"enabled": {"type": "boolean", "default": True}}),
+        "isolation": _object({"memory_sharing": {
+            "type": "boolean", "default": True,
+            "description": "false: desktops of the pools this policy names (every pool when bind.pools is "
+                           "empty) never share memory pages with other desktops (no KSM), closing the "
+                           "cross-VM timing side channel at the cost of host memory"}}),
         "browser": _object({"start_page": {
             "type": "string", "pattern": START_PAGE, "maxLength": 2000,
             "description": "what the desktop's browser shows when an agent is given it: an https URL "

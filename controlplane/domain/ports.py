@@ -49,18 +49,23 @@ class TemplateKey:
     image_id: int
     memory_mib: int
     vcpus: int
+    shared: bool = True  # clones' memory may be merged by the host's KSM (see Pool.memory_sharing)
 
     @property
     def slug(self) -> str:
-        return f"i{self.image_id}-m{self.memory_mib}-c{self.vcpus}"
+        return f"i{self.image_id}-m{self.memory_mib}-c{self.vcpus}" + ("" if self.shared else "-private")
 
     @classmethod
     def parse(cls, slug: str) -> TemplateKey | None:
+        parts = slug.split("-")
+        shared = parts[3:] != ["private"]
+        if len(parts) not in (3, 4) or (len(parts) == 4 and shared):
+            return None
         try:
-            i, m, c = slug.split("-")
+            i, m, c = parts[:3]
             if (i[0], m[0], c[0]) != ("i", "m", "c"):
                 return None
-            return cls(int(i[1:]), int(m[1:]), int(c[1:]))
+            return cls(int(i[1:]), int(m[1:]), int(c[1:]), shared)
         except (ValueError, IndexError):
             return None
 
@@ -91,6 +96,7 @@ class DesktopSpec:
     generation: int = 1  # bumped by a rebuild: a domain of an older generation is recreated
     join_secret: str | None = field(default=None, repr=False)  # one-time AD join secret, first boot only
     template: TemplateKey | None = None  # restore from this saved template instead of booting
+    share_memory: bool = True  # False: the host never merges this desktop's pages with another's (KSM)
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ def check_clone(value: str) -> CloneMode:
 
 def create(ctx: Context, *, name: str, image: str, size: int, min_size: int = 0, max_size: int = 50,
            memory_mib: int = 256, vcpus: int = 1, groups: list[str] | None = None, clone: str = "instant",
-           actor: str) -> Pool:
+           memory_sharing: bool = True, actor: str) -> Pool:
     try:
         check_name("name", name)
     except InvalidName as err:
@@ -64,11 +64,12 @@ def create(ctx: Context, *, name: str, image: str, size: int, min_size: int = 0,
         img = images.resolve(session=session, ref=image)
         pool = pools.create(session=session, pool=Pool(
             name=name, image_id=img.id or 0, target_size=size, min_size=min_size, max_size=max_size,
-            memory_mib=memory_mib, vcpus=vcpus, clone=mode, groups=check_groups(groups or []),
+            memory_mib=memory_mib, vcpus=vcpus, clone=mode, memory_sharing=bool(memory_sharing),
+            groups=check_groups(groups or []),
             created_at=ctx.clock.now()))
         audit.append(session=session, actor=actor, action="pool.create", target=name,
                      image=f"{img.name}:{img.version}", size=size, min_size=min_size, max_size=max_size,
-                     groups=pool.groups, clone=mode.value)
+                     groups=pool.groups, clone=mode.value, memory_sharing=pool.memory_sharing)
         return pool
 
 

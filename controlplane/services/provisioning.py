@@ -21,9 +21,10 @@ from controlplane.db.models import Desktop, Pool
 from controlplane.domain import naming
 from controlplane.domain import planning as p
 from controlplane.domain.desktop import DesktopState
+from controlplane.domain.policy import Policy
 from controlplane.domain.ports import CloneMode, DesktopSpec, Readiness
 from controlplane.errors import PermanentError, TemporaryError
-from controlplane.services import templates
+from controlplane.services import policies, templates
 from controlplane.services.context import Context
 
 S = DesktopState
@@ -31,7 +32,7 @@ ACTOR = "reconciler"
 log = logging.getLogger(__name__)
 
 
-def spec_for(session: Session, desktop: Desktop) -> DesktopSpec:
+def spec_for(session: Session, desktop: Desktop, rules: list[Policy]) -> DesktopSpec:
     """What the hypervisor needs for DESKTOP; `template` is set when its pool clones instantly
     and the desktop's image is still the pool's (a template is made for the pool's shape)."""
     pool = session.get(Pool, desktop.pool_id)
@@ -41,7 +42,8 @@ def spec_for(session: Session, desktop: Desktop) -> DesktopSpec:
     return DesktopSpec(
         name=desktop.name, pool=pool.name, desktop_id=desktop.id or 0, generation=desktop.generation,
         image=templates.boot_image(image), memory_mib=pool.memory_mib, vcpus=pool.vcpus,
-        template=templates.key_of(pool) if instant else None,
+        template=templates.key_of(pool, rules) if instant else None,
+        share_memory=templates.shares_memory(pool, rules),
     )
 
 
@@ -70,11 +72,12 @@ def provision(ctx: Context, a: p.Provision) -> None:
     A desktop whose domain already exists is only started: redefining it would drop the join
     secret it has not read yet. A crash between the computer account and the definition makes the
     next pass reset the account (a new secret): nothing stale is ever handed to a guest."""
+    rules = policies.active(ctx)
     with session_scope(ctx.engine) as session:
         row = desktops.get(session=session, desktop_id=a.desktop_id)
         if row is None or row.state != S.PROVISIONING:
             return
-        spec = spec_for(session, row)
+        spec = spec_for(session, row, rules)
         age = ctx.clock.now() - row.state_since
     needs_identity = ctx.directory is not None and ctx.directory.manages_computers
     if spec.template is not None and spec.image.readiness != Readiness.CHANNEL and needs_identity:

@@ -15,15 +15,22 @@ from typing import Any
 from controlplane.db import audit, desktops, images, pools
 from controlplane.db.engine import session_scope
 from controlplane.domain import templates as t
+from controlplane.domain.policy import Policy, sharing_allowed
 from controlplane.domain.ports import BootImage, CloneMode, Readiness, TemplateKey
+from controlplane.services import policies
 from controlplane.services.context import Context
 
 ACTOR = "reconciler"
 log = logging.getLogger(__name__)
 
 
-def key_of(pool: Any) -> TemplateKey:
-    return TemplateKey(pool.image_id, pool.memory_mib, pool.vcpus)
+def key_of(pool: Any, policies: list[Policy]) -> TemplateKey:
+    """The template a pool's clones come from: its image, machine shape and memory sharing."""
+    return TemplateKey(pool.image_id, pool.memory_mib, pool.vcpus, shares_memory(pool, policies))
+
+
+def shares_memory(pool: Any, policies: list[Policy]) -> bool:
+    return bool(pool.memory_sharing) and sharing_allowed(policies, pool.name)
 
 
 def boot_image(image: Any) -> BootImage:
@@ -35,8 +42,9 @@ def boot_image(image: Any) -> BootImage:
 
 
 def plan(ctx: Context) -> list[t.TemplateAction]:
+    rules = policies.active(ctx)
     with session_scope(ctx.engine) as session:
-        wanted = {key_of(p) for p in pools.list_all(session=session)
+        wanted = {key_of(p, rules) for p in pools.list_all(session=session)
                   if p.clone == CloneMode.INSTANT and not p.deleting}
         in_use = {d.image_id for d in desktops.list_all(session=session)}
     return t.plan_templates(wanted, in_use, ctx.hypervisor.list_templates(), int(ctx.clock.now().timestamp()),

@@ -33,6 +33,7 @@ class PoolPublic(BaseModel):
     memory_mib: int
     vcpus: int
     clone: str
+    memory_sharing: bool
     deleting: bool
     groups: list[str]
     desktops: dict[str, int]
@@ -63,6 +64,7 @@ def pool_view(pool: Pool, image: Image | None, desktops: list[Desktop]) -> PoolP
                       image=f"{image.name}:{image.version}" if image else str(pool.image_id),
                       size=pool.target_size, min_size=pool.min_size, max_size=pool.max_size,
                       memory_mib=pool.memory_mib, vcpus=pool.vcpus, clone=str(pool.clone),
+                      memory_sharing=pool.memory_sharing,
                       deleting=pool.deleting, groups=list(pool.groups),
                       desktops=dict(sorted(counts.items())))
 

@@ -242,6 +242,7 @@ class Domain:
     fw_cfg: list[FwCfgFile] = field(default_factory=list)
     tb_cache_mib: int | None = None  # TCG's translation cache, capped (QEMU's default is up to 1 GiB)
     genid: str | None = None  # VM generation ID: a restored clone's kernel sees it change and reseeds
+    share_memory: bool = True  # False: <nosharepages/>, QEMU never offers its pages to KSM
 
     def to_xml(self) -> str:
         root = ET.Element("domain", type=self.domain_type)
@@ -253,6 +254,8 @@ class Domain:
         meta = ET.SubElement(root, "metadata")
         meta.append(self.tag.to_element())
         ET.SubElement(root, "memory", unit="KiB").text = str(self.memory_mib * 1024)
+        if not self.share_memory:
+            ET.SubElement(ET.SubElement(root, "memoryBacking"), "nosharepages")
         ET.SubElement(root, "vcpu").text = str(self.vcpus)
         if self.fw_cfg:
             sysinfo = ET.SubElement(root, "sysinfo", type="fwcfg")
@@ -295,6 +298,7 @@ class Domain:
             devices=Devices.from_element(dev_el),
             memory_mib=mem_kib * factor // 1024,
             vcpus=int(root.findtext("vcpu") or 1),
+            share_memory=root.find("memoryBacking/nosharepages") is None,
             domain_type=root.get("type", "qemu"),
             emulator=dev_el.findtext("emulator"),
             features=[f.tag for f in root.find("features") or [] if f.tag != "tcg"],

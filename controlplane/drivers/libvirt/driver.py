@@ -251,6 +251,7 @@ class LibvirtHypervisor:
             domain_type=self.resolved_domain_type(spec.image.kernel),
             fw_cfg=[FwCfgFile(JOIN_FW_CFG, self.join_file(spec.name))] if spec.join_secret and not channel else [],
             tb_cache_mib=self.tb_cache_mib,
+            share_memory=spec.share_memory,
         )
 
     def resolved_domain_type(self, kernel: Path) -> str:
@@ -393,7 +394,7 @@ class LibvirtHypervisor:
     def build_template(self, key: TemplateKey, image: BootImage) -> None:
         name = self.template_name(key)
         spec = DesktopSpec(name=name, pool="", desktop_id=0, image=image, memory_mib=key.memory_mib,
-                           vcpus=key.vcpus)
+                           vcpus=key.vcpus, share_memory=key.shared)
         self.conn  # noqa: B018 - connecting learns who QEMU runs as
         self._grant_qemu(*{p.parent for p in (image.disk, image.kernel, image.initrd) if p is not None})
         linked_clone.create_overlay(self._pool(), naming.volume_name(name), image.disk, _virtual_size(image.disk))

@@ -37,3 +37,10 @@ def test_an_unwanted_template_stays_while_desktops_of_its_image_exist():
     assert plan_templates(set(), set(), {B: saved}, 1010, 120) == [RemoveTemplate(B, "no pool uses it")]
     booting = obs(B)  # never saved: no clone can be backed by it
     assert plan_templates(set(), {2}, {B: booting}, 1010, 120) == [RemoveTemplate(B, "no pool wants it any more")]
+
+
+def test_template_keys_survive_their_names():
+    for key in (A, TemplateKey(3, 256, 1, shared=False)):
+        assert TemplateKey.parse(key.slug) == key
+    for bad in ("i1-m2", "i1-m2-c3-shared", "x1-m2-c3", "i1-m2-cx", ""):
+        assert TemplateKey.parse(bad) is None

@@ -39,6 +39,10 @@ CASES = {
         image=BootImage(disk=Path("/img/agent/disk.qcow2"), kernel=Path("/img/agent/vmlinuz"),
                         initrd=Path("/img/agent/initrd.img"), cmdline="root=/dev/vda ro quiet",
                         readiness=Readiness.CHANNEL)),
+    "desktop-private-memory": DesktopSpec(
+        name="sd-main-bank-0a1b2f", pool="bank", desktop_id=10, share_memory=False,
+        image=BootImage(disk=Path("/img/disk.qcow2"), kernel=Path("/img/vmlinuz"), initrd=None,
+                        cmdline="root=/dev/vda")),
 }
 
 

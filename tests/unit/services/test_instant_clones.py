@@ -8,7 +8,8 @@ import pytest
 from controlplane.db import audit
 from controlplane.db.engine import session_scope
 from controlplane.domain.ports import TemplateKey
-from controlplane.services import desktops, pools
+from controlplane.services import desktops, policies, pools
+from tests.conftest import SALES
 from tests.unit.services.test_reconciler import Crash, assert_consistent, crash_once_at, settle, states
 
 
@@ -128,3 +129,23 @@ def settle_passes(ctx, n):
             rec.pass_once()
     finally:
         rec.close()
+
+
+PRIVATE_SALES = f"""
+name: private-sales
+bind:
+  groups: ["{SALES}"]
+  pools: [sales]
+isolation:
+  memory_sharing: false
+"""
+
+
+def test_a_policy_can_forbid_memory_sharing_for_the_pools_it_names(ctx, hv, image):
+    pools.create(ctx, name="sales", image="busybox-desktop", size=1, actor="t")
+    pools.create(ctx, name="support", image="busybox-desktop", size=1, actor="t")
+    policies.apply(ctx, {"private.yaml": PRIVATE_SALES}, actor="carol")
+    settle(ctx)
+    shared = {d.spec.pool: d.spec.share_memory for d in hv.domains.values()}
+    assert shared == {"sales": False, "support": True}
+    assert {k.shared for k in hv.saved} == {False, True}  # one template each: a clone inherits its XML
