@@ -46,7 +46,11 @@ class ReconcilerSettings(BaseModel):
     period_s: float = Field(2.0, gt=0, description="Seconds between passes when nothing is pending")
     busy_period_s: float = Field(0.25, gt=0, description="Seconds between passes while work is pending")
     parallelism: int = Field(8, ge=1, le=64, description="How many desktop steps run at once")
-    boot_timeout_s: float = Field(120.0, gt=0, description="A desktop not ready after this is failed")
+    boot_timeout_s: float = Field(
+        600.0, gt=0, description="A desktop (or template) not ready this long after its start is failed "
+        "(a browser desktop's cold boot takes minutes under TCG)")
+    template_wait_s: float = Field(
+        300.0, gt=0, description="An instant-clone desktop waits this long for its pool's template, then boots")
     failure_budget: int = Field(
         3, ge=1, description="A pool with this many failed desktops stops creating new ones"
     )

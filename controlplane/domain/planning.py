@@ -49,9 +49,9 @@ class DesktopView:
 
 @dataclass(frozen=True)
 class Limits:
-    boot_timeout: timedelta = timedelta(seconds=120)
+    boot_timeout: timedelta = timedelta(seconds=600)  # a browser desktop's cold boot takes minutes under TCG
     identity_timeout: timedelta = timedelta(seconds=30)  # a restored clone confirms its identity by then
-    template_wait: timedelta = timedelta(seconds=90)  # an instant desktop waits this long for its template
+    template_wait: timedelta = timedelta(seconds=300)  # an instant desktop waits this long for its template
     failure_budget: int = 3
     min_retry_delay: timedelta = timedelta(seconds=1)
     max_retry_delay: timedelta = timedelta(seconds=300)

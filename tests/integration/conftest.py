@@ -43,7 +43,7 @@ def real_settings() -> Iterator[Settings]:
     yield Settings(data_dir=parent / "data", instance=f"it{secrets.token_hex(3)}",
                    images_dir=ROOT / "images", cache_dir=ROOT / ".cache",
                    libvirt={"uri": "qemu:///system"},
-                   reconciler={"boot_timeout_s": 120, "parallelism": 4})
+                   reconciler={"boot_timeout_s": 600, "parallelism": 4})
     shutil.rmtree(parent, ignore_errors=True)
 
 

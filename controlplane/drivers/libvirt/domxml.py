@@ -202,6 +202,8 @@ class Devices:
             el.append(self.channel.to_element())
         ET.SubElement(el, "input", type="keyboard", bus="ps2")
         ET.SubElement(el, "input", type="mouse", bus="ps2")
+        # absolute pointer: the browser sends absolute positions, a relative mouse drifts behind them
+        ET.SubElement(el, "input", type="tablet", bus="virtio")
         el.append(self.graphics.to_element())
         video = ET.SubElement(el, "video")
         ET.SubElement(video, "model", type=self.video_model)

@@ -175,7 +175,8 @@ class LibvirtHypervisor:
             return False
         if not self.links.identity_sent(name):
             secret = self.join_file(name)
-            self.links.send_identity(name, hostname=name, machine_id=dom.UUIDString().replace("-", ""),
+            self.links.send_identity(name, hostname=name.replace(".", "-"),  # a template's name has a dot
+                                     machine_id=dom.UUIDString().replace("-", ""),
                                      join_secret=secret.read_text() if secret.exists() else "")
             return False
         return state.ready

@@ -57,7 +57,7 @@ def test_provisioning_desktop_is_provisioned_then_marked_ready():
 
 
 def test_boot_timeout_fails_the_desktop():
-    d = desk(1, S.PROVISIONING, age=500)
+    d = desk(1, S.PROVISIONING, age=int(p.Limits().boot_timeout.total_seconds()) + 1)
     out = p.plan([pool(target=1)], [d], {"d1": dom("d1", ready=False)}, {"d1"}, NOW)
     assert kinds(out) == ["MarkFailed"] and "not ready" in out.actions[0].reason
 

@@ -119,14 +119,14 @@ def test_boot_timeout_marks_failed_and_budget_stops_retrying(ctx, image, clock, 
     rec = Reconciler(ctx)
     for _ in range(6):
         rec.pass_once()
-        clock.advance(200)
+        clock.advance(ctx.limits.boot_timeout.total_seconds() * 2 / 3)
     rows = [d for d, _ in desktops.list_all(ctx)]
     failed = [d for d in rows if d.state == S.FAILED]
     budget = ctx.limits.failure_budget
     assert budget <= len(failed) < budget + 2 and len(rows) == len(failed)
     for _ in range(3):  # the budget is spent: no new attempts however long we wait
         rec.pass_once()
-        clock.advance(200)
+        clock.advance(ctx.limits.boot_timeout.total_seconds() * 2 / 3)
     rec.close()
     assert len(desktops.list_all(ctx)) == len(rows)
     assert all("not ready" in (d.reason or "") for d in failed)
