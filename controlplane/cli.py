@@ -224,6 +224,19 @@ def pool_scale(name: str, size: int, wait: WaitOpt = True, timeout: TimeoutOpt =
             converge(ctx, settings, name, timeout)
 
 
+@pool_app.command("set")
+def pool_set(
+    name: str,
+    image: Annotated[str | None, typer.Option(help="Image (name or name:version) for new desktops")] = None,
+    clone: Annotated[str | None, typer.Option(help="instant or cold, for desktops made from now on")] = None,
+) -> None:
+    """Change what pool NAME makes new desktops from (existing desktops keep theirs until rebuilt)."""
+    with context() as (ctx, _):
+        pools.update(ctx, name, size=None, min_size=None, max_size=None, groups=None, clone=clone, image=image,
+                     actor=ACTOR)
+        emit(pools.views(ctx, name), False, ["name", "image", "clone", "size", "desktops"])
+
+
 @pool_app.command("ls")
 def pool_ls(as_json: JsonOpt = False) -> None:
     """List pools with their desktops by state."""

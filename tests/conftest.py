@@ -34,11 +34,12 @@ class FakeBuilder:
 
     def __init__(self) -> None:
         self.builds = 0
+        self.variant = ""  # set it to make the next builds give other bytes (a new image version)
 
     def build(self, recipe: str, out_dir: Path) -> dict:
         self.builds += 1
         header = b"QFI\xfb" + b"\0" * 20 + (64 << 20).to_bytes(8, "big")
-        (out_dir / "disk.qcow2").write_bytes(header + recipe.encode())
+        (out_dir / "disk.qcow2").write_bytes(header + recipe.encode() + self.variant.encode())
         (out_dir / "vmlinuz").write_bytes(b"kernel")
         (out_dir / "initrd.img").write_bytes(b"initrd")
         import hashlib

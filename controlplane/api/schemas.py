@@ -33,6 +33,8 @@ class PoolResize(Strict):
     min_size: int | None = Field(None, ge=0, le=500)
     max_size: int | None = Field(None, ge=0, le=500)
     clone: str | None = Field(None, max_length=16, description="instant or cold, for desktops made from now on")
+    image: str | None = Field(None, max_length=64, description="image name or name:version for desktops made "
+                                                               "from now on")
 
 
 from controlplane.services.views import DesktopPublic, ImagePublic, PoolPublic  # noqa: E402

@@ -175,11 +175,12 @@ class Plan:
     actions: list[Action] = field(default_factory=list)
     booting: int = 0  # desktops started and waited for: nothing to do, but not converged either
     retry_at: datetime | None = None  # the earliest moment a desktop backing off is due again
+    template_steps: int = 0  # instant-clone template steps taken in the same pass (services/templates.py)
 
     @property
     def pending(self) -> bool:
         """True while the world is still moving (so the reconciler should come back soon)."""
-        return bool(self.actions) or self.booting > 0 or self.retry_at is not None
+        return bool(self.actions) or self.booting > 0 or self.retry_at is not None or self.template_steps > 0
 
 
 def plan(

@@ -101,9 +101,10 @@ def scale(ctx: Context, name: str, size: int, *, actor: str, min_size: int | Non
 
 
 def update(ctx: Context, name: str, *, size: int | None, min_size: int | None, max_size: int | None,
-           groups: list[str] | None, actor: str, clone: str | None = None) -> Pool:
-    """PATCH semantics: size/limits through `scale`, entitlements and clone mode replaced when given.
-    A new clone mode applies to desktops made from now on; existing ones are left as they are."""
+           groups: list[str] | None, actor: str, clone: str | None = None, image: str | None = None) -> Pool:
+    """PATCH semantics: size/limits through `scale`, entitlements, clone mode and image replaced when
+    given. A new clone mode or image applies to desktops made from now on (and a new template is
+    made for them); existing desktops are left as they are until they are recycled or rebuilt."""
     checked = check_groups(groups) if groups is not None else None
     mode = check_clone(clone) if clone is not None else None
     pool = get(ctx, name)
@@ -117,6 +118,17 @@ def update(ctx: Context, name: str, *, size: int | None, min_size: int | None, m
             session.add(pool)
             audit.append(session=session, actor=actor, action="pool.entitle", target=name, before=before,
                          after=checked)
+    if image is not None:
+        with session_scope(ctx.engine) as session:
+            pool = pools.get_or_raise(session=session, name=name)
+            img = images.resolve(session=session, ref=image)
+            if pool.image_id != img.id:
+                old = images.get(session=session, image_id=pool.image_id)
+                audit.append(session=session, actor=actor, action="pool.image", target=name,
+                             before=f"{old.name}:{old.version}" if old else str(pool.image_id),
+                             after=f"{img.name}:{img.version}")
+                pool.image_id = img.id or 0
+                session.add(pool)
     if mode is not None:
         with session_scope(ctx.engine) as session:
             pool = pools.get_or_raise(session=session, name=name)

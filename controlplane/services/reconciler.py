@@ -79,6 +79,7 @@ class Reconciler:
             if step not in self._held or self._held[step][1] <= now:
                 self._perform(step)  # type: ignore[arg-type]
         current = self.observe_and_plan()
+        current.template_steps = len(template_steps)
         now = self.ctx.clock.now()
         due = [a for a in current.actions if a not in self._held or self._held[a][1] <= now]
         futures = [self._pool.submit(self._perform, action) for action in due]
@@ -205,7 +206,7 @@ class Reconciler:
         """Come back soon while things move; when only back-offs are pending, when the first is due."""
         if not current.pending:
             return period
-        if current.actions or current.booting or current.retry_at is None:
+        if current.actions or current.booting or current.template_steps or current.retry_at is None:
             return busy_period
         due = (current.retry_at - self.ctx.clock.now()).total_seconds()
         return min(max(due, busy_period), max(period, busy_period))

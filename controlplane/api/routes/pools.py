@@ -31,7 +31,7 @@ def get_pool(name: str, ctx: CtxDep) -> PoolPublic:
 @router.patch("/{name}", response_model=PoolPublic, dependencies=[Wake])
 def resize_pool(name: str, body: PoolResize, ctx: CtxDep, actor: Actor) -> PoolPublic:
     pools.update(ctx, name, size=body.size, min_size=body.min_size, max_size=body.max_size, groups=body.groups,
-                 clone=body.clone, actor=actor)
+                 clone=body.clone, image=body.image, actor=actor)
     return pools.views(ctx, name)[0]
 
 

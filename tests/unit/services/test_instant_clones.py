@@ -149,3 +149,29 @@ def test_a_policy_can_forbid_memory_sharing_for_the_pools_it_names(ctx, hv, imag
     shared = {d.spec.pool: d.spec.share_memory for d in hv.domains.values()}
     assert shared == {"sales": False, "support": True}
     assert {k.shared for k in hv.saved} == {False, True}  # one template each: a clone inherits its XML
+
+
+def test_a_new_image_gets_its_own_template_and_the_old_one_goes_with_its_last_desktop(ctx, hv, image):
+    from controlplane.services import images as image_service
+
+    pools.create(ctx, name="sales", image="busybox-desktop", size=1, actor="t")
+    settle(ctx)
+    ctx.builder.variant = "v2"  # the next build gives other bytes: version 2
+    newer = image_service.build(ctx, "busybox-desktop", actor="t")
+    assert newer.id != image.id
+    pools.update(ctx, "sales", size=None, min_size=None, max_size=None, groups=None, image="busybox-desktop:2",
+                 actor="t")
+    settle(ctx)
+    assert {k.image_id for k in hv.saved} == {image.id, newer.id}  # old desktop still backed by the old one
+    (row, _), = desktops.list_all(ctx)
+    desktops.rebuild(ctx, row.name, actor="t")
+    settle(ctx)
+    assert {k.image_id for k in hv.saved} == {newer.id}
+    (row, _), = desktops.list_all(ctx)
+    assert row.image_id == newer.id and hv.domains[row.name].cloned
+    assert "pool.image" in [e["action"] for e in audit_rows(ctx)]
+
+
+def audit_rows(ctx):
+    from controlplane.services import audit as audit_service
+    return audit_service.recent(ctx, limit=200)
