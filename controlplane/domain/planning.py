@@ -235,8 +235,10 @@ def _desktop_steps(d: DesktopView, pool: PoolView | None, domains: dict[str, Obs
         if dom is not None and dom.cloned and dom.running and now - d.since > limits.identity_timeout:
             waited = int(limits.identity_timeout.total_seconds())
             return [MarkFailed(d.id, f"clone did not confirm its identity {waited} s after restore")]
-        if now - d.since > limits.boot_timeout:
-            return [MarkFailed(d.id, f"not ready {int(limits.boot_timeout.total_seconds())} s after start")]
+        # a desktop with no domain yet may be waiting for its template to boot first: twice the time
+        timeout = limits.boot_timeout * (2 if dom is None else 1)
+        if now - d.since > timeout:
+            return [MarkFailed(d.id, f"not ready {int(timeout.total_seconds())} s after start")]
         if dom is None or not dom.running or d.name not in overlays:
             return [Provision(d.id, fresh=dom is None)]
         return []  # booting: wait

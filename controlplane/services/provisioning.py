@@ -110,10 +110,14 @@ def provision(ctx: Context, a: p.Provision) -> None:
 
 def _instant(ctx: Context, spec: DesktopSpec, age: timedelta) -> str:
     """Try the instant path: "restored", "waiting" (its template is on its way), or "cold" (boot
-    it instead: no template in time, or the restore failed; a failed template is rebuilt)."""
+    it instead: no template came within `template_wait`, or the restore failed; a failed template
+    is rebuilt). A template that is booting is waited for as long as a boot may take: booting the
+    desktop beside it would only slow both down on a busy host."""
     key = spec.template
     assert key is not None
     template = ctx.hypervisor.list_templates().get(key)
+    if template is not None and template.running and not template.quarantined:
+        return "waiting" if age < ctx.limits.boot_timeout else "cold"
     if template is None or not template.saved:
         return "waiting" if age < ctx.limits.template_wait else "cold"
     if ctx.directory is not None and ctx.directory.manages_computers:

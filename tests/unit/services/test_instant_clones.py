@@ -70,6 +70,9 @@ def test_a_desktop_waits_for_its_template_then_boots_if_it_never_comes(ctx, hv, 
     assert states(ctx) == ["provisioning"] and not any(v == "define" for v, _ in hv.calls)
     clock.advance(ctx.limits.template_wait.total_seconds() + 1)
     settle_passes(ctx, 2)
+    assert "define" not in [v for v, _ in hv.calls]  # its template is still booting: wait for it
+    clock.advance(ctx.limits.boot_timeout.total_seconds())
+    settle_passes(ctx, 2)
     verbs = [v for v, _ in hv.calls]
     assert "define" in verbs and "start" in verbs and "restore_clone" not in verbs  # booted instead
 
