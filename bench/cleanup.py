@@ -8,6 +8,9 @@ installation name of its own, `<family><pid>`, and:
   under the temp directory;
 - SIGTERM and SIGINT unwind the benchmark like an exception (its `finally` blocks run), and at
   exit everything of its own instance is removed the same way, whatever the benchmark got to.
+- Host settings a benchmark changes (KSM, `ksm_on`) are restored when it leaves the `with` block,
+  also when it is interrupted; the previous values are written in its data directory first, so a
+  run killed with -9 has them restored by the sweep that removes that directory.
 
 Only virsh is used here, never the benchmark's database: what is on the host is the truth.
 """
@@ -15,6 +18,8 @@ Only virsh is used here, never the benchmark's database: what is on the host is 
 from __future__ import annotations
 
 import atexit
+import contextlib
+import json
 import os
 import re
 import shutil
@@ -22,10 +27,13 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 
 VIRSH = ["virsh", "-q", "-c", "qemu:///system"]
+KSM = Path("/sys/kernel/mm/ksm")
+KSM_SAVED = "ksm-previous.json"  # in the data directory of the run that changed KSM
 
 
 def _virsh(*args: str) -> list[str]:
@@ -54,7 +62,39 @@ def purge(instance: str) -> None:
         subprocess.run([*VIRSH, "pool-destroy", pool], capture_output=True, check=False)
         subprocess.run([*VIRSH, "pool-undefine", pool], capture_output=True, check=False)
     for leftover in Path(tempfile.gettempdir()).glob(f"{data_dir_prefix(instance)}*"):
+        restore_ksm(leftover)
         shutil.rmtree(leftover, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def ksm_on(data: Path, **tunables: int) -> Iterator[dict[str, str]]:
+    """KSM running (`run` = 1, plus TUNABLES such as pages_to_scan) inside the block; the previous
+    values come back when it ends, however it ends. Yields the previous values."""
+    names = ["run", *tunables]
+    previous = {name: (KSM / name).read_text().strip() for name in names}
+    (data / KSM_SAVED).write_text(json.dumps(previous))  # before any change: the sweep's safety net
+    try:
+        for name, value in {**tunables, "run": 1}.items():
+            (KSM / name).write_text(str(value))
+        yield previous
+    finally:
+        restore_ksm(data)
+
+
+def restore_ksm(data: Path) -> None:
+    """Put back the KSM settings a run saved in DATA (its data directory). Nothing saved: nothing."""
+    saved = data / KSM_SAVED
+    try:
+        previous = json.loads(saved.read_text())
+    except (FileNotFoundError, ValueError):
+        return
+    for name, value in previous.items():
+        if name in ("run", "pages_to_scan", "sleep_millisecs") and str(value).isdigit():
+            try:
+                (KSM / name).write_text(str(value))
+            except OSError as err:
+                print(f"bench: could not restore KSM {name}={value}: {err}", file=sys.stderr)
+    saved.unlink(missing_ok=True)
 
 
 def _alive(pid: int) -> bool:

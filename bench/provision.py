@@ -1,122 +1,417 @@
 #!/usr/bin/env python3
-"""Scale a pool from 0 to N on real libvirt and compare with the floor, in the same run.
+"""Cold boot, ShiftDesk cold provisioning, instant clones, one at a time, host memory: one run.
 
-    .venv/bin/python bench/provision.py [--n 20]
+    .venv/bin/python bench/provision.py [--image busybox-desktop] [--n 10] [--skip PHASE,...]
 
-ShiftDesk: `pools.create(size=N)` until every desktop is `ready` (the reconciler as it runs
-in production: parallel steps, readiness from the guest's serial line).
-Floor: a plain loop of `qemu-img create -b`, `virsh define`, `virsh start` for N domains with
-the same XML and the same boot check (the READY line on each serial log).
-The last line printed is one JSON object: {"n", "seconds", "floor_seconds", "ratio"}.
-Killed (SIGTERM, SIGINT) it still removes every domain, volume and pool it made; after a kill -9
-the next run removes them (bench/cleanup.py).
+Phases (each can be skipped with --skip; the desktops of one are gone before the
+next starts; pools get the image manifest's memory_mib and vcpus):
+- cold (run first): `pools.create(size=N, clone="cold")` driven by the real reconciler
+  (`run_until_converged`, parallelism 8, as in production). cold_seconds: from the pool's
+  creation to the last desktop's `desktop.ready` audit event.
+- floor: a plain loop of `qemu-img create -b`, `virsh define`, `virsh start` for N domains with
+  the XML the driver emits (`LibvirtHypervisor.domain_model`, prepared outside the timed loop),
+  then the driver's own `is_ready` until all N are ready: the READY line on the serial log
+  (busybox-desktop), or over the host channel (agent-desktop: the identity is sent, the guest
+  agent confirms it and says ready once the session shows its browser).
+  floor_seconds: first `qemu-img create` to the last domain ready.
+- instant: the same with clone="instant". template_seconds: from the pool's creation to the
+  `template.saved` audit event (template build + cold boot until ready + save);
+  instant_seconds: from `template.saved` to the last `desktop.ready`.
+- memory: on the instant pool's N desktops: KSM on (`run` = 1 for the run, restored at exit),
+  `--idle` seconds (60) idle, then host_mib_per_desktop = the drop of MemAvailable from before
+  the instant pool existed, divided by N; ksm_pages_sharing from /sys/kernel/mm/ksm;
+  qemu_pss_mib_per_desktop, the summed Pss of the N QEMU processes / N, as a cross-check that
+  other tenants of the host cannot skew. Runs the instant pool even when `instant` is skipped.
+- single: through the REST API of the app (`create_app` with its reconciler thread, via
+  FastAPI's TestClient, authenticated with the break-glass admin token `identity.local_admin_token`,
+  since the API's sign-in needs an AD): an instant pool at size 0; once its template is saved,
+  --samples (20) times `PATCH /api/v1/pools/single {"size": 1}`, then `GET /api/v1/desktops`
+  every 20 ms until the desktop is `ready` (that interval is one sample), then size 0 until it
+  is gone. single_p50_s, single_p95_s over the samples.
+
+The last line printed is one JSON object: {"image", "n", "floor_seconds", "cold_seconds",
+"instant_seconds", "template_seconds", "instant_ratio" (instant/floor), "single_p50_s",
+"single_p95_s", "host_mib_per_desktop", "guest_mib", "ksm_pages_sharing",
+"qemu_pss_mib_per_desktop"}; a skipped phase gives null.
+Killed (SIGTERM, SIGINT) it still removes every domain, template, save file, volume and pool it
+made and puts KSM back as it was; after a kill -9 the next run does (bench/cleanup.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import statistics
 import subprocess
 import sys
-import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import cleanup  # noqa: E402
-from controlplane.config import Settings  # noqa: E402
+from controlplane.config import ReconcilerSettings, Settings  # noqa: E402
+from controlplane.db import audit  # noqa: E402
+from controlplane.db.engine import session_scope  # noqa: E402
 from controlplane.domain.ports import BootImage, DesktopSpec  # noqa: E402
+from controlplane.drivers.libvirt import host_access  # noqa: E402
 from controlplane.drivers.libvirt.driver import LibvirtHypervisor  # noqa: E402
-from controlplane.main import build_context, build_reconciler  # noqa: E402
-from controlplane.services import desktops, images, pools  # noqa: E402
+from controlplane.main import build_context, build_reconciler, create_app  # noqa: E402
+from controlplane.services import desktops, identity, images, pools, templates  # noqa: E402
+from controlplane.services.context import Context  # noqa: E402
 
 VIRSH = ["virsh", "-q", "-c", "qemu:///system"]
+PHASES = ("floor", "cold", "instant", "memory", "single")
+POLL_S = 0.02
 
 
-def wait_all_ready(hv: LibvirtHypervisor, names: list[str], timeout: float) -> None:
+def say(text: str) -> None:
+    print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+def wall(at: datetime) -> float:
+    """Unix time of a database timestamp (SQLite gives them back naive, in UTC)."""
+    return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
+
+
+def events(ctx: Context, action: str) -> list[audit.AuditEvent]:
+    with session_scope(ctx.engine) as session:
+        return audit.list_recent(session=session, limit=10_000, action=action)
+
+
+def wait_for(what: str, check, timeout: float, every: float = POLL_S):  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
-    pending = set(names)
-    while pending and time.monotonic() < deadline:
-        pending = {n for n in pending if not hv.is_ready(n)}
-        time.sleep(0.05)
-    if pending:
-        raise SystemExit(f"bench: {len(pending)} domains never signalled ready")
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    raise SystemExit(f"bench: timed out after {timeout:.0f} s waiting for {what}")
 
 
-def shiftdesk_run(settings: Settings, n: int, timeout: float) -> float:
-    ctx = build_context(settings)
-    images.build(ctx, "busybox-desktop", actor="bench")
-    reconciler = build_reconciler(ctx, settings)
-    began = time.monotonic()
-    pools.create(ctx, name="bench", image="busybox-desktop", size=n, max_size=n, actor="bench")
-    reconciler.wake.set()
-    if not reconciler.run_until_converged(timeout=timeout, busy_period=settings.reconciler.busy_period_s):
-        raise SystemExit("bench: pool did not converge")
-    seconds = time.monotonic() - began
-    assert sum(1 for d, _ in desktops.list_all(ctx) if d.state == "ready") == n
-    pools.delete(ctx, "bench", actor="bench")
-    reconciler.run_until_converged(timeout=timeout)
-    reconciler.close()
-    return seconds
+def time_restores(hv: LibvirtHypervisor) -> list[float]:
+    """Seconds each `restore_clone` of HV takes from now on (a timing wrapper; it calls through)."""
+    taken: list[float] = []
+    restore = hv.restore_clone
+
+    def timed(spec: DesktopSpec) -> Path:
+        began = time.monotonic()
+        try:
+            return restore(spec)
+        finally:
+            taken.append(time.monotonic() - began)
+
+    hv.restore_clone = timed  # type: ignore[method-assign]
+    return taken
 
 
-def floor_run(settings: Settings, n: int, timeout: float) -> float:
-    ctx = build_context(settings)
-    image = images.get(ctx, "busybox-desktop")
+def spread(values: list[float]) -> str:
+    if not values:
+        return "none"
+    return f"{min(values):.2f}..{max(values):.2f} s (median {statistics.median(values):.2f}, {len(values)})"
+
+
+# --- floor ------------------------------------------------------------------------------------
+
+
+def floor_run(ctx: Context, settings: Settings, boot: BootImage, shape: dict, n: int, timeout: float) -> float:
     hv = ctx.hypervisor
     assert isinstance(hv, LibvirtHypervisor)
-    boot = BootImage(disk=Path(image.disk_path), kernel=Path(image.kernel_path),
-                     initrd=Path(image.initrd_path) if image.initrd_path else None, cmdline=image.cmdline)
-    work = Path(tempfile.mkdtemp(prefix="floor-", dir=settings.data_dir))
+    work = settings.data_dir / "floor"  # plain files, not volumes: no storage pool in the loop
+    work.mkdir(mode=0o700, exist_ok=True)
+    hv.conn  # noqa: B018 - prepares the run directory for QEMU, as for any desktop
+    if hv.qemu is not None and not hv.qemu.is_root:  # what the driver grants before its own defines
+        for directory in {work, *(p.parent for p in (boot.disk, boot.kernel, boot.initrd) if p is not None)}:
+            host_access.grant_search(settings.data_dir, directory, hv.qemu.gid)
     names = [f"sd-{settings.instance}-floor-{i:06x}" for i in range(n)]
-    xml_files = []
+    prepared = []
     for i, name in enumerate(names):  # XML prepared outside the timed loop: the floor pays no modelling
-        model = hv.domain_model(DesktopSpec(name=name, pool="floor", desktop_id=i, image=boot))
+        spec = DesktopSpec(name=name, pool="floor", desktop_id=i, image=boot, **shape)
         disk = work / f"{name}.qcow2"
-        root = model.to_xml().replace(
-            f'<source pool="{hv.pool_name}" volume="{name}.qcow2" />', f'<source file="{disk}" />'
-        ).replace('<disk type="volume" device="disk">', '<disk type="file" device="disk">')
+        xml = hv.domain_model(spec).to_xml()
+        volume = f'<source pool="{hv.pool_name}" volume="{name}.qcow2" />'
+        if volume not in xml or '<disk type="volume" device="disk">' not in xml:
+            raise SystemExit("bench: the driver's disk XML changed; update floor_run")
+        xml = xml.replace(volume, f'<source file="{disk}" />').replace(
+            '<disk type="volume" device="disk">', '<disk type="file" device="disk">')
         path = work / f"{name}.xml"
-        path.write_text(root)
-        xml_files.append((name, disk, path))
+        path.write_text(xml)
+        prepared.append((name, disk, path))
+    try:
+        began = time.monotonic()
+        for name, disk, xml_path in prepared:
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(boot.disk), "-F", "qcow2",
+                            str(disk)], check=True)
+            subprocess.run([*VIRSH, "define", str(xml_path)], check=True, capture_output=True)
+            hv.serial_log(name).unlink(missing_ok=True)
+            subprocess.run([*VIRSH, "start", name], check=True, capture_output=True)
+        pending = set(names)
+
+        def all_ready() -> bool:
+            pending.difference_update({name for name in pending if hv.is_ready(name)})
+            return not pending
+
+        wait_for(f"{n} floor domains to be ready", all_ready, timeout, every=0.05)
+        return time.monotonic() - began
+    finally:
+        for name, disk, _ in prepared:
+            hv.undefine(name)
+            disk.unlink(missing_ok=True)
+
+
+# --- ShiftDesk pools through the reconciler ---------------------------------------------------
+
+
+def pool_run(ctx: Context, settings: Settings, image_ref: str, shape: dict, name: str, clone: str, n: int,
+             timeout: float) -> dict[str, float]:
+    """Create pool NAME (size N) and reconcile until its desktops are ready. Returns Unix times:
+    created, saved (instant: the template), ready (the last desktop); the pool stays."""
+    reconciler = build_reconciler(ctx, settings)
+    try:
+        created = time.time()
+        pools.create(ctx, name=name, image=image_ref, size=n, max_size=max(n, 1), clone=clone, actor="bench",
+                     **shape)
+        # an instant pool may need two boots in a row: its template's, then a fallback's
+        if not reconciler.run_until_converged(timeout=2 * timeout, busy_period=settings.reconciler.busy_period_s):
+            raise SystemExit(f"bench: pool {name} did not converge in {2 * timeout:.0f} s")
+    finally:
+        reconciler.close()
+    rows = [d for d, _ in desktops.list_all(ctx, name)]
+    states = {d.name: (d.state, d.reason) for d in rows}
+    if sum(1 for d in rows if d.state == "ready") != n:
+        raise SystemExit(f"bench: pool {name}: not every desktop is ready: {states}")
+    ready = [e for e in events(ctx, "desktop.ready") if e.target in states]
+    times = {"created": created, "ready": max(wall(e.at) for e in ready) if ready else time.time()}
+    boots = sorted(float(e.detail.get("boot_s", 0)) for e in ready)
+    if boots:
+        say(f"pool {name}: per-desktop provisioning {spread(boots)}")
+    if clone == "instant":
+        saved = [wall(e.at) for e in events(ctx, "template.saved") if wall(e.at) >= created - 1]
+        times["saved"] = min(saved) if saved else created
+        restored = {e.target for e in events(ctx, "desktop.restore")} & set(states)
+        failed = [e.detail for e in events(ctx, "desktop.restore_failed")]
+        if len(restored) != n or failed:
+            say(f"pool {name}: only {len(restored)} of {n} desktops were restored; the rest booted cold "
+                f"{failed[:3]}")
+    return times
+
+
+def remove_pool(ctx: Context, settings: Settings, name: str, timeout: float) -> None:
+    pools.delete(ctx, name, actor="bench")
+    reconciler = build_reconciler(ctx, settings)
+    try:
+        if not reconciler.run_until_converged(timeout=timeout, busy_period=settings.reconciler.busy_period_s):
+            say(f"pool {name} was not removed in {timeout:.0f} s (the exit sweep will)")
+    finally:
+        reconciler.close()
+
+
+# --- host memory ------------------------------------------------------------------------------
+
+
+def meminfo(field: str = "MemAvailable") -> int:
+    """KiB."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key == field:
+            return int(value.split()[0])
+    raise SystemExit(f"bench: no {field} in /proc/meminfo")
+
+
+def ksm(name: str) -> int:
+    return int((cleanup.KSM / name).read_text())
+
+
+def qemu_pss_kib(names: list[str]) -> int:
+    total = 0
+    for name in names:
+        try:
+            pid = int(Path(f"/run/libvirt/qemu/{name}.pid").read_text())
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except (FileNotFoundError, ValueError, ProcessLookupError):
+            continue
+        total += next(int(line.split()[1]) for line in rollup.splitlines() if line.startswith("Pss:"))
+    return total
+
+
+def foreign_running(instance: str) -> list[str]:
+    names = subprocess.run([*VIRSH, "list", "--name"], capture_output=True, text=True, check=False).stdout.split()
+    return [name for name in names if not name.startswith((f"sd-{instance}-", f"sd-{instance}.tpl-"))]
+
+
+def memory_run(ctx: Context, data: Path, name: str, n: int, baseline_kib: int, idle: float,
+               pages_to_scan: int) -> dict:
+    """With KSM on and the pool idle for IDLE seconds: MemAvailable, then destroy the pool's
+    domains and read it again. The drop is what those desktops held (a bracket of seconds, so
+    other tenants of a shared host barely move it; the baseline from before the pool existed is
+    printed too). Leaves the pool's desktops powered off."""
+    hv = ctx.hypervisor
+    names = [d.name for d, _ in desktops.list_all(ctx, name)]
+    with cleanup.ksm_on(data, **({"pages_to_scan": pages_to_scan} if pages_to_scan else {})) as previous:
+        scan = ksm("pages_to_scan")
+        say(f"KSM on (was run={previous['run']}; pages_to_scan={scan}, "
+            f"sleep_millisecs={ksm('sleep_millisecs')}); {idle:.0f} s idle")
+        time.sleep(idle)
+        others = foreign_running(ctx.instance)
+        with_kib = meminfo()
+        sharing, shared = ksm("pages_sharing"), ksm("pages_shared")
+        pss = qemu_pss_kib(names)
+        for desktop in names:
+            hv.destroy(desktop)
+        time.sleep(2)
+        without_kib = meminfo()
+    if others or foreign_running(ctx.instance) != others:
+        say(f"other domains ran on the host during the memory phase (MemAvailable is host-wide): {others}")
+    say(f"MemAvailable: {baseline_kib // 1024} MiB before the pool, {with_kib // 1024} MiB with its {n} desktops "
+        f"idle, {without_kib // 1024} MiB once they were destroyed; KSM pages_sharing {sharing}, pages_shared "
+        f"{shared}; QEMU Pss {pss // 1024} MiB for {len(names)} desktops")
+    return {"host_mib_per_desktop": round((without_kib - with_kib) / 1024 / n, 1),
+            "ksm_pages_sharing": sharing, "ksm_pages_to_scan": scan,
+            "qemu_pss_mib_per_desktop": round(pss / 1024 / max(len(names), 1), 1)}
+
+
+# --- one at a time, through the API -----------------------------------------------------------
+
+
+def single_run(ctx: Context, settings: Settings, image_ref: str, shape: dict, samples: int,
+               timeout: float) -> list[float]:
+    from fastapi.testclient import TestClient
+
+    hv = ctx.hypervisor
+    token, _ = identity.local_admin_token(ctx, actor="bench")
+    app = create_app(settings, ctx, build_reconciler(ctx, settings))
+    with TestClient(app) as client:
+        client.headers["authorization"] = f"Bearer {token}"
+
+        def call(method: str, url: str, **kw) -> list | dict:  # type: ignore[no-untyped-def]
+            reply = client.request(method, url, **kw)
+            if reply.status_code >= 400:
+                raise SystemExit(f"bench: {method} {url}: {reply.status_code} {reply.text[:300]}")
+            return reply.json()
+
+        def gone(pool: str) -> bool:
+            return client.get(f"/api/v1/pools/{pool}").status_code == 404
+
+        if gone("single"):
+            call("POST", "/api/v1/pools", json={"name": "single", "image": image_ref, "size": 0, "max_size": 1,
+                                                "clone": "instant", **shape})
+        wait_for("the single pool's template", lambda: any(t.saved for t in hv.list_templates().values()),
+                 timeout, every=0.2)
+        taken = []
+        for i in range(samples):
+            began = time.monotonic()
+            call("PATCH", "/api/v1/pools/single", json={"size": 1})
+
+            def ready() -> list:
+                found = call("GET", "/api/v1/desktops", params={"pool": "single"})
+                if any(d["state"] == "failed" for d in found):
+                    raise SystemExit(f"bench: single desktop failed: {found}")
+                return [d for d in found if d["state"] == "ready"]
+
+            desktop = wait_for("the single desktop", ready, timeout)[0]
+            taken.append(time.monotonic() - began)
+            say(f"single {i + 1}/{samples}: {desktop['name']} ready in {taken[-1]:.2f} s")
+            call("PATCH", "/api/v1/pools/single", json={"size": 0})
+            wait_for("the single desktop to go",
+                     lambda: not call("GET", "/api/v1/desktops", params={"pool": "single"}), timeout, every=0.1)
+        call("DELETE", "/api/v1/pools/single")
+        wait_for("the single pool to be removed", lambda: gone("single"), timeout, every=0.2)
+        try:
+            wait_for("the unused template to be removed", lambda: not hv.list_templates(), 30, every=0.5)
+        except SystemExit:
+            say(f"a template is still there 30 s after its last pool went: {list(hv.list_templates())}")
+    return taken
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace, settings: Settings, skip: set[str]) -> dict:
+    ctx = build_context(settings)
     began = time.monotonic()
-    for name, disk, xml in xml_files:
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(boot.disk), "-F", "qcow2", str(disk)],
-                       check=True)
-        subprocess.run([*VIRSH, "define", str(xml)], check=True, capture_output=True)
-        hv.serial_log(name).unlink(missing_ok=True)
-        subprocess.run([*VIRSH, "start", name], check=True, capture_output=True)
-    wait_all_ready(hv, names, timeout)
-    seconds = time.monotonic() - began
-    for name, disk, _ in xml_files:
-        subprocess.run([*VIRSH, "destroy", name], capture_output=True, check=False)
-        subprocess.run([*VIRSH, "undefine", name], capture_output=True, check=False)
-        disk.unlink(missing_ok=True)
-    return seconds
+    image = images.build(ctx, args.image, actor="bench")
+    image_ref = f"{image.name}:{image.version}"
+    restores = time_restores(ctx.hypervisor)  # type: ignore[arg-type]
+    boot = templates.boot_image(image)
+    shape = {"memory_mib": int(image.manifest.get("memory_mib", 256)), "vcpus": int(image.manifest.get("vcpus", 1))}
+    say(f"image {image_ref} ready in {time.monotonic() - began:.1f} s; readiness {boot.readiness.value}, "
+        f"{shape['memory_mib']} MiB, {shape['vcpus']} vCPU")
+    out: dict = {"image": args.image, "n": args.n, "floor_seconds": None, "cold_seconds": None,
+                 "instant_seconds": None, "template_seconds": None, "instant_ratio": None, "single_p50_s": None,
+                 "single_p95_s": None, "host_mib_per_desktop": None, "guest_mib": shape["memory_mib"],
+                 "ksm_pages_sharing": None, "ksm_pages_to_scan": None, "qemu_pss_mib_per_desktop": None}
+    if "cold" not in skip:
+        times = pool_run(ctx, settings, image_ref, shape, "cold", "cold", args.n, args.timeout)
+        out["cold_seconds"] = round(times["ready"] - times["created"], 3)
+        say(f"cold:    {args.n} desktops ready in {out['cold_seconds']:.2f} s")
+        remove_pool(ctx, settings, "cold", args.timeout)
+    if "floor" not in skip:
+        out["floor_seconds"] = round(floor_run(ctx, settings, boot, shape, args.n, args.timeout), 3)
+        say(f"floor:   {args.n} domains ready in {out['floor_seconds']:.2f} s")
+    if not {"instant", "memory"} <= skip:
+        time.sleep(1)
+        baseline = meminfo()
+        times = pool_run(ctx, settings, image_ref, shape, "instant", "instant", args.n, args.timeout)
+        out["template_seconds"] = round(times["saved"] - times["created"], 3)
+        out["instant_seconds"] = round(times["ready"] - times["saved"], 3)
+        say(f"instant: template saved {out['template_seconds']:.2f} s after the pool's creation, "
+            f"{args.n} clones ready {out['instant_seconds']:.2f} s after that")
+        if "memory" not in skip:
+            out.update(memory_run(ctx, settings.data_dir, "instant", args.n, baseline, args.idle,
+                                  args.ksm_pages_to_scan))
+        say(f"restore_clone: {spread(restores)}")
+        restores.clear()
+        if "single" not in skip:  # made before the instant pool goes, so their common template stays
+            pools.create(ctx, name="single", image=image_ref, size=0, max_size=1, clone="instant", actor="bench",
+                         **shape)
+        remove_pool(ctx, settings, "instant", args.timeout)
+    if "single" not in skip:
+        taken = single_run(ctx, settings, image_ref, shape, args.samples, args.timeout)
+        out["single_p50_s"], out["single_p95_s"] = round(percentile(taken, 0.5), 3), round(percentile(taken, 0.95), 3)
+        say(f"single: {spread(taken)}; restore_clone in them: {spread(restores)}")
+    if out["instant_seconds"] is not None and out["floor_seconds"]:
+        out["instant_ratio"] = round(out["instant_seconds"] / out["floor_seconds"], 3)
+    return out
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=20, help="desktops to provision")
-    parser.add_argument("--timeout", type=float, default=900, help="seconds before giving up")
+    parser.add_argument("--image", default="busybox-desktop", help="recipe under images/recipes")
+    parser.add_argument("--n", type=int, default=10, help="desktops per phase")
+    parser.add_argument("--skip", default="", help=f"comma-separated phases to skip: {','.join(PHASES)}")
+    parser.add_argument("--samples", type=int, default=20, help="one-at-a-time samples through the API")
+    parser.add_argument("--idle", type=float, default=60, help="seconds idle with KSM on before measuring memory")
+    parser.add_argument("--ksm-pages-to-scan", type=int, default=1000,
+                        help="KSM pages_to_scan for the memory phase (0: the host's own; kernel default 100)")
+    parser.add_argument("--timeout", type=float, default=900,
+                        help="seconds a desktop or template may take to boot (a pool phase waits twice that)")
     args = parser.parse_args()
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    if skip - set(PHASES) or args.n < 1 or args.samples < 1:
+        parser.error(f"--skip takes {','.join(PHASES)}; --n and --samples must be at least 1")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     instance = cleanup.run_instance("bprov")
+    rc = {"boot_timeout_s": args.timeout, "parallelism": 8}
+    if "template_wait_s" in ReconcilerSettings.model_fields:  # a template under TCG can take minutes
+        rc["template_wait_s"] = args.timeout
     with cleanup.data_dir(instance) as tmp:
-        settings = Settings(data_dir=Path(tmp), instance=instance,
-                            images_dir=ROOT / "images", cache_dir=ROOT / ".cache",
-                            reconciler={"boot_timeout_s": args.timeout, "parallelism": 8})
+        settings = Settings(data_dir=Path(tmp), instance=instance, images_dir=ROOT / "images",
+                            cache_dir=ROOT / ".cache", reconciler=rc)
         try:
-            seconds = shiftdesk_run(settings, args.n, args.timeout)
-            print(f"shiftdesk: {args.n} desktops ready in {seconds:.2f} s", file=sys.stderr)
-            floor = floor_run(settings, args.n, args.timeout)
-            print(f"floor:     {args.n} domains ready in {floor:.2f} s", file=sys.stderr)
+            out = run(args, settings, skip)
         finally:
-            subprocess.run([*VIRSH, "pool-destroy", settings.storage_pool], capture_output=True, check=False)
-            subprocess.run([*VIRSH, "pool-undefine", settings.storage_pool], capture_output=True, check=False)
-    print(json.dumps({"n": args.n, "seconds": round(seconds, 3), "floor_seconds": round(floor, 3),
-                      "ratio": round(seconds / floor, 3)}))
+            cleanup.restore_ksm(settings.data_dir)  # already done unless interrupted inside; cheap
+            cleanup.purge(instance)  # domains, templates, volumes, pool and the data directory with the
+            # templates' save files (DATA_DIR/templates) and per-clone restore files (DATA_DIR/run)
+    print(json.dumps(out))
     return 0
 
 

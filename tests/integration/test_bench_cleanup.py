@@ -50,3 +50,43 @@ def test_what_a_benchmark_killed_with_sigkill_left_is_removed_by_the_next_run():
     assert tagged_domains(instance), "kill -9 leaves its desktops (nothing can run after it)"
     subprocess.run([sys.executable, "bench/cleanup.py", "bprov"], cwd=ROOT, check=True, capture_output=True)
     assert tagged_domains(instance) == [] and not pool_exists(instance) and data_dirs(instance) == []
+
+
+KSM_RUN = Path("/sys/kernel/mm/ksm/run")
+
+
+def start_and_wait_for_ksm() -> tuple[subprocess.Popen, str]:
+    """provision.py in its memory phase (one busybox clone, idle for long): KSM switched on."""
+    proc = subprocess.Popen([sys.executable, "bench/provision.py", "--n", "1", "--skip", "cold,floor,single",
+                             "--idle", "600", "--timeout", "120"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    instance = f"bprov{proc.pid}"
+    deadline = time.monotonic() + 240
+    def ksm_on() -> bool:
+        saved = any((d / "ksm-previous.json").exists() for d in data_dirs(instance))
+        return saved and KSM_RUN.read_text().strip() == "1"
+
+    while not ksm_on():
+        assert proc.poll() is None, "the benchmark ended before its memory phase"
+        assert time.monotonic() < deadline, "the benchmark never switched KSM on"
+        time.sleep(0.2)
+    return proc, instance
+
+
+def test_a_benchmark_killed_with_sigterm_in_its_memory_phase_switches_ksm_back():
+    before = KSM_RUN.read_text().strip()
+    proc, instance = start_and_wait_for_ksm()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) != 0
+    assert KSM_RUN.read_text().strip() == before
+    assert tagged_domains(instance) == [] and not pool_exists(instance) and data_dirs(instance) == []
+
+
+def test_ksm_left_on_by_a_benchmark_killed_with_sigkill_is_switched_back_by_the_sweep():
+    before = KSM_RUN.read_text().strip()
+    proc, instance = start_and_wait_for_ksm()
+    proc.kill()
+    proc.wait(timeout=30)
+    subprocess.run([sys.executable, "bench/cleanup.py", "bprov"], cwd=ROOT, check=True, capture_output=True)
+    assert KSM_RUN.read_text().strip() == before
+    assert tagged_domains(instance) == [] and not pool_exists(instance) and data_dirs(instance) == []
