@@ -138,6 +138,7 @@ def _instant(ctx: Context, spec: DesktopSpec, age: timedelta) -> str:
         row = desktops.get(session=session, desktop_id=spec.desktop_id)
         if row is not None:
             row.disk_path = str(path)
+            row.state_since = ctx.clock.now()  # its identity and boot timeouts count from the restore
             session.add(row)
         audit.append(session=session, actor=ACTOR, action="desktop.restore", target=spec.name,
                      template=key.slug)

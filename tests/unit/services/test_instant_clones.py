@@ -178,3 +178,15 @@ def test_a_new_image_gets_its_own_template_and_the_old_one_goes_with_its_last_de
 def audit_rows(ctx):
     from controlplane.services import audit as audit_service
     return audit_service.recent(ctx, limit=200)
+
+
+def test_a_clone_restored_after_a_long_wait_for_its_template_gets_its_full_identity_timeout(ctx, hv, image, clock):
+    hv.boot_passes = 10_000  # the template boots slowly
+    hv.silent_clones = True
+    pools.create(ctx, name="sales", image="busybox-desktop", size=1, actor="t")
+    settle_passes(ctx, 2)
+    clock.advance(200)  # far longer than the identity timeout, spent waiting for the template
+    hv.boot_passes = 0
+    settle_passes(ctx, 3)
+    (row, _), = desktops.list_all(ctx)
+    assert hv.domains[row.name].cloned and str(row.state) == "provisioning"  # not failed at once
