@@ -1,0 +1,12 @@
+// ShiftDesk: default prefs for a GPU-less guest under TCG (not a lock-down: the policies in
+// /etc/firefox-esr/policies/policies.json do that). Software WebRender straight away, no GPU or
+// video-decode probing, no preallocated spare content process during startup.
+pref("gfx.webrender.software", true);
+pref("gfx.webrender.software.opengl", false);
+pref("gfx.x11-egl.force-disabled", true);
+pref("gfx.canvas.accelerated", false);
+pref("layers.gpu-process.enabled", false);
+pref("media.hardware-video-decoding.enabled", false);
+pref("media.ffmpeg.vaapi.enabled", false);
+pref("dom.ipc.processPrelaunch.enabled", false);
+pref("toolkit.startup.max_resumed_crashes", -1);
