@@ -23,26 +23,10 @@ from typing import Any, Protocol
 from controlplane.domain.rfb.filter import Policy, RfbFilter
 from controlplane.domain.rfb.handshake import BrowserHandshake, UpstreamHandshake
 from controlplane.domain.rfb.stream import Event, FilterClosed
+from controlplane.domain.token_bucket import TokenBucket
 
 CHUNK = 64 * 1024
 SLICE = 4 * 1024  # browser input is filtered this much at a time between yields to the event loop
-
-
-class Pacer:
-    """A token bucket over the bytes one browser sends: RATE bytes/s sustained, BURST at once.
-
-    `delay(n)` takes N bytes and says how long to wait before handling them, so a client
-    over its rate is slowed down (TCP pushes back on it) instead of costing CPU or memory."""
-
-    def __init__(self, rate: float, burst: float, now: Callable[[], float]) -> None:
-        self.rate, self.burst, self._now = rate, burst, now
-        self.tokens, self.at = burst, now()
-
-    def delay(self, n: int) -> float:
-        t = self._now()
-        self.tokens = min(self.burst, self.tokens + (t - self.at) * self.rate) - n
-        self.at = t
-        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
 
 
 class Browser(Protocol):
@@ -130,7 +114,7 @@ async def _handshakes(browser: Browser, reader: asyncio.StreamReader, writer: as
 async def _pump(browser: Browser, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, filt: RfbFilter,
                 idle_timeout: float, watchdog: Watchdog | None, pace: Pace) -> str:
     loop = asyncio.get_running_loop()
-    pacer = Pacer(pace.rate, pace.burst, loop.time)
+    pacer = TokenBucket(pace.rate, pace.burst, loop.time)  # a browser's bytes: over its rate it waits
 
     async def desktop_to_browser() -> str:
         while True:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from controlplane.domain import guest_channel as ch
+from controlplane.domain.token_bucket import TokenBucket
 
 log = logging.getLogger(__name__)
 READ_CHUNK = 4096
@@ -61,26 +62,14 @@ class _Expected:
 
 
 class _Link:
-    def __init__(self, sock: socket.socket, budget: Budget, now: float) -> None:
+    def __init__(self, sock: socket.socket, budget: Budget, clock: Callable[[], float]) -> None:
         self.sock = sock
         self.decoder = ch.Decoder(ch.Side.GUEST)
         self.state = GuestState(connected=True)
         self.expected: _Expected | None = None
-        self.tokens = (budget.message_burst, budget.byte_burst)
-        self.stamp = now
+        self.messages = TokenBucket(budget.messages_per_s, budget.message_burst, clock)
+        self.bytes = TokenBucket(budget.bytes_per_s, budget.byte_burst, clock)
         self.send_lock = threading.Lock()
-
-    def spend(self, budget: Budget, now: float, nbytes: int) -> bool:
-        """Take NBYTES (and one message per frame later) from the bucket; False when it is empty."""
-        elapsed, self.stamp = now - self.stamp, now
-        msgs = min(budget.message_burst, self.tokens[0] + elapsed * budget.messages_per_s)
-        byts = min(budget.byte_burst, self.tokens[1] + elapsed * budget.bytes_per_s) - nbytes
-        self.tokens = (msgs, byts)
-        return byts >= 0
-
-    def spend_message(self) -> bool:
-        self.tokens = (self.tokens[0] - 1, self.tokens[1])
-        return self.tokens[0] >= 0
 
 
 class GuestLinks:
@@ -117,7 +106,7 @@ class GuestLinks:
             if name in self._links:  # another thread connected meanwhile
                 sock.close()
                 return self._links[name].state
-            self._links[name] = _Link(sock, self.budget, self.clock())
+            self._links[name] = _Link(sock, self.budget, self.clock)
             self._start()
         os.write(self._wake_w, b"x")
         return GuestState(connected=True)
@@ -207,12 +196,12 @@ class GuestLinks:
         if not data:
             self._closed(name, link)
             return
-        if not link.spend(self.budget, self.clock(), len(data)):
+        if link.bytes.delay(len(data)) > 0:  # a guest is never paced: over its budget it is cut off
             self.quarantine(name, f"flood: more than {int(self.budget.bytes_per_s)} bytes/s")
             return
         try:
             for msg in link.decoder.feed(data):
-                if not link.spend_message():
+                if link.messages.delay(1) > 0:
                     raise ch.ProtocolError(f"flood: more than {int(self.budget.messages_per_s)} messages/s")
                 with self._lock:
                     self._apply(link, msg)
