@@ -169,6 +169,10 @@ class Hypervisor(Protocol):
     def list_templates(self) -> dict[TemplateKey, ObservedTemplate]:
         """This installation's templates on this host, booting or saved."""
 
+    def template(self, key: TemplateKey) -> ObservedTemplate | None:
+        """KEY's template alone (what `list_templates` says of it), or None: for a step that needs
+        one template, without looking at every domain of the host."""
+
     def build_template(self, key: TemplateKey, image: BootImage) -> None:
         """Define and start KEY's template domain (cold boot). Idempotent; running is success."""
 

@@ -170,6 +170,9 @@ class FakeHypervisor:
                 found[key] = ObservedTemplate(key, defined=False, running=False, ready=False, saved=True)
             return found
 
+    def template(self, key: TemplateKey) -> ObservedTemplate | None:
+        return self.list_templates().get(key)
+
     def build_template(self, key: TemplateKey, image: BootImage) -> None:
         with self._lock:
             self._call("build_template", key.slug)

@@ -115,7 +115,7 @@ def _instant(ctx: Context, spec: DesktopSpec, age: timedelta) -> str:
     desktop beside it would only slow both down on a busy host."""
     key = spec.template
     assert key is not None
-    template = ctx.hypervisor.list_templates().get(key)
+    template = ctx.hypervisor.template(key)
     if template is not None and template.running and not template.quarantined:
         return "waiting" if age < ctx.limits.boot_timeout else "cold"
     if template is None or not template.saved:

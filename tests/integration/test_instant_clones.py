@@ -45,6 +45,7 @@ def test_two_clones_of_one_template_are_separate_desktops(real_ctx, golden):
     key = saved_template(hv, golden)
     observed = hv.list_templates()[key]
     assert observed.saved and not observed.defined  # nothing can boot the template's disk again
+    assert hv.template(key) == observed
     template_file = hv.template_file(key)
     assert save_image.read_header(template_file).xml.count("<name>") == 1
 

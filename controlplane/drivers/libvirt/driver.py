@@ -362,12 +362,7 @@ class LibvirtHypervisor:
             key = TemplateKey.parse(tag.template) if tag and tag.role == "template" else None
             if tag is None or key is None or tag.instance != self.instance:
                 continue
-            running = bool(dom.isActive())
-            name = dom.name()
-            found[key] = ObservedTemplate(key=key, defined=True, running=running,
-                                          ready=running and self._signalled(name, tag, dom),
-                                          saved=self._saved(key), created=tag.created,
-                                          quarantined=self.links.state(name).quarantined)
+            found[key] = self._observe_template(key, dom, tag)
         prefix = f"{naming.PREFIX}-{self.instance}.tpl-"
         for path in sorted(self.templates_dir.glob(f"{prefix}*.save")):
             key = TemplateKey.parse(path.name[len(prefix):-len(".save")])
@@ -375,6 +370,22 @@ class LibvirtHypervisor:
                 found[key] = ObservedTemplate(key=key, defined=False, running=False, ready=False, saved=True)
         self._sweep_restores()
         return found
+
+    def template(self, key: TemplateKey) -> ObservedTemplate | None:
+        dom = self._lookup(self.template_name(key))
+        tag = self._tag(dom) if dom is not None else None
+        if dom is not None and tag is not None:
+            return self._observe_template(key, dom, tag)
+        if self._saved(key):
+            return ObservedTemplate(key=key, defined=False, running=False, ready=False, saved=True)
+        return None
+
+    def _observe_template(self, key: TemplateKey, dom: libvirt.virDomain, tag: Tag) -> ObservedTemplate:
+        running = bool(dom.isActive())
+        name = dom.name()
+        return ObservedTemplate(key=key, defined=True, running=running,
+                                ready=running and self._signalled(name, tag, dom), saved=self._saved(key),
+                                created=tag.created, quarantined=self.links.state(name).quarantined)
 
     def _saved(self, key: TemplateKey) -> bool:
         try:
