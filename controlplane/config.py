@@ -8,6 +8,7 @@ nothing here touches the disk or the network.
 from __future__ import annotations
 
 import re
+from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Literal
 
@@ -15,6 +16,7 @@ from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from controlplane.domain.groups import group_ref
+from controlplane.domain.network import DesktopNetwork
 
 INSTANCE_RE = re.compile(r"^[a-z][a-z0-9]{0,11}$")
 
@@ -139,6 +141,14 @@ class ApiSettings(BaseModel):
     agents_dir: Path = Field(Path("agents"), description="The portal's files and its npm packages")
 
 
+class NetworkSettings(BaseModel):
+    enabled: bool = Field(False, description="Give each desktop one NIC on the host's isolated desktop network "
+                          "(a bridge, nftables and a DHCP server that ShiftDesk owns); off: desktops have no NIC")
+    subnet: IPv4Network = Field(IPv4Network("10.213.0.0/16"), description="The desktop network (private, /8-/24; "
+                                "the host is .1, desktops from .10); one per installation on a host")
+    bridge: str | None = Field(None, description="Its bridge; default sd-INSTANCE")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SHIFTDESK_", env_nested_delimiter="__", extra="forbid")
 
@@ -158,6 +168,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     gateway: GatewaySettings = GatewaySettings()
     scheduler: SchedulerSettings = SchedulerSettings()
+    network: NetworkSettings = NetworkSettings()
 
     @field_validator("instance")
     @classmethod
@@ -173,6 +184,10 @@ class Settings(BaseSettings):
     @property
     def storage_pool(self) -> str:
         return self.libvirt.storage_pool or f"shiftdesk-{self.instance}"
+
+    @property
+    def desktop_network(self) -> DesktopNetwork:
+        return DesktopNetwork.of(self.instance, self.network.subnet, self.network.bridge)
 
     @property
     def overlay_dir(self) -> Path:

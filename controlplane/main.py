@@ -18,7 +18,7 @@ from controlplane.config import Settings
 from controlplane.db.engine import make_engine, migrate
 from controlplane.domain.login_throttle import LoginThrottle, ThrottleRules
 from controlplane.domain.planning import Limits
-from controlplane.domain.ports import Directory, Hypervisor
+from controlplane.domain.ports import Directory, HostNetwork, Hypervisor
 from controlplane.domain.roster import ProvisioningRate
 from controlplane.drivers.clock import SystemClock
 from controlplane.drivers.image_builder import ScriptImageBuilder
@@ -56,6 +56,15 @@ def make_directory(settings: Settings) -> Directory | None:
     )
 
 
+def make_network(settings: Settings) -> HostNetwork | None:
+    if not settings.network.enabled:
+        return None
+    from controlplane.drivers.netfilter.host_network import LinuxHostNetwork
+    # outside DATA_DIR (root's alone): dnsmasq runs as its own user and keeps its leases here
+    return LinuxHostNetwork(instance=settings.instance, network=settings.desktop_network,
+                            state_dir=Path("/run/shiftdesk") / settings.instance / "net")
+
+
 def build_context(settings: Settings, hypervisor: Hypervisor | None = None,
                   directory: Directory | None = None) -> Context:
     _private_dir(settings.data_dir)
@@ -79,6 +88,7 @@ def build_context(settings: Settings, hypervisor: Hypervisor | None = None,
         ticket_ttl_s=settings.gateway.ticket_ttl_s,
         provisioning_rate=_planned_rate(settings),
         login_throttle=LoginThrottle(ThrottleRules(**settings.auth.throttle.model_dump())),
+        network=make_network(settings),
     )
 
 

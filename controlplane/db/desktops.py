@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
+from ipaddress import IPv4Address
 
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from controlplane.db.models import Desktop, Pool
 from controlplane.domain.desktop import DesktopState, check_transition
+from controlplane.domain.network import DesktopNetwork, allocate
 from controlplane.errors import NotFound
 
 
@@ -99,3 +101,24 @@ def lock(*, session: Session, desktop_id: int) -> Desktop | None:
     """The desktop row, locked until the transaction ends (SELECT ... FOR UPDATE where the database
     supports it; SQLite serialises writers anyway), so two sessions ending at once both see the truth."""
     return session.exec(select(Desktop).where(Desktop.id == desktop_id).with_for_update()).first()
+
+
+def assign_address(*, session: Session, desktop: Desktop, network: DesktopNetwork) -> IPv4Address:
+    """DESKTOP's address on its host's desktop network: the one it has, else the lowest free one.
+    A unique index on (host, address) makes a second claim of one address fail, never succeed."""
+    if desktop.ipv4 is not None:
+        return IPv4Address(desktop.ipv4)
+    taken = session.exec(select(Desktop.ipv4).where(Desktop.host_id == desktop.host_id,
+                                                    col(Desktop.ipv4).is_not(None)))
+    address = allocate(network, (IPv4Address(a) for a in taken if a is not None))
+    desktop.ipv4 = str(address)
+    session.add(desktop)
+    session.flush()
+    return address
+
+
+def addresses(*, session: Session, host_id: int) -> dict[str, IPv4Address]:
+    """Every desktop of HOST that has an address, by name: what the host network admits."""
+    rows = session.exec(select(Desktop.name, Desktop.ipv4).where(Desktop.host_id == host_id,
+                                                               col(Desktop.ipv4).is_not(None)))
+    return {name: IPv4Address(ipv4) for name, ipv4 in rows if ipv4 is not None}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, Column, String, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, String, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from controlplane.domain.desktop import DesktopState
@@ -63,6 +63,7 @@ class Pool(SQLModel, table=True):
 
 class Desktop(SQLModel, table=True):
     __tablename__ = "desktops"
+    __table_args__ = (Index("ix_desktops_host_ipv4", "host_id", "ipv4", unique=True),)
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(unique=True, index=True)
     pool_id: int = Field(foreign_key="pools.id", index=True)
@@ -80,6 +81,7 @@ class Desktop(SQLModel, table=True):
     retry_at: datetime | None = None  # its last step failed: the reconciler leaves it alone until then
     created_at: datetime = Field(default_factory=utcnow)
     state_since: datetime = Field(default_factory=utcnow)
+    ipv4: str | None = Field(default=None, max_length=15)  # on its host's desktop network (domain/network.py)
 
 
 class AuditEvent(SQLModel, table=True):

@@ -7,11 +7,14 @@ line and simply run again.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
+
+from controlplane.domain.network import DesktopNetwork, DesktopNic
 
 
 class Readiness(StrEnum):
@@ -97,6 +100,7 @@ class DesktopSpec:
     join_secret: str | None = field(default=None, repr=False)  # one-time AD join secret, first boot only
     template: TemplateKey | None = None  # restore from this saved template instead of booting
     share_memory: bool = True  # False: the host never merges this desktop's pages with another's (KSM)
+    nic: DesktopNic | None = None  # its one NIC on the host's desktop network (None: no network)
 
 
 @dataclass(frozen=True)
@@ -191,6 +195,21 @@ class Hypervisor(Protocol):
         template's disk and a restore under the desktop's own name, UUID, disk and sockets. On
         error nothing of the attempt is left running or defined (the overlay stays, like after a
         failed cold start). Raises PermanentError when the template cannot be used."""
+
+
+class HostNetwork(Protocol):
+    """The host's isolated desktop network: which desktops it admits (their port, MAC and
+    address), and nothing more."""
+
+    network: DesktopNetwork
+
+    def sync(self, nics: Collection[DesktopNic]) -> None:
+        """Admit exactly NICS: bridge, firewall and DHCP are made so whatever was found; ports of
+        desktops not in NICS are refused from now on. Idempotent; cheap when nothing changed.
+        Raises TemporaryError when a host tool fails (the next pass tries again)."""
+
+    def admit(self, nic: DesktopNic) -> None:
+        """Admit one more desktop (before its NIC comes up). Idempotent."""
 
 
 class Clock(Protocol):

@@ -17,9 +17,11 @@ from __future__ import annotations
 import hmac
 import secrets
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
+from controlplane.domain.network import DesktopNetwork, DesktopNic
 from controlplane.domain.ports import (
     BootImage,
     DesktopSpec,
@@ -202,6 +204,32 @@ class FakeHypervisor:
                 self.join_secrets[spec.name] = spec.join_secret
             self.domains.setdefault(spec.name, FakeDomain(spec, running=True, cloned=True))
             return self.overlays.setdefault(spec.name, self.root / f"{spec.name}.qcow2")
+
+
+class FakeHostNetwork:
+    """The host network as a dict of admitted desktops; its calls go to CALLS (pass the fake
+    hypervisor's list to check what came first)."""
+
+    def __init__(self, network: DesktopNetwork, calls: list[tuple[str, str]] | None = None) -> None:
+        self.network = network
+        self.admitted: dict[str, DesktopNic] = {}
+        self.calls = calls if calls is not None else []
+        self.syncs = 0
+        self.fail_next = 0
+        self._lock = threading.Lock()
+
+    def sync(self, nics: Collection[DesktopNic]) -> None:
+        with self._lock:
+            if self.fail_next > 0:
+                self.fail_next -= 1
+                raise TemporaryError("nft: simulated failure", delay=0.0)
+            self.syncs += 1
+            self.admitted = {nic.name: nic for nic in nics}
+
+    def admit(self, nic: DesktopNic) -> None:
+        with self._lock:
+            self.calls.append(("admit", nic.name))
+            self.admitted[nic.name] = nic
 
 
 class FakeDirectory:

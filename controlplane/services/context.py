@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 
 from controlplane.domain.login_throttle import LoginThrottle
 from controlplane.domain.planning import Limits
-from controlplane.domain.ports import Clock, Directory, Hypervisor, ImageBuilder
+from controlplane.domain.ports import Clock, Directory, HostNetwork, Hypervisor, ImageBuilder
 
 CRASH_ENV = "SHIFTDESK_TEST_CRASH_AT"
 
@@ -51,3 +51,4 @@ class Context:
     ticket_ttl_s: int = 20
     provisioning_rate: Any = None  # a ProvisioningRate to plan with; None: measured from the audit log
     login_throttle: LoginThrottle = field(default_factory=LoginThrottle)  # in-process: one per replica
+    network: HostNetwork | None = None  # the host's desktop network; None: desktops get no NIC

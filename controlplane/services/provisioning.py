@@ -21,10 +21,11 @@ from controlplane.db.models import Desktop, Pool
 from controlplane.domain import naming
 from controlplane.domain import planning as p
 from controlplane.domain.desktop import DesktopState
+from controlplane.domain.network import AddressPoolExhausted
 from controlplane.domain.policy import Policy
 from controlplane.domain.ports import CloneMode, DesktopSpec, Readiness
 from controlplane.errors import PermanentError, TemporaryError
-from controlplane.services import policies, templates
+from controlplane.services import network, policies, templates
 from controlplane.services.context import Context
 
 S = DesktopState
@@ -79,6 +80,13 @@ def provision(ctx: Context, a: p.Provision) -> None:
             return
         spec = spec_for(session, row, rules)
         age = ctx.clock.now() - row.state_since
+    try:
+        spec = replace(spec, nic=network.nic_for(ctx, a.desktop_id))
+    except AddressPoolExhausted as err:
+        mark_failed(ctx, p.MarkFailed(a.desktop_id, str(err)))
+        return
+    if spec.nic is not None and ctx.network is not None:
+        ctx.network.admit(spec.nic)  # its port is known before its NIC asks for an address
     needs_identity = ctx.directory is not None and ctx.directory.manages_computers
     if spec.template is not None and spec.image.readiness != Readiness.CHANNEL and needs_identity:
         spec = replace(spec, template=None)  # its join secret could only reach it at boot (fw_cfg)

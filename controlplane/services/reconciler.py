@@ -28,7 +28,7 @@ from controlplane.db.engine import session_scope
 from controlplane.domain.planning import Action, DesktopView, Plan, PoolView, backoff, plan
 from controlplane.domain.templates import TemplateAction
 from controlplane.errors import PermanentError, TemporaryError
-from controlplane.services import provisioning, templates
+from controlplane.services import network, provisioning, templates
 from controlplane.services.context import Context
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,8 @@ class Reconciler:
         """Observe, plan and perform every step (templates first: clones wait for them). Returns
         the plan it carried out."""
         self._lost = False
+        if self._lease_kept():
+            network.sync(self.ctx)  # before any desktop step: each finds its port admitted
         try:
             template_steps = templates.plan(self.ctx)
         except TemporaryError as err:

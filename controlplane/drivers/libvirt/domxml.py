@@ -5,10 +5,10 @@ order and `parse()` reads the same shape back. Text from users never reaches the
 through validated names, and ElementTree escapes everything it writes.
 
 What is absent is as deliberate as what is present: no sound, no USB controller or
-redirection, no spice/qemu-ga channels (no clipboard agent), no filesystem passthrough, no
-network yet, and the serial line goes to a host file only the control plane reads. The one
-channel a desktop may have is ShiftDesk's own host channel (virtio-serial to a root-only Unix
-socket, domain/guest_channel.py), which carries no user data.
+redirection, no spice/qemu-ga channels (no clipboard agent), no filesystem passthrough, at most
+one NIC (on the host's isolated desktop bridge), and the serial line goes to a host file only
+the control plane reads. The one channel a desktop may have is ShiftDesk's own host channel
+(virtio-serial to a root-only Unix socket, domain/guest_channel.py), which carries no user data.
 """
 
 from __future__ import annotations
@@ -176,6 +176,36 @@ class HostChannel:
 
 
 @dataclass
+class Interface:
+    """The desktop's one NIC: a virtio port on the host's desktop bridge, with the MAC and host
+    port name the control plane chose (the host's firewall checks frames against both). No boot
+    ROM: desktops boot their kernel directly, and a ROM is one more thing for a guest to poke."""
+
+    bridge: str
+    mac: str
+    tap: str
+
+    def to_element(self) -> ET.Element:
+        el = ET.Element("interface", type="bridge")
+        ET.SubElement(el, "mac", address=self.mac)
+        ET.SubElement(el, "source", bridge=self.bridge)
+        ET.SubElement(el, "target", dev=self.tap)
+        ET.SubElement(el, "model", type="virtio")
+        ET.SubElement(el, "rom", enabled="no")
+        return el
+
+    def to_xml(self) -> str:
+        return ET.tostring(self.to_element(), encoding="unicode")
+
+    @classmethod
+    def from_element(cls, el: ET.Element) -> Interface:
+        mac, src, tgt = el.find("mac"), el.find("source"), el.find("target")
+        return cls(bridge=src.get("bridge", "") if src is not None else "",
+                   mac=mac.get("address", "") if mac is not None else "",
+                   tap=tgt.get("dev", "") if tgt is not None else "")
+
+
+@dataclass
 class FwCfgFile:
     """A fw_cfg blob the guest reads from /sys/firmware/qemu_fw_cfg/by_name/<name>/raw."""
 
@@ -190,6 +220,7 @@ class Devices:
     graphics: VncGraphics
     video_model: str = "vga"
     channel: HostChannel | None = None
+    interface: Interface | None = None
 
     def to_element(self, emulator: str | None) -> ET.Element:
         el = ET.Element("devices")
@@ -200,6 +231,8 @@ class Devices:
         el.append(self.serial.to_element())
         if self.channel is not None:
             el.append(self.channel.to_element())
+        if self.interface is not None:
+            el.append(self.interface.to_element())
         ET.SubElement(el, "input", type="keyboard", bus="ps2")
         ET.SubElement(el, "input", type="mouse", bus="ps2")
         # absolute pointer: the browser sends absolute positions, a relative mouse drifts behind them
@@ -220,12 +253,14 @@ class Devices:
 
         model = el.find("video/model")
         channel = el.find("channel[@type='unix']")
+        nic = el.find("interface[@type='bridge']")
         return cls(
             disk=Disk.from_element(one("disk")),
             serial=SerialLog.from_element(one("serial")),
             graphics=VncGraphics.from_element(one("graphics")),
             video_model=model.get("type", "vga") if model is not None else "vga",
             channel=HostChannel.from_element(channel) if channel is not None else None,
+            interface=Interface.from_element(nic) if nic is not None else None,
         )
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import libvirt
 
 from controlplane.domain import guest_channel, naming
+from controlplane.domain.network import DesktopNic
 from controlplane.domain.ports import (
     BootImage,
     DesktopSpec,
@@ -40,6 +41,7 @@ from controlplane.drivers.libvirt.domxml import (
     Domain,
     FwCfgFile,
     HostChannel,
+    Interface,
     SerialLog,
     Tag,
     VncGraphics,
@@ -246,6 +248,7 @@ class LibvirtHypervisor:
                 serial=SerialLog(self.serial_log(spec.name)),
                 graphics=VncGraphics(self.run_dir / f"{spec.name}.vnc"),
                 channel=HostChannel(self.channel_socket(spec.name), guest_channel.PORT_NAME) if channel else None,
+                interface=_interface(spec.nic) if spec.nic is not None else None,
             ),
             memory_mib=spec.memory_mib,
             vcpus=spec.vcpus,
@@ -449,6 +452,7 @@ class LibvirtHypervisor:
             raise PermanentError(f"restore {spec.name}: no template named")
         if self._lookup(spec.name) is not None:
             self.start(spec.name)  # restored before (a crash after the restore): it is this desktop
+            self._plug_nic(spec)
             return Path(self._pool().storageVolLookupByName(naming.volume_name(spec.name)).path())
         template = self.template_name(spec.template)
         try:
@@ -482,7 +486,23 @@ class LibvirtHypervisor:
         finally:
             staged.unlink(missing_ok=True)
         self._close_sockets(spec.name)
+        self._plug_nic(spec)
         return overlay
+
+    def _plug_nic(self, spec: DesktopSpec) -> None:
+        """Give a restored clone its own NIC. The template was saved without one: a restored NIC
+        keeps the MAC the guest saw before the save, whatever the clone's XML says, so clones
+        would share one. Idempotent: a clone that has its NIC is left alone."""
+        if spec.nic is None:
+            return
+        dom = self.conn.lookupByName(spec.name)
+        if spec.nic.mac in dom.XMLDesc(0):
+            return
+        flags = libvirt.VIR_DOMAIN_AFFECT_LIVE | libvirt.VIR_DOMAIN_AFFECT_CONFIG
+        try:
+            dom.attachDeviceFlags(_interface(spec.nic).to_xml(), flags)
+        except libvirt.libvirtError as err:
+            raise translate(err, f"plug the NIC of {spec.name}") from err
 
     def selftest(self) -> float:
         """Time define + undefine of a throwaway domain (the half-present /dev/kvm trap check)."""
@@ -497,6 +517,10 @@ class LibvirtHypervisor:
         dom = conn.defineXML(ET.tostring(root, encoding="unicode"))
         dom.undefine()
         return (time.perf_counter() - began) * 1000
+
+
+def _interface(nic: DesktopNic) -> Interface:
+    return Interface(bridge=nic.bridge, mac=nic.mac, tap=nic.tap)
 
 
 def _write_secret(path: Path, secret: str) -> None:

@@ -7,11 +7,13 @@ the diff before committing it.
 from __future__ import annotations
 
 import os
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import libvirt
 import pytest
 
+from controlplane.domain.network import DesktopNetwork
 from controlplane.domain.ports import BootImage, DesktopSpec, Readiness
 from controlplane.drivers.libvirt.domxml import Domain, read_tag
 from controlplane.drivers.libvirt.driver import LibvirtHypervisor
@@ -41,6 +43,12 @@ CASES = {
                         readiness=Readiness.CHANNEL)),
     "desktop-private-memory": DesktopSpec(
         name="sd-main-bank-0a1b2f", pool="bank", desktop_id=10, share_memory=False,
+        image=BootImage(disk=Path("/img/disk.qcow2"), kernel=Path("/img/vmlinuz"), initrd=None,
+                        cmdline="root=/dev/vda")),
+    "desktop-networked": DesktopSpec(
+        name="sd-main-sales-0a1b30", pool="sales", desktop_id=11,
+        nic=DesktopNetwork.of("main", IPv4Network("10.213.0.0/16")).nic("sd-main-sales-0a1b30",
+                                                                       IPv4Address("10.213.1.12")),
         image=BootImage(disk=Path("/img/disk.qcow2"), kernel=Path("/img/vmlinuz"), initrd=None,
                         cmdline="root=/dev/vda")),
 }
@@ -90,6 +98,16 @@ def test_the_agent_desktop_has_only_our_channel_and_no_secret_in_its_definition(
     for forbidden in ("spicevmc", "org.qemu.guest_agent", "<sound", "<redirdev", "<filesystem", "<interface"):
         assert forbidden not in xml
     assert '<tb-cache unit="MiB">128</tb-cache>' in xml
+
+
+def test_a_networked_desktop_has_one_virtio_nic_on_the_bridge_without_a_boot_rom():
+    xml = hypervisor().domain_model(CASES["desktop-networked"]).to_xml()
+    assert xml.count("<interface") == 1
+    for wanted in ('<interface type="bridge">', '<mac address="52:54:00:d5:01:0c"', '<source bridge="sd-main"',
+                   '<model type="virtio"', '<rom enabled="no"'):
+        assert wanted in xml
+    tap = CASES["desktop-networked"].nic.tap  # type: ignore[union-attr]
+    assert f'<target dev="{tap}"' in xml and len(tap) <= 15
 
 
 def test_test_driver_accepts_define_start_destroy():
