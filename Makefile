@@ -19,6 +19,9 @@ $(BIN)/.installed: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -r requirements.lock
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
+	# libnftables' Python binding is Debian's (python3-nftables, not on PyPI): link it in
+	ln -sfn /usr/lib/python3/dist-packages/nftables \
+	  "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/nftables"
 	touch $@
 
 venv: $(BIN)/.installed

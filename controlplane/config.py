@@ -147,6 +147,10 @@ class NetworkSettings(BaseModel):
     subnet: IPv4Network = Field(IPv4Network("10.213.0.0/16"), description="The desktop network (private, /8-/24; "
                                 "the host is .1, desktops from .10); one per installation on a host")
     bridge: str | None = Field(None, description="Its bridge; default sd-INSTANCE")
+    upstream_dns: list[str] = Field(default_factory=list, description="Resolvers the desktops' resolver asks "
+                                    "(IPv4, optionally :port); empty: the host's /etc/resolv.conf")
+    forbidden_answers: list[IPv4Network] = Field(default_factory=list, description="More ranges no answer may "
+                                                 "point into (the host's own and private ranges always are)")
 
 
 class Settings(BaseSettings):

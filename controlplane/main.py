@@ -65,6 +65,20 @@ def make_network(settings: Settings) -> HostNetwork | None:
                             state_dir=Path("/run/shiftdesk") / settings.instance / "net")
 
 
+def make_resolver(ctx: Context, settings: Settings) -> Any:
+    """The desktops' enforcing resolver (started by `shiftdesk serve` when the network is on)."""
+    from controlplane.drivers.netfilter.egress import NftEgressFirewall
+    from controlplane.drivers.netfilter.host_network import host_addresses, resolv_conf_servers
+    from controlplane.resolver.core import EgressResolver, Upstream
+    from controlplane.resolver.server import ResolverService
+    net = settings.desktop_network
+    servers = settings.network.upstream_dns or resolv_conf_servers()
+    upstream = [Upstream(s.split(":")[0], int(s.split(":")[1]) if ":" in s else 53) for s in servers]
+    forbidden = [net.subnet, *host_addresses(), *settings.network.forbidden_answers]
+    resolver = EgressResolver(NftEgressFirewall(settings.instance), upstream, forbidden)
+    return ResolverService(ctx, resolver, net.host)
+
+
 def build_context(settings: Settings, hypervisor: Hypervisor | None = None,
                   directory: Directory | None = None) -> Context:
     _private_dir(settings.data_dir)
@@ -133,6 +147,8 @@ def create_app(settings: Settings, ctx: Context | None = None, reconciler: Recon
 
     ctx = ctx or build_context(settings)
     background = []
+    if reconciler is not None and ctx.network is not None:  # serving desktops with a network
+        background.append(make_resolver(ctx, settings))
     if reconciler is not None:  # serving: the shift scheduler runs beside the reconciler (one per DB)
         from controlplane.scheduler.jobs import ShiftScheduler
 

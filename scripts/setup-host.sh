@@ -8,7 +8,7 @@ APT_PACKAGES=(
   busybox-static cpio e2fsprogs ca-certificates mmdebstrap
   samba samba-ad-dc samba-ad-provision winbind krb5-user ldb-tools
   chromium fonts-dejavu-core
-  nftables dnsmasq-base iproute2
+  nftables python3-nftables dnsmasq-base conntrack iproute2
 )
 
 log() { printf '[setup-host] %s\n' "$*"; }

@@ -76,6 +76,14 @@ def sharing_allowed(policies: list[Policy], pool: str) -> bool:
     return all(p.memory_sharing for p in policies if not p.pools or pool in p.pools)
 
 
+def idle_domains(policies: list[Policy], pool: str) -> frozenset[str]:
+    """What a desktop of POOL may reach while nobody is signed in to it: only what every policy
+    naming the pool allows (nothing when no policy names it). An idle desktop has no agent whose
+    groups could widen it."""
+    naming = [p.domains for p in policies if pool in p.pools]
+    return _intersect_domains(naming) if naming else frozenset()
+
+
 def rule_covers(rule: str, what: str) -> bool:
     """Does RULE allow WHAT (a host name or another rule)?
 

@@ -72,6 +72,7 @@ def connect(ctx: Context, user: Claims, pool_name: str) -> Connection:
             desktop = _claim_running(ctx, session, pool.id or 0, user.sub)
         if desktop is None:
             raise TemporaryError(f"pool {pool_name}: no desktop is ready yet; try again in a moment", delay=5)
+        desktop.assigned_groups = sorted(user.groups)  # its egress follows this agent's policy from now on
         ticket = secrets.token_urlsafe(32)
         expires = now + timedelta(seconds=ctx.ticket_ttl_s)
         tickets.create(session=session, ticket=ConnectTicket(digest=digest(ticket), username=user.sub,

@@ -20,6 +20,7 @@ import signal
 import subprocess
 import threading
 from collections.abc import Collection
+from ipaddress import IPv4Network
 from pathlib import Path
 
 from controlplane.domain.network import DesktopNetwork, DesktopNic
@@ -96,6 +97,11 @@ class LinuxHostNetwork:
             _run("ip", "addr", "replace", address, "dev", br)
             changed = True
         _run("ip", "link", "set", br, "up")
+        # desktops reach what their policy allows through the host; the forward chain of our
+        # table decides what a desktop may send, so forwarding is on for IPv4 (never for IPv6)
+        forward = Path("/proc/sys/net/ipv4/ip_forward")
+        if forward.read_text().strip() != "1":
+            forward.write_text("1\n")
         return changed
 
     def _ensure_tables(self) -> bool:
@@ -170,6 +176,23 @@ class LinuxHostNetwork:
                 if not Path(f"/proc/{pid}").exists():
                     break
                 threading.Event().wait(0.05)
+
+
+def host_addresses() -> list[IPv4Network]:
+    """The host's own IPv4 addresses (as /32s): no DNS answer may point a desktop at them."""
+    out = _run("ip", "-o", "-4", "addr", "show").stdout
+    return [IPv4Network(f"{fields[3].split('/')[0]}/32") for fields in (line.split() for line in out.splitlines())
+            if len(fields) > 3 and fields[2] == "inet"]
+
+
+def resolv_conf_servers(path: Path = Path("/etc/resolv.conf")) -> list[str]:
+    """The host's own resolvers, for the desktops' resolver to ask."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return []
+    return [parts[1] for parts in (line.split() for line in lines) if len(parts) > 1 and parts[0] == "nameserver"
+            and ":" not in parts[1]]
 
 
 def _atomic_write(path: Path, text: str, mode: int) -> None:

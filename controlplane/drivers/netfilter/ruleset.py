@@ -10,10 +10,13 @@ Two tables, both named after the installation, so several installations share a 
   ARP must tell the same truth, and DHCP requests may come from a known port and MAC before the
   desktop has its address. Everything else, IPv6 included, is dropped.
 - `inet sd_INSTANCE` works on packets. To the host a desktop may send DHCP and DNS (the resolver)
-  and nothing else: not the API, the gateway, the directory or SSH. Through the host it may reach
-  only (desktop, address) pairs in the `allowed` set, which the resolver fills with the answers a
-  desktop's policy allows, each for the record's TTL. Nothing from outside reaches a desktop
-  unless the desktop opened the connection. IPv6 is dropped.
+  and nothing else: not the API, the gateway, the directory or SSH. Through the host it may open
+  TCP connections to ports 80 and 443 of (desktop, address) pairs in the `allowed` set, which the
+  resolver fills with the answers a desktop's policy allows, each for the record's TTL; nothing
+  else (no UDP: no QUIC, no outside DNS; no DNS-over-TLS). A connection stays up only while it
+  carries the mark the set gave it, so deleting its conntrack entry after a policy change cuts
+  it for good. Nothing from outside reaches a desktop unless the desktop opened the connection.
+  IPv6 is dropped. Desktops leave the host masqueraded behind its address.
 
 Every value that reaches the text is typed (addresses, validated interface names), never free text.
 """
@@ -29,6 +32,8 @@ from controlplane.domain.network import DesktopNetwork, DesktopNic
 IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}\*?$")
 INSTANCE = re.compile(r"^[a-z][a-z0-9]{0,11}$")
 DNS_PORT, DHCP_PORT = 53, 67
+WEB_PORTS = "80, 443"  # TCP only: QUIC (UDP 443), DNS-over-TLS (853) and the rest stay closed
+OPENED = 0x40000000  # conntrack mark bit: this connection was let in by the `allowed` set
 
 
 @dataclass
@@ -48,11 +53,13 @@ class NftSet:
 class Chain:
     name: str
     rules: list[str]
-    hook: str | None = None  # a base chain: hooked into the kernel at this point, filter priority
+    hook: str | None = None  # a base chain: hooked into the kernel at this point (filter, or NAT)
 
     def render(self) -> list[str]:
         lines = [f"chain {self.name} {{"]
-        if self.hook:
+        if self.hook == "postrouting":
+            lines.append("type nat hook postrouting priority srcnat; policy accept;")
+        elif self.hook:
             lines.append(f"type filter hook {self.hook} priority filter; policy accept;")
         return [*lines, *self.rules, "}"]
 
@@ -130,10 +137,14 @@ def inet_table(instance: str, net: DesktopNetwork) -> Table:
         ], hook="forward"),
         Chain("egress", [
             "meta nfproto ipv6 drop",
-            "ct state established,related accept",
-            "ip saddr . ip daddr @allowed accept",
+            # a connection lives on only while its mark says the set let it in: after a policy cut
+            # (the entry is deleted) a mid-stream packet starts an unmarked entry and is refused
+            f"ct state established,related ct mark and {OPENED:#x} == {OPENED:#x} accept",
+            f"ct state new tcp dport {{ {WEB_PORTS} }} ip saddr . ip daddr @allowed"
+            f" ct mark set ct mark or {OPENED:#x} accept",
             "counter reject with icmpx admin-prohibited",
         ]),
+        Chain("leave", [f"ip saddr {net.subnet} oifname != {br} masquerade"], hook="postrouting"),
     ])
 
 

@@ -45,6 +45,7 @@ def test_connect_assigns_and_reconnect_returns_the_same_desktop(ctx, ready_pool)
     assert broker.connect(ctx, BOB, "sales").desktop != first.desktop
     row, _ = desktops.get(ctx, first.desktop)
     assert row.state == "in_use" and row.assigned_to == "alice"
+    assert row.assigned_groups == sorted(ALICE.groups)  # the resolver applies alice's allowlist to it
 
 
 def test_not_entitled_and_exhausted_pools(ctx, ready_pool):

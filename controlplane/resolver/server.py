@@ -1,0 +1,128 @@
+"""The resolver's sockets: UDP and TCP port 53 on the host's address of the desktop network, in
+a thread with its own event loop (beside the API, the gateway and the reconciler of
+`shiftdesk serve`). It refreshes the allowlists every second and writes counted refusals to the
+audit log every ten."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from ipaddress import IPv4Address
+from typing import Any
+
+from controlplane.resolver.core import EgressResolver
+from controlplane.services import egress
+from controlplane.services.context import Context
+
+log = logging.getLogger(__name__)
+MAX_UDP = 4096
+MAX_TCP_CONNECTIONS = 256
+TCP_IDLE_S = 5.0
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, resolver: EgressResolver) -> None:
+        self.resolver = resolver
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if len(data) <= MAX_UDP:
+            asyncio.ensure_future(self._answer(data, addr))
+
+    async def _answer(self, data: bytes, addr: tuple[str, int]) -> None:
+        reply = await self.resolver.handle(data, IPv4Address(addr[0]))
+        if reply is not None and self.transport is not None:
+            self.transport.sendto(reply, addr)
+
+
+class ResolverService:
+    def __init__(self, ctx: Context, resolver: EgressResolver, listen: IPv4Address, port: int = 53,
+                 refresh_s: float = 1.0, audit_s: float = 10.0) -> None:
+        self.ctx, self.resolver, self.listen, self.port = ctx, resolver, listen, port
+        self.refresh_s, self.audit_s = refresh_s, audit_s
+        self.ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), name="resolver", daemon=True)
+        self._tcp_slots = asyncio.Semaphore(MAX_TCP_CONNECTIONS)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout=10)
+
+    async def _main(self) -> None:
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        await self._refresh()
+        udp, tcp = await self._bind()
+        self.ready.set()
+        ticks = 0
+        try:
+            while not self._stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), timeout=self.refresh_s)
+                await self._refresh()
+                ticks += 1
+                if ticks * self.refresh_s >= self.audit_s:
+                    ticks = 0
+                    await self._record()
+        finally:
+            udp.close()
+            tcp.close()
+            await self._record()
+
+    async def _bind(self) -> tuple[asyncio.DatagramTransport, asyncio.Server]:
+        """Bind once the host network has the address (the reconciler makes it); retry until then."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(self.resolver),
+                                                             local_addr=(str(self.listen), self.port))
+                tcp = await asyncio.start_server(self._tcp, str(self.listen), self.port, reuse_address=True)
+                return udp, tcp
+            except OSError as err:
+                log.warning("resolver: cannot listen on %s:%d yet: %s", self.listen, self.port, err)
+                await asyncio.sleep(1.0)
+
+    async def _refresh(self) -> None:
+        try:
+            allowlists = await asyncio.get_running_loop().run_in_executor(None, egress.allowlists, self.ctx)
+        except Exception:  # the database is away: keep enforcing the last allowlists
+            log.exception("resolver: allowlists not refreshed")
+            return
+        self.resolver.update(allowlists)
+
+    async def _record(self) -> None:
+        counted, dropped = self.resolver.refusals.drain()
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, egress.record_refusals, self.ctx, counted, dropped)
+        except Exception:
+            log.exception("resolver: %d refusals not audited", sum(n for _, n in counted) + dropped)
+
+    async def _tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        client = IPv4Address(writer.get_extra_info("peername")[0])
+        if self._tcp_slots.locked():
+            writer.close()
+            return
+        async with self._tcp_slots:
+            try:
+                while True:
+                    size = int.from_bytes(await asyncio.wait_for(reader.readexactly(2), TCP_IDLE_S), "big")
+                    wire = await asyncio.wait_for(reader.readexactly(size), TCP_IDLE_S)
+                    reply = await self.resolver.handle(wire, client)
+                    if reply is None:
+                        break
+                    writer.write(len(reply).to_bytes(2, "big") + reply)
+                    await writer.drain()
+            except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+                pass
+            finally:
+                writer.close()
