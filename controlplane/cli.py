@@ -388,10 +388,12 @@ def policy_rollback(revision: int, comment: Annotated[str, typer.Option(help="Wh
 
 @policy_app.command("explain")
 def policy_explain(user: str, pool: Annotated[str | None, typer.Option(help="Desktop's pool")] = None,
+                   name: Annotated[str | None, typer.Option(help="A host name: may USER reach it, and why")] = None,
+                   app: Annotated[str | None, typer.Option(help="An application: may USER run it, and why")] = None,
                    as_json: JsonOpt = False) -> None:
-    """The effective policy of USER, and which policies made it."""
+    """The effective policy of USER, which policies made it, and why a name or app is allowed."""
     with context() as (ctx, _):
-        result = policies.explain(ctx, user, pool)
+        result = policies.explain(ctx, user, pool, name=name, app=app)
         if as_json:
             print(json.dumps(result, indent=2, default=str))
             return
@@ -404,6 +406,13 @@ def policy_explain(user: str, pool: Annotated[str | None, typer.Option(help="Des
         out.print("data: " + " ".join(f"{k}={'on' if v else 'off'}" for k, v in result["data"].items()))
         out.print(f"watermark: {'on' if result['watermark'] else 'off'}; session: "
                   + " ".join(f"{k}={v}" for k, v in result["session"].items()))
+        for kind in ("name", "app"):
+            if kind in result:
+                verdict = result[kind]
+                word = "[green]allowed[/green]" if verdict["allowed"] else "[red]refused[/red]"
+                out.print(f"{kind} {verdict['subject']}: {word}")
+                for policy_name, rule in verdict["by_policy"].items():
+                    out.print(f"  {policy_name}: {rule}")
 
 
 # --- schedules ------------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ from controlplane.db import audit
 from controlplane.db import policies as repo
 from controlplane.db.engine import session_scope
 from controlplane.db.models import PolicyRevision
-from controlplane.domain.policy import Policy, diff_documents, effective
+from controlplane.domain.explain import explain_app, explain_name
+from controlplane.domain.policy import DEFAULT, Policy, diff_documents, effective
 from controlplane.domain.policy_load import PolicyInvalid, load, to_document, to_policy
 from controlplane.errors import InvalidInput, NotFound, PermanentError
 from controlplane.services.context import Context
@@ -92,14 +93,29 @@ def active(ctx: Context) -> list[Policy]:
     return [to_policy(doc) for doc in documents.values()]
 
 
-def explain(ctx: Context, username: str, pool: str | None = None) -> dict[str, Any]:
-    """The effective policy of USERNAME (on a desktop of POOL), with why each policy applies."""
+def explain(ctx: Context, username: str, pool: str | None = None, *, name: str | None = None,
+            app: str | None = None) -> dict[str, Any]:
+    """The effective policy of USERNAME (on a desktop of POOL), with why each policy applies;
+    with NAME or APP, also which rule of which policy allows or refuses that host name or app."""
     if ctx.directory is None:
         raise PermanentError("policy explain: no directory configured (SHIFTDESK_LDAP__URL)")
     who = ctx.directory.lookup(username)
     if who is None:
         raise NotFound(f"user: {username!r} is not in the directory", field="user")
-    return effective_for(ctx, who.username, who.groups, pool)
+    result = effective_for(ctx, who.username, who.groups, pool)
+    applying = [p for p in active(ctx) if p.name in result["applied"]] or [DEFAULT]
+    if name is not None:
+        result["name"] = asdict(explain_name(applying, _checked_name(name)))
+    if app is not None:
+        result["app"] = asdict(explain_app(applying, app))
+    return result
+
+
+def _checked_name(name: str) -> str:
+    host = name.strip().lower().rstrip(".")
+    if not host or len(host) > 253 or not all(c.isalnum() or c in "-._*" for c in host):
+        raise InvalidInput(f"name: {name!r} is not a host name", field="name")
+    return host
 
 
 def effective_for(ctx: Context, username: str, groups: frozenset[str], pool: str | None) -> dict[str, Any]:

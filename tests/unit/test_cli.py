@@ -72,6 +72,9 @@ def test_policy_commands(env, tmp_path):
     assert changes == []
     explained = json.loads(run("policy", "explain", "alice", "--pool", "sales", "--json").output)
     assert explained["applied"] == ["all-agents", "sales-floor"]
+    why = run("policy", "explain", "alice", "--pool", "sales", "--name", "news.example.org", "--app", "softphone")
+    assert why.exit_code == 0 and "name news.example.org: refused" in why.output
+    assert "app softphone: allowed" in why.output and "sales-floor: not in apps.allow" not in why.output
     assert run("policy", "explain", "nobody").exit_code == 2
 
 

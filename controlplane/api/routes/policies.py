@@ -58,5 +58,7 @@ def rollback(body: Rollback, ctx: CtxDep, actor: Actor) -> dict[str, Any]:
 
 
 @router.get("/explain")
-def explain(user: str, ctx: CtxDep, pool: str | None = None) -> dict[str, Any]:
-    return policies.explain(ctx, user, pool)
+def explain(user: str, ctx: CtxDep, pool: str | None = None, name: str | None = None,
+            app: str | None = None) -> dict[str, Any]:
+    """The effective policy of USER; with `name` or `app`, which rule allows or refuses it."""
+    return policies.explain(ctx, user, pool, name=name, app=app)

@@ -11,7 +11,7 @@ from controlplane.db import audit
 from controlplane.db.engine import session_scope
 from controlplane.domain.policy_load import MAX_FILE_BYTES
 from controlplane.domain.policy_schema import SCHEMA
-from controlplane.errors import NotFound
+from controlplane.errors import InvalidInput, NotFound
 from controlplane.services import policies
 from controlplane.services.policies import PolicyFilesInvalid
 
@@ -110,3 +110,17 @@ def test_explain_uses_the_directory_and_current_revision(ctx):
     assert bob["applied"] == ["all-agents", "support-desk"] and bob["data"]["printing"] is False
     with pytest.raises(NotFound):
         policies.explain(ctx, "nobody")
+
+
+def test_explain_says_which_rule_of_which_policy_decides_a_name_or_an_app(ctx):
+    policies.apply(ctx, EXAMPLES, actor="carol")
+    crm = policies.explain(ctx, "alice", "sales", name="CRM.brand.example.")["name"]
+    assert crm["subject"] == "crm.brand.example" and crm["allowed"] and not crm["refused_by"]
+    assert crm["by_policy"]["all-agents"] == "*.brand.example"
+    bare = policies.explain(ctx, "alice", "sales", name="brand.example")["name"]
+    assert not bare["allowed"] and set(bare["refused_by"]) == {"all-agents", "sales-floor"}
+    kb = policies.explain(ctx, "alice", "sales", app="/usr/bin/knowledge-base")["app"]
+    assert kb["subject"] == "knowledge-base" and not kb["allowed"] and list(kb["refused_by"]) == ["sales-floor"]
+    assert kb["by_policy"] == {"all-agents": "apps.allow: knowledge-base", "sales-floor": "not in apps.allow"}
+    with pytest.raises(InvalidInput, match="name"):
+        policies.explain(ctx, "alice", "sales", name="crm brand;example")
