@@ -31,6 +31,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script, too
+
+from bench import netlab  # noqa: E402
+
 VIRSH = ["virsh", "-q", "-c", "qemu:///system"]
 KSM = Path("/sys/kernel/mm/ksm")
 KSM_SAVED = "ksm-previous.json"  # in the data directory of the run that changed KSM
@@ -64,6 +68,7 @@ def purge(instance: str) -> None:
     for leftover in Path(tempfile.gettempdir()).glob(f"{data_dir_prefix(instance)}*"):
         restore_ksm(leftover)
         shutil.rmtree(leftover, ignore_errors=True)
+    netlab.purge(instance)  # namespaces, bridge, nftables tables, DHCP server, /run/shiftdesk/INSTANCE
 
 
 @contextlib.contextmanager
@@ -109,10 +114,13 @@ def _alive(pid: int) -> bool:
 
 def sweep(family: str) -> list[str]:
     """Purge the instances of FAMILY whose benchmark process is gone. Returns their names."""
-    shape = re.compile(rf"^(?:sd-|shiftdesk-|{re.escape(data_dir_prefix(''))})({re.escape(family)}(\d+))(?:-|\.tpl-|$)")
+    prefixes = rf"(?:sd-|shiftdesk-|{re.escape(data_dir_prefix(''))})?"  # none: namespaces, /run/shiftdesk
+    shape = re.compile(rf"^{prefixes}({re.escape(family)}(\d+))(?:-|\.tpl-|$)")
     seen: set[tuple[str, int]] = set()
     names = [*_virsh("list", "--all", "--name"), *_virsh("pool-list", "--all", "--name"),
-             *(p.name for p in Path(tempfile.gettempdir()).glob(f"{data_dir_prefix(family)}*"))]
+             *(p.name for p in Path(tempfile.gettempdir()).glob(f"{data_dir_prefix(family)}*")),
+             *subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout.split(),
+             *(p.name for p in Path("/run/shiftdesk").glob(f"{family}*"))]
     for name in names:
         match = shape.match(name)
         if match:

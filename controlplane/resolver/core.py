@@ -74,12 +74,15 @@ class EgressResolver:
         self._cache: OrderedDict[tuple[str, int], tuple[float, dns.message.Message]] = OrderedDict()
         self._opened: dict[IPv4Address, Opened] = {}
         self._buckets: dict[IPv4Address, TokenBucket] = {}
+        self._replies: OrderedDict[tuple[IPv4Address, bytes], tuple[float, bytes]] = OrderedDict()
 
     # --- policy changes ----------------------------------------------------------------------
 
     def update(self, allowlists: Allowlists) -> None:
         """Adopt new allowlists; close what a desktop may no longer reach (or every address of a
         desktop that is gone)."""
+        if allowlists != self.allowlists:
+            self._replies.clear()  # answers given under the old rules are not given again
         for desktop, opened in list(self._opened.items()):
             now = allowlists.get(desktop)
             lost = [a for a, names in opened.addresses.items()
@@ -100,8 +103,12 @@ class EgressResolver:
         """The answer to one query from CLIENT, or None to stay silent (not a desktop, flooding,
         or not a DNS query at all)."""
         desktop = self.allowlists.get(client)
-        if desktop is None or self._flooding(client):
+        if desktop is None or self._flooding(client) or len(wire) < 12:
             return None
+        key = (client, wire[2:])  # the same question from the same desktop: the same answer but its id
+        hit = self._replies.get(key)
+        if hit is not None and hit[0] > self.clock():
+            return wire[:2] + hit[1]
         try:
             query = dns.message.from_wire(wire)
         except (dns.exception.DNSException, ValueError):
@@ -119,7 +126,18 @@ class EgressResolver:
         answer = await self._lookup(query, name)
         if answer is None:
             return _reply(query, dns.rcode.SERVFAIL).to_wire()
-        return self._pass_on(query, answer, client, desktop, name).to_wire()
+        reply = self._pass_on(query, answer, client, desktop, name).to_wire()
+        self._remember(key, reply, answer)
+        return reply
+
+    def _remember(self, key: tuple[IPv4Address, bytes], reply: bytes, answer: dns.message.Message) -> None:
+        """Keep REPLY for the same question until half the time its addresses stay open (so the
+        firewall is refreshed before it forgets them) or its records expire, whichever is first."""
+        ttl = min((rrset.ttl for rrset in answer.answer), default=0)
+        self._replies[key] = (self.clock() + min(ttl, open_for(ttl) / 2), reply[2:])
+        self._replies.move_to_end(key)
+        while len(self._replies) > CACHE_ENTRIES:
+            self._replies.popitem(last=False)
 
     def _flooding(self, client: IPv4Address) -> bool:
         bucket = self._buckets.get(client)

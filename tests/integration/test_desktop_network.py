@@ -14,42 +14,14 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import suppress
-from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Network
 from pathlib import Path
 
 import pytest
 
-from controlplane.domain.network import DesktopNetwork, DesktopNic
+from bench.netlab import FakeDesktop, purge, sh
+from controlplane.domain.network import DesktopNetwork
 from controlplane.drivers.netfilter.host_network import LinuxHostNetwork
-
-
-def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, capture_output=True, text=True, check=check, timeout=30)
-
-
-@dataclass
-class FakeDesktop:
-    """A namespace whose eth0 is the far end of a port named like the desktop's tap."""
-
-    ns: str
-    nic: DesktopNic
-
-    def run(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return sh("ip", "netns", "exec", self.ns, *cmd, check=check)
-
-    def udp(self, host: IPv4Address, port: int, source: IPv4Address | None = None) -> str | None:
-        """Send one datagram from the namespace and return the echo, or None within 1.5 s."""
-        bind = f"s.bind(('{source}', 0))" if source else ""
-        code = (f"import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); {bind}\n"
-                f"s.settimeout(1.5); s.sendto(b'ping', ('{host}', {port}))\n"
-                "try: print(s.recv(100).decode())\nexcept OSError: print('')")
-        return self.run("python3", "-c", code).stdout.strip() or None
-
-    def tcp(self, host: IPv4Address, port: int) -> bool:
-        code = (f"import socket; s = socket.socket(); s.settimeout(1.5)\n"
-                f"try: s.connect(('{host}', {port})); print('open')\nexcept OSError: print('')")
-        return self.run("python3", "-c", code).stdout.strip() == "open"
 
 
 @pytest.fixture
@@ -60,28 +32,18 @@ def world() -> Iterator[tuple[LinuxHostNetwork, list[FakeDesktop]]]:
     subnet = IPv4Network(f"10.231.{secrets.randbelow(200) + 20}.0/24")
     net = DesktopNetwork.of(instance, subnet)
     host = LinuxHostNetwork(instance, net, Path("/run/shiftdesk") / instance / "net")
-    desktops: list[FakeDesktop] = []
+    desktops = [FakeDesktop(f"{instance}-d{i}", net.nic(f"sd-{instance}-floor-{i:06x}", net.first + i))
+                for i in range(2)]
     try:
-        for i in range(2):
-            nic = net.nic(f"sd-{instance}-floor-{i:06x}", net.first + i)
-            ns = f"{instance}-d{i}"
-            sh("ip", "netns", "add", ns)
-            sh("ip", "link", "add", nic.tap, "type", "veth", "peer", "name", "eth0", "netns", ns)
-            desktops.append(FakeDesktop(ns, nic))
-        host.sync([d.nic for d in desktops])  # makes the bridge: the ports join it afterwards
+        host.sync([d.nic for d in desktops])  # makes the bridge the ports join
         for d in desktops:
-            sh("ip", "link", "set", d.nic.tap, "master", net.bridge, "up")
-            d.run("ip", "link", "set", "eth0", "address", d.nic.mac)
-            d.run("ip", "addr", "add", f"{d.nic.ipv4}/{subnet.prefixlen}", "dev", "eth0")
-            d.run("ip", "link", "set", "eth0", "up")
-            d.run("ip", "link", "set", "lo", "up")
+            d.plug(net)
         yield host, desktops
     finally:
         for d in desktops:
-            sh("ip", "netns", "del", d.ns, check=False)
-            sh("ip", "link", "del", d.nic.tap, check=False)
+            d.unplug()
         host.remove()
-        shutil.rmtree(Path("/run/shiftdesk") / instance, ignore_errors=True)
+        purge(instance)
 
 
 @pytest.fixture

@@ -171,3 +171,20 @@ def test_a_flooding_desktop_is_dropped_until_it_slows_down(world):
     assert 150 <= answered <= 220  # the burst, then silence
     now[0] += 2.0
     assert ask(loop, resolver, "tracker.example.org") is not None
+
+
+def test_a_cached_answer_is_not_given_again_once_the_policy_drops_the_name(world):
+    loop, resolver, _, _ = world
+    assert addresses(ask(loop, resolver, "crm.example.com")) == ["93.184.216.34"]
+    assert addresses(ask(loop, resolver, "crm.example.com")) == ["93.184.216.34"]  # from the reply cache
+    resolver.update({DESK: DesktopEgress("sd-unit-a", "alice", frozenset({"kb.example.com"}), ("sales",))})
+    assert ask(loop, resolver, "crm.example.com").rcode() == dns.rcode.REFUSED
+
+
+def test_the_reply_cache_keeps_each_query_id(world):
+    loop, resolver, _, _ = world
+    first, second = (dns.message.make_query("crm.example.com", "A") for _ in range(2))
+    second.id = (first.id + 1) % 65536
+    replies = [dns.message.from_wire(loop.run_until_complete(resolver.handle(q.to_wire(), DESK)))
+               for q in (first, second)]
+    assert [r.id for r in replies] == [first.id, second.id] and addresses(replies[1]) == ["93.184.216.34"]
