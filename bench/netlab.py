@@ -4,7 +4,7 @@ bridge through ports named and addressed exactly as a desktop's NIC would be.
 
 The internet (`Internet`) has public-looking addresses reached only through a veth from the
 host (a route for 93.184.216.32/29 via the namespace, removed with the veth): an upstream DNS
-server (dnsmasq), a web server on port 80, a TCP echo server on 443 (a long-lived connection),
+server (dnsmasq), a web server on port 80, a TLS echo server on 443 (a long-lived connection),
 a UDP listener on 443 (QUIC) and one on TCP 853 (DNS-over-TLS). Every name the lab uses:
 
     crm.example.com -> CRM        shop.example.com, forbidden.example.org -> SHARED (one CDN address)
@@ -24,9 +24,39 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 from controlplane.domain.network import DesktopNetwork, DesktopNic
+from controlplane.drivers.netfilter.proxy import self_signed_pem
 
 CRM, SHARED, ELSEWHERE = "93.184.216.34", "93.184.216.35", "93.184.216.36"
 LAB_ROUTE = "93.184.216.32/29"
+
+
+# TLS on 443: "GET /NAME" gets the file NAME from the web directory (HTTP/1.0); anything else is
+# echoed back, for as long as the connection lives
+TLS_SERVER = """import os, socket, ssl, threading
+tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); tls.load_cert_chain(PEM)
+s = socket.create_server(('0.0.0.0', 443))
+def serve(c):
+    try:
+        c = tls.wrap_socket(c, server_side=True)
+        first = c.recv(4096)
+        if first.startswith(b'GET /'):
+            path = os.path.join(WWW, os.path.basename(first.split()[1].decode()))
+            c.sendall(b'HTTP/1.0 200 OK\\r\\nContent-Length: %d\\r\\n\\r\\n' % os.path.getsize(path))
+            with open(path, 'rb') as fh:
+                while (chunk := fh.read(1 << 20)):
+                    c.sendall(chunk)
+            c.close()
+            return
+        data = first
+        while data:
+            c.sendall(data)
+            data = c.recv(100)
+    except OSError:
+        pass
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"""
 
 
 def sh(*cmd: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -85,6 +115,14 @@ class FakeDesktop:
         return self.python(f"import urllib.request\ntry: print(urllib.request.urlopen('{url}', timeout=3).read()"
                            ".decode())\nexcept Exception as e: print('ERROR', type(e).__name__, e)")
 
+    def tls(self, address: str, sni: str) -> str:
+        """A TLS handshake to ADDRESS:443 naming SNI, then one echo: 'echo' or the error."""
+        return self.python("import socket, ssl\nctx = ssl.create_default_context(); ctx.check_hostname = False\n"
+                           "ctx.verify_mode = ssl.CERT_NONE\ntry:\n"
+                           f" s = ctx.wrap_socket(socket.create_connection(('{address}', 443), timeout=3), "
+                           f"server_hostname='{sni}')\n s.sendall(b'echo'); print(s.recv(10).decode())\n"
+                           "except Exception as e: print('ERROR', type(e).__name__)")
+
     def lookup(self, name: str) -> str:
         return self.python(f"import socket\ntry: print(socket.gethostbyname('{name}'))\n"
                            "except OSError as e: print('ERROR', e)")
@@ -132,9 +170,9 @@ class Internet:
                     "s.bind(('0.0.0.0', 443))\nwhile True:\n d, p = s.recvfrom(100); s.sendto(d, p)")
         self._spawn("python3", "-c", "import socket; s = socket.create_server(('0.0.0.0', 853))\n"
                     "while True:\n c, _ = s.accept(); c.sendall(b'dot'); c.close()")
-        self._spawn("python3", "-c", "import socket, threading; s = socket.create_server(('0.0.0.0', 443))\n"
-                    "def echo(c):\n while (d := c.recv(100)): c.sendall(d)\n"
-                    "while True:\n c, _ = s.accept(); threading.Thread(target=echo, args=(c,), daemon=True).start()")
+        _self_signed(self.www / "tls.pem")
+        self._spawn("python3", "-c", TLS_SERVER.replace("PEM", repr(str(self.www / "tls.pem")))
+                    .replace("WWW", repr(str(self.www))))
         time.sleep(1.0)
 
     def stop(self) -> None:
@@ -145,6 +183,11 @@ class Internet:
         sh("ip", "link", "del", self.up, check=False)
         sh("ip", "netns", "del", self.ns, check=False)
         shutil.rmtree(self.www, ignore_errors=True)
+
+
+def _self_signed(path: Path) -> None:
+    """The lab's web servers' certificate (clients in the lab do not verify it)."""
+    path.write_bytes(self_signed_pem("lab.example.com", 1))
 
 
 def purge(tag: str) -> None:
@@ -163,7 +206,5 @@ def purge(tag: str) -> None:
     sh("ip", "route", "del", LAB_ROUTE, check=False)
     for family in ("bridge", "inet"):
         sh("nft", "delete", "table", family, f"sd_{tag}", check=False)
-    pid_file = Path("/run/shiftdesk") / tag / "net" / "dhcp" / "dnsmasq.pid"
-    if pid_file.exists():
-        sh("kill", pid_file.read_text().strip(), check=False)
+    sh("pkill", "-9", "-f", f"/run/shiftdesk/{tag}/", check=False)  # dnsmasq, squid and its helpers
     shutil.rmtree(Path("/run/shiftdesk") / tag, ignore_errors=True)

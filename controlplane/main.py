@@ -60,23 +60,37 @@ def make_network(settings: Settings) -> HostNetwork | None:
     if not settings.network.enabled:
         return None
     from controlplane.drivers.netfilter.host_network import LinuxHostNetwork
-    # outside DATA_DIR (root's alone): dnsmasq runs as its own user and keeps its leases here
-    return LinuxHostNetwork(instance=settings.instance, network=settings.desktop_network,
-                            state_dir=Path("/run/shiftdesk") / settings.instance / "net")
+    from controlplane.drivers.netfilter.proxy import SquidProxy
+    state = network_state_dir(settings)
+    proxy = SquidProxy(settings.desktop_network, state, upstream_dns(settings))
+    return LinuxHostNetwork(instance=settings.instance, network=settings.desktop_network, state_dir=state,
+                            proxy=proxy)
+
+
+def network_state_dir(settings: Settings) -> Path:
+    """Outside DATA_DIR (root's alone): dnsmasq and Squid run as their own users and keep files here."""
+    return Path("/run/shiftdesk") / settings.instance / "net"
+
+
+def upstream_dns(settings: Settings) -> list[str]:
+    from controlplane.drivers.netfilter.host_network import resolv_conf_servers
+    return settings.network.upstream_dns or resolv_conf_servers()
 
 
 def make_resolver(ctx: Context, settings: Settings) -> Any:
     """The desktops' enforcing resolver (started by `shiftdesk serve` when the network is on)."""
     from controlplane.drivers.netfilter.egress import NftEgressFirewall
-    from controlplane.drivers.netfilter.host_network import host_addresses, resolv_conf_servers
+    from controlplane.drivers.netfilter.host_network import host_addresses
+    from controlplane.drivers.netfilter.proxy import SquidProxy
     from controlplane.resolver.core import EgressResolver, Upstream
-    from controlplane.resolver.server import ResolverService
+    from controlplane.resolver.server import ProxyFiles, ResolverService
     net = settings.desktop_network
-    servers = settings.network.upstream_dns or resolv_conf_servers()
+    servers = upstream_dns(settings)
     upstream = [Upstream(s.split(":")[0], int(s.split(":")[1]) if ":" in s else 53) for s in servers]
     forbidden = [net.subnet, *host_addresses(), *settings.network.forbidden_answers]
     resolver = EgressResolver(NftEgressFirewall(settings.instance), upstream, forbidden)
-    return ResolverService(ctx, resolver, net.host)
+    proxy = SquidProxy(net, network_state_dir(settings), servers)
+    return ResolverService(ctx, resolver, net.host, proxy=ProxyFiles(proxy.allowlists_file, proxy.refusals_file))
 
 
 def build_context(settings: Settings, hypervisor: Hypervisor | None = None,

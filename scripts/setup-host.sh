@@ -8,7 +8,7 @@ APT_PACKAGES=(
   busybox-static cpio e2fsprogs ca-certificates mmdebstrap
   samba samba-ad-dc samba-ad-provision winbind krb5-user ldb-tools
   chromium fonts-dejavu-core
-  nftables python3-nftables dnsmasq-base conntrack iproute2
+  nftables python3-nftables dnsmasq-base conntrack iproute2 squid-openssl python3
 )
 
 log() { printf '[setup-host] %s\n' "$*"; }
@@ -20,7 +20,14 @@ done
 if ((${#missing[@]})); then
   log "installing ${missing[*]}"
   apt-get update -qq
+  # no package may start its own daemon (Debian's squid would listen on every address): ShiftDesk
+  # starts what it needs, bound to its own addresses (libvirtd below; dnsmasq, Squid per network)
+  trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+  chmod 755 /usr/sbin/policy-rc.d
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  rm -f /usr/sbin/policy-rc.d
+  trap - EXIT
 fi
 
 # npm installs the portal's noVNC (pinned in agents/package-lock.json). Use the machine's Node.js

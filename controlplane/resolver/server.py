@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import threading
+from dataclasses import dataclass
 from ipaddress import IPv4Address
+from pathlib import Path
 from typing import Any
 
+from controlplane.domain.egress import Refusal
 from controlplane.resolver.core import EgressResolver
 from controlplane.services import egress
 from controlplane.services.context import Context
@@ -20,6 +24,7 @@ log = logging.getLogger(__name__)
 MAX_UDP = 4096
 MAX_TCP_CONNECTIONS = 256
 TCP_IDLE_S = 5.0
+MAX_REFUSAL_READ = 1 << 20
 
 
 class _Udp(asyncio.DatagramProtocol):
@@ -40,10 +45,28 @@ class _Udp(asyncio.DatagramProtocol):
             self.transport.sendto(reply, addr)
 
 
+@dataclass(frozen=True)
+class ProxyFiles:
+    """Where the resolver publishes allowlists for the proxy's helper, and reads its refusals."""
+
+    allowlists: Path
+    refusals: Path
+
+
+def publish(path: Path, allowlists: egress.Allowlists) -> None:
+    """Write ALLOWLISTS for the proxy helper, atomically (it reloads when the file changes)."""
+    data = {str(ip): {"desktop": d.name, "user": d.user, "domains": sorted(d.domains)} for ip, d in allowlists.items()}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.chmod(0o644)
+    tmp.replace(path)
+
+
 class ResolverService:
     def __init__(self, ctx: Context, resolver: EgressResolver, listen: IPv4Address, port: int = 53,
-                 refresh_s: float = 1.0, audit_s: float = 10.0) -> None:
-        self.ctx, self.resolver, self.listen, self.port = ctx, resolver, listen, port
+                 refresh_s: float = 1.0, audit_s: float = 10.0, proxy: ProxyFiles | None = None) -> None:
+        self.ctx, self.resolver, self.listen, self.port, self.proxy = ctx, resolver, listen, port, proxy
+        self._proxy_read = 0  # how far the proxy's refusal log has been counted
         self.refresh_s, self.audit_s = refresh_s, audit_s
         self.ready = threading.Event()
         self._stop: asyncio.Event | None = None
@@ -98,7 +121,34 @@ class ResolverService:
         except Exception:  # the database is away: keep enforcing the last allowlists
             log.exception("resolver: allowlists not refreshed")
             return
+        if allowlists != self.resolver.allowlists and self.proxy is not None:
+            publish(self.proxy.allowlists, allowlists)
         self.resolver.update(allowlists)
+        if self.proxy is not None:
+            self._count_proxy_refusals()
+
+    def _count_proxy_refusals(self) -> None:
+        """Refusals the proxy's helper logged since the last look (at most 1 MiB a tick)."""
+        assert self.proxy is not None
+        try:
+            with self.proxy.refusals.open("rb") as fh:
+                if fh.seek(0, 2) < self._proxy_read:
+                    self._proxy_read = 0  # a new file
+                fh.seek(self._proxy_read)
+                chunk = fh.read(MAX_REFUSAL_READ)
+        except OSError:
+            return
+        complete = chunk[:chunk.rfind(b"\n") + 1]
+        self._proxy_read += len(complete)
+        for line in complete.splitlines():
+            try:
+                entry = json.loads(line)
+                desktop = self.resolver.allowlists.get(IPv4Address(entry["src"]))
+            except (ValueError, KeyError, TypeError):
+                continue
+            if desktop is not None:
+                self.resolver.refusals.note(Refusal(desktop.name, desktop.user, str(entry["name"])[:253],
+                                                    str(entry["rule"])[:200]))
 
     async def _record(self) -> None:
         counted, dropped = self.resolver.refusals.drain()

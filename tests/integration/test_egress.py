@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from sqlmodel import select
 
-from bench.netlab import CRM, ELSEWHERE, FakeDesktop, Internet, purge
+from bench.netlab import CRM, ELSEWHERE, SHARED, FakeDesktop, Internet, purge
 from controlplane.db import audit
 from controlplane.db.engine import session_scope
 from controlplane.db.models import Desktop, Pool
@@ -28,8 +28,9 @@ from controlplane.domain.egress import RefusalCounter
 from controlplane.domain.network import DesktopNetwork
 from controlplane.drivers.netfilter.egress import NftEgressFirewall
 from controlplane.drivers.netfilter.host_network import LinuxHostNetwork, host_addresses
+from controlplane.drivers.netfilter.proxy import SquidProxy
 from controlplane.resolver.core import EgressResolver, Upstream
-from controlplane.resolver.server import ResolverService
+from controlplane.resolver.server import ProxyFiles, ResolverService
 from controlplane.services import policies, pools
 from tests.conftest import SALES
 
@@ -52,15 +53,16 @@ def floor(ctx, image) -> Iterator[tuple[FakeDesktop, Internet, object]]:
         assert shutil.which(tool), f"{tool} is missing: scripts/setup-host.sh installs it"
     tag = "eg" + secrets.token_hex(3)
     net = DesktopNetwork.of(tag, IPv4Network(f"10.233.{secrets.randbelow(200) + 20}.0/24"))
-    host = LinuxHostNetwork(tag, net, Path("/run/shiftdesk") / tag / "net")
+    state = Path("/run/shiftdesk") / tag / "net"
     inet = Internet(tag)
+    host = LinuxHostNetwork(tag, net, state, proxy=SquidProxy(net, state, [inet.far_side]))
     desk = FakeDesktop(f"{tag}-d0", net.nic(f"sd-{tag}-floor-000001", net.first))
     service = None
     try:
         inet.start()
         host.sync([desk.nic])
         desk.plug(net, default_route=True)
-        service = start_resolver(ctx, image, tag, net, desk, inet)
+        service = start_resolver(ctx, image, tag, net, desk, inet, host.proxy)
         yield desk, inet, ctx
     finally:
         if service is not None:
@@ -71,7 +73,8 @@ def floor(ctx, image) -> Iterator[tuple[FakeDesktop, Internet, object]]:
         purge(tag)
 
 
-def start_resolver(ctx, image, tag: str, net: DesktopNetwork, desk: FakeDesktop, inet: Internet) -> ResolverService:
+def start_resolver(ctx, image, tag: str, net: DesktopNetwork, desk: FakeDesktop, inet: Internet,
+                   proxy: SquidProxy) -> ResolverService:
     """Alice (sales) signed in to DESK of pool floor; the resolver on the host's port 53."""
     pools.create(ctx, name="floor", image="busybox-desktop", size=0, actor="t")
     policies.apply(ctx, policy(["crm.example.com", "*.example.com"]), actor="admin")
@@ -81,7 +84,8 @@ def start_resolver(ctx, image, tag: str, net: DesktopNetwork, desk: FakeDesktop,
                             state="in_use", assigned_to="alice", assigned_groups=[SALES], ipv4=str(desk.nic.ipv4)))
     resolver = EgressResolver(NftEgressFirewall(tag), [Upstream(inet.far_side)],
                               [net.subnet, *host_addresses()], RefusalCounter())
-    service = ResolverService(ctx, resolver, net.host, refresh_s=0.2, audit_s=0.5)
+    service = ResolverService(ctx, resolver, net.host, refresh_s=0.2, audit_s=0.5,
+                              proxy=ProxyFiles(proxy.allowlists_file, proxy.refusals_file))
     service.start()
     assert service.ready.wait(10), "the resolver did not start"
     return service
@@ -116,6 +120,25 @@ def test_ip_literals_outside_dns_and_udp_go_nowhere(floor):
     assert not desk.tcp(IPv4Address(inet.host_side), 22)
 
 
+def test_a_forbidden_name_on_an_allowed_address_is_refused_by_its_tls_name_or_http_host(floor):
+    desk, inet, ctx = floor
+    assert desk.lookup("shop.example.com") == SHARED  # allowed: opens the address it shares
+    assert desk.tls(SHARED, "shop.example.com") == "echo"
+    assert desk.tls(SHARED, "forbidden.example.org").startswith("ERROR")
+    assert desk.tls(SHARED, "") .startswith("ERROR")  # no name at all
+    assert "<h1>CRM</h1>" in desk.fetch("http://shop.example.com/")
+    host_header = ("import socket\n"
+                   f"s = socket.create_connection(('{SHARED}', 80), timeout=3)\n"
+                   "s.sendall(b'GET / HTTP/1.1\\r\\nHost: forbidden.example.org\\r\\nConnection: close\\r\\n\\r\\n')\n"
+                   "print(s.recv(200).decode(errors='replace').split('\\r\\n')[0])")
+    status = desk.python(host_header)
+    assert " 200 " not in status and status.startswith("HTTP/1.1 4"), status
+    deadline = time.monotonic() + 5
+    while "forbidden.example.org" not in refusals(ctx):
+        assert time.monotonic() < deadline, "the proxy's refusal was never audited"
+        time.sleep(0.2)
+
+
 def test_a_name_that_resolves_into_the_host_is_not_answered(floor):
     desk, inet, ctx = floor
     assert desk.lookup("rebind.example.com").startswith("ERROR")
@@ -127,8 +150,10 @@ def test_a_name_that_resolves_into_the_host_is_not_answered(floor):
 
 def test_a_policy_apply_closes_a_name_cutting_its_connection_and_another_opens_it(floor):
     desk, inet, ctx = floor
-    code = ("import socket, sys\n"  # a long-lived connection to CRM's TLS port (an echo server here)
-            f"s = socket.create_connection(('{CRM}', 443), timeout=2)\n"
+    code = ("import socket, ssl, sys\n"  # a long-lived TLS connection to the CRM (an echo server)
+            "ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE\n"
+            f"s = ctx.wrap_socket(socket.create_connection(('{CRM}', 443), timeout=2), "
+            "server_hostname='crm.example.com')\n"
             "s.sendall(b'one'); print('first', s.recv(10).decode(), flush=True)\n"
             "sys.stdin.readline()\n"
             "try:\n s.sendall(b'two'); print('second', s.recv(10).decode() or 'closed', flush=True)\n"
@@ -146,7 +171,8 @@ def test_a_policy_apply_closes_a_name_cutting_its_connection_and_another_opens_i
         time.sleep(0.5)
         client.stdin.write("\n")
         client.stdin.flush()
-        assert client.stdout.readline().strip().startswith("second cut"), "the open connection survived the policy"
+        second = client.stdout.readline().strip()
+        assert second in ("second closed",) or second.startswith("second cut"), "the connection survived the policy"
     finally:
         client.kill()
     assert desk.fetch(f"http://{CRM}/").startswith("ERROR")

@@ -1,5 +1,6 @@
-"""The host side of the desktop network: a Linux bridge, the nftables tables of ruleset.py and
-dnsmasq as the DHCP server that hands each known MAC its one address.
+"""The host side of the desktop network: a Linux bridge, the nftables tables of ruleset.py,
+dnsmasq as the DHCP server that hands each known MAC its one address, and (with egress) the
+Squid web gate of proxy.py.
 
 Declarative and idempotent, the way the reconciler likes it: `sync(nics)` makes the host admit
 exactly NICS, whatever it found (a missing bridge, a flushed ruleset, a dead dnsmasq, ports of
@@ -24,7 +25,8 @@ from ipaddress import IPv4Network
 from pathlib import Path
 
 from controlplane.domain.network import DesktopNetwork, DesktopNic
-from controlplane.drivers.netfilter import ruleset
+from controlplane.drivers.netfilter import daemons, ruleset
+from controlplane.drivers.netfilter.proxy import SquidProxy
 from controlplane.errors import PermanentError, TemporaryError
 
 log = logging.getLogger(__name__)
@@ -45,8 +47,9 @@ def nft(script: str) -> None:
 
 
 class LinuxHostNetwork:
-    def __init__(self, instance: str, network: DesktopNetwork, state_dir: Path) -> None:
-        self.instance, self.network, self.state_dir = instance, network, state_dir
+    def __init__(self, instance: str, network: DesktopNetwork, state_dir: Path,
+                 proxy: SquidProxy | None = None) -> None:
+        self.instance, self.network, self.state_dir, self.proxy = instance, network, state_dir, proxy
         self._lock = threading.Lock()
         self._wanted: dict[str, DesktopNic] = {}
         self._applied: frozenset[DesktopNic] | None = None  # what the host was last given
@@ -68,6 +71,8 @@ class LinuxHostNetwork:
         with self._lock:
             nft(ruleset.delete_tables(self.instance))
             self._stop_dhcp()
+            if self.proxy is not None:
+                self.proxy.stop()
             _run("ip", "link", "del", self.network.bridge, check=False)
             self._applied = None
 
@@ -81,6 +86,8 @@ class LinuxHostNetwork:
             self._write_hosts(wanted)
             self._applied = wanted
         self._ensure_dhcp()
+        if self.proxy is not None:
+            self.proxy.ensure()
 
     def _ensure_bridge(self) -> bool:
         """The bridge, up, with the host's address and no IPv6. True when anything was missing."""
@@ -161,21 +168,10 @@ class LinuxHostNetwork:
 
     def _dhcp_pid(self) -> int | None:
         """dnsmasq's pid when it is ours and alive (its command line names our config)."""
-        try:
-            pid = int((self._dhcp_dir / "dnsmasq.pid").read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except (OSError, ValueError):
-            return None
-        return pid if str(self.state_dir / "dnsmasq.conf").encode() in cmdline else None
+        return daemons.pid_of(self._dhcp_dir / "dnsmasq.pid", str(self.state_dir / "dnsmasq.conf").encode())
 
     def _stop_dhcp(self) -> None:
-        pid = self._dhcp_pid()
-        if pid is not None:
-            os.kill(pid, signal.SIGTERM)
-            for _ in range(50):
-                if not Path(f"/proc/{pid}").exists():
-                    break
-                threading.Event().wait(0.05)
+        daemons.stop(self._dhcp_pid())
 
 
 def host_addresses() -> list[IPv4Network]:

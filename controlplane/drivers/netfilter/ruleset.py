@@ -10,13 +10,14 @@ Two tables, both named after the installation, so several installations share a 
   ARP must tell the same truth, and DHCP requests may come from a known port and MAC before the
   desktop has its address. Everything else, IPv6 included, is dropped.
 - `inet sd_INSTANCE` works on packets. To the host a desktop may send DHCP and DNS (the resolver)
-  and nothing else: not the API, the gateway, the directory or SSH. Through the host it may open
-  TCP connections to ports 80 and 443 of (desktop, address) pairs in the `allowed` set, which the
-  resolver fills with the answers a desktop's policy allows, each for the record's TTL; nothing
-  else (no UDP: no QUIC, no outside DNS; no DNS-over-TLS). A connection stays up only while it
-  carries the mark the set gave it, so deleting its conntrack entry after a policy change cuts
-  it for good. Nothing from outside reaches a desktop unless the desktop opened the connection.
-  IPv6 is dropped. Desktops leave the host masqueraded behind its address.
+  and nothing else: not the API, the gateway, the directory or SSH. A TCP connection to port 80
+  or 443 of an address in the `allowed` set (which the resolver fills, per desktop, with the
+  answers its policy allows, each for the record's TTL) is redirected to the host's proxy, which
+  checks the name inside (TLS SNI, HTTP Host) against the same policy. Nothing else is routed
+  on: no UDP (no QUIC, no outside DNS), no DNS-over-TLS, no other port, no IP literal. Deleting
+  a connection's conntrack entry after a policy change cuts it: its next packet is new, finds no
+  pair in the set and is refused. Nothing from outside reaches a desktop unless the desktop
+  opened the connection. IPv6 is dropped.
 
 Every value that reaches the text is typed (addresses, validated interface names), never free text.
 """
@@ -32,8 +33,8 @@ from controlplane.domain.network import DesktopNetwork, DesktopNic
 IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}\*?$")
 INSTANCE = re.compile(r"^[a-z][a-z0-9]{0,11}$")
 DNS_PORT, DHCP_PORT = 53, 67
-WEB_PORTS = "80, 443"  # TCP only: QUIC (UDP 443), DNS-over-TLS (853) and the rest stay closed
-OPENED = 0x40000000  # conntrack mark bit: this connection was let in by the `allowed` set
+PROXIED = {80: 3129, 443: 3130}  # web port -> Squid's intercepting port (drivers/netfilter/proxy.py)
+NAT_HOOKS = {"prerouting": "dstnat", "postrouting": "srcnat"}
 
 
 @dataclass
@@ -57,8 +58,8 @@ class Chain:
 
     def render(self) -> list[str]:
         lines = [f"chain {self.name} {{"]
-        if self.hook == "postrouting":
-            lines.append("type nat hook postrouting priority srcnat; policy accept;")
+        if self.hook in NAT_HOOKS:
+            lines.append(f"type nat hook {self.hook} priority {NAT_HOOKS[self.hook]}; policy accept;")
         elif self.hook:
             lines.append(f"type filter hook {self.hook} priority filter; policy accept;")
         return [*lines, *self.rules, "}"]
@@ -128,6 +129,8 @@ def inet_table(instance: str, net: DesktopNetwork) -> Table:
             f"ip daddr {host} udp dport {{ {DNS_PORT}, {DHCP_PORT} }} accept",
             f"ip daddr 255.255.255.255 udp dport {DHCP_PORT} accept",
             f"ip daddr {host} tcp dport {DNS_PORT} accept",
+            # the proxy only for what was redirected to it (never dialled directly)
+            f"ip daddr {host} tcp dport {{ {', '.join(str(p) for p in PROXIED.values())} }} ct status dnat accept",
             "counter drop",
         ]),
         Chain("forward", [
@@ -135,15 +138,13 @@ def inet_table(instance: str, net: DesktopNetwork) -> Table:
             f"oifname {br} ct state established,related accept",
             f"oifname {br} drop",
         ], hook="forward"),
-        Chain("egress", [
-            "meta nfproto ipv6 drop",
-            # a connection lives on only while its mark says the set let it in: after a policy cut
-            # (the entry is deleted) a mid-stream packet starts an unmarked entry and is refused
-            f"ct state established,related ct mark and {OPENED:#x} == {OPENED:#x} accept",
-            f"ct state new tcp dport {{ {WEB_PORTS} }} ip saddr . ip daddr @allowed"
-            f" ct mark set ct mark or {OPENED:#x} accept",
-            "counter reject with icmpx admin-prohibited",
-        ]),
+        # nothing a desktop sends is routed on by itself: web traffic to opened addresses goes
+        # through the proxy (redirected below); QUIC, DNS-over-TLS, other ports and IPs end here
+        Chain("egress", ["meta nfproto ipv6 drop", "counter reject with icmpx admin-prohibited"]),
+        Chain("to_proxy", [
+            f"iifname {br} tcp dport {web} ip saddr . ip daddr @allowed redirect to :{proxy}"
+            for web, proxy in PROXIED.items()
+        ], hook="prerouting"),
         Chain("leave", [f"ip saddr {net.subnet} oifname != {br} masquerade"], hook="postrouting"),
     ])
 

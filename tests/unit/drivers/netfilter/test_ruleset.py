@@ -45,15 +45,20 @@ def test_the_digest_follows_the_rules_not_the_ports():
     assert one[1].digest != moved[1].digest  # the host's address is in the inet rules
 
 
-def test_what_a_desktop_may_send_the_host_is_dhcp_and_dns_only():
+def test_what_a_desktop_may_send_the_host_is_dhcp_dns_and_redirected_web_traffic_only():
     rules = ruleset.inet_table("main", NET).chains
     to_host = next(c for c in rules if c.name == "from_desktops").rules
     accepted = [r for r in to_host if r.endswith("accept")]
     assert accepted == ["ct state established,related accept",
                         "ip daddr 10.213.0.1 udp dport { 53, 67 } accept",
                         "ip daddr 255.255.255.255 udp dport 67 accept",
-                        "ip daddr 10.213.0.1 tcp dport 53 accept"]
+                        "ip daddr 10.213.0.1 tcp dport 53 accept",
+                        "ip daddr 10.213.0.1 tcp dport { 3129, 3130 } ct status dnat accept"]
     assert to_host[0] == "meta nfproto ipv6 drop" and to_host[-1] == "counter drop"
+    egress = next(c for c in rules if c.name == "egress").rules
+    assert not any("accept" in rule for rule in egress)  # nothing is routed on by itself
+    redirected = next(c for c in rules if c.name == "to_proxy").rules
+    assert all("@allowed redirect" in rule for rule in redirected) and len(redirected) == 2
 
 
 def test_names_that_are_not_interface_names_never_reach_the_rules():
