@@ -388,7 +388,8 @@ class LibvirtHypervisor:
         name = dom.name()
         return ObservedTemplate(key=key, defined=True, running=running,
                                 ready=running and self._signalled(name, tag, dom), saved=self._saved(key),
-                                created=tag.created, quarantined=self.links.state(name).quarantined)
+                                created=tag.created,
+                                quarantined=self.links.state(name, heartbeats=False).quarantined)
 
     def _saved(self, key: TemplateKey) -> bool:
         try:

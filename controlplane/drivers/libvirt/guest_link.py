@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 READ_CHUNK = 4096
 
 
+SILENCE_S = 60.0  # a confirmed guest's agent heartbeats every 5 s: a minute of silence is not a hiccup
+
+
 @dataclass(frozen=True)
 class Budget:
     """Per guest: sustained messages and bytes per second, and the burst allowed above them."""
@@ -111,12 +114,22 @@ class GuestLinks:
         os.write(self._wake_w, b"x")
         return GuestState(connected=True)
 
-    def state(self, name: str) -> GuestState:
+    def state(self, name: str, *, heartbeats: bool = True) -> GuestState:
+        """NAME's state. With HEARTBEATS, a guest that confirmed its identity and then fell silent
+        for SILENCE_S (its agent heartbeats every 5 s) is quarantined now: its agent died or was
+        stopped. (A template is paused while it is saved: its silence means nothing.)"""
         with self._lock:
             if name in self._quarantined:
                 return GuestState(quarantined=self._quarantined[name])
             link = self._links.get(name)
-            return link.state if link is not None else GuestState()
+            if link is None:
+                return GuestState()
+            silent = heartbeats and link.state.confirmed and link.state.last_seen is not None \
+                and self.clock() - link.state.last_seen > SILENCE_S
+            if not silent:
+                return link.state
+        self.quarantine(name, f"no heartbeat for more than {SILENCE_S:.0f} s")
+        return self.state(name)
 
     def send_identity(self, name: str, *, hostname: str, machine_id: str, join_secret: str = "") -> bool:
         """Tell NAME who it is now (fresh seed and clock). True once written to the channel."""

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from controlplane.domain import guest_channel as ch
-from controlplane.drivers.libvirt.guest_link import Budget, GuestLinks
+from controlplane.drivers.libvirt.guest_link import SILENCE_S, Budget, GuestLinks
 
 GUEST = ch.Side.GUEST
 
@@ -142,3 +142,23 @@ def test_no_socket_means_not_connected_and_forget_lifts_quarantine(tmp_path):
     assert links.state("gone").quarantined == "test"
     links.forget("gone")
     assert links.state("gone").quarantined is None
+
+
+def test_a_confirmed_guest_that_stops_heartbeating_is_quarantined(qemu, tmp_path):
+    now = [1000.0]
+    links = GuestLinks(clock=lambda: now[0])
+    links.ensure("d", tmp_path / "d.chan")
+    links.send_identity("d", hostname="sd-main-sales-0a1b2c", machine_id="c" * 32)
+    sent = qemu.read_message()
+    guest = qemu.guest()
+    guest.sendall(ch.encode("identity_applied", GUEST, nonce=sent["nonce"], hostname="sd-main-sales-0a1b2c",
+                            machine_id="c" * 32, rng_probe="4" * 64))
+    eventually(lambda: links.state("d").confirmed)
+    now[0] += SILENCE_S - 1
+    guest.sendall(ch.encode("heartbeat", GUEST, seq=1, uptime_s=30))
+    eventually(lambda: links.state("d").messages == 2)
+    now[0] += SILENCE_S - 1  # heard from recently enough
+    assert links.state("d").quarantined is None
+    now[0] += 2
+    assert links.state("d", heartbeats=False).quarantined is None  # a template being saved is paused
+    assert "heartbeat" in (links.state("d").quarantined or "")
