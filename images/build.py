@@ -9,8 +9,8 @@ kernel boot), manifest.json (recipe, cmdline, package versions, sha256 of every 
 the desktop says it is ready, and the guest RAM and vCPUs it wants).
 
 Two kinds of recipe (recipe.json "builder"):
-- "busybox" (the default): a Debian kernel and busybox-static, unpacked with dpkg-deb. Boots in
-  seconds; says it is ready on its serial line.
+- "busybox" (the default): a Debian kernel and busybox-static, unpacked with dpkg-deb, plus the
+  recipe's init and optional rootfs/ overlay. Boots in seconds; says it is ready on its serial line.
 - "mmdebstrap": a real Debian system installed by mmdebstrap from the Debian archive, plus the
   recipe's rootfs/ overlay, users and units. Says it is ready over the host channel.
 
@@ -165,6 +165,8 @@ def build_rootfs(work: Path, busybox_tree: Path, recipe_dir: Path, recipe: dict,
     install_busybox(root, busybox_tree)
     shutil.copy2(recipe_dir / "init", root / "sbin/init")
     (root / "sbin/init").chmod(0o755)
+    if (recipe_dir / "rootfs").is_dir():
+        copy_overlay(recipe_dir / "rootfs", root)
     (root / "etc/os-release").write_text(f"NAME=ShiftDesk\nID=shiftdesk\nVARIANT={recipe['name']}\n")
     pin_times(root)
     make_disk(work, root, recipe, out, ["-N", "1024"])
@@ -299,19 +301,25 @@ GUEST_FILES = {  # repo path -> path in the image, mode
     "controlplane/domain/guest_channel.py": ("usr/local/lib/shiftdesk/shiftdesk_channel.py", 0o644),
 }
 AGENT_UID = 1000  # fixed: units name /run/user/1000
-ENABLE = {  # unit -> target whose .wants/ pulls it in
+ENABLE = {  # unit -> target whose .wants/ pulls it in (the unit is ours in /etc or Debian's in /lib)
     "shiftdesk-session.service": "graphical.target",
     "shiftdesk-page.path": "graphical.target",
     "shiftdesk-guest-agent.service": "multi-user.target",
+    # The NIC: IPv4 by DHCP from the host (/etc/systemd/network), names by the DNS server it gives.
+    "systemd-networkd.service": "multi-user.target",
+    "systemd-networkd.socket": "sockets.target",
+    "systemd-resolved.service": "sysinit.target",
 }
+UNIT_DIRS = ("etc/systemd/system", "lib/systemd/system")
 # No way to a login prompt or a shell: no gettys at all (the session owns tty1), no debug or
 # rescue shells, Ctrl+Alt+Del does nothing. Timers that would wake every idle desktop are off.
+# Nothing waits for the network: a clone's NIC is plugged in after its restore, or not at all.
 MASK = (
     "getty@.service", "autovt@.service", "serial-getty@.service", "console-getty.service",
     "container-getty@.service", "debug-shell.service", "rescue.service", "emergency.service",
-    "ctrl-alt-del.target", "systemd-firstboot.service", "systemd-networkd.service",
-    "systemd-networkd.socket", "apt-daily.timer", "apt-daily-upgrade.timer", "dpkg-db-backup.timer",
-    "e2scrub_all.timer", "e2scrub_reap.service", "fstrim.timer",
+    "ctrl-alt-del.target", "systemd-firstboot.service", "systemd-networkd-wait-online.service",
+    "systemd-networkd-wait-online@.service", "apt-daily.timer", "apt-daily-upgrade.timer",
+    "dpkg-db-backup.timer", "e2scrub_all.timer", "e2scrub_reap.service", "fstrim.timer",
 )
 DPKG_EXCLUDES = ("/usr/share/man/*", "/usr/share/info/*", "/usr/share/doc/*", "/usr/share/lintian/*",
                  "/usr/share/locale/*")
@@ -403,10 +411,13 @@ def install_guest_agent(root: Path) -> None:
 
 
 def write_settings(root: Path, recipe: dict) -> None:
-    """Host name, mounts, keyboard layout (console and X), Firefox's policy path, no-downloads."""
+    """Host name, resolver, mounts, keyboard layout (console and X), Firefox's policy path,
+    no-downloads."""
     (root / "etc/hostname").write_text("shiftdesk\n")
     (root / "etc/hosts").write_text("127.0.0.1\tlocalhost\n127.0.1.1\tshiftdesk\n::1\tlocalhost ip6-localhost\n")
+    # systemd-resolved's stub (the name Debian's package links); no copy of the build host's.
     (root / "etc/resolv.conf").unlink(missing_ok=True)
+    (root / "etc/resolv.conf").symlink_to("../run/systemd/resolve/stub-resolv.conf")
     (root / "etc/fstab").write_text("/dev/vda\t/\text4\trw,relatime\t0\t0\n")
     kb = recipe["keyboard"]
     (root / "etc/default/keyboard").write_text(
@@ -463,7 +474,7 @@ def set_units(root: Path) -> None:
         wants = etc / f"{target}.wants"
         wants.mkdir(parents=True, exist_ok=True)
         (wants / unit).unlink(missing_ok=True)
-        (wants / unit).symlink_to(f"/etc/systemd/system/{unit}")
+        (wants / unit).symlink_to(unit_path(root, unit))
     for unit in MASK:
         (etc / unit).unlink(missing_ok=True)
         (etc / unit).symlink_to("/dev/null")
@@ -471,13 +482,23 @@ def set_units(root: Path) -> None:
     (etc / "default.target").symlink_to("/lib/systemd/system/graphical.target")
 
 
+def unit_path(root: Path, unit: str) -> str:
+    """Where the image keeps UNIT: ours in /etc/systemd/system, else Debian's in /lib."""
+    for folder in UNIT_DIRS:
+        if (root / folder / unit).is_file():
+            return f"/{folder}/{unit}"
+    raise SystemExit(f"build: no unit {unit} in the image (ENABLE names it)")
+
+
 def scrub(root: Path) -> None:
     """Remove what differs from build to build and nobody needs: logs, backups of files we
-    changed, caches that record build-time state, and the day of the build in /etc/shadow."""
+    changed (and systemd-resolved's backup of the build host's resolv.conf), caches that record
+    build-time state, and the day of the build in /etc/shadow."""
     for path in sorted((root / "var/log").rglob("*")):
         if path.is_file() and not path.is_symlink() and path.name != "README":
             path.write_bytes(b"")
-    for pattern in ("etc/*-", "var/lib/dpkg/*-old", "var/cache/debconf/*-old", "var/cache/ldconfig/aux-cache"):
+    for pattern in ("etc/*-", "etc/.resolv.conf.*.bak", "var/lib/dpkg/*-old", "var/cache/debconf/*-old",
+                    "var/cache/ldconfig/aux-cache"):
         for path in root.glob(pattern):
             path.unlink()
     for path in root.glob("var/cache/fontconfig/*"):

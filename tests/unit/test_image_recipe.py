@@ -1,5 +1,5 @@
 """images/build.py's pure helpers: recipe validation (errors name the field), shadow dates,
-the keyboard snippet, the mmdebstrap call and the unit symlinks."""
+the keyboard snippet, the mmdebstrap call, the unit symlinks and the guests' network settings."""
 
 from __future__ import annotations
 
@@ -90,14 +90,62 @@ def test_mmdebstrap_keeps_debs_in_the_cache_and_uses_only_the_recipes_sources(tm
     assert include.split("=", 1)[1].split(",")[0] == "linux-image-amd64"
 
 
+def image_with_units(root: Path) -> Path:
+    """ShiftDesk's units in /etc (the recipe's overlay), Debian's in /lib, as in a real build."""
+    etc, lib = root / "etc/systemd/system", root / "lib/systemd/system"
+    for unit in build.ENABLE:
+        folder = etc if unit.startswith("shiftdesk-") else lib
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / unit).write_text("[Unit]\n")
+    return etc
+
+
 def test_units_are_enabled_masked_and_the_default_is_graphical(tmp_path):
-    etc = tmp_path / "etc/systemd/system"
+    etc = image_with_units(tmp_path)
     (etc / "getty.target.wants").mkdir(parents=True)
     (etc / "getty.target.wants/getty@tty1.service").symlink_to("/lib/systemd/system/getty@.service")
     build.set_units(tmp_path)
     assert not (etc / "getty.target.wants/getty@tty1.service").is_symlink()
     for unit in ("getty@.service", "autovt@.service", "ctrl-alt-del.target", "debug-shell.service"):
         assert (etc / unit).readlink() == Path("/dev/null")
-    assert (etc / "graphical.target.wants/shiftdesk-session.service").is_symlink()
+    assert (etc / "graphical.target.wants/shiftdesk-session.service").readlink() == Path(
+        "/etc/systemd/system/shiftdesk-session.service")
     assert (etc / "multi-user.target.wants/shiftdesk-guest-agent.service").is_symlink()
     assert (etc / "default.target").readlink() == Path("/lib/systemd/system/graphical.target")
+
+
+def test_the_network_comes_up_by_itself_and_nothing_waits_for_it(tmp_path):
+    etc = image_with_units(tmp_path)
+    build.set_units(tmp_path)
+    assert (etc / "multi-user.target.wants/systemd-networkd.service").readlink() == Path(
+        "/lib/systemd/system/systemd-networkd.service")
+    assert (etc / "sockets.target.wants/systemd-networkd.socket").is_symlink()
+    assert (etc / "sysinit.target.wants/systemd-resolved.service").is_symlink()
+    for unit in ("systemd-networkd-wait-online.service", "systemd-networkd-wait-online@.service"):
+        assert (etc / unit).readlink() == Path("/dev/null")
+    assert not {"systemd-networkd.service", "systemd-resolved.service"} & set(build.MASK)
+
+
+def test_a_unit_the_image_lacks_is_a_build_error(tmp_path):
+    image_with_units(tmp_path)
+    (tmp_path / "lib/systemd/system/systemd-resolved.service").unlink()
+    with pytest.raises(SystemExit, match="systemd-resolved.service"):
+        build.set_units(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["busybox-desktop", "agent-desktop"])
+def test_guests_boot_without_ipv6(name):
+    assert "ipv6.disable=1" in build.validate_recipe(recipe(name))["cmdline"].split()
+
+
+def test_the_agent_desktop_resolves_only_through_the_hosts_dns():
+    rootfs = ROOT / "images/recipes/agent-desktop/rootfs"
+    assert "systemd-resolved" in recipe("agent-desktop")["packages"]
+    resolved = (rootfs / "etc/systemd/resolved.conf.d/shiftdesk.conf").read_text().splitlines()
+    assert {"FallbackDNS=", "LLMNR=no", "MulticastDNS=no", "DNSOverTLS=no"} <= set(resolved)
+    network = (rootfs / "etc/systemd/network/50-shiftdesk.network").read_text().splitlines()
+    assert {"DHCP=ipv4", "LinkLocalAddressing=no", "IPv6AcceptRA=no", "ClientIdentifier=mac"} <= set(network)
+
+
+def test_the_busybox_desktop_loads_the_nic_driver_in_its_initramfs():
+    assert "virtio_net" in recipe("busybox-desktop")["initramfs_modules"]
