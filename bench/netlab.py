@@ -4,17 +4,21 @@ bridge through ports named and addressed exactly as a desktop's NIC would be.
 
 The internet (`Internet`) has public-looking addresses reached only through a veth from the
 host (a route for 93.184.216.32/29 via the namespace, removed with the veth): an upstream DNS
-server (dnsmasq), a web server on port 80, a TLS echo server on 443 (a long-lived connection),
+server (dnsmasq), a web server on port 80, a TLS server on SHARED:443 (files, or an echo for a
+long-lived connection),
 a UDP listener on 443 (QUIC) and one on TCP 853 (DNS-over-TLS). Every name the lab uses:
 
     crm.example.com -> CRM        shop.example.com, forbidden.example.org -> SHARED (one CDN address)
     other.example.com -> ELSEWHERE    rebind.example.com -> the host's own veth address
 
 Everything is named after an installation tag, so bench/cleanup.py can sweep what a killed run left.
+One lab at a time on a host: they share the route to the lab's addresses (a second one fails to
+start, saying the route exists).
 """
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import shutil
 import subprocess
@@ -30,11 +34,12 @@ CRM, SHARED, ELSEWHERE = "93.184.216.34", "93.184.216.35", "93.184.216.36"
 LAB_ROUTE = "93.184.216.32/29"
 
 
-# TLS on 443: "GET /NAME" gets the file NAME from the web directory (HTTP/1.0); anything else is
+# TLS on SHARED:443 only (the CRM speaks plain HTTP: a browser's HTTPS-First attempt fails fast and
+# falls back): "GET /NAME" gets the file NAME from the web directory (HTTP/1.0); anything else is
 # echoed back, for as long as the connection lives
 TLS_SERVER = """import os, socket, ssl, threading
 tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); tls.load_cert_chain(PEM)
-s = socket.create_server(('0.0.0.0', 443))
+s = socket.create_server((SHARED, 443))
 def serve(c):
     try:
         c = tls.wrap_socket(c, server_side=True)
@@ -156,7 +161,8 @@ class Internet:
             sh(*inside, "ip", "addr", "add", f"{address}/32", "dev", "lo")
         sh("ip", "route", "add", LAB_ROUTE, "via", self.far_side)
         self.www.mkdir(parents=True, exist_ok=True)
-        (self.www / "index.html").write_text("<h1>CRM</h1>\n")
+        (self.www / "index.html").write_text(  # orange: what the e2e test looks for on the desktop's screen
+            '<!doctype html><html><body style="background:#d35400;color:#fff"><h1>CRM</h1></body></html>\n')
         if big_file_mib:
             with (self.www / "big.bin").open("wb") as fh:
                 fh.truncate(big_file_mib << 20)
@@ -172,7 +178,7 @@ class Internet:
                     "while True:\n c, _ = s.accept(); c.sendall(b'dot'); c.close()")
         _self_signed(self.www / "tls.pem")
         self._spawn("python3", "-c", TLS_SERVER.replace("PEM", repr(str(self.www / "tls.pem")))
-                    .replace("WWW", repr(str(self.www))))
+                    .replace("WWW", repr(str(self.www))).replace("SHARED", repr(SHARED)))
         time.sleep(1.0)
 
     def stop(self) -> None:
@@ -183,6 +189,8 @@ class Internet:
         sh("ip", "link", "del", self.up, check=False)
         sh("ip", "netns", "del", self.ns, check=False)
         shutil.rmtree(self.www, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.www.parent.rmdir()  # /run/shiftdesk/TAG, unless a desktop network of TAG still uses it
 
 
 def _self_signed(path: Path) -> None:

@@ -150,22 +150,22 @@ def test_a_name_that_resolves_into_the_host_is_not_answered(floor):
 
 def test_a_policy_apply_closes_a_name_cutting_its_connection_and_another_opens_it(floor):
     desk, inet, ctx = floor
-    code = ("import socket, ssl, sys\n"  # a long-lived TLS connection to the CRM (an echo server)
+    code = ("import socket, ssl, sys\n"  # a long-lived TLS connection to the shop (an echo server)
             "ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE\n"
-            f"s = ctx.wrap_socket(socket.create_connection(('{CRM}', 443), timeout=2), "
-            "server_hostname='crm.example.com')\n"
+            f"s = ctx.wrap_socket(socket.create_connection(('{SHARED}', 443), timeout=2), "
+            "server_hostname='shop.example.com')\n"
             "s.sendall(b'one'); print('first', s.recv(10).decode(), flush=True)\n"
             "sys.stdin.readline()\n"
             "try:\n s.sendall(b'two'); print('second', s.recv(10).decode() or 'closed', flush=True)\n"
             "except OSError as e: print('second cut', type(e).__name__, flush=True)\n")
-    assert desk.lookup("crm.example.com") == CRM
+    assert desk.lookup("shop.example.com") == SHARED
     client = subprocess.Popen(["ip", "netns", "exec", desk.ns, "python3", "-c", code], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     try:
         assert client.stdout.readline().strip() == "first one"
         began = time.monotonic()
-        policies.apply(ctx, policy(["shop.example.com"]), actor="admin")
-        while not desk.lookup("crm.example.com").startswith("ERROR"):
+        policies.apply(ctx, policy(["crm.example.com"]), actor="admin")
+        while not desk.lookup("shop.example.com").startswith("ERROR"):
             assert time.monotonic() - began < 5, "the removed name still resolves"
             time.sleep(0.2)
         time.sleep(0.5)
@@ -175,9 +175,9 @@ def test_a_policy_apply_closes_a_name_cutting_its_connection_and_another_opens_i
         assert second in ("second closed",) or second.startswith("second cut"), "the connection survived the policy"
     finally:
         client.kill()
-    assert desk.fetch(f"http://{CRM}/").startswith("ERROR")
-    policies.apply(ctx, policy(["crm.example.com"]), actor="admin")
+    assert desk.fetch(f"http://{SHARED}/").startswith("ERROR")
+    policies.apply(ctx, policy(["shop.example.com"]), actor="admin")
     deadline = time.monotonic() + 5
-    while "<h1>CRM</h1>" not in desk.fetch("http://crm.example.com/"):
+    while "<h1>CRM</h1>" not in desk.fetch("http://shop.example.com/"):
         assert time.monotonic() < deadline, "the added name never opened"
         time.sleep(0.2)
