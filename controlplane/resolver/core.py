@@ -80,11 +80,16 @@ class EgressResolver:
 
     def update(self, allowlists: Allowlists) -> None:
         """Adopt new allowlists; close what a desktop may no longer reach (or every address of a
-        desktop that is gone)."""
-        if allowlists != self.allowlists:
-            self._replies.clear()  # answers given under the old rules are not given again
-        for desktop, opened in list(self._opened.items()):
-            now = allowlists.get(desktop)
+        desktop that is gone). Called every second: only desktops whose allowlist changed are
+        looked at."""
+        changed = {d for d in self.allowlists.keys() | allowlists.keys()
+                   if allowlists.get(d) != self.allowlists.get(d)}
+        if not changed:
+            return
+        for key in [k for k in self._replies if k[0] in changed]:
+            del self._replies[key]  # answers given under a desktop's old rules are not given again
+        for desktop in changed & self._opened.keys():
+            opened, now = self._opened[desktop], allowlists.get(desktop)
             lost = [a for a, names in opened.addresses.items()
                     if now is None or not any(decide_name(now.domains, n).allowed for n in names)]
             if lost:
@@ -94,7 +99,8 @@ class EgressResolver:
                     opened.until.pop(address, None)
             if now is None:
                 del self._opened[desktop]
-                self._buckets.pop(desktop, None)
+        for desktop in changed - allowlists.keys():
+            self._buckets.pop(desktop, None)
         self.allowlists = allowlists
 
     # --- queries -----------------------------------------------------------------------------
@@ -134,10 +140,7 @@ class EgressResolver:
         """Keep REPLY for the same question until half the time its addresses stay open (so the
         firewall is refreshed before it forgets them) or its records expire, whichever is first."""
         ttl = min((rrset.ttl for rrset in answer.answer), default=0)
-        self._replies[key] = (self.clock() + min(ttl, open_for(ttl) / 2), reply[2:])
-        self._replies.move_to_end(key)
-        while len(self._replies) > CACHE_ENTRIES:
-            self._replies.popitem(last=False)
+        _keep(self._replies, key, (self.clock() + min(ttl, open_for(ttl) / 2), reply[2:]))
 
     def _flooding(self, client: IPv4Address) -> bool:
         bucket = self._buckets.get(client)
@@ -164,10 +167,7 @@ class EgressResolver:
                 log.warning("upstream %s did not answer %s: %s", server.host, name, err)
                 continue
             ttl = min((rrset.ttl for rrset in answer.answer), default=30)
-            self._cache[key] = (self.clock() + ttl, answer)
-            self._cache.move_to_end(key)
-            while len(self._cache) > CACHE_ENTRIES:
-                self._cache.popitem(last=False)
+            _keep(self._cache, key, (self.clock() + ttl, answer))
             return answer
         return None
 
@@ -206,6 +206,14 @@ class EgressResolver:
         if len(opened.addresses) > OPEN_PER_DESKTOP:  # the oldest goes; the firewall's timeout ends it
             oldest, _ = opened.addresses.popitem(last=False)
             opened.until.pop(oldest, None)
+
+
+def _keep(cache: OrderedDict, key: object, value: object) -> None:
+    """Put VALUE in a least-recently-used CACHE of at most CACHE_ENTRIES entries."""
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > CACHE_ENTRIES:
+        cache.popitem(last=False)
 
 
 def _reply(query: dns.message.Message, rcode: dns.rcode.Rcode) -> dns.message.Message:

@@ -62,9 +62,13 @@ class LinuxHostNetwork:
             self._converge()
 
     def admit(self, nic: DesktopNic) -> None:
+        """Between two syncs (which check the whole host), only the new port is applied."""
         with self._lock:
             self._wanted[nic.name] = nic
-            self._converge()
+            if self._applied is None:
+                self._converge()
+            else:
+                self._apply_ports()
 
     def remove(self) -> None:
         """Take the whole desktop network off the host (tests, uninstall): tables, DHCP, bridge."""
@@ -79,15 +83,19 @@ class LinuxHostNetwork:
     # --- converging --------------------------------------------------------------------------
 
     def _converge(self) -> None:
-        fresh = self._ensure_bridge() | self._ensure_tables()
-        wanted = frozenset(self._wanted.values())
-        if fresh or wanted != self._applied:
-            nft(ruleset.port_elements(self.instance, sorted(wanted, key=lambda n: int(n.ipv4))))
-            self._write_hosts(wanted)
-            self._applied = wanted
+        if self._ensure_bridge() | self._ensure_tables():
+            self._applied = None  # a new bridge or table holds no ports yet
+        self._apply_ports()
         self._ensure_dhcp()
         if self.proxy is not None:
             self.proxy.ensure()
+
+    def _apply_ports(self) -> None:
+        wanted = frozenset(self._wanted.values())
+        if wanted != self._applied:
+            nft(ruleset.port_elements(self.instance, list(wanted)))
+            self._write_hosts(wanted)
+            self._applied = wanted
 
     def _ensure_bridge(self) -> bool:
         """The bridge, up, with the host's address and no IPv6. True when anything was missing."""
@@ -112,16 +120,18 @@ class LinuxHostNetwork:
         return changed
 
     def _ensure_tables(self) -> bool:
-        """Both tables as ruleset.py says; replaced (atomically) when missing or out of date."""
-        wanted = ruleset.tables(self.instance, self.network)
-        for table in wanted:
+        """Both tables as ruleset.py says. A table missing or out of date is replaced (atomically),
+        and only that one: the other keeps its sets (the resolver's opened addresses)."""
+        stale = []
+        for table in ruleset.tables(self.instance, self.network):
             listing = _run("nft", "list", "table", table.family, table.name, check=False).stdout
             found = DIGEST.search(listing)
             if found is None or found.group(1) != table.digest:
-                log.info("desktop network: loading nftables tables of %s", self.instance)
-                nft(ruleset.replace_tables(wanted))
-                return True
-        return False
+                stale.append(table)
+        if stale:
+            log.info("desktop network: loading nftables tables %s", ", ".join(t.family for t in stale))
+            nft(ruleset.replace_tables(stale))
+        return bool(stale)
 
     # --- DHCP --------------------------------------------------------------------------------
 
