@@ -91,20 +91,23 @@ def start_resolver(ctx, image, tag: str, net: DesktopNetwork, desk: FakeDesktop,
     return service
 
 
-def refusals(ctx) -> dict[str, int]:
-    with session_scope(ctx.engine) as session:
-        events = audit.list_recent(session=session, limit=500)
-        return {e.detail["name"]: e.detail["count"] for e in events if e.action == "egress.refused"}
+def audited(ctx, name: str, what: str) -> None:
+    """Wait (5 s at most) for the refusal of NAME in the audit log (written every half second here)."""
+    deadline = time.monotonic() + 5
+    while True:
+        with session_scope(ctx.engine) as session:
+            events = audit.list_recent(session=session, limit=500, action="egress.refused")
+            if any(e.detail["name"] == name for e in events):
+                return
+        assert time.monotonic() < deadline, f"{what} was never audited"
+        time.sleep(0.2)
 
 
 def test_the_agent_reaches_the_crm_and_nothing_else(floor):
     desk, inet, ctx = floor
     assert "<h1>CRM</h1>" in desk.fetch("http://crm.example.com/")
     assert desk.lookup("tracker.example.net").startswith("ERROR")
-    deadline = time.monotonic() + 5
-    while "tracker.example.net" not in refusals(ctx):
-        assert time.monotonic() < deadline, "the refusal was never audited"
-        time.sleep(0.2)
+    audited(ctx, "tracker.example.net", "the refusal")
     with session_scope(ctx.engine) as session:
         event = next(e for e in audit.list_recent(session=session, limit=50) if e.action == "egress.refused")
     assert event.actor == "alice" and event.target == desk.nic.name and "no rule" in event.detail["rule"]
@@ -133,19 +136,13 @@ def test_a_forbidden_name_on_an_allowed_address_is_refused_by_its_tls_name_or_ht
                    "print(s.recv(200).decode(errors='replace').split('\\r\\n')[0])")
     status = desk.python(host_header)
     assert " 200 " not in status and status.startswith("HTTP/1.1 4"), status
-    deadline = time.monotonic() + 5
-    while "forbidden.example.org" not in refusals(ctx):
-        assert time.monotonic() < deadline, "the proxy's refusal was never audited"
-        time.sleep(0.2)
+    audited(ctx, "forbidden.example.org", "the proxy's refusal")
 
 
 def test_a_name_that_resolves_into_the_host_is_not_answered(floor):
     desk, inet, ctx = floor
     assert desk.lookup("rebind.example.com").startswith("ERROR")
-    deadline = time.monotonic() + 5
-    while "rebind.example.com" not in refusals(ctx):
-        assert time.monotonic() < deadline, "the rebinding attempt was never audited"
-        time.sleep(0.2)
+    audited(ctx, "rebind.example.com", "the rebinding attempt")
 
 
 def test_a_policy_apply_closes_a_name_cutting_its_connection_and_another_opens_it(floor):
