@@ -16,13 +16,14 @@ from fastapi import FastAPI
 
 from controlplane.config import Settings
 from controlplane.db.engine import make_engine, migrate
+from controlplane.domain.app_policy import public_bytes
 from controlplane.domain.login_throttle import LoginThrottle, ThrottleRules
 from controlplane.domain.planning import Limits
 from controlplane.domain.ports import Directory, HostNetwork, Hypervisor
 from controlplane.domain.roster import ProvisioningRate
 from controlplane.drivers.clock import SystemClock
 from controlplane.drivers.image_builder import ScriptImageBuilder
-from controlplane.services import hosts
+from controlplane.services import apps, hosts
 from controlplane.services.context import AuthConfig, Context
 from controlplane.services.reconciler import Reconciler
 from controlplane.services.tokens import load_or_create_key
@@ -39,7 +40,13 @@ def make_hypervisor(settings: Settings) -> Hypervisor:
         uri=settings.libvirt.uri, instance=settings.instance, storage_pool=settings.storage_pool,
         overlay_dir=settings.overlay_dir, run_dir=settings.run_dir, readiness=settings.libvirt.readiness,
         domain_type=settings.libvirt.domain_type, probe_cache=settings.cache_dir, data_dir=settings.data_dir,
+        policy_key=public_bytes(apps.load_signing_key(apps_key_file(settings))),
     )
+
+
+def apps_key_file(settings: Settings) -> Path:
+    """The app-allowlist signing key (services/apps.py): root's alone, in DATA_DIR."""
+    return settings.data_dir / "apps-signing.key"
 
 
 def make_directory(settings: Settings) -> Directory | None:
@@ -117,6 +124,7 @@ def build_context(settings: Settings, hypervisor: Hypervisor | None = None,
         provisioning_rate=_planned_rate(settings),
         login_throttle=LoginThrottle(ThrottleRules(**settings.auth.throttle.model_dump())),
         network=make_network(settings),
+        app_signer=apps.load_signing_key(apps_key_file(settings)),
     )
 
 

@@ -300,11 +300,16 @@ GUEST_FILES = {  # repo path -> path in the image, mode
     "images/guest-agent/shiftdesk-guest-agent": ("usr/local/lib/shiftdesk/shiftdesk-guest-agent", 0o755),
     "controlplane/domain/guest_channel.py": ("usr/local/lib/shiftdesk/shiftdesk_channel.py", 0o644),
 }
-AGENT_UID = 1000  # fixed: units name /run/user/1000
+AGENT_UID = 1000  # fixed: units name /run/user/1000, the exec guard restricts uid 1000
+# Never trusted for the desktop user: each would run any script handed to it, allowed or not.
+INTERPRETERS = ("python3*", "perl*", "lua*", "tclsh*", "wish*", "gdb*")
 ENABLE = {  # unit -> target whose .wants/ pulls it in (the unit is ours in /etc or Debian's in /lib)
     "shiftdesk-session.service": "graphical.target",
     "shiftdesk-page.path": "graphical.target",
     "shiftdesk-guest-agent.service": "multi-user.target",
+    # The app allowlist: the exec guard enforces it, apply-apps sets it from the host's signed list.
+    "shiftdesk-exec-guard.service": "multi-user.target",
+    "shiftdesk-apps.path": "multi-user.target",
     # The NIC: IPv4 by DHCP from the host (/etc/systemd/network), names by the DNS server it gives.
     "systemd-networkd.service": "multi-user.target",
     "systemd-networkd.socket": "sockets.target",
@@ -380,6 +385,7 @@ def customize(root: Path, recipe_dir: Path, recipe: dict) -> None:
     install_guest_agent(root)
     write_settings(root, recipe)
     add_users(root)
+    write_app_trust(root)
     set_units(root)
     (root / "etc/machine-id").write_text("")
     chown_to(root, "etc/machine-id", "shiftdesk-agent")
@@ -439,6 +445,41 @@ def xorg_keyboard(kb: dict) -> str:
         if kb[key]:
             lines.append(f'    Option "Xkb{key.capitalize()}" "{kb[key]}"')
     return "\n".join([*lines, "EndSection"]) + "\n"
+
+
+def write_app_trust(root: Path) -> None:
+    """The exec guard's trust for the desktop user (uid 1000 may execute listed files only):
+    every executable of the image except the catalogue's apps and the script interpreters a
+    user could hand a program to, in /etc/shiftdesk/exec-trust/base.list; of the apps, only the
+    browser (apps.list, until the host's first allowlist replaces it). The catalogue's directory
+    entries are expanded here, and an app without an executable fails the build."""
+    catalogue_file = root / "usr/share/shiftdesk/apps.json"
+    catalogue = json.loads(catalogue_file.read_text())
+    for app, entry in catalogue.items():
+        if app.startswith("_"):
+            continue
+        entry["executables"] = sorted(image_path(root, p) for e in entry["executables"] for p in executables(root, e))
+        if not entry["executables"]:
+            raise SystemExit(f"build: app {app} has no executable in the image")
+    catalogue_file.write_text(json.dumps(catalogue, indent=2, sort_keys=True) + "\n")
+    apps = {p for app, entry in catalogue.items() if not app.startswith("_") for p in entry["executables"]}
+    interpreters = {image_path(root, p) for pattern in INTERPRETERS for p in (root / "usr/bin").glob(pattern)}
+    base = {image_path(root, p) for p in executables(root, "/usr/")} - apps - interpreters
+    trust = root / "etc/shiftdesk/exec-trust"
+    trust.mkdir(mode=0o755, parents=True, exist_ok=True)
+    (trust / "base.list").write_text("".join(f"{p}\n" for p in sorted(base) if not any(c.isspace() for c in p)))
+    (trust / "apps.list").write_text("".join(f"{p}\n" for p in catalogue["firefox-esr"]["executables"]))
+
+
+def image_path(root: Path, path: Path) -> str:
+    return "/" + str(path.relative_to(root))
+
+
+def executables(root: Path, entry: str) -> list[Path]:
+    """ENTRY (an image path; a directory when it ends in /) as the regular executable files it names."""
+    path = root / entry.strip("/")
+    candidates = sorted(path.rglob("*")) if entry.endswith("/") else [path]
+    return [p for p in candidates if p.is_file() and not p.is_symlink() and p.stat().st_mode & 0o111]
 
 
 def add_users(root: Path) -> None:

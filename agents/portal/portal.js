@@ -4,7 +4,10 @@
 import RFB from "./novnc/core/rfb.js";
 
 const $ = (id) => document.getElementById(id);
-const state = { token: null, user: null, pool: null, rfb: null, desktop: null, retries: 0, leaving: false };
+const state = { token: null, user: null, pool: null, rfb: null, desktop: null, retries: 0, leaving: false,
+  closeReason: "" };
+const QUARANTINED = "desktop stopped by a security check";  // the gateway's close reason (EndReason.QUARANTINED)
+const QUARANTINE_NOTICE = "Your desktop was stopped by a security check. Connecting you to a fresh desktop...";
 
 async function api(path, options = {}) {
   const headers = { "Content-Type": "application/json" };
@@ -63,7 +66,7 @@ function listPools(pools) {
 async function connect(pool) {
   state.pool = pool;
   show("viewer-view");
-  $("status").textContent = "Connecting...";
+  $("status").textContent = state.closeReason === QUARANTINED ? QUARANTINE_NOTICE : "Connecting...";
   let ticket;
   try {
     ticket = await api(`/api/v1/me/pools/${encodeURIComponent(pool)}/connect`, { method: "POST" });
@@ -76,20 +79,27 @@ async function connect(pool) {
   $("who").textContent = state.user;
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const url = `${scheme}://${location.host}${ticket.gateway}?ticket=${encodeURIComponent(ticket.ticket)}`;
-  const rfb = new RFB($("screen"), url, { wsProtocols: ["binary"], shared: false });
+  // Our own WebSocket (noVNC takes a channel as well as a URL): its close event carries the
+  // gateway's reason, which noVNC's disconnect event does not.
+  const channel = new WebSocket(url, ["binary"]);
+  channel.binaryType = "arraybuffer";
+  channel.addEventListener("close", (ev) => { state.closeReason = ev.reason; });
+  const rfb = new RFB($("screen"), channel, { shared: false });
   rfb.scaleViewport = true;  // usable on a small laptop screen
   rfb.clipViewport = false;
   rfb.resizeSession = false;
   rfb.showDotCursor = true;
   rfb.addEventListener("connect", () => {
     state.retries = 0;
+    state.closeReason = "";
     $("status").textContent = `Connected to your desktop`;
     rfb.focus();
   });
   rfb.addEventListener("disconnect", () => {
     state.rfb = null;
     if (state.leaving) return;
-    $("status").textContent = "Connection lost, reconnecting...";  // same desktop, within the grace period
+    $("status").textContent = state.closeReason === QUARANTINED
+      ? QUARANTINE_NOTICE : "Connection lost, reconnecting...";  // same desktop, within the grace period
     retryLater();
   });
   state.rfb = rfb;

@@ -51,6 +51,8 @@ HOSTNAME_RE = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 HEX32 = r"[0-9a-f]{32}"
 HEX64 = r"[0-9a-f]{64}"
 URL_RE = r"(https?|file)://[\x21-\x7e]{1,2000}"
+PATH_RE = r"/[\x21-\x7e]{0,255}"
+DOC_RE = r"[\x20-\x7e]{1,8192}"
 
 Field = tuple[Any, ...]
 
@@ -64,11 +66,20 @@ SCHEMA: dict[str, tuple[Side, dict[str, Field]]] = {
     "identity_applied": (Side.GUEST, {"nonce": ("str", 64, HEX64), "hostname": ("str", 63, HOSTNAME_RE),
                                       "machine_id": ("str", 32, HEX32), "rng_probe": ("str", 64, HEX64)}),
     "page_shown": (Side.GUEST, {"url": ("str", 2048, URL_RE)}),
+    # the app allowlist: the revision the guest's enforcer now applies, or why it refused one
+    # (a refusal quarantines the desktop), and executions its enforcer denied (counted per path)
+    "apps_applied": (Side.GUEST, {"revision": ("int", 1, 2**63)}),
+    "apps_refused": (Side.GUEST, {"revision": ("int", 0, 2**63), "reason": ("str", 64, r"[a-z-]{1,64}")}),
+    "app_denied": (Side.GUEST, {"path": ("str", 256, PATH_RE), "count": ("int", 1, 2**31)}),
     # host -> guest
     "identity": (Side.HOST, {"nonce": ("str", 64, HEX64), "hostname": ("str", 63, HOSTNAME_RE),
                              "machine_id": ("str", 32, HEX32), "rng_seed": ("bytes", 64),
-                             "time_ns": ("int", 0, 2**63), "join_secret": ("str", 256, r"[\x21-\x7e]{0,256}")}),
+                             "time_ns": ("int", 0, 2**63), "join_secret": ("str", 256, r"[\x21-\x7e]{0,256}"),
+                             "policy_key": ("bytes", 32)}),
     "page": (Side.HOST, {"url": ("str", 2048, URL_RE)}),
+    # a signed app allowlist (domain/app_policy.py): DOC is the canonical JSON, SIG its Ed25519
+    # signature by the key sent in `identity.policy_key`
+    "apps": (Side.HOST, {"doc": ("str", 8192, DOC_RE), "sig": ("bytes", 64)}),
 }
 
 

@@ -19,6 +19,7 @@ from controlplane.domain.desktop import ACTIVE, DesktopState
 from controlplane.domain.ports import ObservedDomain
 
 S = DesktopState
+QUARANTINE = "guest quarantined"  # how a quarantined desktop's reason begins (services/sessions.py tells its agent)
 
 
 @dataclass(frozen=True)
@@ -262,7 +263,7 @@ def _desktop_steps(d: DesktopView, pool: PoolView | None, domains: dict[str, Obs
 def _quarantine(d: DesktopView, why: str) -> Action:
     """A guest the host stopped trusting is never handed out again: a booting one fails, an idle
     one is deleted, one in a session is recycled (its agent gets a fresh desktop on reconnect)."""
-    reason = f"guest quarantined: {why}"
+    reason = f"{QUARANTINE}: {why}"
     if d.state == S.PROVISIONING:
         return MarkFailed(d.id, reason)
     if d.state == S.READY:

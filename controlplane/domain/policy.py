@@ -84,6 +84,13 @@ def idle_domains(policies: list[Policy], pool: str) -> frozenset[str]:
     return _intersect_domains(naming) if naming else frozenset()
 
 
+def idle_apps(policies: list[Policy], pool: str) -> frozenset[str]:
+    """The apps a desktop of POOL may run while nobody is signed in to it: those every policy
+    naming the pool allows (none when no policy names it), as for domains."""
+    naming = [p.apps for p in policies if pool in p.pools]
+    return frozenset.intersection(*naming) if naming else frozenset()
+
+
 def rule_covers(rule: str, what: str) -> bool:
     """Does RULE allow WHAT (a host name or another rule)?
 

@@ -14,6 +14,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
+from controlplane.domain.app_policy import SignedAppPolicy
 from controlplane.domain.network import DesktopNetwork, DesktopNic
 
 
@@ -117,6 +118,15 @@ class ObservedDomain:
     quarantined: str | None = None  # the host stopped trusting what this guest says, and why
 
 
+@dataclass(frozen=True)
+class AppDenial:
+    """A guest's enforcer refused to run PATH, COUNT times, since the last report."""
+
+    desktop: str
+    path: str
+    count: int
+
+
 class Hypervisor(Protocol):
     def list_desktops(self) -> dict[str, ObservedDomain]:
         """Domains tagged as this installation's desktops, by name. Untagged ones are never seen."""
@@ -167,6 +177,15 @@ class Hypervisor(Protocol):
     def show_page(self, name: str, url: str) -> bool:
         """Ask the desktop's in-guest agent to show URL in its browser. Best effort: False when the
         desktop has no host channel or its agent is not connected (nothing else changes)."""
+
+    def deliver_apps(self, name: str, signed: SignedAppPolicy) -> bool:
+        """Send SIGNED, the desktop's app allowlist, to its in-guest agent (a no-op if it was the
+        last sent on the current connection). False while the agent is not connected and
+        confirmed; the guest's answer shows in `ObservedDomain` (ready only once applied) or
+        quarantines it (refused, or not applied in time)."""
+
+    def app_denials(self) -> list[AppDenial]:
+        """Executions the desktops' enforcers denied since the last call (drained)."""
 
     # --- instant clones -----------------------------------------------------------------------
 

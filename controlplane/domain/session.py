@@ -18,6 +18,7 @@ class EndReason(StrEnum):
     MAX_LENGTH = "maximum session length"
     ADMIN = "disconnected by an admin"
     TAKEN_AWAY = "desktop no longer assigned"
+    QUARANTINED = "desktop stopped by a security check"  # its guest was quarantined; a fresh one awaits
     SHIFT_OVER = "log-off time reached"
     SIGN_IN_REVOKED = "sign-in revoked"
     ACCOUNT_DISABLED = "account disabled or gone in the directory"

@@ -21,8 +21,10 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
+from controlplane.domain.app_policy import SignedAppPolicy
 from controlplane.domain.network import DesktopNetwork, DesktopNic
 from controlplane.domain.ports import (
+    AppDenial,
     BootImage,
     DesktopSpec,
     Identity,
@@ -59,6 +61,8 @@ class FakeHypervisor:
         self.silent_clones = False
         self.pages: dict[str, str] = {}
         self.quarantined: dict[str, str] = {}
+        self.apps: dict[str, SignedAppPolicy] = {}  # the allowlist last delivered to each desktop
+        self.denials: list[AppDenial] = []  # what tests make the "guests" report
         self.templates: dict[TemplateKey, FakeDomain] = {}  # booting templates
         self.saved: set[TemplateKey] = set()
         self._lock = threading.Lock()
@@ -159,6 +163,22 @@ class FakeHypervisor:
             self._call("show_page", name)
             self.pages[name] = url
             return name in self.domains
+
+    def deliver_apps(self, name: str, signed: SignedAppPolicy) -> bool:
+        """Records what each desktop was sent; a desktop that is not running has no agent."""
+        with self._lock:
+            dom = self.domains.get(name)
+            if dom is None or not dom.running:
+                return False
+            if self.apps.get(name) != signed:
+                self._call("deliver_apps", name)
+                self.apps[name] = signed
+            return True
+
+    def app_denials(self) -> list[AppDenial]:
+        with self._lock:
+            out, self.denials = self.denials, []
+        return out
 
     def list_templates(self) -> dict[TemplateKey, ObservedTemplate]:
         with self._lock:

@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.engine import Engine
 
+from controlplane.domain.app_policy import Revisions
 from controlplane.domain.login_throttle import LoginThrottle
 from controlplane.domain.planning import Limits
 from controlplane.domain.ports import Clock, Directory, HostNetwork, Hypervisor, ImageBuilder
@@ -52,3 +54,5 @@ class Context:
     provisioning_rate: Any = None  # a ProvisioningRate to plan with; None: measured from the audit log
     login_throttle: LoginThrottle = field(default_factory=LoginThrottle)  # in-process: one per replica
     network: HostNetwork | None = None  # the host's desktop network; None: desktops get no NIC
+    app_signer: Ed25519PrivateKey | None = field(default=None, repr=False)  # signs app allowlists; None: none sent
+    app_revisions: Revisions = field(default_factory=Revisions)  # in-process: what each desktop was last sent

@@ -28,7 +28,7 @@ from controlplane.db.engine import session_scope
 from controlplane.domain.planning import Action, DesktopView, Plan, PoolView, backoff, plan
 from controlplane.domain.templates import TemplateAction
 from controlplane.errors import PermanentError, TemporaryError
-from controlplane.services import network, provisioning, templates
+from controlplane.services import apps, network, provisioning, templates
 from controlplane.services.context import Context
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,7 @@ class Reconciler:
         self._lost = False
         if self._lease_kept():
             network.sync(self.ctx)  # before any desktop step: each finds its port admitted
+            self._deliver_apps()
         try:
             template_steps = templates.plan(self.ctx)
         except TemporaryError as err:
@@ -88,6 +89,13 @@ class Reconciler:
         for future in futures:
             future.result()
         return current
+
+    def _deliver_apps(self) -> None:
+        """App allowlists to the guests (before observing: a desktop is ready once it applies one)."""
+        try:
+            apps.sync(self.ctx)
+        except TemporaryError as err:
+            log.warning("app allowlists not delivered this pass: %s", err)
 
     def _perform(self, action: Action | TemplateAction) -> None:
         if not self._lease_kept():

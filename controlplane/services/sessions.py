@@ -16,6 +16,7 @@ from controlplane.db import sessions as api_sessions
 from controlplane.db.engine import session_scope
 from controlplane.db.models import DisplaySession, Pool
 from controlplane.domain.desktop import DesktopState
+from controlplane.domain.planning import QUARANTINE
 from controlplane.domain.rfb.stream import Event
 from controlplane.domain.session import NEEDS_SIGN_IN, EndReason
 from controlplane.errors import TemporaryError
@@ -87,8 +88,8 @@ def open_display(ctx: Context, *, desktop_id: int, user: str, jti: str, source: 
 
 def heartbeat(ctx: Context, display: Display, *, limits: Limits, period_s: float) -> EndReason | None:
     """Every watchdog period: refresh the session and the desktop's hold, and say whether a rule
-    now ends it (the desktop was taken away, an admin asked, the shift's log-off time came, or
-    the sign-in that opened it was revoked)."""
+    now ends it (the desktop's guest was quarantined, the desktop was taken away, an admin asked,
+    the shift's log-off time came, or the sign-in that opened it was revoked)."""
     now = ctx.clock.now()
     with session_scope(ctx.engine) as session:
         if not display_sessions.touch(session=session, display_id=display.id, now=now):  # swept as stale: back
@@ -96,6 +97,8 @@ def heartbeat(ctx: Context, display: Display, *, limits: Limits, period_s: float
                 id=display.id, desktop_id=display.desktop_id, username=display.user, source=display.source,
                 gateway=display.gateway, started_at=display.started_at or now, seen_at=now))
         row = desktops.get(session=session, desktop_id=display.desktop_id)
+        if row is not None and row.state == DesktopState.DELETING and (row.reason or "").startswith(QUARANTINE):
+            return EndReason.QUARANTINED  # the agent is told why, and gets a fresh desktop on reconnect
         if row is None or row.assigned_to != display.user or row.state not in (DesktopState.IN_USE,
                                                                                  DesktopState.DRAINING):
             return EndReason.TAKEN_AWAY

@@ -1,6 +1,6 @@
 """The agent desktop on real QEMU: a template boots Firefox once and is saved; two clones restored
 from it become two desktops (names, machine-ids, random state, disks), confirmed over the host
-channel by the in-guest agent."""
+channel by the in-guest agent, each applying the app allowlist sent to it."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from controlplane.domain.app_policy import AppPolicy, sign
 from controlplane.domain.ports import DesktopSpec, TemplateKey
 from controlplane.services import images
 from controlplane.services.templates import boot_image
@@ -25,6 +26,15 @@ def wait(check, timeout: float, what: str) -> None:
     while not check():
         assert time.monotonic() < deadline, what
         time.sleep(0.5)
+
+
+def ready_with_apps(hv, key, name: str) -> bool:
+    """Ready as the reconciler sees it: identity confirmed (is_ready sends it), session up, and
+    the app allowlist sent to it applied (services/apps.py sends one every pass)."""
+    if hv.is_ready(name):
+        return True
+    hv.deliver_apps(name, sign(key, AppPolicy.of(name, 1, {"firefox-esr"})))
+    return False
 
 
 def file_in_overlay(hv, name: str, path: str, scratch: Path) -> str | None:
@@ -54,7 +64,8 @@ def test_two_clones_of_the_agent_desktop_are_two_machines(real_ctx, agent_image,
                                      memory_mib=key.memory_mib, vcpus=key.vcpus, template=key,
                                      join_secret=f"join-secret-of-{name}"))
     began = time.monotonic()
-    wait(lambda: all(hv.is_ready(n) for n in names), 60, "a clone never confirmed its identity")
+    wait(lambda: all(ready_with_apps(hv, real_ctx.app_signer, n) for n in names), 60,
+         "a clone never confirmed its identity and applied its app allowlist")
     confirmed_in = time.monotonic() - began
     states = [hv.links.state(n) for n in names]
     assert all(s.confirmed and s.ready and s.quarantined is None for s in states)

@@ -23,8 +23,10 @@ from pathlib import Path
 import libvirt
 
 from controlplane.domain import guest_channel, naming
+from controlplane.domain.app_policy import SignedAppPolicy
 from controlplane.domain.network import DesktopNic
 from controlplane.domain.ports import (
+    AppDenial,
     BootImage,
     DesktopSpec,
     ObservedDomain,
@@ -66,7 +68,8 @@ class LibvirtHypervisor:
     def __init__(self, *, uri: str, instance: str, storage_pool: str, overlay_dir: Path,
                  run_dir: Path, readiness: str = "serial", domain_type: str = "qemu",
                  probe_cache: Path | None = None, data_dir: Path | None = None,
-                 tb_cache_mib: int | None = 128, links: GuestLinks | None = None) -> None:
+                 tb_cache_mib: int | None = 128, links: GuestLinks | None = None,
+                 policy_key: bytes | None = None) -> None:
         self.uri = uri
         self.instance = instance
         self.pool_name = storage_pool
@@ -78,7 +81,10 @@ class LibvirtHypervisor:
         self.data_dir = data_dir  # QEMU's group may search from here down to the files it opens
         self.qemu: host_access.QemuUser | None = None  # who QEMU runs as, learnt at connect
         self.tb_cache_mib = tb_cache_mib
-        self.links = links or GuestLinks()
+        # With POLICY_KEY (the app-allowlist signer's public key, pinned by each guest with its
+        # identity) a channel desktop is ready only once it applies the allowlist sent to it.
+        self.enforce_apps = policy_key is not None
+        self.links = links or GuestLinks(policy_key=policy_key or bytes(32))
         self.templates_dir = overlay_dir.parent / "templates"  # saved template memory, root only
         self._desktop_re = re.compile(rf"{naming.PREFIX}-{re.escape(instance)}-[a-z][a-z0-9-]{{0,22}}[a-z0-9]"
                                       r"-[0-9a-f]{6}")
@@ -162,7 +168,7 @@ class LibvirtHypervisor:
         if self.readiness == "running":
             return True
         if tag.readiness == Readiness.CHANNEL:
-            return self._channel_ready(name, dom)
+            return self._channel_ready(name, dom, apps=self.enforce_apps and tag.role == "desktop")
         if tag.template:
             return True
         try:
@@ -171,7 +177,7 @@ class LibvirtHypervisor:
             return False
         return f"{READY_MARKER}{name} " in text or text.rstrip().endswith(f"{READY_MARKER}{name}")
 
-    def _channel_ready(self, name: str, dom: libvirt.virDomain) -> bool:
+    def _channel_ready(self, name: str, dom: libvirt.virDomain, *, apps: bool) -> bool:
         state = self.links.ensure(name, self.channel_socket(name))
         if not state.connected or state.quarantined:
             return False
@@ -181,7 +187,15 @@ class LibvirtHypervisor:
                                      machine_id=dom.UUIDString().replace("-", ""),
                                      join_secret=secret.read_text() if secret.exists() else "")
             return False
-        return state.ready
+        return state.ready and (not apps or (state.apps_sent is not None and state.apps_current))
+
+    def deliver_apps(self, name: str, signed: SignedAppPolicy) -> bool:
+        self.links.ensure(name, self.channel_socket(name))
+        return self.links.send_apps(name, signed.policy.revision, signed.document, signed.signature)
+
+    def app_denials(self) -> list[AppDenial]:
+        return [AppDenial(desktop, path, count)
+                for desktop, paths in self.links.drain_denials().items() for path, count in paths.items()]
 
     def show_page(self, name: str, url: str) -> bool:
         if not self.links.state(name).connected:

@@ -30,6 +30,9 @@ READ_CHUNK = 4096
 
 
 SILENCE_S = 60.0  # a confirmed guest's agent heartbeats every 5 s: a minute of silence is not a hiccup
+APPLY_S = 120.0  # to apply an app allowlist (fapolicyd's trust reload, under TCG): then it has refused
+DENIED_PATHS = 64  # distinct denied paths a guest may report between two drains; the rest count as one
+OTHER_PATHS = "(other paths)"
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,13 @@ class GuestState:
     messages: int = 0
     page: str | None = None  # last page the guest says it shows
     rng_probe: str | None = None  # what its RNG gave right after the reseed (unique per desktop)
+    apps_sent: int | None = None  # revision of the last app allowlist sent on this connection
+    apps_applied: int | None = None  # the latest revision the guest says it applies
+
+    @property
+    def apps_current(self) -> bool:
+        """The guest applies the allowlist last sent (vacuously, if none was)."""
+        return self.apps_sent == self.apps_applied
 
 
 @dataclass
@@ -73,13 +83,17 @@ class _Link:
         self.messages = TokenBucket(budget.messages_per_s, budget.message_burst, clock)
         self.bytes = TokenBucket(budget.bytes_per_s, budget.byte_burst, clock)
         self.send_lock = threading.Lock()
+        self.apps_sent: dict[int, float] = {}  # revisions sent -> when (the latest few)
+        self.denials: dict[str, int] = {}  # path -> executions denied since the last drain
 
 
 class GuestLinks:
     """Every host-channel connection of one hypervisor, read by one background thread."""
 
-    def __init__(self, budget: Budget = Budget(), clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, budget: Budget = Budget(), clock: Callable[[], float] = time.monotonic,
+                 policy_key: bytes = bytes(32)) -> None:
         self.budget = budget
+        self.policy_key = policy_key  # the public key guests pin to check app allowlists
         self.clock = clock
         self._links: dict[str, _Link] = {}
         self._quarantined: dict[str, str] = {}
@@ -124,18 +138,29 @@ class GuestLinks:
             link = self._links.get(name)
             if link is None:
                 return GuestState()
-            silent = heartbeats and link.state.confirmed and link.state.last_seen is not None \
-                and self.clock() - link.state.last_seen > SILENCE_S
-            if not silent:
+            why = self._overdue(link) if heartbeats else None
+            if why is None:
                 return link.state
-        self.quarantine(name, f"no heartbeat for more than {SILENCE_S:.0f} s")
+        self.quarantine(name, why)
         return self.state(name)
+
+    def _overdue(self, link: _Link) -> str | None:
+        """Why a confirmed guest is no longer trusted by now, if it is not: silence, or an app
+        allowlist it has not applied in APPLY_S (called with the lock held)."""
+        state, now = link.state, self.clock()
+        if state.confirmed and state.last_seen is not None and now - state.last_seen > SILENCE_S:
+            return f"no heartbeat for more than {SILENCE_S:.0f} s"
+        sent = state.apps_sent
+        if sent is not None and not state.apps_current and now - link.apps_sent[sent] > APPLY_S:
+            return f"apps revision {sent} not applied within {APPLY_S:.0f} s"
+        return None
 
     def send_identity(self, name: str, *, hostname: str, machine_id: str, join_secret: str = "") -> bool:
         """Tell NAME who it is now (fresh seed and clock). True once written to the channel."""
         nonce = secrets.token_hex(32)
         frame = ch.encode("identity", ch.Side.HOST, nonce=nonce, hostname=hostname, machine_id=machine_id,
-                          rng_seed=secrets.token_bytes(64), time_ns=time.time_ns(), join_secret=join_secret)
+                          rng_seed=secrets.token_bytes(64), time_ns=time.time_ns(), join_secret=join_secret,
+                          policy_key=self.policy_key)
         with self._lock:
             link = self._links.get(name)
             if link is None:
@@ -149,6 +174,30 @@ class GuestLinks:
         with self._lock:
             link = self._links.get(name)
         return link is not None and self._send(name, link, frame)
+
+    def send_apps(self, name: str, revision: int, document: str, signature: bytes) -> bool:
+        """Send a signed app allowlist to a confirmed guest, unless it is the one last sent on this
+        connection. True once the guest has it (then `state().apps_applied` follows)."""
+        frame = ch.encode("apps", ch.Side.HOST, doc=document, sig=signature)
+        with self._lock:
+            link = self._links.get(name)
+            if link is None or not link.state.confirmed:
+                return False
+            if link.state.apps_sent == revision:
+                return True
+            link.apps_sent[revision] = self.clock()
+            while len(link.apps_sent) > 8:
+                del link.apps_sent[min(link.apps_sent)]
+            link.state = replace(link.state, apps_sent=revision)
+        return self._send(name, link, frame)
+
+    def drain_denials(self) -> dict[str, dict[str, int]]:
+        """Executions each guest's enforcer denied since the last call: desktop -> path -> count."""
+        with self._lock:
+            out = {name: link.denials for name, link in self._links.items() if link.denials}
+            for name in out:
+                self._links[name].denials = {}
+        return out
 
     def identity_sent(self, name: str) -> bool:
         with self._lock:
@@ -241,6 +290,15 @@ class GuestLinks:
             state = replace(state, ready=state.confirmed)
         elif msg.type == "page_shown":
             state = replace(state, page=msg["url"])
+        elif msg.type == "apps_applied":
+            if msg["revision"] not in link.apps_sent:
+                raise ch.ProtocolError(f"apps_applied: revision {msg['revision']} was never sent")
+            state = replace(state, apps_applied=max(msg["revision"], state.apps_applied or 0))
+        elif msg.type == "apps_refused":
+            raise ch.ProtocolError(f"apps_refused: revision {msg['revision']}: {msg['reason']}")
+        elif msg.type == "app_denied":
+            path = msg["path"] if msg["path"] in link.denials or len(link.denials) < DENIED_PATHS else OTHER_PATHS
+            link.denials[path] = link.denials.get(path, 0) + msg["count"]
         link.state = state
 
     def _closed(self, name: str, link: _Link) -> None:

@@ -20,7 +20,7 @@ def frame(body: bytes, *, magic=b"SD", version=ch.VERSION, reserved=0, length=No
 
 def test_a_message_round_trips_whole_and_split_into_single_bytes():
     wire = ch.encode("identity", HOST, nonce="a" * 64, hostname="sd-main-sales-0a1b2c", machine_id="b" * 32,
-                     rng_seed=bytes(range(64)), time_ns=1, join_secret="s3cret")
+                     rng_seed=bytes(range(64)), time_ns=1, join_secret="s3cret", policy_key=bytes(32))
     whole = ch.Decoder(HOST).feed(wire)
     assert whole[0]["rng_seed"] == bytes(range(64)) and whole[0]["hostname"] == "sd-main-sales-0a1b2c"
     dec = ch.Decoder(HOST)
@@ -69,10 +69,12 @@ def test_a_huge_length_is_refused_from_the_header_alone():
 def test_the_host_never_sends_what_it_would_refuse():
     with pytest.raises(ch.ProtocolError, match="identity.hostname"):
         ch.encode("identity", HOST, nonce="a" * 64, hostname="Not A Host", machine_id="b" * 32,
-                  rng_seed=bytes(64), time_ns=1, join_secret="")
+                  rng_seed=bytes(64), time_ns=1, join_secret="", policy_key=bytes(32))
     with pytest.raises(ch.ProtocolError, match="identity.rng_seed: expected 64 bytes"):
         ch.encode("identity", HOST, nonce="a" * 64, hostname="h", machine_id="b" * 32, rng_seed=bytes(8),
-                  time_ns=1, join_secret="")
+                  time_ns=1, join_secret="", policy_key=bytes(32))
+    with pytest.raises(ch.ProtocolError, match="apps.doc: malformed"):
+        ch.encode("apps", HOST, doc="caf\u00e9", sig=bytes(64))  # ASCII only: what is signed is what is sent
 
 
 @given(st.binary(max_size=4 * ch.MAX_BODY))

@@ -4,6 +4,7 @@ only as sent, and a guest that floods or breaks the protocol is quarantined for 
 from __future__ import annotations
 
 import contextlib
+import secrets
 import socket
 import threading
 import time
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from controlplane.domain import guest_channel as ch
-from controlplane.drivers.libvirt.guest_link import SILENCE_S, Budget, GuestLinks
+from controlplane.drivers.libvirt.guest_link import APPLY_S, DENIED_PATHS, OTHER_PATHS, SILENCE_S, Budget, GuestLinks
 
 GUEST = ch.Side.GUEST
 
@@ -162,3 +163,80 @@ def test_a_confirmed_guest_that_stops_heartbeating_is_quarantined(qemu, tmp_path
     now[0] += 2
     assert links.state("d", heartbeats=False).quarantined is None  # a template being saved is paused
     assert "heartbeat" in (links.state("d").quarantined or "")
+
+
+def confirmed(qemu, tmp_path, links, name="d"):
+    """A link whose guest has confirmed the identity it was sent; returns the guest's socket."""
+    links.ensure(name, tmp_path / f"{name}.chan")
+    links.send_identity(name, hostname="sd-main-sales-0a1b2c", machine_id="c" * 32)
+    sent = qemu.read_message()
+    guest = qemu.guest()
+    guest.sendall(ch.encode("identity_applied", GUEST, nonce=sent["nonce"], hostname="sd-main-sales-0a1b2c",
+                            machine_id="c" * 32, rng_probe=secrets.token_hex(32)))
+    eventually(lambda: links.state(name).confirmed)
+    return guest
+
+
+def test_the_identity_carries_the_key_that_signs_app_allowlists(qemu, tmp_path):
+    links = GuestLinks(policy_key=b"k" * 32)
+    links.ensure("d", tmp_path / "d.chan")
+    links.send_identity("d", hostname="sd-main-sales-0a1b2c", machine_id="c" * 32)
+    assert qemu.read_message()["policy_key"] == b"k" * 32
+
+
+def test_an_allowlist_goes_only_to_a_confirmed_guest_and_counts_once_applied(qemu, tmp_path):
+    links = GuestLinks()
+    links.ensure("d", tmp_path / "d.chan")
+    assert not links.send_apps("d", 7, '{"x":1}', b"s" * 64)  # not confirmed yet: nothing sent
+    guest = confirmed(qemu, tmp_path, links)
+    assert links.send_apps("d", 7, '{"x":1}', b"s" * 64)
+    got = qemu.read_message()
+    assert (got.type, got["doc"], got["sig"]) == ("apps", '{"x":1}', b"s" * 64)
+    assert links.send_apps("d", 7, '{"x":1}', b"s" * 64)  # the same revision again: not resent
+    assert (links.state("d").apps_sent, links.state("d").apps_applied) == (7, None)
+    assert not links.state("d").apps_current
+    guest.sendall(ch.encode("apps_applied", GUEST, revision=7))
+    eventually(lambda: links.state("d").apps_current)
+    guest.settimeout(0.2)
+    with pytest.raises(TimeoutError):
+        guest.recv(1)  # the repeat above sent nothing
+
+
+@pytest.mark.parametrize(("reply", "why"), [
+    (ch.encode("apps_applied", GUEST, revision=8), "revision 8 was never sent"),
+    (ch.encode("apps_refused", GUEST, revision=7, reason="bad-signature"), "bad-signature"),
+])
+def test_a_guest_that_refuses_an_allowlist_or_reports_another_revision_is_quarantined(qemu, tmp_path, reply, why):
+    links = GuestLinks()
+    guest = confirmed(qemu, tmp_path, links)
+    links.send_apps("d", 7, "{}", b"s" * 64)
+    guest.sendall(reply)
+    eventually(lambda: links.state("d").quarantined is not None)
+    assert why in (links.state("d").quarantined or "")
+
+
+def test_an_allowlist_not_applied_in_time_quarantines_the_guest(qemu, tmp_path):
+    now = [1000.0]
+    links = GuestLinks(clock=lambda: now[0])
+    guest = confirmed(qemu, tmp_path, links)
+    links.send_apps("d", 7, "{}", b"s" * 64)
+    for seq in range(1, 5):  # alive (heartbeating), but not applying
+        now[0] += (APPLY_S - 1) / 4
+        guest.sendall(ch.encode("heartbeat", GUEST, seq=seq, uptime_s=30))
+        eventually(lambda n=seq: links.state("d").messages == n + 1)
+    assert links.state("d").quarantined is None
+    now[0] += 2
+    assert "not applied within" in (links.state("d").quarantined or "")
+
+
+def test_denials_are_counted_per_path_drained_once_and_bounded(qemu, tmp_path):
+    links = GuestLinks(budget=Budget(messages_per_s=1000, message_burst=1000))
+    guest = confirmed(qemu, tmp_path, links)
+    guest.sendall(ch.encode("app_denied", GUEST, path="/usr/bin/galculator", count=3)
+                  + ch.encode("app_denied", GUEST, path="/usr/bin/galculator", count=2)
+                  + b"".join(ch.encode("app_denied", GUEST, path=f"/tmp/x{i}", count=1) for i in range(DENIED_PATHS)))
+    eventually(lambda: links.state("d").messages == DENIED_PATHS + 3)
+    drained = links.drain_denials()
+    assert drained["d"]["/usr/bin/galculator"] == 5
+    assert len(drained["d"]) == DENIED_PATHS + 1 and drained["d"][OTHER_PATHS] == 1  # one over the bound
+    assert links.drain_denials() == {}

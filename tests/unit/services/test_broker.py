@@ -157,3 +157,24 @@ def test_a_desktop_powered_off_since_the_last_pass_is_never_handed_out(ctx, read
     assert rec.run_until_converged(timeout=10, busy_period=0)  # started again, ready again
     rec.close()
     assert broker.connect(ctx, BOB, "sales").desktop in names[:2]
+
+
+def test_an_agent_on_a_quarantined_desktop_is_told_why_and_gets_a_fresh_one(ctx, ready_pool):
+    from controlplane.domain.session import EndReason
+    from controlplane.services import identity, sessions
+
+    first = broker.connect(ctx, ALICE, "sales")
+    target = broker.redeem(ctx, first.ticket, "alice")
+    _, signed_in = identity.local_admin_token(ctx, actor="alice")  # a live sign-in row for the session
+    limits = sessions.Limits(idle_s=900, max_s=3600, grace_s=300)
+    display = sessions.open_display(ctx, desktop_id=target.desktop_id, user="alice", jti=signed_in.jti, source="t",
+                                    gateway="t", limits=limits, period_s=2)
+    assert sessions.heartbeat(ctx, display, limits=limits, period_s=2) is None
+    ctx.hypervisor.quarantined[first.desktop] = "apps_refused: revision 7: bad-signature"
+    rec = Reconciler(ctx)
+    rec.pass_once()
+    assert sessions.heartbeat(ctx, display, limits=limits, period_s=2) == EndReason.QUARANTINED
+    assert rec.run_until_converged(timeout=10, busy_period=0)
+    rec.close()
+    again = broker.connect(ctx, ALICE, "sales")
+    assert again.desktop != first.desktop

@@ -1,0 +1,57 @@
+"""The in-guest agent's own check of a signed app allowlist (it cannot import ShiftDesk, so it
+has its own copy of the verification): it accepts what the control plane signs for this desktop
+and refuses what `domain.app_policy.verify` refuses, with the reason word the host is told."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from controlplane.domain import guest_channel
+from controlplane.domain.app_policy import AppPolicy, public_bytes, sign
+
+AGENT = Path(__file__).resolve().parents[2] / "images/guest-agent/shiftdesk-guest-agent"
+KEY = Ed25519PrivateKey.generate()
+NAME = "sd-main-floor-0a1b2c"
+
+
+@pytest.fixture
+def agent(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "shiftdesk_channel", guest_channel)  # what the image installs beside it
+    loader = importlib.machinery.SourceFileLoader("shiftdesk_guest_agent", str(AGENT))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    loader.exec_module(module)
+    monkeypatch.setattr(module, "POLICY_KEY", tmp_path / "policy-key")
+    monkeypatch.setattr(module.socket, "gethostname", lambda: NAME)
+    (tmp_path / "policy-key").write_text(public_bytes(KEY).hex())
+    return module
+
+
+def test_the_agent_accepts_a_list_signed_for_its_desktop(agent):
+    signed = sign(KEY, AppPolicy.of(NAME, 3, {"mousepad"}))
+    assert agent.verify_apps(signed.document, signed.signature)["apps"] == ["mousepad"]
+
+
+@pytest.mark.parametrize(("make", "reason"), [
+    (lambda: sign(KEY, AppPolicy.of("sd-main-floor-ffffff", 3, ())), "wrong-desktop"),
+    (lambda: sign(Ed25519PrivateKey.generate(), AppPolicy.of(NAME, 3, ())), "bad-signature"),
+])
+def test_the_agent_refuses_another_desktops_list_or_another_key(agent, make, reason):
+    signed = make()
+    with pytest.raises(agent.Refusal, match=reason):
+        agent.verify_apps(signed.document, signed.signature)
+
+
+def test_a_widened_list_is_refused_and_no_pinned_key_refuses_everything(agent, tmp_path):
+    signed = sign(KEY, AppPolicy.of(NAME, 3, {"mousepad"}))
+    with pytest.raises(agent.Refusal, match="bad-signature"):
+        agent.verify_apps(signed.document.replace("mousepad", "galculator"), signed.signature)
+    (tmp_path / "policy-key").unlink()
+    with pytest.raises(agent.Refusal, match="no-key"):
+        agent.verify_apps(signed.document, signed.signature)
+    assert agent.revision_of(signed.document) == 3 and agent.revision_of("not json") == 0
