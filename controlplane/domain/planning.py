@@ -51,7 +51,9 @@ class DesktopView:
 @dataclass(frozen=True)
 class Limits:
     boot_timeout: timedelta = timedelta(seconds=600)  # a browser desktop's cold boot takes minutes under TCG
-    identity_timeout: timedelta = timedelta(seconds=30)  # a restored clone confirms its identity by then
+    # a restored clone confirms its identity and applies its app allowlist by then (seconds, but a
+    # TCG guest on a busy host is slow to start the allowlist's helper)
+    identity_timeout: timedelta = timedelta(seconds=90)
     template_wait: timedelta = timedelta(seconds=300)  # an instant desktop waits this long for its template
     failure_budget: int = 3
     min_retry_delay: timedelta = timedelta(seconds=1)
@@ -235,7 +237,7 @@ def _desktop_steps(d: DesktopView, pool: PoolView | None, domains: dict[str, Obs
             return [MarkReady(d.id)]
         if dom is not None and dom.cloned and dom.running and now - d.since > limits.identity_timeout:
             waited = int(limits.identity_timeout.total_seconds())
-            return [MarkFailed(d.id, f"clone did not confirm its identity {waited} s after restore")]
+            return [MarkFailed(d.id, f"clone was not ready (identity, app allowlist) {waited} s after restore")]
         # a desktop with no domain yet may be waiting for its template to boot first: twice the time
         timeout = limits.boot_timeout * (2 if dom is None else 1)
         if now - d.since > timeout:

@@ -94,8 +94,8 @@ class Reconciler:
         """App allowlists to the guests (before observing: a desktop is ready once it applies one)."""
         try:
             apps.sync(self.ctx)
-        except TemporaryError as err:
-            log.warning("app allowlists not delivered this pass: %s", err)
+        except Exception:  # provisioning goes on; a desktop is not ready until its list is applied
+            log.exception("app allowlists not delivered this pass")
 
     def _perform(self, action: Action | TemplateAction) -> None:
         if not self._lease_kept():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -55,3 +56,18 @@ def test_a_widened_list_is_refused_and_no_pinned_key_refuses_everything(agent, t
     with pytest.raises(agent.Refusal, match="no-key"):
         agent.verify_apps(signed.document, signed.signature)
     assert agent.revision_of(signed.document) == 3 and agent.revision_of("not json") == 0
+
+
+def test_the_launcher_offers_the_allowed_apps_only():
+    rootfs = AGENT.parents[1] / "recipes/agent-desktop/rootfs"
+    loader = importlib.machinery.SourceFileLoader("apply_apps", str(rootfs / "usr/lib/shiftdesk/apply-apps"))
+    apply_apps = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    loader.exec_module(apply_apps)
+    apply_apps.TINT2_BASE = rootfs / "etc/shiftdesk/tint2rc"
+    catalogue = {k: v for k, v in json.loads((rootfs / "usr/share/shiftdesk/apps.json").read_text()).items()
+                 if not k.startswith("_")}
+    items = [line.split("=", 1)[1].strip() for line in apply_apps.launcher(catalogue, ["mousepad", "firefox-esr"])
+             .splitlines() if line.startswith("launcher_item_app")]
+    assert items == ["/usr/share/shiftdesk/applications/browser.desktop",
+                     "/usr/share/shiftdesk/applications/editor.desktop"]
+    assert not [line for line in apply_apps.launcher(catalogue, []).splitlines() if line.startswith("launcher_item")]
