@@ -319,6 +319,7 @@ UNIT_DIRS = ("etc/systemd/system", "lib/systemd/system")
 # No way to a login prompt or a shell: no gettys at all (the session owns tty1), no debug or
 # rescue shells, Ctrl+Alt+Del does nothing. Timers that would wake every idle desktop are off.
 # Nothing waits for the network: a clone's NIC is plugged in after its restore, or not at all.
+DISABLE = {"fapolicyd.service": "multi-user.target"}  # for bench/exec_guard.py only (systemd.wants=)
 MASK = (
     "getty@.service", "autovt@.service", "serial-getty@.service", "console-getty.service",
     "container-getty@.service", "debug-shell.service", "rescue.service", "emergency.service",
@@ -469,6 +470,23 @@ def write_app_trust(root: Path) -> None:
     trust.mkdir(mode=0o755, parents=True, exist_ok=True)
     (trust / "base.list").write_text("".join(f"{p}\n" for p in sorted(base) if not any(c.isspace() for c in p)))
     (trust / "apps.list").write_text("".join(f"{p}\n" for p in catalogue["firefox-esr"]["executables"]))
+    write_fapolicyd_trust(root, sorted(base) + catalogue["firefox-esr"]["executables"])
+
+
+def write_fapolicyd_trust(root: Path, paths: list[str]) -> None:
+    """The same trust for Debian's fapolicyd, which the image carries disabled: bench/exec_guard.py
+    boots it instead of the exec guard (kernel command line) to compare what each costs. Its
+    file-trust format is path, size, sha256; its rules are in the recipe's compiled.rules."""
+    folder = root / "etc/fapolicyd/trust.d"
+    folder.mkdir(mode=0o755, parents=True, exist_ok=True)
+    for old in folder.glob("*"):
+        old.unlink()
+    (root / "etc/fapolicyd/rules.d/90-deny-execute.rules").unlink(missing_ok=True)  # compiled.rules decides
+    lines = []
+    for path in paths:
+        data = (root / path.lstrip("/")).read_bytes()
+        lines.append(f"{path} {len(data)} {hashlib.sha256(data).hexdigest()}\n")
+    (folder / "shiftdesk.trust").write_text("".join(lines))
 
 
 def image_path(root: Path, path: Path) -> str:
@@ -516,6 +534,8 @@ def set_units(root: Path) -> None:
         wants.mkdir(parents=True, exist_ok=True)
         (wants / unit).unlink(missing_ok=True)
         (wants / unit).symlink_to(unit_path(root, unit))
+    for unit, target in DISABLE.items():  # enabled by its package's postinst
+        (etc / f"{target}.wants" / unit).unlink(missing_ok=True)
     for unit in MASK:
         (etc / unit).unlink(missing_ok=True)
         (etc / unit).symlink_to("/dev/null")

@@ -48,6 +48,9 @@ class Firewall(Protocol):
 
     def close(self, desktop: IPv4Address, addresses: Collection[IPv4Address]) -> None: ...
 
+    def restore(self, pairs: Collection[tuple[IPv4Address, IPv4Address, int]]) -> None:
+        """Put back (desktop, address, seconds) pairs that are missing; leave present ones as they are."""
+
 
 @dataclass
 class Opened:
@@ -102,6 +105,19 @@ class EgressResolver:
         for desktop in changed - allowlists.keys():
             self._buckets.pop(desktop, None)
         self.allowlists = allowlists
+
+    def reassert(self) -> int:
+        """Put every pair this resolver opened and that has not expired back into the firewall,
+        with the time it has left. The host network replaces its table when it finds it out of
+        date (flushed, or changed by someone), which empties the set: without this a desktop
+        would lose addresses it was given until it asked again (browsers cache answers for a
+        minute). Called every few seconds; returns how many pairs it asserted."""
+        now = self.clock()
+        pairs = [(desktop, address, int(until - now)) for desktop, opened in self._opened.items()
+                 for address, until in opened.until.items() if until - now >= 1]
+        if pairs:
+            self.firewall.restore(pairs)
+        return len(pairs)
 
     # --- queries -----------------------------------------------------------------------------
 

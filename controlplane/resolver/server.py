@@ -1,7 +1,8 @@
 """The resolver's sockets: UDP and TCP port 53 on the host's address of the desktop network, in
 a thread with its own event loop (beside the API, the gateway and the reconciler of
 `shiftdesk serve`). It refreshes the allowlists every second and writes counted refusals to the
-audit log every ten."""
+audit log every ten, when it also puts back into the firewall what it opened (a replaced table
+loses it)."""
 
 from __future__ import annotations
 
@@ -97,6 +98,7 @@ class ResolverService:
                 if ticks * self.refresh_s >= self.audit_s:
                     ticks = 0
                     await self._record()
+                    await self._reassert()
         finally:
             udp.close()
             tcp.close()
@@ -114,6 +116,13 @@ class ResolverService:
             except OSError as err:
                 log.warning("resolver: cannot listen on %s:%d yet: %s", self.listen, self.port, err)
                 await asyncio.sleep(1.0)
+
+    async def _reassert(self) -> None:
+        """Every audit period: the firewall holds what the resolver opened (see EgressResolver.reassert)."""
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.resolver.reassert)
+        except Exception:  # the table is being rebuilt: the next period tries again
+            log.exception("resolver: opened addresses not reasserted")
 
     async def _refresh(self) -> None:
         try:

@@ -29,6 +29,7 @@ from controlplane.domain.network import DesktopNetwork
 from controlplane.drivers.netfilter.egress import NftEgressFirewall
 from controlplane.drivers.netfilter.host_network import LinuxHostNetwork, host_addresses
 from controlplane.drivers.netfilter.proxy import SquidProxy
+from controlplane.drivers.netfilter.ruleset import table_name
 from controlplane.resolver.core import EgressResolver, Upstream
 from controlplane.resolver.server import ProxyFiles, ResolverService
 from controlplane.services import policies, pools
@@ -178,3 +179,18 @@ def test_a_policy_apply_closes_a_name_cutting_its_connection_and_another_opens_i
     while "<h1>CRM</h1>" not in desk.fetch("http://shop.example.com/"):
         assert time.monotonic() < deadline, "the added name never opened"
         time.sleep(0.2)
+
+
+def test_a_flushed_set_gets_back_what_the_resolver_opened(floor):
+    """A replaced table (the host network repairs one it finds out of date) starts with an empty
+    `allowed` set; the resolver puts back what it opened, without waiting for new lookups."""
+    desk, inet, _ = floor
+    assert desk.lookup("crm.example.com") == CRM
+    table = table_name(desk.nic.name.split("-")[1])
+    subprocess.run(["nft", "flush", "set", "inet", table, "allowed"], check=True)
+    deadline = time.monotonic() + 5
+    while CRM not in subprocess.run(["nft", "list", "set", "inet", table, "allowed"], capture_output=True,
+                                    text=True, check=True).stdout:
+        assert time.monotonic() < deadline, "what the resolver opened never came back"
+        time.sleep(0.2)
+    assert "<h1>CRM</h1>" in desk.fetch("http://crm.example.com/")  # its answer was cached: no new opening

@@ -39,6 +39,13 @@ class NftEgressFirewall:
                   f"delete element inet {self.table} allowed {bare}\n"
                   f"add element inet {self.table} allowed {element}")
 
+    def restore(self, pairs: Collection[tuple[IPv4Address, IPv4Address, int]]) -> None:
+        """`add` leaves an element that is there untouched (its timeout runs on) and puts back one
+        that is missing, all in one transaction."""
+        if pairs:
+            elements = ", ".join(f"{d} . {a} timeout {max(int(s), 1)}s" for d, a, s in sorted(pairs))
+            self._cmd(f"add element inet {self.table} allowed {{ {elements} }}")
+
     def close(self, desktop: IPv4Address, addresses: Collection[IPv4Address]) -> None:
         """No new connections from DESKTOP to ADDRESSES, and the open ones cut."""
         if not addresses:

@@ -37,6 +37,9 @@ class RecordingFirewall:
     def close(self, desktop, addresses):
         self.events.append(("close", desktop, frozenset(addresses)))
 
+    def restore(self, pairs):
+        self.events.append(("restore", frozenset(pairs)))
+
 
 class Upstream53(asyncio.DatagramProtocol):
     def connection_made(self, transport):
@@ -188,3 +191,16 @@ def test_the_reply_cache_keeps_each_query_id(world):
     replies = [dns.message.from_wire(loop.run_until_complete(resolver.handle(q.to_wire(), DESK)))
                for q in (first, second)]
     assert [r.id for r in replies] == [first.id, second.id] and addresses(replies[1]) == ["93.184.216.34"]
+
+
+def test_what_was_opened_and_has_time_left_is_put_back_and_nothing_else(world):
+    loop, resolver, firewall, _ = world
+    ask(loop, resolver, "crm.example.com")
+    firewall.events.clear()
+    assert resolver.reassert() == 1
+    [(kind, pairs)] = firewall.events
+    [(desktop, address, seconds)] = pairs
+    assert (kind, desktop, address) == ("restore", DESK, IPv4Address("93.184.216.34")) and 298 <= seconds <= 300
+    resolver.update({DESK: DesktopEgress("sd-unit-a", "alice", frozenset({"kb.example.com"}), ("sales",))})
+    firewall.events.clear()
+    assert resolver.reassert() == 0 and firewall.events == []  # closed by the policy: not put back
