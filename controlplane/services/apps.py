@@ -7,13 +7,12 @@ effective policy of the agent signed in, or while nobody is, what every policy n
 allows. A policy apply or a sign-in changes the list; the next pass (two seconds) signs a new
 revision and sends it; a desktop is ready for an agent only once its guest applies the list it was
 sent, and one that refuses it or does not apply it in time is quarantined and recycled
-(drivers/libvirt/guest_link.py). The enforcer itself is fapolicyd inside the image
-(images/recipes/agent-desktop, `apply-apps`).
+(drivers/libvirt/guest_link.py). The enforcer itself is the image's exec guard, set by
+`apply-apps` (images/recipes/agent-desktop).
 """
 
 from __future__ import annotations
 
-import logging
 from functools import partial
 from pathlib import Path
 
@@ -22,15 +21,13 @@ from sqlmodel import select
 
 from controlplane.db import audit
 from controlplane.db.engine import session_scope
-from controlplane.db.models import Desktop, Pool
+from controlplane.db.models import Desktop
 from controlplane.domain.app_policy import sign
 from controlplane.domain.desktop import DesktopState as S
-from controlplane.domain.policy import effective, idle_apps
 from controlplane.services import policies
 from controlplane.services.context import Context
 from controlplane.services.tokens import load_or_create_key
 
-log = logging.getLogger(__name__)
 ACTOR = "guest"  # who denied an execution nobody was signed in for
 DELIVER_TO = (S.PROVISIONING, S.READY, S.IN_USE, S.DRAINING)  # desktops whose guest may run
 
@@ -42,14 +39,7 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
 
 def wanted(ctx: Context) -> dict[str, frozenset[str]]:
     """Each running desktop of this host -> the apps it may run now."""
-    rules = policies.active(ctx)
-    with session_scope(ctx.engine) as session:
-        rows = session.exec(select(Desktop, Pool).join(Pool).where(  # type: ignore[arg-type]
-            Desktop.host_id == ctx.host_id, Desktop.state.in_(DELIVER_TO))).all()  # type: ignore[attr-defined]
-        found = [(d.name, d.assigned_to, d.assigned_groups, p.name) for d, p in rows]
-    return {name: effective(rules, frozenset(groups), pool).apps if user is not None and groups is not None
-            else idle_apps(rules, pool)
-            for name, user, groups, pool in found}
+    return {d.name: d.apps for d in policies.on_desktops(ctx, Desktop.state.in_(DELIVER_TO))}  # type: ignore[attr-defined]
 
 
 def sync(ctx: Context) -> None:

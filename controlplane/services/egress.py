@@ -10,13 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
-from sqlmodel import select
-
 from controlplane.db import audit
 from controlplane.db.engine import session_scope
-from controlplane.db.models import Desktop, Pool
+from controlplane.db.models import Desktop
 from controlplane.domain.egress import Refusal
-from controlplane.domain.policy import effective, idle_domains
 from controlplane.services import policies
 from controlplane.services.context import Context
 
@@ -36,20 +33,9 @@ Allowlists = dict[IPv4Address, DesktopEgress]
 
 def allowlists(ctx: Context) -> Allowlists:
     """Every addressed desktop of this host, by address, with what it may resolve now."""
-    rules = policies.active(ctx)
-    with session_scope(ctx.engine) as session:
-        rows = session.exec(select(Desktop, Pool).join(Pool).where(  # type: ignore[arg-type]
-            Desktop.host_id == ctx.host_id, Desktop.ipv4 != None)).all()  # noqa: E711 - SQL IS NOT NULL
-        found = [(d.name, d.ipv4, d.assigned_to, d.assigned_groups, p.name) for d, p in rows]
-    result: Allowlists = {}
-    for name, ipv4, user, groups, pool in found:
-        if user is not None and groups is not None:
-            eff = effective(rules, frozenset(groups), pool)
-            result[IPv4Address(ipv4)] = DesktopEgress(name, user, eff.domains, eff.applied)
-        else:
-            naming = tuple(sorted(p.name for p in rules if pool in p.pools))
-            result[IPv4Address(ipv4)] = DesktopEgress(name, None, idle_domains(rules, pool), naming)
-    return result
+    return {IPv4Address(d.ipv4): DesktopEgress(d.name, d.user, d.domains, d.policies)
+            for d in policies.on_desktops(ctx, Desktop.ipv4 != None)  # noqa: E711 - SQL IS NOT NULL
+            if d.ipv4 is not None}
 
 
 def record_refusals(ctx: Context, counted: list[tuple[Refusal, int]], dropped: int) -> None:

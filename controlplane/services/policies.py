@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
+
+from sqlmodel import select
 
 from controlplane.db import audit
 from controlplane.db import policies as repo
 from controlplane.db.engine import session_scope
-from controlplane.db.models import PolicyRevision
+from controlplane.db.models import Desktop, PolicyRevision, Pool
 from controlplane.domain.explain import explain_app, explain_name
-from controlplane.domain.policy import DEFAULT, Policy, diff_documents, effective
+from controlplane.domain.policy import DEFAULT, Policy, diff_documents, effective, idle_apps, idle_domains
 from controlplane.domain.policy_load import PolicyInvalid, load, to_document, to_policy
 from controlplane.errors import InvalidInput, NotFound, PermanentError
 from controlplane.services.context import Context
@@ -91,6 +93,39 @@ def history(ctx: Context) -> list[PolicyRevision]:
 def active(ctx: Context) -> list[Policy]:
     _, documents = current_documents(ctx)
     return [to_policy(doc) for doc in documents.values()]
+
+
+@dataclass(frozen=True)
+class DesktopRules:
+    """What one desktop may reach and run now, and which policies decided it."""
+
+    name: str
+    ipv4: str | None
+    user: str | None  # the agent signed in to it; None while nobody is
+    apps: frozenset[str]
+    domains: frozenset[str]
+    policies: tuple[str, ...]
+
+
+def on_desktops(ctx: Context, *where: Any) -> list[DesktopRules]:
+    """Each desktop of this host matching WHERE (SQL conditions), with the rules in force on it:
+    the effective policy of the agent signed in (from the groups their sign-in carried), or while
+    nobody is, what every policy naming its pool allows (an idle desktop has no agent whose groups
+    could widen it). The egress resolver and the app allowlists both follow this one rule."""
+    rules = active(ctx)
+    with session_scope(ctx.engine) as session:
+        rows = session.exec(select(Desktop, Pool).join(Pool).where(  # type: ignore[arg-type]
+            Desktop.host_id == ctx.host_id, *where)).all()
+        found = [(d.name, d.ipv4, d.assigned_to, d.assigned_groups, p.name) for d, p in rows]
+    result = []
+    for name, ipv4, user, groups, pool in found:
+        if user is not None and groups is not None:
+            eff = effective(rules, frozenset(groups), pool)
+            result.append(DesktopRules(name, ipv4, user, eff.apps, eff.domains, eff.applied))
+        else:
+            naming = tuple(sorted(p.name for p in rules if pool in p.pools))
+            result.append(DesktopRules(name, ipv4, None, idle_apps(rules, pool), idle_domains(rules, pool), naming))
+    return result
 
 
 def explain(ctx: Context, username: str, pool: str | None = None, *, name: str | None = None,
