@@ -42,6 +42,7 @@ lint: venv
 
 unit: venv
 	$(BIN)/pytest -q tests/unit
+	SHIFTDESK_TEST_DB=postgresql $(BIN)/pytest -q tests/unit
 
 integration: setup
 	$(BIN)/pytest -q tests/integration
@@ -54,6 +55,7 @@ test: setup
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 	$(BIN)/pytest -q tests
+	SHIFTDESK_TEST_DB=postgresql $(BIN)/pytest -q tests/unit
 
 bench: setup
 	$(BIN)/python bench/provision.py

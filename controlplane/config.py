@@ -23,7 +23,13 @@ INSTANCE_RE = re.compile(r"^[a-z][a-z0-9]{0,11}$")
 
 class DatabaseSettings(BaseModel):
     url: str | None = Field(
-        None, description="SQLAlchemy URL; default is SQLite at DATA_DIR/shiftdesk.db (WAL mode)"
+        None, description="SQLAlchemy URL; default is SQLite at DATA_DIR/shiftdesk.db (WAL mode); "
+                          "PostgreSQL: postgresql+psycopg://ROLE@HOST/DB"
+    )
+    migrate_url: str | None = Field(
+        None, description="PostgreSQL: the schema owner's URL, for migrations; the role in `url` is then "
+                          "granted what the application needs and may not rewrite the audit log. "
+                          "Unset: `url` migrates (and owns the schema)"
     )
     busy_timeout_ms: int = Field(5000, ge=0, description="SQLite busy timeout: writers wait, not fail")
 

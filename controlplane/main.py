@@ -104,7 +104,12 @@ def build_context(settings: Settings, hypervisor: Hypervisor | None = None,
                   directory: Directory | None = None) -> Context:
     _private_dir(settings.data_dir)
     engine = make_engine(settings.database_url, settings.db.busy_timeout_ms)
-    migrate(engine)
+    if settings.db.migrate_url:
+        owner = make_engine(settings.db.migrate_url)
+        migrate(owner, app_role=engine.url.username)
+        owner.dispose()
+    else:
+        migrate(engine)
     rc = settings.reconciler
     return Context(
         engine=engine,

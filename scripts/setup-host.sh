@@ -9,6 +9,7 @@ APT_PACKAGES=(
   samba samba-ad-dc samba-ad-provision winbind krb5-user ldb-tools
   chromium fonts-dejavu-core
   nftables python3-nftables dnsmasq-base conntrack iproute2 squid-openssl python3
+  postgresql
 )
 
 log() { printf '[setup-host] %s\n' "$*"; }

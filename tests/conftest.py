@@ -1,8 +1,14 @@
-"""Shared fixtures: settings in a temp dir, a context on the fake hypervisor, a movable clock."""
+"""Shared fixtures: settings in a temp dir, a context on the fake hypervisor, a movable clock.
+
+The database is SQLite in the temp dir, or with SHIFTDESK_TEST_DB=postgresql a PostgreSQL
+database of its own per test (tests/postgres.py: one throwaway cluster per run; the application
+connects as a role that may not rewrite the audit log, the schema's owner migrates)."""
 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -50,10 +56,42 @@ class FakeBuilder:
         return manifest
 
 
+DATABASE = os.environ.get("SHIFTDESK_TEST_DB", "sqlite")
+if DATABASE not in ("sqlite", "postgresql"):
+    raise SystemExit(f"SHIFTDESK_TEST_DB: {DATABASE!r} is neither sqlite nor postgresql")
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL cluster for the whole run, with a migrated template database."""
+    from tests.postgres import Postgres  # noqa: PLC0415 - only runs that use PostgreSQL need psycopg
+
+    cluster = Postgres().start()
+    try:
+        cluster.template = cluster.migrated_template()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def pg_database(postgres) -> Iterator[str]:
+    """A database of this test's own, copied from the migrated template, dropped after."""
+    name = postgres.create_database(template=postgres.template)
+    yield name
+    postgres.drop_database(name)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
+    db = {}
+    if DATABASE == "postgresql":
+        from tests.postgres import APP, OWNER  # noqa: PLC0415
+
+        cluster, name = request.getfixturevalue("postgres"), request.getfixturevalue("pg_database")
+        db = {"url": cluster.url(name, APP), "migrate_url": cluster.url(name, OWNER)}
     return Settings(data_dir=tmp_path / "data", instance="unit", libvirt={"uri": "fake://"},
-                    auth={"admin_group": ADMINS})
+                    auth={"admin_group": ADMINS}, db=db)
 
 
 @pytest.fixture

@@ -1,8 +1,11 @@
-"""Engine creation and migrations.
+"""Engine creation and migrations, for SQLite (the embedded default) and PostgreSQL.
 
 SQLite runs in WAL mode with a busy timeout, so the API, the reconciler's worker threads and the
 CLI can write concurrently without "database is locked". Its files are root's alone (0600).
-Migrations run at start, from day one, and the audit log's append-only guard is checked after them.
+PostgreSQL sessions run in UTC. Migrations run at start, from day one, and the audit log's
+append-only guard is checked after them. On PostgreSQL the schema's owner may migrate while the
+application connects as another role, which then holds no UPDATE, DELETE or TRUNCATE on the
+audit log (grant_app): even a hijacked application cannot drop the guard.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ def make_engine(url: str, busy_timeout_ms: int = 5000) -> Engine:
             cur.close()
 
         return engine
+    if url.startswith("postgresql"):
+        return create_engine(url, pool_pre_ping=True, connect_args={"options": "-c timezone=UTC"})
     return create_engine(url, pool_pre_ping=True)
 
 
@@ -66,24 +71,43 @@ class AppendOnlyMissing(RuntimeError):
 
 
 # The audit log is append-only in the database itself, on every database we support: the guard
-# is created by the migrations (0001 for SQLite: triggers that RAISE on UPDATE and DELETE) and
-# checked here at every start. Supporting another database means adding its guard in a
-# migration (PostgreSQL: a BEFORE UPDATE OR DELETE trigger that raises, and REVOKE UPDATE,
-# DELETE, TRUNCATE from the application role) and a query for it here; until then it is refused.
+# is created by the migrations (0001 for SQLite: triggers that RAISE on UPDATE and DELETE; 0011
+# for PostgreSQL: the same and TRUNCATE, enabled) and checked here at every start. Supporting
+# another database means adding its guard in a migration and a query for it here; until then it
+# is refused.
 APPEND_ONLY_GUARDS: dict[str, tuple[str, frozenset[str]]] = {
     "sqlite": ("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'audit_events'",
                frozenset({"audit_events_no_update", "audit_events_no_delete"})),
+    "postgresql": ("SELECT tgname FROM pg_trigger WHERE tgrelid = 'audit_events'::regclass "
+                   "AND NOT tgisinternal AND tgenabled <> 'D'",
+                   frozenset({"audit_events_no_update", "audit_events_no_delete", "audit_events_no_truncate"})),
 }
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest revision (idempotent), then check the audit log's guard."""
+def migrate(engine: Engine, app_role: str | None = None) -> None:
+    """Bring the schema to the newest revision (idempotent), then check the audit log's guard.
+    With APP_ROLE (PostgreSQL, ENGINE the owner's), grant that role what the application needs."""
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
         check_append_only(conn)
+        if app_role and conn.dialect.name == "postgresql":
+            grant_app(conn, app_role)
+
+
+def grant_app(conn: Connection, role: str) -> None:
+    """Let ROLE read and write every table but only read and append the audit log (PostgreSQL).
+    Run by the schema's owner after each migration, so tables added later are covered too."""
+    name = conn.dialect.identifier_preparer.quote(role)
+    if conn.exec_driver_sql("SELECT current_user").scalar() == role:
+        return  # the application owns the schema: the triggers are its only guard
+    conn.exec_driver_sql(f"GRANT USAGE ON SCHEMA public TO {name}")
+    conn.exec_driver_sql(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {name}")
+    conn.exec_driver_sql(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {name}")
+    conn.exec_driver_sql(f"REVOKE UPDATE, DELETE, TRUNCATE ON audit_events, alembic_version FROM {name}")
+    conn.exec_driver_sql(f"REVOKE INSERT ON alembic_version FROM {name}")
 
 
 def check_append_only(conn: Connection) -> None:
@@ -108,3 +132,9 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+def ping(engine: Engine) -> None:
+    """Raise unless the database answers a trivial query now."""
+    with engine.connect() as conn:
+        conn.exec_driver_sql("SELECT 1")

@@ -31,12 +31,14 @@ def redeem(*, session: Session, digest: str, now: datetime) -> ConnectTicket | N
 
 def claim_ready(*, session: Session, pool_id: int, username: str, now: datetime) -> Desktop | None:
     """Give USERNAME one ready desktop of the pool, atomically (one UPDATE: two agents clicking at
-    the same instant can never get the same desktop)."""
+    the same instant can never get the same desktop). On PostgreSQL the candidate is locked with
+    SKIP LOCKED, so agents clicking at once (on any replica) each get the next free desktop
+    instead of queueing behind the first and finding it taken; SQLite has one writer at a time."""
     candidate = (
         select(col(Desktop.id))
         .where(col(Desktop.pool_id) == pool_id, col(Desktop.state) == DesktopState.READY,
                col(Desktop.assigned_to).is_(None))
-        .order_by(col(Desktop.id)).limit(1).scalar_subquery()
+        .order_by(col(Desktop.id)).limit(1).with_for_update(skip_locked=True).scalar_subquery()
     )
     claimed = session.execute(
         update(Desktop)

@@ -22,6 +22,9 @@ def env(settings, image, monkeypatch):
     monkeypatch.setenv("SHIFTDESK_DATA_DIR", str(settings.data_dir))
     monkeypatch.setenv("SHIFTDESK_INSTANCE", settings.instance)
     monkeypatch.setenv("SHIFTDESK_LIBVIRT__URI", "fake://")
+    for key, value in (("URL", settings.db.url), ("MIGRATE_URL", settings.db.migrate_url)):
+        if value:  # this run's database is PostgreSQL
+            monkeypatch.setenv(f"SHIFTDESK_DB__{key}", value)
     return settings
 
 

@@ -236,6 +236,8 @@ def failure_events(ctx):
 @pytest.mark.parametrize("broken", [{"holidays": ["2026-02-30"]}, {"timezone": "Mars/Olympus"},
                                     {"buffer": {"percent": float("nan")}}])
 def test_one_bad_roster_never_stops_scaling_for_the_other_pools(ctx, clock, image, caplog, broken):
+    if "buffer" in broken and ctx.engine.dialect.name == "postgresql":
+        pytest.skip("PostgreSQL refuses NaN in a JSON column: such a stored roster cannot exist there")
     for name in ("alpha", "beta"):  # alpha's roster is evaluated first
         pools.create(ctx, name=name, image="busybox-desktop", size=0, actor="t")
         scaling.apply(ctx, {f"{name}.yaml": SMALL.replace("pool: sales", f"pool: {name}")}, actor="t")
