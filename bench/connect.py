@@ -37,6 +37,7 @@ import httpx  # noqa: E402
 from websockets.asyncio.client import connect as ws_connect  # noqa: E402
 
 from bench import cleanup  # noqa: E402
+from bench.stats import percentile  # noqa: E402
 from controlplane.config import Settings  # noqa: E402
 from controlplane.domain.rfb.handshake import UpstreamHandshake  # noqa: E402
 from controlplane.drivers.fake import FakeDirectory  # noqa: E402
@@ -48,10 +49,6 @@ from tests.e2e.conftest import Server  # noqa: E402
 
 RAW = struct.pack(">BxHi", 2, 1, 0)
 
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
 class Reader:

@@ -49,7 +49,8 @@ import httpx  # noqa: E402
 from websockets.asyncio.client import connect as ws_connect  # noqa: E402
 
 from bench import cleanup  # noqa: E402
-from bench.connect import RAW, Reader, percentile, rfb_client_handshake  # noqa: E402
+from bench.connect import RAW, Reader, rfb_client_handshake  # noqa: E402
+from bench.stats import percentile  # noqa: E402
 from tests.integration.samba import MARK, SambaDC, kill_stale  # noqa: E402
 
 SHIFTDESK = str(ROOT / ".venv" / "bin" / "shiftdesk")

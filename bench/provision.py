@@ -53,6 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import cleanup  # noqa: E402
+from bench.stats import percentile  # noqa: E402
 from controlplane.config import ReconcilerSettings, Settings  # noqa: E402
 from controlplane.db import audit  # noqa: E402
 from controlplane.db.engine import session_scope  # noqa: E402
@@ -325,10 +326,6 @@ def single_run(ctx: Context, settings: Settings, image_ref: str, shape: dict, sa
             say(f"a template is still there 30 s after its last pool went: {list(hv.list_templates())}")
     return taken
 
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
 # --- the run ----------------------------------------------------------------------------------

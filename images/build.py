@@ -300,16 +300,18 @@ GUEST_FILES = {  # repo path -> path in the image, mode
     "images/guest-agent/shiftdesk-guest-agent": ("usr/local/lib/shiftdesk/shiftdesk-guest-agent", 0o755),
     "controlplane/domain/guest_channel.py": ("usr/local/lib/shiftdesk/shiftdesk_channel.py", 0o644),
 }
-AGENT_UID = 1000  # fixed: units name /run/user/1000, the exec guard restricts uid 1000
+AGENT_UID = 1000  # fixed: units name /run/user/1000, fapolicyd's rules restrict uid 1000
 # Never trusted for the desktop user: each would run any script handed to it, allowed or not.
 INTERPRETERS = ("python3*", "perl*", "lua*", "tclsh*", "wish*", "gdb*")
 ENABLE = {  # unit -> target whose .wants/ pulls it in (the unit is ours in /etc or Debian's in /lib)
     "shiftdesk-session.service": "graphical.target",
     "shiftdesk-page.path": "graphical.target",
     "shiftdesk-guest-agent.service": "multi-user.target",
-    # The app allowlist: the exec guard enforces it, apply-apps sets it from the host's signed list.
-    "shiftdesk-exec-guard.service": "multi-user.target",
+    # The app allowlist: fapolicyd enforces it, apply-apps sets it from the host's signed list;
+    # the session's state lives on a noexec tmpfs (fapolicyd does not watch /run itself).
+    "fapolicyd.service": "multi-user.target",
     "shiftdesk-apps.path": "multi-user.target",
+    "run-shiftdesk-session.mount": "local-fs.target",
     # The NIC: IPv4 by DHCP from the host (/etc/systemd/network), names by the DNS server it gives.
     "systemd-networkd.service": "multi-user.target",
     "systemd-networkd.socket": "sockets.target",
@@ -319,7 +321,6 @@ UNIT_DIRS = ("etc/systemd/system", "lib/systemd/system")
 # No way to a login prompt or a shell: no gettys at all (the session owns tty1), no debug or
 # rescue shells, Ctrl+Alt+Del does nothing. Timers that would wake every idle desktop are off.
 # Nothing waits for the network: a clone's NIC is plugged in after its restore, or not at all.
-DISABLE = {"fapolicyd.service": "multi-user.target"}  # for bench/exec_guard.py only (systemd.wants=)
 MASK = (
     "getty@.service", "autovt@.service", "serial-getty@.service", "console-getty.service",
     "container-getty@.service", "debug-shell.service", "rescue.service", "emergency.service",
@@ -449,11 +450,12 @@ def xorg_keyboard(kb: dict) -> str:
 
 
 def write_app_trust(root: Path) -> None:
-    """The exec guard's trust for the desktop user (uid 1000 may execute listed files only):
-    every executable of the image except the catalogue's apps and the script interpreters a
-    user could hand a program to, in /etc/shiftdesk/exec-trust/base.list; of the apps, only the
-    browser (apps.list, until the host's first allowlist replaces it). The catalogue's directory
-    entries are expanded here, and an app without an executable fails the build."""
+    """fapolicyd's trust for the desktop user (its rules let uid 1000 execute trusted files
+    only): every executable of the image except the catalogue's apps and the script interpreters
+    a user could hand a program to, in trust.d/shiftdesk-base.trust; of the apps, only the
+    browser (shiftdesk-apps.trust, until the host's first allowlist replaces it). The package's
+    own trust and rules files go: these and the recipe's compiled.rules decide. The catalogue's
+    directory entries are expanded here, and an app without an executable fails the build."""
     catalogue_file = root / "usr/share/shiftdesk/apps.json"
     catalogue = json.loads(catalogue_file.read_text())
     for app, entry in catalogue.items():
@@ -462,31 +464,30 @@ def write_app_trust(root: Path) -> None:
         entry["executables"] = sorted(image_path(root, p) for e in entry["executables"] for p in executables(root, e))
         if not entry["executables"]:
             raise SystemExit(f"build: app {app} has no executable in the image")
+        entry["trust"] = trust_lines(root, entry["executables"]).splitlines()  # apply-apps hashes nothing
     catalogue_file.write_text(json.dumps(catalogue, indent=2, sort_keys=True) + "\n")
     apps = {p for app, entry in catalogue.items() if not app.startswith("_") for p in entry["executables"]}
     interpreters = {image_path(root, p) for pattern in INTERPRETERS for p in (root / "usr/bin").glob(pattern)}
     base = {image_path(root, p) for p in executables(root, "/usr/")} - apps - interpreters
-    trust = root / "etc/shiftdesk/exec-trust"
-    trust.mkdir(mode=0o755, parents=True, exist_ok=True)
-    (trust / "base.list").write_text("".join(f"{p}\n" for p in sorted(base) if not any(c.isspace() for c in p)))
-    (trust / "apps.list").write_text("".join(f"{p}\n" for p in catalogue["firefox-esr"]["executables"]))
-    write_fapolicyd_trust(root, sorted(base) + catalogue["firefox-esr"]["executables"])
-
-
-def write_fapolicyd_trust(root: Path, paths: list[str]) -> None:
-    """The same trust for Debian's fapolicyd, which the image carries disabled: bench/exec_guard.py
-    boots it instead of the exec guard (kernel command line) to compare what each costs. Its
-    file-trust format is path, size, sha256; its rules are in the recipe's compiled.rules."""
     folder = root / "etc/fapolicyd/trust.d"
     folder.mkdir(mode=0o755, parents=True, exist_ok=True)
     for old in folder.glob("*"):
         old.unlink()
-    (root / "etc/fapolicyd/rules.d/90-deny-execute.rules").unlink(missing_ok=True)  # compiled.rules decides
+    (root / "etc/fapolicyd/fapolicyd.trust").write_text("")
+    (root / "etc/fapolicyd/rules.d/90-deny-execute.rules").unlink(missing_ok=True)
+    (folder / "shiftdesk-base.trust").write_text(trust_lines(root, sorted(base)))
+    (folder / "shiftdesk-apps.trust").write_text("".join(f"{line}\n" for line in catalogue["firefox-esr"]["trust"]))
+
+
+def trust_lines(root: Path, paths: list[str]) -> str:
+    """fapolicyd's file-trust format: path, size, sha256 (paths with white space cannot be said)."""
     lines = []
     for path in paths:
+        if any(c.isspace() for c in path):
+            continue
         data = (root / path.lstrip("/")).read_bytes()
         lines.append(f"{path} {len(data)} {hashlib.sha256(data).hexdigest()}\n")
-    (folder / "shiftdesk.trust").write_text("".join(lines))
+    return "".join(lines)
 
 
 def image_path(root: Path, path: Path) -> str:
@@ -534,8 +535,6 @@ def set_units(root: Path) -> None:
         wants.mkdir(parents=True, exist_ok=True)
         (wants / unit).unlink(missing_ok=True)
         (wants / unit).symlink_to(unit_path(root, unit))
-    for unit, target in DISABLE.items():  # enabled by its package's postinst
-        (etc / f"{target}.wants" / unit).unlink(missing_ok=True)
     for unit in MASK:
         (etc / unit).unlink(missing_ok=True)
         (etc / unit).symlink_to("/dev/null")

@@ -7,7 +7,7 @@ effective policy of the agent signed in, or while nobody is, what every policy n
 allows. A policy apply or a sign-in changes the list; the next pass (two seconds) signs a new
 revision and sends it; a desktop is ready for an agent only once its guest applies the list it was
 sent, and one that refuses it or does not apply it in time is quarantined and recycled
-(drivers/libvirt/guest_link.py). The enforcer itself is the image's exec guard, set by
+(drivers/libvirt/guest_link.py). The enforcer itself is Debian's fapolicyd in the image, set by
 `apply-apps` (images/recipes/agent-desktop).
 """
 

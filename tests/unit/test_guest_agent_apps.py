@@ -71,3 +71,25 @@ def test_the_launcher_offers_the_allowed_apps_only():
     assert items == ["/usr/share/shiftdesk/applications/browser.desktop",
                      "/usr/share/shiftdesk/applications/editor.desktop"]
     assert not [line for line in apply_apps.launcher(catalogue, []).splitlines() if line.startswith("launcher_item")]
+
+
+def test_a_clone_pins_the_first_real_key_and_a_templates_zero_key_pins_nothing(agent, tmp_path):
+    (tmp_path / "policy-key").unlink()
+    agent.pin_key(bytes(32))  # what a template is sent
+    assert not (tmp_path / "policy-key").exists()
+    agent.pin_key(b"\x01" * 32)
+    agent.pin_key(b"\x02" * 32)  # a later identity never replaces it
+    assert (tmp_path / "policy-key").read_text() == "01" * 32
+
+
+def test_the_agent_reads_the_path_of_a_fapolicyd_denial_and_nothing_else(agent):
+    """Lines as fapolicyd 1.1.7 logs them with the image's syslog_format."""
+    deny = ("rule=3 dec=deny_syslog perm=execute auid=-1 pid=812 exe=/usr/bin/tint2 : "
+            "path=/usr/bin/galculator ftype=application/x-executable trust=0\n")
+    spaced = deny.replace("/usr/bin/galculator", "/home/agent/my app")
+    allowed = deny.replace("dec=deny_syslog", "dec=allow_syslog")
+    assert agent.denied_path(deny) == "/usr/bin/galculator"
+    assert agent.denied_path(spaced) == "/home/agent/my app"
+    assert agent.denied_path(allowed) is None
+    assert agent.denied_path("Updated\n") is None
+    assert agent.denied_path(deny.replace("galculator", "calc\x1b[2J")) is None  # not printable

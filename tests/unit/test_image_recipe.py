@@ -4,6 +4,7 @@ the keyboard snippet, the mmdebstrap call, the unit symlinks and the guests' net
 from __future__ import annotations
 
 import copy
+import hashlib
 import importlib.util
 import json
 from pathlib import Path
@@ -149,3 +150,33 @@ def test_the_agent_desktop_resolves_only_through_the_hosts_dns():
 
 def test_the_busybox_desktop_loads_the_nic_driver_in_its_initramfs():
     assert "virtio_net" in recipe("busybox-desktop")["initramfs_modules"]
+
+
+def test_fapolicyd_trusts_the_images_programs_and_the_browser_but_no_other_app_or_interpreter(tmp_path):
+    def program(path: str, body: bytes = b"\x7fELF") -> None:
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_bytes(body)
+        (tmp_path / path).chmod(0o755)
+
+    for path in ("usr/bin/ls", "usr/bin/galculator", "usr/bin/python3.11", "usr/lib/firefox-esr/firefox-esr"):
+        program(path)
+    program("usr/bin/tint2", b"tint2 itself")
+    (tmp_path / "usr/share/shiftdesk").mkdir(parents=True)
+    (tmp_path / "usr/share/shiftdesk/apps.json").write_text(json.dumps({
+        "firefox-esr": {"launcher": "b.desktop", "executables": ["/usr/lib/firefox-esr/"]},
+        "galculator": {"launcher": "c.desktop", "executables": ["/usr/bin/galculator"]}}))
+    (tmp_path / "etc/fapolicyd/rules.d").mkdir(parents=True)
+    (tmp_path / "etc/fapolicyd/rules.d/90-deny-execute.rules").write_text("deny_audit perm=execute all : all\n")
+    (tmp_path / "etc/fapolicyd/trust.d").mkdir()
+    (tmp_path / "etc/fapolicyd/trust.d/fapolicyd.trust").write_text("/usr/bin/python3.11 4 x\n")
+    build.write_app_trust(tmp_path)
+    trust = tmp_path / "etc/fapolicyd/trust.d"
+    base = (trust / "shiftdesk-base.trust").read_text().splitlines()
+    assert [line.split()[0] for line in base] == ["/usr/bin/ls", "/usr/bin/tint2"]
+    assert base[1].split()[1:] == ["12", hashlib.sha256(b"tint2 itself").hexdigest()]
+    assert (trust / "shiftdesk-apps.trust").read_text().split()[0] == "/usr/lib/firefox-esr/firefox-esr"
+    catalogue = json.loads((tmp_path / "usr/share/shiftdesk/apps.json").read_text())
+    elf = hashlib.sha256(b"\x7fELF").hexdigest()
+    assert catalogue["galculator"]["trust"] == [f"/usr/bin/galculator 4 {elf}"]
+    assert sorted(p.name for p in trust.iterdir()) == ["shiftdesk-apps.trust", "shiftdesk-base.trust"]
+    assert not (tmp_path / "etc/fapolicyd/rules.d/90-deny-execute.rules").exists()

@@ -168,7 +168,8 @@ class LibvirtHypervisor:
         if self.readiness == "running":
             return True
         if tag.readiness == Readiness.CHANNEL:
-            return self._channel_ready(name, dom, apps=self.enforce_apps and tag.role == "desktop")
+            return self._channel_ready(name, dom, template=tag.role != "desktop",
+                                       apps=self.enforce_apps and tag.role == "desktop")
         if tag.template:
             return True
         try:
@@ -177,7 +178,7 @@ class LibvirtHypervisor:
             return False
         return f"{READY_MARKER}{name} " in text or text.rstrip().endswith(f"{READY_MARKER}{name}")
 
-    def _channel_ready(self, name: str, dom: libvirt.virDomain, *, apps: bool) -> bool:
+    def _channel_ready(self, name: str, dom: libvirt.virDomain, *, template: bool, apps: bool) -> bool:
         state = self.links.ensure(name, self.channel_socket(name))
         if not state.connected or state.quarantined:
             return False
@@ -185,7 +186,8 @@ class LibvirtHypervisor:
             secret = self.join_file(name)
             self.links.send_identity(name, hostname=name.replace(".", "-"),  # a template's name has a dot
                                      machine_id=dom.UUIDString().replace("-", ""),
-                                     join_secret=secret.read_text() if secret.exists() else "")
+                                     join_secret=secret.read_text() if secret.exists() else "",
+                                     template=template)
             return False
         return state.ready and (not apps or (state.apps_sent is not None and state.apps_current))
 

@@ -155,12 +155,17 @@ class GuestLinks:
             return f"apps revision {sent} not applied within {APPLY_S:.0f} s"
         return None
 
-    def send_identity(self, name: str, *, hostname: str, machine_id: str, join_secret: str = "") -> bool:
-        """Tell NAME who it is now (fresh seed and clock). True once written to the channel."""
+    def send_identity(self, name: str, *, hostname: str, machine_id: str, join_secret: str = "",
+                      template: bool = False) -> bool:
+        """Tell NAME who it is now (fresh seed and clock). True once written to the channel.
+
+        A TEMPLATE is sent no key (32 zero bytes, which the guest agent does not pin): each clone
+        pins the key of the control plane that restores it, so a new signing key needs new
+        clones, not new templates."""
         nonce = secrets.token_hex(32)
         frame = ch.encode("identity", ch.Side.HOST, nonce=nonce, hostname=hostname, machine_id=machine_id,
                           rng_seed=secrets.token_bytes(64), time_ns=time.time_ns(), join_secret=join_secret,
-                          policy_key=self.policy_key)
+                          policy_key=bytes(32) if template else self.policy_key)
         with self._lock:
             link = self._links.get(name)
             if link is None:

@@ -184,6 +184,13 @@ def test_the_identity_carries_the_key_that_signs_app_allowlists(qemu, tmp_path):
     assert qemu.read_message()["policy_key"] == b"k" * 32
 
 
+def test_a_template_is_sent_no_key_so_its_clones_pin_their_own(qemu, tmp_path):
+    links = GuestLinks(policy_key=b"k" * 32)
+    links.ensure("t", tmp_path / "d.chan")
+    links.send_identity("t", hostname="sd-main-tpl-i1-m1024-c2", machine_id="c" * 32, template=True)
+    assert qemu.read_message()["policy_key"] == bytes(32)
+
+
 def test_an_allowlist_goes_only_to_a_confirmed_guest_and_counts_once_applied(qemu, tmp_path):
     links = GuestLinks()
     links.ensure("d", tmp_path / "d.chan")
