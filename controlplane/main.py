@@ -23,7 +23,7 @@ from controlplane.domain.ports import Directory, HostNetwork, Hypervisor
 from controlplane.domain.roster import ProvisioningRate
 from controlplane.drivers.clock import SystemClock
 from controlplane.drivers.image_builder import ScriptImageBuilder
-from controlplane.services import apps, hosts
+from controlplane.services import apps, hosts, telemetry
 from controlplane.services.context import AuthConfig, Context
 from controlplane.services.reconciler import Reconciler
 from controlplane.services.tokens import load_or_create_key
@@ -100,6 +100,10 @@ def make_resolver(ctx: Context, settings: Settings) -> Any:
     return ResolverService(ctx, resolver, net.host, proxy=ProxyFiles(proxy.allowlists_file, proxy.refusals_file))
 
 
+def measured(directory: Directory | None) -> Directory | None:
+    return telemetry.MeasuredDirectory(directory) if directory is not None else None
+
+
 def build_context(settings: Settings, hypervisor: Hypervisor | None = None,
                   directory: Directory | None = None) -> Context:
     _private_dir(settings.data_dir)
@@ -122,7 +126,7 @@ def build_context(settings: Settings, hypervisor: Hypervisor | None = None,
         limits=Limits(boot_timeout=timedelta(seconds=rc.boot_timeout_s), failure_budget=rc.failure_budget,
                       template_wait=timedelta(seconds=rc.template_wait_s)),
         parallelism=rc.parallelism,
-        directory=directory or make_directory(settings),
+        directory=directory or measured(make_directory(settings)),
         auth=AuthConfig(key=load_or_create_key(settings.auth.key_file or settings.data_dir / "token.key"),
                         ttl_s=settings.auth.token_ttl_s, admin_group=settings.auth.admin_group.lower()),
         ticket_ttl_s=settings.gateway.ticket_ttl_s,

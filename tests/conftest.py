@@ -82,16 +82,21 @@ def pg_database(postgres) -> Iterator[str]:
     postgres.drop_database(name)
 
 
+def database_for(request: pytest.FixtureRequest) -> dict[str, str]:
+    """Settings.db for this test: {} (SQLite in DATA_DIR), or with SHIFTDESK_TEST_DB=postgresql a
+    database of its own, the application connecting as its restricted role."""
+    if DATABASE != "postgresql":
+        return {}
+    from tests.postgres import APP, OWNER  # noqa: PLC0415
+
+    cluster, name = request.getfixturevalue("postgres"), request.getfixturevalue("pg_database")
+    return {"url": cluster.url(name, APP), "migrate_url": cluster.url(name, OWNER)}
+
+
 @pytest.fixture
 def settings(tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
-    db = {}
-    if DATABASE == "postgresql":
-        from tests.postgres import APP, OWNER  # noqa: PLC0415
-
-        cluster, name = request.getfixturevalue("postgres"), request.getfixturevalue("pg_database")
-        db = {"url": cluster.url(name, APP), "migrate_url": cluster.url(name, OWNER)}
     return Settings(data_dir=tmp_path / "data", instance="unit", libvirt={"uri": "fake://"},
-                    auth={"admin_group": ADMINS}, db=db)
+                    auth={"admin_group": ADMINS}, db=database_for(request))
 
 
 @pytest.fixture

@@ -8,10 +8,13 @@ from contextlib import asynccontextmanager
 from typing import Protocol
 
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from controlplane.api import errors, portal
 from controlplane.api.routes import audit, auth, desktops, images, me, policies, pools, schedules
 from controlplane.config import Settings
+from controlplane.services import health, telemetry
 from controlplane.services.context import Context
 from controlplane.services.reconciler import Reconciler
 
@@ -33,6 +36,7 @@ def build_app(ctx: Context, settings: Settings, reconciler: Reconciler | None,
             thread = threading.Thread(target=reconciler.run, args=(stop,), name="reconciler", daemon=True,
                                       kwargs={"period": rc.period_s, "busy_period": rc.busy_period_s})
             thread.start()
+            app.state.reconciler_thread = thread
         for service in background:
             service.start()
         yield
@@ -58,6 +62,24 @@ def build_app(ctx: Context, settings: Settings, reconciler: Reconciler | None,
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
+        """The process answers (liveness)."""
         return {"status": "ok"}
 
+    @app.get("/readyz", tags=["health"], responses={503: {"description": "not ready, with the reasons"}})
+    def readyz() -> JSONResponse:
+        """Ready for traffic: the database answers and the reconciler (if this process runs one) is alive."""
+        problems = health.problems(ctx, reconciler_alive=None if reconciler is None else _alive(app))
+        return JSONResponse({"status": "ok" if not problems else "unavailable", "problems": problems},
+                            status_code=503 if problems else 200)
+
+    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
+    def metrics() -> Response:
+        """Prometheus text format (services/telemetry.py)."""
+        return Response(telemetry.exposition(ctx), media_type=CONTENT_TYPE_LATEST)
+
     return app
+
+
+def _alive(app: FastAPI) -> bool:
+    thread = getattr(app.state, "reconciler_thread", None)
+    return thread is not None and thread.is_alive()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlmodel import Session, select
+from sqlmodel import Session, func, select
 
 from controlplane.db.models import AuditEvent
 
@@ -24,3 +24,8 @@ def list_recent(*, session: Session, limit: int = 100, action: str | None = None
     if target is not None:
         query = query.where(AuditEvent.target == target)
     return list(session.exec(query))
+
+
+def total(*, session: Session) -> int:
+    """How many events were ever written (ids only grow; nothing is ever deleted)."""
+    return session.execute(select(func.max(AuditEvent.id))).scalar_one() or 0

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from ipaddress import IPv4Address
 
-from sqlalchemy import update
+from sqlalchemy import func, update
 from sqlmodel import Session, col, select
 
-from controlplane.db.models import Desktop, Pool
+from controlplane.db.models import Desktop, Host, Pool
 from controlplane.domain.desktop import DesktopState, check_transition
 from controlplane.domain.network import DesktopNetwork, allocate
 from controlplane.errors import NotFound
@@ -122,3 +122,12 @@ def addresses(*, session: Session, host_id: int) -> dict[str, IPv4Address]:
     rows = session.exec(select(Desktop.name, Desktop.ipv4).where(Desktop.host_id == host_id,
                                                                col(Desktop.ipv4).is_not(None)))
     return {name: IPv4Address(ipv4) for name, ipv4 in rows if ipv4 is not None}
+
+
+def count_by_place(*, session: Session) -> list[tuple[str, str, str, int]]:
+    """(pool, host, state, how many) for every combination that has desktops."""
+    rows = session.execute(
+        select(Pool.name, Host.name, Desktop.state, func.count())  # type: ignore[call-overload]
+        .join(Pool, col(Pool.id) == col(Desktop.pool_id)).join(Host, col(Host.id) == col(Desktop.host_id))
+        .group_by(Pool.name, Host.name, Desktop.state))
+    return [(pool, host, str(getattr(state, "value", state)), n) for pool, host, state, n in rows]

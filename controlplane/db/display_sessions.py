@@ -41,3 +41,8 @@ def remove_stale(*, session: Session, before: datetime) -> int:
 
 def list_all(*, session: Session) -> list[DisplaySession]:
     return list(session.execute(select(DisplaySession).order_by(col(DisplaySession.id))).scalars())
+
+
+def count_all_fresh(*, session: Session, since: datetime) -> int:
+    """Live display sessions on any desktop (heartbeat at or after SINCE)."""
+    return session.execute(select(func.count()).where(col(DisplaySession.seen_at) >= since)).scalar_one()

@@ -20,7 +20,7 @@ from controlplane.db.engine import session_scope
 from controlplane.db.models import ConnectTicket, Desktop, Pool
 from controlplane.domain.desktop import DesktopState
 from controlplane.errors import ExpectedError, Forbidden, TemporaryError
-from controlplane.services import identity, sessions
+from controlplane.services import identity, sessions, telemetry
 from controlplane.services.context import Context
 from controlplane.services.tokens import Claims
 
@@ -55,6 +55,7 @@ def digest(ticket: str) -> str:
     return hashlib.sha256(ticket.encode()).hexdigest()
 
 
+@telemetry.CONNECT.time()
 def connect(ctx: Context, user: Claims, pool_name: str) -> Connection:
     """Claim (or find again) the agent's desktop and issue a ticket, in one transaction with the
     disconnect grace: a crash at any point leaves either nothing or an assignment that expires."""

@@ -28,7 +28,7 @@ from controlplane.db.engine import session_scope
 from controlplane.domain.planning import Action, DesktopView, Plan, PoolView, backoff, plan
 from controlplane.domain.templates import TemplateAction
 from controlplane.errors import PermanentError, TemporaryError
-from controlplane.services import apps, network, provisioning, templates
+from controlplane.services import apps, network, provisioning, telemetry, templates
 from controlplane.services.context import Context
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ class Reconciler:
         return plan(pool_views, desktop_views, hv.list_desktops(), hv.list_overlays(),
                     self.ctx.clock.now(), self.ctx.limits, computers)
 
+    @telemetry.RECONCILE_PASS.time()
     def pass_once(self) -> Plan:
         """Observe, plan and perform every step (templates first: clones wait for them). Returns
         the plan it carried out."""

@@ -20,7 +20,7 @@ from controlplane.domain.planning import QUARANTINE
 from controlplane.domain.rfb.stream import Event
 from controlplane.domain.session import NEEDS_SIGN_IN, EndReason
 from controlplane.errors import TemporaryError
-from controlplane.services import identity, policies
+from controlplane.services import identity, policies, telemetry
 from controlplane.services.context import Context
 
 
@@ -135,6 +135,8 @@ def close_display(ctx: Context, display: Display, *, desktop: str, reason: str, 
     """The session ended: audit it (with what the filter dropped, one row per kind) and, if no other
     session is live on the desktop, start the disconnect grace. One transaction, so a second tab
     or a half-open socket ending never recycles a desktop someone is working in."""
+    telemetry.GATEWAY_BYTES.labels("from_browser").inc(bytes_in)
+    telemetry.GATEWAY_BYTES.labels("to_browser").inc(bytes_out)
     now = ctx.clock.now()
     with session_scope(ctx.engine) as session:
         display_sessions.remove(session=session, display_id=display.id)  # first: takes SQLite's write lock

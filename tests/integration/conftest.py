@@ -16,6 +16,7 @@ from controlplane.config import Settings
 from controlplane.drivers.ldap.directory import LdapDirectory
 from controlplane.main import build_context
 from controlplane.services import images
+from tests.conftest import database_for
 from tests.integration.samba import SambaDC
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,7 +34,9 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture
-def real_settings() -> Iterator[Settings]:
+def real_settings(request: pytest.FixtureRequest) -> Iterator[Settings]:
+    """Settings for a real installation; its database is PostgreSQL when the run asks for it
+    (SHIFTDESK_TEST_DB=postgresql, tests/conftest.py), else SQLite in DATA_DIR."""
     if not libvirt_available():
         pytest.fail("qemu:///system is not reachable: run scripts/setup-host.sh (make test does)")
     # QEMU runs as libvirt-qemu: it must be able to search the path to DATA_DIR, and pytest's own
@@ -43,7 +46,7 @@ def real_settings() -> Iterator[Settings]:
     yield Settings(data_dir=parent / "data", instance=f"it{secrets.token_hex(3)}",
                    images_dir=ROOT / "images", cache_dir=ROOT / ".cache",
                    libvirt={"uri": "qemu:///system"},
-                   reconciler={"boot_timeout_s": 600, "parallelism": 4})
+                   reconciler={"boot_timeout_s": 600, "parallelism": 4}, db=database_for(request))
     shutil.rmtree(parent, ignore_errors=True)
 
 
