@@ -93,6 +93,12 @@ def database_for(request: pytest.FixtureRequest) -> dict[str, str]:
     return {"url": cluster.url(name, APP), "migrate_url": cluster.url(name, OWNER)}
 
 
+def database_env(settings: Settings) -> dict[str, str]:
+    """The environment that gives a `shiftdesk` process (CLI, subprocess) SETTINGS' database."""
+    urls = {"SHIFTDESK_DB__URL": settings.db.url, "SHIFTDESK_DB__MIGRATE_URL": settings.db.migrate_url}
+    return {key: value for key, value in urls.items() if value}
+
+
 @pytest.fixture
 def settings(tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
     return Settings(data_dir=tmp_path / "data", instance="unit", libvirt={"uri": "fake://"},

@@ -8,6 +8,7 @@ import sys
 
 from controlplane.services import desktops, pools
 from controlplane.services.context import CRASH_ENV
+from tests.conftest import database_env
 from tests.integration.conftest import tagged_domains
 
 
@@ -16,6 +17,7 @@ def reconcile(settings, crash_at: str | None = None) -> int:
                SHIFTDESK_LIBVIRT__URI="qemu:///system", SHIFTDESK_IMAGES_DIR=str(settings.images_dir),
                SHIFTDESK_CACHE_DIR=str(settings.cache_dir))
     env.pop(CRASH_ENV, None)
+    env.update(database_env(settings))  # PostgreSQL in a SHIFTDESK_TEST_DB=postgresql run
     if crash_at:
         env[CRASH_ENV] = crash_at
     done = subprocess.run([sys.executable, "-m", "controlplane.cli", "reconcile", "--timeout", "180"],

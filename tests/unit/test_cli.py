@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from controlplane.cli import app
+from tests.conftest import database_env
 
 
 @pytest.fixture
@@ -22,9 +23,8 @@ def env(settings, image, monkeypatch):
     monkeypatch.setenv("SHIFTDESK_DATA_DIR", str(settings.data_dir))
     monkeypatch.setenv("SHIFTDESK_INSTANCE", settings.instance)
     monkeypatch.setenv("SHIFTDESK_LIBVIRT__URI", "fake://")
-    for key, value in (("URL", settings.db.url), ("MIGRATE_URL", settings.db.migrate_url)):
-        if value:  # this run's database is PostgreSQL
-            monkeypatch.setenv(f"SHIFTDESK_DB__{key}", value)
+    for key, value in database_env(settings).items():  # PostgreSQL in a SHIFTDESK_TEST_DB=postgresql run
+        monkeypatch.setenv(key, value)
     return settings
 
 

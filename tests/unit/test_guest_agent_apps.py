@@ -93,3 +93,41 @@ def test_the_agent_reads_the_path_of_a_fapolicyd_denial_and_nothing_else(agent):
     assert agent.denied_path(allowed) is None
     assert agent.denied_path("Updated\n") is None
     assert agent.denied_path(deny.replace("galculator", "calc\x1b[2J")) is None  # not printable
+
+
+class Sent:
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, dict]] = []
+
+    def send(self, kind: str, **fields) -> None:
+        self.messages.append((kind, fields))
+
+
+def test_a_list_written_while_the_last_apply_finishes_is_written_again_until_answered(agent, tmp_path, monkeypatch):
+    """systemd drops a path event that comes while shiftdesk-apps.service is still active: the
+    first write goes unseen here, and a late answer about another revision is not ours."""
+    monkeypatch.setattr(agent, "APPS_DIR", tmp_path)
+    monkeypatch.setattr(agent, "RETRIGGER_S", 0.3)
+    (tmp_path / "result").write_text("applied 2\n")  # the previous apply's answer
+    signed = sign(KEY, AppPolicy.of(NAME, 3, {"mousepad"}))
+    seen: list[int] = []
+
+    def systemd() -> None:  # starts apply-apps on the second write only
+        last = None
+        while len(seen) < 2:
+            try:
+                stamp = (tmp_path / "policy.json").stat().st_mtime_ns, (tmp_path / "policy.json").stat().st_ino
+            except FileNotFoundError:
+                continue
+            if stamp != last:
+                last = stamp
+                seen.append(json.loads((tmp_path / "policy.json").read_text())["doc"] == signed.document)
+        (tmp_path / "result").write_text("applied 3\n")
+
+    import threading  # noqa: PLC0415
+
+    threading.Thread(target=systemd, daemon=True).start()
+    link = Sent()
+    agent.hand_over(link, {"doc": signed.document, "sig": signed.signature}, 3)
+    assert link.messages == [("apps_applied", {"revision": 3})]
+    assert len(seen) == 2 and all(seen)
