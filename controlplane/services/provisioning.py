@@ -25,7 +25,7 @@ from controlplane.domain.network import AddressPoolExhausted
 from controlplane.domain.policy import Policy
 from controlplane.domain.ports import CloneMode, DesktopSpec, Readiness
 from controlplane.errors import PermanentError, TemporaryError
-from controlplane.services import network, policies, templates
+from controlplane.services import network, policies, telemetry, templates
 from controlplane.services.context import Context
 
 S = DesktopState
@@ -163,6 +163,7 @@ def mark_ready(ctx: Context, a: p.MarkReady) -> None:
         desktops.set_state(session=session, desktop=row, state=S.READY, now=now)
         audit.append(session=session, actor=ACTOR, action="desktop.ready", target=row.name, boot_s=boot_s)
         name = row.name
+    telemetry.PROVISIONING.observe(boot_s)
     ctx.hypervisor.discard_join_secret(name)  # the guest has it (read before it signalled ready)
 
 

@@ -25,6 +25,7 @@ from controlplane.domain.roster import ProvisioningRate, Roster, desired_size, h
 from controlplane.domain.roster_load import parse, to_roster
 from controlplane.domain.safe_yaml import DocumentsInvalid
 from controlplane.errors import Conflict, InvalidInput, NotFound
+from controlplane.services import telemetry
 from controlplane.services.context import Context
 
 SCHEDULER_LEASE = "scheduler"
@@ -191,6 +192,7 @@ def evaluate(ctx: Context) -> dict[str, tuple[int, int]]:
                 audit.append(session=session, actor="scheduler", action="pool.autoscale", target=pool.name,
                              before=before, after=plan.want, live=len(in_use), headcount=plan.headcount)
                 changes[pool.name] = (before, plan.want)
+                telemetry.SCALING.labels("grow" if plan.want > before else "shrink").inc()
     return changes
 
 

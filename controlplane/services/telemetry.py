@@ -1,9 +1,10 @@
 """What the control plane measures, for Prometheus (GET /metrics, prometheus-client).
 
 Two kinds of numbers:
-- events measured where they happen, in this process: reconciler pass duration, connect latency
-  (sign-in to ticket), gateway bytes (counted when a display session ends), directory (LDAP)
-  latency and errors;
+- events measured where they happen, in this process: reconciler pass duration, provisioning
+  latency (to ready), connect latency (entitlement to ticket), the shift scheduler's size
+  changes, gateway bytes (counted when a display session ends), directory (LDAP) latency and
+  errors;
 - state read from the database at each scrape (StateCollector): desktops by pool, host and state,
   live display sessions, audit events written. Every replica reports the same state; dashboards
   take one replica's (or max) for those.
@@ -34,6 +35,9 @@ RECONCILE_PASS = Histogram("shiftdesk_reconcile_pass_seconds", "One reconciler p
                            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
 CONNECT = Histogram("shiftdesk_connect_seconds", "An agent's connect: entitlement, claim and ticket",
                     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+PROVISIONING = Histogram("shiftdesk_provisioning_seconds", "A desktop's way to ready: boot, or instant-clone restore",
+                         buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600))
+SCALING = Counter("shiftdesk_scheduler_decisions", "Pool sizes the shift scheduler changed", ["direction"])
 GATEWAY_BYTES = Counter("shiftdesk_gateway_bytes", "Bytes relayed by the gateway, counted as sessions end",
                         ["direction"])
 DIRECTORY = Histogram("shiftdesk_directory_seconds", "Directory (LDAP) calls", ["operation"],

@@ -44,6 +44,7 @@ def test_metrics_show_desktops_by_pool_host_and_state_and_what_happened(client, 
     assert now[("shiftdesk_desktops", (("host", host), ("pool", "sales"), ("state", "ready")))] == 1
     assert now[("shiftdesk_connect_seconds_count", ())] == before.get(("shiftdesk_connect_seconds_count", ()), 0) + 1
     assert now[("shiftdesk_reconcile_pass_seconds_count", ())] > before[("shiftdesk_reconcile_pass_seconds_count", ())]
+    assert now[("shiftdesk_provisioning_seconds_count", ())] == before[("shiftdesk_provisioning_seconds_count", ())] + 2
     assert now[("shiftdesk_audit_events_total", ())] > before[("shiftdesk_audit_events_total", ())]
     assert now[("shiftdesk_live_sessions", ())] == 0
     assert "alice" not in response.text

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import inspect
 
 from controlplane.domain.desktop import DesktopState as S
@@ -73,17 +74,23 @@ def test_apply_needs_known_pools_and_changes_nothing_otherwise(ctx, sales):
     assert scaling.apply(ctx, {"a.yaml": SMALL}, actor="t") == []  # unchanged
 
 
+def decisions(direction: str) -> float:
+    return REGISTRY.get_sample_value("shiftdesk_scheduler_decisions_total", {"direction": direction}) or 0.0
+
+
 def test_evaluate_prewarms_then_scales_down(ctx, clock, sales):
     scaling.apply(ctx, {"a.yaml": SMALL}, actor="t")
     clock.t = datetime(2026, 11, 24, 7, 50, tzinfo=UTC)  # 15 min before the shift, lead is 10
     scaling.evaluate(ctx)
     assert pools.get(ctx, "sales").target_size == 1  # min
     clock.t = datetime(2026, 11, 24, 7, 55, tzinfo=UTC)  # lead reached
+    grown, shrunk = (decisions(d) for d in ("grow", "shrink"))
     assert scaling.evaluate(ctx) == {"sales": (1, 4)}  # 3 + buffer 1
     settle(ctx)
     assert len(desktops.list_all(ctx, "sales")) == 4
     clock.t = datetime(2026, 11, 24, 8, 31, tzinfo=UTC)
     assert scaling.evaluate(ctx) == {"sales": (4, 1)}
+    assert [decisions(d) for d in ("grow", "shrink")] == [grown + 1, shrunk + 1]  # /metrics counts them
 
 
 def test_reactive_top_up_when_more_agents_arrive(ctx, clock, sales):
