@@ -75,7 +75,7 @@ def build_app(ctx: Context, settings: Settings, reconciler: Reconciler | None,
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
     def metrics() -> Response:
         """Prometheus text format (services/telemetry.py)."""
-        return Response(telemetry.exposition(ctx), media_type=CONTENT_TYPE_LATEST)
+        return Response(telemetry.exposition(ctx, settings.gateway.watchdog_period_s), media_type=CONTENT_TYPE_LATEST)
 
     return app
 

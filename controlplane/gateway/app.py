@@ -23,7 +23,7 @@ from controlplane.domain.rfb.stream import FilterClosed
 from controlplane.domain.session import NEEDS_SIGN_IN, EndReason
 from controlplane.errors import ExpectedError
 from controlplane.gateway.relay import Disconnected, Outcome, Pace, Watchdog, relay
-from controlplane.services import broker, identity, sessions
+from controlplane.services import broker, identity, sessions, telemetry
 from controlplane.services.context import Context
 from controlplane.services.identity import SESSION_COOKIE
 from controlplane.services.tokens import Claims
@@ -157,6 +157,8 @@ async def _serve(ws: WebSocket, ctx: Context, settings: GatewaySettings, live: L
     finally:
         if task is not None:
             live.tasks.discard(task)
+        telemetry.GATEWAY_BYTES.labels("from_browser").inc(outcome.bytes_from_browser)
+        telemetry.GATEWAY_BYTES.labels("to_browser").inc(outcome.bytes_to_browser)
         # off the event loop, and finished even when this task is being cancelled (a shutdown)
         closing = asyncio.get_running_loop().run_in_executor(None, functools.partial(  # a thread runs to its end
             sessions.close_display, ctx, display, desktop=target.desktop, reason=outcome.reason,

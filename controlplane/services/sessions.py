@@ -20,7 +20,7 @@ from controlplane.domain.planning import QUARANTINE
 from controlplane.domain.rfb.stream import Event
 from controlplane.domain.session import NEEDS_SIGN_IN, EndReason
 from controlplane.errors import TemporaryError
-from controlplane.services import identity, policies, telemetry
+from controlplane.services import identity, policies
 from controlplane.services.context import Context
 
 
@@ -66,6 +66,13 @@ def _lease(limits: Limits, period_s: float) -> timedelta:
     that dies mid-session gives the agent the same grace as a dropped connection, and at least a
     minute, so late heartbeats (a busy host) never let the reconciler take a live desktop."""
     return timedelta(seconds=max(limits.grace_s, LEASE_FLOOR_S)) + _stale_after(period_s)
+
+
+def live_count(ctx: Context, period_s: float) -> int:
+    """Display sessions live now on any desktop, by the rule that holds desktops: a heartbeat
+    within three of their gateway's periods."""
+    with session_scope(ctx.engine) as session:
+        return display_sessions.count_all_fresh(session=session, since=ctx.clock.now() - _stale_after(period_s))
 
 
 def open_display(ctx: Context, *, desktop_id: int, user: str, jti: str, source: str, gateway: str,
@@ -135,8 +142,6 @@ def close_display(ctx: Context, display: Display, *, desktop: str, reason: str, 
     """The session ended: audit it (with what the filter dropped, one row per kind) and, if no other
     session is live on the desktop, start the disconnect grace. One transaction, so a second tab
     or a half-open socket ending never recycles a desktop someone is working in."""
-    telemetry.GATEWAY_BYTES.labels("from_browser").inc(bytes_in)
-    telemetry.GATEWAY_BYTES.labels("to_browser").inc(bytes_out)
     now = ctx.clock.now()
     with session_scope(ctx.engine) as session:
         display_sessions.remove(session=session, display_id=display.id)  # first: takes SQLite's write lock

@@ -16,17 +16,17 @@ directions and operations.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from datetime import timedelta
 from typing import TypeVar
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from controlplane.db import audit, desktops, display_sessions
+from controlplane.db import audit, desktops
 from controlplane.db.engine import session_scope
 from controlplane.domain.ports import Directory, Identity
 from controlplane.errors import AuthFailed
+from controlplane.services import sessions
 from controlplane.services.context import Context
 
 T = TypeVar("T")
@@ -43,35 +43,34 @@ GATEWAY_BYTES = Counter("shiftdesk_gateway_bytes", "Bytes relayed by the gateway
 DIRECTORY = Histogram("shiftdesk_directory_seconds", "Directory (LDAP) calls", ["operation"],
                       buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
 DIRECTORY_ERRORS = Counter("shiftdesk_directory_errors", "Directory (LDAP) calls that failed", ["operation"])
-LIVE_AFTER = timedelta(seconds=30)  # a display session whose gateway sent no heartbeat since is not counted
 
 
 class StateCollector(Collector):
     """Reads the database at scrape time: what is, not what happened."""
 
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
+    def __init__(self, ctx: Context, watchdog_period_s: float) -> None:
+        self.ctx, self.period_s = ctx, watchdog_period_s
 
     def collect(self) -> Iterator[Metric]:
-        now = self.ctx.clock.now()
         with session_scope(self.ctx.engine) as session:
             placed = desktops.count_by_place(session=session)
-            live = display_sessions.count_all_fresh(session=session, since=now - LIVE_AFTER)
             written = audit.total(session=session)
+        live = sessions.live_count(self.ctx, self.period_s)
         by_place = GaugeMetricFamily("shiftdesk_desktops", "Desktops by pool, host and state",
                                      labels=["pool", "host", "state"])
         for pool, host, state, n in placed:
             by_place.add_metric([pool, host, state], n)
         yield by_place
-        yield GaugeMetricFamily("shiftdesk_live_sessions", "Open display sessions (heartbeat in the last 30 s)",
+        yield GaugeMetricFamily("shiftdesk_live_sessions", "Open display sessions (as the reconciler counts them)",
                                 value=live)
         yield CounterMetricFamily("shiftdesk_audit_events", "Audit events written (all time)", value=written)
 
 
-def exposition(ctx: Context) -> bytes:
-    """The Prometheus text format: this process's measurements, then the database's state."""
+def exposition(ctx: Context, watchdog_period_s: float) -> bytes:
+    """The Prometheus text format: this process's measurements, then the database's state
+    (WATCHDOG_PERIOD_S: how often gateways send a live session's heartbeat)."""
     state = CollectorRegistry(auto_describe=False)
-    state.register(StateCollector(ctx))
+    state.register(StateCollector(ctx, watchdog_period_s))
     return generate_latest(REGISTRY) + generate_latest(state)
 
 

@@ -168,8 +168,8 @@ class LibvirtHypervisor:
         if self.readiness == "running":
             return True
         if tag.readiness == Readiness.CHANNEL:
-            return self._channel_ready(name, dom, template=tag.role != "desktop",
-                                       apps=self.enforce_apps and tag.role == "desktop")
+            desktop = tag.role == "desktop"
+            return self._channel_ready(name, dom, template=not desktop, apps=self.enforce_apps and desktop)
         if tag.template:
             return True
         try:

@@ -30,7 +30,7 @@ READ_CHUNK = 4096
 
 
 SILENCE_S = 60.0  # a confirmed guest's agent heartbeats every 5 s: a minute of silence is not a hiccup
-APPLY_S = 120.0  # to apply an app allowlist (a root helper's start and the guard's reload, under TCG)
+APPLY_S = 120.0  # to apply an app allowlist (apply-apps' start and fapolicyd's reload, under TCG)
 DENIED_PATHS = 64  # distinct denied paths a guest may report between two drains; the rest count as one
 OTHER_PATHS = "(other paths)"
 
