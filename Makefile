@@ -6,7 +6,6 @@ BIN := $(VENV)/bin
 export SHIFTDESK_IMAGES_DIR ?= $(CURDIR)/images
 export SHIFTDESK_CACHE_DIR ?= $(CURDIR)/.cache
 RUN_DATA ?= $(CURDIR)/.cache/run-data
-DEMO_SIZE ?= 2
 
 .PHONY: run test setup host venv portal lint unit integration e2e bench clean
 
@@ -33,7 +32,7 @@ agents/node_modules/.installed: agents/package.json agents/package-lock.json
 portal: agents/node_modules/.installed
 
 run: setup
-	SHIFTDESK_DATA_DIR=$(RUN_DATA) SHIFTDESK_INSTANCE=demo bash scripts/demo.sh $(DEMO_SIZE)
+	SHIFTDESK_DATA_DIR=$(RUN_DATA) SHIFTDESK_INSTANCE=demo bash scripts/demo.sh
 
 lint: venv
 	$(BIN)/ruff check controlplane tests bench images

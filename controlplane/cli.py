@@ -26,8 +26,16 @@ from rich.table import Table
 from controlplane.config import Settings
 from controlplane.domain.policy_load import MAX_FILE_BYTES
 from controlplane.errors import ExpectedError, InvalidInput, ShiftDeskError
-from controlplane.main import build_context, build_reconciler, build_server, create_app, tls_files
-from controlplane.services import desktops, identity, images, policies, pools, scaling, selftest
+from controlplane.main import (
+    build_context,
+    build_reconciler,
+    build_server,
+    create_app,
+    open_demo_directory,
+    stop_demo_directory,
+    tls_files,
+)
+from controlplane.services import demo, desktops, identity, images, policies, pools, scaling, selftest
 from controlplane.services.context import Context
 from controlplane.services.views import desktop_view, image_view
 
@@ -42,12 +50,16 @@ policy_app = typer.Typer(help="Desktop policies as code (policies/*.yaml).", no_
 app.add_typer(policy_app, name="policy")
 schedule_app = typer.Typer(help="Shift rosters that size pools (policies/rosters/*.yaml).", no_args_is_help=True)
 app.add_typer(schedule_app, name="schedule")
+demo_app = typer.Typer(help="The demo installation of `make run`.", no_args_is_help=True)
+app.add_typer(demo_app, name="demo")
 
 out = Console()
 err = Console(stderr=True)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")]
 WaitOpt = Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until the pool has converged")]
 TimeoutOpt = Annotated[float, typer.Option(help="Seconds to wait at most")]
+GroupOpt = Annotated[list[str] | None, typer.Option(
+    "--group", help="AD group entitled to the pool, by full DN or SID (repeat for more)")]
 ACTOR = f"cli:{getpass.getuser()}"  # the host account that ran the command, for the audit log
 T = TypeVar("T")
 
@@ -203,13 +215,14 @@ def pool_create(
     vcpus: Annotated[int, typer.Option(help="vCPUs per desktop")] = 1,
     clone: Annotated[str, typer.Option(help="instant: restore from a saved template; cold: boot each")] = "instant",
     memory_sharing: Annotated[bool, typer.Option(help="let the host merge identical pages (KSM)")] = True,
+    group: GroupOpt = None,
     wait: WaitOpt = True,
     timeout: TimeoutOpt = 600.0,
 ) -> None:
     """Create pool NAME of SIZE desktops cloned from IMAGE."""
     with context() as (ctx, settings):
         pools.create(ctx, name=name, image=image, size=size, min_size=min_size, max_size=max(max_size, size),
-                     memory_mib=memory_mib, vcpus=vcpus, clone=clone,
+                     memory_mib=memory_mib, vcpus=vcpus, clone=clone, groups=group or [],
                      memory_sharing=memory_sharing, actor=ACTOR)
         if wait:
             converge(ctx, settings, name, timeout)
@@ -229,12 +242,14 @@ def pool_set(
     name: str,
     image: Annotated[str | None, typer.Option(help="Image (name or name:version) for new desktops")] = None,
     clone: Annotated[str | None, typer.Option(help="instant or cold, for desktops made from now on")] = None,
+    group: GroupOpt = None,
 ) -> None:
-    """Change what pool NAME makes new desktops from (existing desktops keep theirs until rebuilt)."""
+    """Change what pool NAME makes new desktops from (existing desktops keep theirs until rebuilt),
+    or which AD groups it serves (--group replaces them all)."""
     with context() as (ctx, _):
-        pools.update(ctx, name, size=None, min_size=None, max_size=None, groups=None, clone=clone, image=image,
+        pools.update(ctx, name, size=None, min_size=None, max_size=None, groups=group, clone=clone, image=image,
                      actor=ACTOR)
-        emit(pools.views(ctx, name), False, ["name", "image", "clone", "size", "desktops"])
+        emit(pools.views(ctx, name), False, ["name", "image", "clone", "size", "groups", "desktops"])
 
 
 @pool_app.command("ls")
@@ -473,6 +488,55 @@ def schedule_plan(
             for p in points:
                 table.add_row(p.at.strftime("%a %Y-%m-%d %H:%M"), str(p.headcount), str(p.desired))
             out.print(table)
+
+
+# --- demo ----------------------------------------------------------------------------------------
+
+
+@demo_app.command("up")
+def demo_up(
+    image: Annotated[str, typer.Option(help="Image of the demo pools")] = "busybox-desktop",
+    policy_files: Annotated[Path, typer.Option("--policies", help="Policies to apply")] = Path("policies"),
+    roster_files: Annotated[Path, typer.Option("--rosters", help="Rosters of the demo pools")] =
+        Path("scripts/demo-rosters"),
+) -> None:
+    """Start `make run`'s demo AD (a Samba DC on loopback, provisioned on first use), fill it, and
+    apply the example policies, the demo pools and their rosters (what exists is kept).
+
+    Prints the sign-ins when it generates them (once; they stay in DATA_DIR/demo/sign-ins.json,
+    0600) and writes DATA_DIR/demo/ldap.env, the SHIFTDESK_* settings that select the demo AD."""
+    state = Settings().data_dir / "demo"
+    try:
+        admin = open_demo_directory(Settings())
+        try:
+            directory = demo.fill(admin, state)
+        finally:
+            admin.close()
+    except (ShiftDeskError, RuntimeError) as e:
+        err.print(f"[red]demo directory failed:[/red] {e}")
+        raise typer.Exit(1) from None
+    err.print(f"demo AD: {directory.url} ({directory.base_dn}); its settings: {state / 'ldap.env'}")
+    with context() as (ctx, _):
+        done = _policy_errors(lambda: demo.install(
+            ctx, image=image, policy_files=read_policy_files(policy_files),
+            roster_files=read_policy_files(roster_files), actor=ACTOR))
+    for line in done:
+        err.print(line)
+    if directory.new_passwords:
+        table = Table("sign in as", "password", "for",
+                      title=f"Demo sign-ins (shown once; kept in {state / 'sign-ins.json'})")
+        for s in directory.sign_ins:
+            table.add_row(s.username, s.password, s.role)
+        out.print(table)
+    else:
+        out.print(f"demo sign-ins: {', '.join(s.username for s in directory.sign_ins)} "
+                  f"(passwords in {state / 'sign-ins.json'})")
+
+
+@demo_app.command("stop")
+def demo_stop() -> None:
+    """Stop the demo AD (its content stays for the next `make run`)."""
+    stop_demo_directory(Settings())
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -16,10 +16,11 @@ from fastapi import FastAPI
 
 from controlplane.config import Settings
 from controlplane.db.engine import make_engine, migrate
+from controlplane.domain import demo
 from controlplane.domain.app_policy import public_bytes
 from controlplane.domain.login_throttle import LoginThrottle, ThrottleRules
 from controlplane.domain.planning import Limits
-from controlplane.domain.ports import Directory, HostNetwork, Hypervisor
+from controlplane.domain.ports import Directory, DirectoryAdmin, HostNetwork, Hypervisor
 from controlplane.domain.roster import ProvisioningRate
 from controlplane.drivers.clock import SystemClock
 from controlplane.drivers.image_builder import ScriptImageBuilder
@@ -61,6 +62,26 @@ def make_directory(settings: Settings) -> Directory | None:
         start_tls=ldap.start_tls, computers_ou=ldap.computers_ou, instance=settings.instance,
         connect_timeout=ldap.connect_timeout_s, receive_timeout=ldap.receive_timeout_s,
     )
+
+
+def demo_dc_dir(settings: Settings) -> Path:
+    return settings.data_dir / "demo" / "samba"
+
+
+def open_demo_directory(settings: Settings) -> DirectoryAdmin:
+    """`make run`'s Samba AD DC (provisioned on first use, started if stopped), ready to fill."""
+    from controlplane.drivers.ldap.samba_dc import SambaAdmin, SambaDC
+
+    dc = SambaDC(demo_dc_dir(settings), realm=demo.REALM)
+    dc.provision()
+    dc.start()
+    return SambaAdmin(dc)
+
+
+def stop_demo_directory(settings: Settings) -> None:
+    from controlplane.drivers.ldap.samba_dc import terminate
+
+    terminate(demo_dc_dir(settings) / "run" / "samba.pid")
 
 
 def make_network(settings: Settings) -> HostNetwork | None:

@@ -274,3 +274,27 @@ class Directory(Protocol):
 
     def list_computers(self) -> set[str]:
         """Desktop names of this installation's computer accounts."""
+
+
+class DirectoryAdmin(Protocol):
+    """Writes a directory's content: used for the demo domain of `make run`, never a customer's AD.
+    Every step is idempotent (an existing entry is kept; a user's password is set again)."""
+
+    base_dn: str
+    url: str  # ldaps:// where the directory serves
+    ca_file: str  # the CA that validates its certificate
+
+    def ensure_ou(self, name: str, parent: str | None = None) -> str:
+        """The OU's DN (under PARENT, or the base DN)."""
+
+    def ensure_user(self, ou: str, name: str, password: str, *, display: str) -> str:
+        """An enabled user with this password; its DN."""
+
+    def ensure_group(self, ou: str, name: str, members: list[str]) -> str:
+        """A global security group holding at least MEMBERS (DNs); its DN."""
+
+    def delegate_computers(self, account_dn: str) -> None:
+        """Let ACCOUNT_DN create and delete computer accounts (desktops joining the domain)."""
+
+    def close(self) -> None:
+        """Release the connection."""

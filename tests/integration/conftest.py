@@ -91,7 +91,7 @@ class AD:
         self.passwords = {"alice": "Alice-Pass-1234!", "bob": "Bob-Pass-1234!!", "carol": "Carol-Pass-1234!",
                           "dave": "Dave-Pass-1234!", "erin": "Erin-Pass-1234!",
                           "svc": "Svc-" + secrets.token_hex(8) + "-Aa1!"}
-        conn = dc.admin()
+        conn = dc.connect()
         root = dc.add_ou(conn, "ShiftDesk")
         self.users_ou = dc.add_ou(conn, "Agents", root)
         self.computers_ou = dc.add_ou(conn, "Desktops", root)

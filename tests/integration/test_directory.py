@@ -23,7 +23,7 @@ def test_login_returns_nested_groups_by_dn_and_sid(ad):
 
 
 def sid_of(ad, dn):
-    conn = ad.dc.admin()
+    conn = ad.dc.connect()
     conn.search(dn, "(objectClass=*)", search_scope="BASE", attributes=["objectSid"])
     raw = conn.response[0]["raw_attributes"]["objectSid"][0]
     conn.unbind()

@@ -20,7 +20,7 @@ from tests.conftest import FakeBuilder
 @pytest.fixture
 def rogue(ad):
     """An OU elsewhere holding same-cn copies of every ShiftDesk group, with alice in each."""
-    conn = ad.dc.admin()
+    conn = ad.dc.connect()
     ou = ad.dc.add_ou(conn, "Rogue")
     made = []
     for cn in ("cc-admins", "cc-support"):  # sAMAccountName is unique in a domain; cn is not
@@ -29,7 +29,7 @@ def rogue(ad):
                                               "groupType": -2147483646, "member": [ad.dns["alice"]]})
     conn.unbind()
     yield made
-    conn = ad.dc.admin()
+    conn = ad.dc.connect()
     for dn in [*made, ou]:
         with contextlib.suppress(ldap3.core.exceptions.LDAPException):
             conn.delete(dn)

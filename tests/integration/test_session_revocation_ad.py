@@ -25,7 +25,7 @@ from tests.unit.gateway.test_gateway import ORIGIN, ends, rfb_handshake, until_c
 def agent(ad):
     """A fresh agent in cc-sales-team (so in cc-agents), removed afterwards: the DC is shared."""
     name, password = f"gina{secrets.token_hex(2)}", "Gina-Pass-1234!"
-    conn = ad.dc.admin()
+    conn = ad.dc.connect()
     dn = ad.dc.add_user(conn, ad.users_ou, name, password)
     conn.modify(ad.groups["cc-sales-team"], {"member": [(ldap3.MODIFY_ADD, [dn])]})
     yield name, password, dn, conn
