@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import getpass
 import json
-import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -30,6 +29,7 @@ from controlplane.main import (
     build_context,
     build_reconciler,
     build_server,
+    configure_logging,
     create_app,
     open_demo_directory,
     stop_demo_directory,
@@ -128,8 +128,8 @@ def serve(
     skip_selftest: Annotated[bool, typer.Option(help="Start even if libvirt is slow")] = False,
 ) -> None:
     """Run the API and the reconciler."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with context() as (ctx, settings):
+        configure_logging(settings)
         check = selftest.run(ctx.hypervisor, settings.libvirt.selftest_max_ms)
         err.print(("selftest: " if check.ok else "[red]selftest:[/red] ") + check.explain())
         if not check.ok and not skip_selftest:

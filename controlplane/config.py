@@ -159,6 +159,12 @@ class NetworkSettings(BaseModel):
                                                  "point into (the host's own and private ranges always are)")
 
 
+class LogSettings(BaseModel):
+    format: Literal["text", "json"] = Field("text", description="text: one readable line per record; json: one "
+                                            "JSON object per line (time, level, logger, message) for log shippers")
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Least severe level logged")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SHIFTDESK_", env_nested_delimiter="__", extra="forbid")
 
@@ -179,6 +185,7 @@ class Settings(BaseSettings):
     gateway: GatewaySettings = GatewaySettings()
     scheduler: SchedulerSettings = SchedulerSettings()
     network: NetworkSettings = NetworkSettings()
+    log: LogSettings = LogSettings()
 
     @field_validator("instance")
     @classmethod

@@ -5,6 +5,7 @@ The only module that chooses concrete drivers. Nothing happens at import.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import stat
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from pythonjsonlogger.json import JsonFormatter
 
 from controlplane.config import Settings
 from controlplane.db.engine import make_engine, migrate
@@ -21,6 +23,7 @@ from controlplane.domain.app_policy import public_bytes
 from controlplane.domain.login_throttle import LoginThrottle, ThrottleRules
 from controlplane.domain.planning import Limits
 from controlplane.domain.ports import Directory, DirectoryAdmin, HostNetwork, Hypervisor
+from controlplane.domain.redact import redact
 from controlplane.domain.roster import ProvisioningRate
 from controlplane.drivers.clock import SystemClock
 from controlplane.drivers.image_builder import ScriptImageBuilder
@@ -211,6 +214,42 @@ def create_app(settings: Settings, ctx: Context | None = None, reconciler: Recon
     return app
 
 
+class _Redact(logging.Filter):
+    """Redact the message (with its arguments) of every record the handler writes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = redact(record.getMessage()), ()
+        return True
+
+
+class _RedactingText(logging.Formatter):
+    def formatException(self, ei: Any) -> str:  # noqa: N802 - logging's name
+        return redact(super().formatException(ei))
+
+
+class _RedactingJson(JsonFormatter):
+    def formatException(self, ei: Any) -> str:  # noqa: N802 - logging's name
+        return redact(super().formatException(ei))
+
+
+def configure_logging(settings: Settings, stream: Any = None) -> None:
+    """One handler on the root logger for everything `shiftdesk serve` logs (uvicorn's loggers
+    propagate to it, see build_server), text or JSON lines, every line passed through
+    domain/redact.py so tickets, tokens and passwords never reach a log."""
+    handler = logging.StreamHandler(stream)
+    if settings.log.format == "json":
+        handler.setFormatter(_RedactingJson("{levelname}{name}{message}", style="{", timestamp="time",  # ISO 8601
+                                            rename_fields={"levelname": "level", "name": "logger"}))
+    else:
+        handler.setFormatter(_RedactingText("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_Redact())
+    root = logging.getLogger()
+    for old in root.handlers[:]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(settings.log.level)
+
+
 def build_server(app: FastAPI, settings: Settings, *, host: str, port: int, cert: Path, key: Path) -> Any:
     """The uvicorn server of `shiftdesk serve`. Asked to stop (SIGTERM), it first ends the live
     display sessions (agents are told why, each session is audited), then stops within seconds
@@ -224,7 +263,8 @@ def build_server(app: FastAPI, settings: Settings, *, host: str, port: int, cert
             await live.end_all(timeout=2.0)
             await super().shutdown(sockets)
 
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", ssl_certfile=str(cert),
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", log_config=None,  # root's handler
+                            ssl_certfile=str(cert),
                             ssl_keyfile=str(key), access_log=False,  # gateway URLs carry (single-use) tickets
                             ws_max_size=settings.gateway.max_frame_bytes, timeout_graceful_shutdown=2,
                             # no permessage-deflate: a few bytes on the wire could inflate to megabytes of
