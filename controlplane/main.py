@@ -228,8 +228,9 @@ class _RedactingText(logging.Formatter):
 
 
 class _RedactingJson(JsonFormatter):
-    def formatException(self, ei: Any) -> str:  # noqa: N802 - logging's name
-        return redact(super().formatException(ei))
+    def formatException(self, ei: Any) -> str | list[str]:  # noqa: N802 - logging's name
+        text = super().formatException(ei)  # a list of lines when exc_info_as_array is set
+        return redact(text) if isinstance(text, str) else [redact(line) for line in text]
 
 
 def configure_logging(settings: Settings, stream: Any = None) -> None:
