@@ -215,22 +215,19 @@ def create_app(settings: Settings, ctx: Context | None = None, reconciler: Recon
 
 
 class _Redact(logging.Filter):
-    """Redact the message (with its arguments) of every record the handler writes."""
+    """Redact every record the handler writes: its message with the arguments, and its traceback
+    (formatted here, once, so neither the text nor the JSON formatter formats it again)."""
+
+    _plain = logging.Formatter()
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg, record.args = redact(record.getMessage()), ()
+        if record.exc_info:
+            record.exc_text = redact(self._plain.formatException(record.exc_info))
+            record.exc_info = None
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
         return True
-
-
-class _RedactingText(logging.Formatter):
-    def formatException(self, ei: Any) -> str:  # noqa: N802 - logging's name
-        return redact(super().formatException(ei))
-
-
-class _RedactingJson(JsonFormatter):
-    def formatException(self, ei: Any) -> str | list[str]:  # noqa: N802 - logging's name
-        text = super().formatException(ei)  # a list of lines when exc_info_as_array is set
-        return redact(text) if isinstance(text, str) else [redact(line) for line in text]
 
 
 def configure_logging(settings: Settings, stream: Any = None) -> None:
@@ -239,10 +236,10 @@ def configure_logging(settings: Settings, stream: Any = None) -> None:
     domain/redact.py so tickets, tokens and passwords never reach a log."""
     handler = logging.StreamHandler(stream)
     if settings.log.format == "json":
-        handler.setFormatter(_RedactingJson("{levelname}{name}{message}", style="{", timestamp="time",  # ISO 8601
+        handler.setFormatter(JsonFormatter("{levelname}{name}{message}", style="{", timestamp="time",  # ISO 8601
                                             rename_fields={"levelname": "level", "name": "logger"}))
     else:
-        handler.setFormatter(_RedactingText("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(_Redact())
     root = logging.getLogger()
     for old in root.handlers[:]:
