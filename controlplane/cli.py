@@ -24,6 +24,7 @@ from rich.table import Table
 
 from controlplane.config import Settings
 from controlplane.domain.policy_load import MAX_FILE_BYTES
+from controlplane.domain.rollout import RolloutState, Thresholds
 from controlplane.errors import ExpectedError, InvalidInput, ShiftDeskError
 from controlplane.main import (
     build_context,
@@ -35,7 +36,7 @@ from controlplane.main import (
     stop_demo_directory,
     tls_files,
 )
-from controlplane.services import demo, desktops, identity, images, policies, pools, scaling, selftest
+from controlplane.services import demo, desktops, identity, images, policies, pools, rollouts, scaling, selftest
 from controlplane.services.context import Context
 from controlplane.services.views import desktop_view, image_view
 
@@ -46,6 +47,9 @@ desktop_app = typer.Typer(help="Desktops.", no_args_is_help=True)
 app.add_typer(image_app, name="image")
 app.add_typer(pool_app, name="pool")
 app.add_typer(desktop_app, name="desktop")
+rollout_app = typer.Typer(help="Move a pool to a new image version: canary, batches, rollback.",
+                          no_args_is_help=True)
+pool_app.add_typer(rollout_app, name="rollout")
 policy_app = typer.Typer(help="Desktop policies as code (policies/*.yaml).", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
 schedule_app = typer.Typer(help="Shift rosters that size pools (policies/rosters/*.yaml).", no_args_is_help=True)
@@ -266,6 +270,92 @@ def pool_delete(name: str, wait: WaitOpt = True, timeout: TimeoutOpt = 600.0) ->
         pools.delete(ctx, name, actor=ACTOR)
         if wait:
             converge(ctx, settings, name, timeout)
+
+
+# --- rollouts -----------------------------------------------------------------------------------
+
+
+@rollout_app.command("start")
+def rollout_start(
+    pool: str,
+    image: Annotated[str, typer.Option(help="The new image: name or name:version")],
+    canary: Annotated[str, typer.Option(help="Desktops first: a number, or a percentage like 10%")] = "1",
+    batch: Annotated[int, typer.Option(help="Idle desktops rebuilt at a time after the canary")] = 1,
+    soak: Annotated[float, typer.Option(help="Seconds the canary serves before the rest follow")] = 300.0,
+    failure_rate: Annotated[float, typer.Option(help="Extra provisioning failures per desktop allowed")] = 0.2,
+    ready_ratio: Annotated[float, typer.Option(help="New median time to ready / old median allowed")] = 2.0,
+    restart_rate: Annotated[float, typer.Option(help="Extra restarts per desktop allowed")] = 0.5,
+    drop_rate: Annotated[float, typer.Option(help="Extra early-dropped sessions per session allowed")] = 0.2,
+    min_samples: Annotated[int, typer.Option(help="New desktops provisioned before any judgement")] = 1,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Follow the rollout until it ends")] = True,
+    timeout: TimeoutOpt = 3600.0,
+) -> None:
+    """Move POOL to IMAGE: a canary, then batches of idle desktops (never one in use). It rolls
+    itself back when the new version is worse than the old beyond the thresholds."""
+    th = Thresholds(failure_rate=failure_rate, ready_ratio=ready_ratio, restart_rate=restart_rate,
+                    drop_rate=drop_rate, min_samples=min_samples)
+    with context() as (ctx, settings):
+        r = rollouts.start(ctx, pool, image=image, canary=canary, batch=batch, soak_s=soak, thresholds=th,
+                           actor=ACTOR)
+        err.print(f"rollout {r.id}: pool {pool} from {r.from_image} to {r.to_image}, canary {r.canary}, "
+                  f"batches of {r.batch}")
+        if wait:
+            follow_rollout(ctx, settings, pool, timeout)
+
+
+@rollout_app.command("status")
+def rollout_status(pool: str, as_json: JsonOpt = False,
+                   wait: Annotated[bool, typer.Option("--wait", help="Follow it until it ends")] = False,
+                   timeout: TimeoutOpt = 3600.0) -> None:
+    """POOL's rollout in progress, or its last one: state, desktops by version, signals."""
+    with context() as (ctx, settings):
+        if wait:
+            follow_rollout(ctx, settings, pool, timeout)
+        r = rollouts.status(ctx, pool)
+        if as_json:
+            print(r.model_dump_json(indent=2))
+            return
+        out.print(f"rollout {r.id} of {r.pool}: [bold]{r.state}[/bold] {r.from_image} -> {r.to_image} "
+                  f"({r.desktops['new']} new, {r.desktops['old']} old){': ' + r.reason if r.reason else ''}")
+        table = Table("version", "provisioned", "failed", "median ready s", "restarts", "sessions", "early drops")
+        for version, st in r.stats.items():
+            table.add_row(version, *(_cell(st[k]) for k in ("provisioned", "failed", "median_ready_s", "restarts",
+                                                             "sessions", "drops")))
+        out.print(table)
+
+
+@rollout_app.command("rollback")
+def rollout_rollback(pool: str, reason: Annotated[str, typer.Option(help="Why, for the audit log")] = "") -> None:
+    """Stop POOL's rollout and point it back at the previous version."""
+    with context() as (ctx, _):
+        r = rollouts.roll_back(ctx, pool, actor=ACTOR, reason=reason)
+        out.print(f"rollout {r.id} of {pool}: {r.state} ({r.reason}); idle desktops of {r.to_image} are rebuilt")
+
+
+def follow_rollout(ctx: Context, settings: Settings, pool: str, timeout: float) -> None:
+    """Reconcile (or watch the server do it) with a progress bar until POOL's rollout ends."""
+    reconciler = build_reconciler(ctx, settings)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                  TextColumn("{task.completed}/{task.total} on the new version"), TimeElapsedColumn(),
+                  console=err) as progress:
+        task = progress.add_task(f"rollout of {pool}", total=None)
+
+        def show(_plan: object) -> None:
+            r = rollouts.status(ctx, pool)
+            progress.update(task, description=f"rollout of {pool}: {r.state}",
+                            total=max(1, r.desktops["new"] + r.desktops["old"]), completed=r.desktops["new"])
+
+        ended = reconciler.run_until_converged(timeout=timeout, busy_period=settings.reconciler.busy_period_s,
+                                               on_pass=show, until=lambda: not rollouts.status(ctx, pool).state.active)
+    reconciler.close()
+    r = rollouts.status(ctx, pool)
+    if not ended:
+        err.print(f"[yellow]rollout of {pool} still {r.state} after {timeout:.0f} s; it goes on[/]")
+        raise typer.Exit(3)
+    if r.state == RolloutState.ROLLED_BACK:
+        err.print(f"[red]rollout of {pool} rolled back:[/red] {r.reason}")
+        raise typer.Exit(5)
+    err.print(f"rollout of {pool}: {r.state} ({r.reason})")
 
 
 # --- desktops ------------------------------------------------------------------------------------

@@ -37,10 +37,35 @@ class PoolResize(Strict):
                                                                "from now on")
 
 
+class RolloutThresholds(Strict):
+    """How much worse the new version may be than the old before the rollout rolls itself back."""
+
+    failure_rate: float = Field(0.2, ge=0, le=1, description="extra provisioning failures per desktop")
+    ready_ratio: float = Field(2.0, ge=1, le=100, description="new median time to ready / old median")
+    restart_rate: float = Field(0.5, ge=0, le=100, description="extra restarts or crashes per desktop")
+    drop_rate: float = Field(0.2, ge=0, le=1, description="extra sessions dropped in their first 5 minutes, "
+                                                           "per session")
+    min_samples: int = Field(1, ge=1, le=1000, description="new desktops provisioned before any judgement")
+
+
+class RolloutCreate(Strict):
+    image: str = Field(max_length=64, description="the new image: name or name:version")
+    canary: str = Field("1", max_length=8, description="desktops first: a number, or a percentage like 10%")
+    batch: int = Field(1, ge=1, le=100, description="idle desktops rebuilt at a time after the canary")
+    soak_s: float = Field(300.0, ge=0, le=86400, description="the canary serves this long before the rest follow")
+    thresholds: RolloutThresholds = Field(default_factory=RolloutThresholds)
+
+
+class RolloutRollback(Strict):
+    reason: str = Field("", max_length=200, description="why, for the audit log")
+
+
+from controlplane.services.rollouts import RolloutPublic  # noqa: E402
 from controlplane.services.views import DesktopPublic, ImagePublic, PoolPublic  # noqa: E402
 
 __all__ = ["DesktopPublic", "ImageBuild", "ImagePublic", "PoolCreate", "PoolPublic", "PoolResize", "Login",
-           "LoginPublic", "Revoke", "PolicyFiles", "Rollback"]
+           "LoginPublic", "Revoke", "PolicyFiles", "Rollback", "RolloutCreate", "RolloutPublic", "RolloutRollback",
+           "RolloutThresholds"]
 
 
 class Login(Strict):

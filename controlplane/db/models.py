@@ -161,6 +161,42 @@ class DisplaySession(SQLModel, table=True):
     seen_at: datetime = Field(default_factory=utcnow)
 
 
+class Rollout(SQLModel, table=True):
+    """A pool's move from one image version to another (domain/rollout.py). At most one active
+    per pool; finished ones stay as history."""
+
+    __tablename__ = "rollouts"
+    id: int | None = Field(default=None, primary_key=True)
+    pool_id: int = Field(foreign_key="pools.id", index=True)
+    # no foreign keys: an image version no desktop uses any more may be deleted, its rollouts stay as history
+    from_image_id: int
+    to_image_id: int
+    state: str = Field(max_length=16, index=True)  # RolloutState
+    canary: str = Field(max_length=8)  # as asked: "2" or "10%"
+    batch: int = 1
+    soak_s: float = 300.0
+    thresholds: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    reason: str = ""
+    actor: str
+    started_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class RolloutSignal(SQLModel, table=True):
+    """One observation during a rollout (a desktop ready, failed, restarted; a session ended or
+    dropped early), by version. Rows are only ever added: no read-modify-write between the
+    reconciler's parallel steps and the gateways."""
+
+    __tablename__ = "rollout_signals"
+    id: int | None = Field(default=None, primary_key=True)
+    rollout_id: int = Field(foreign_key="rollouts.id", index=True)
+    version: str = Field(max_length=8)  # Version
+    signal: str = Field(max_length=16)  # Signal
+    value: float = 0.0
+    desktop: str
+    at: datetime = Field(default_factory=utcnow)
+
+
 class RosterRecord(SQLModel, table=True):
     """A pool's roster, as validated from its file (one per pool; replaced as a whole on apply)."""
 

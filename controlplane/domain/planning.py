@@ -179,6 +179,7 @@ class Plan:
     booting: int = 0  # desktops started and waited for: nothing to do, but not converged either
     retry_at: datetime | None = None  # the earliest moment a desktop backing off is due again
     template_steps: int = 0  # instant-clone template steps taken in the same pass (services/templates.py)
+    rollouts: int = 0  # image rollouts in progress: they wait (soak, sessions) at the normal period
 
     @property
     def pending(self) -> bool:

@@ -6,6 +6,7 @@ Scenarios are constructor switches, never class-level state:
 - fail_start / fail_overlay: names whose start / overlay creation raise PermanentError;
 - flaky: how many calls raise TemporaryError before calls succeed (hiccup paths);
 - fail_restore: restores from a template raise PermanentError (the cold-boot fallback path);
+- broken_images: image ids whose desktops fail to start or restore (a bad image version);
 - silent_clones: restored clones never confirm their identity (the identity-timeout path);
 - quarantined: desktop name -> why the host stopped trusting its guest.
 Templates boot like desktops (boot_passes), save at once, and restored clones are ready at once.
@@ -46,7 +47,8 @@ class FakeDomain:
 class FakeHypervisor:
     def __init__(self, *, boot_passes: int = 0, never_ready: frozenset[str] = frozenset(),
                  fail_start: frozenset[str] = frozenset(), fail_overlay: frozenset[str] = frozenset(),
-                 flaky: int = 0, root: Path = Path("/fake"), fail_restore: bool = False) -> None:
+                 flaky: int = 0, root: Path = Path("/fake"), fail_restore: bool = False,
+                 broken_images: frozenset[int] = frozenset()) -> None:
         self.boot_passes = boot_passes
         self.never_ready = never_ready
         self.fail_start = fail_start
@@ -58,6 +60,7 @@ class FakeHypervisor:
         self.calls: list[tuple[str, str]] = []
         self.join_secrets: dict[str, str] = {}
         self.fail_restore = fail_restore
+        self.broken_images = broken_images
         self.silent_clones = False
         self.pages: dict[str, str] = {}
         self.quarantined: dict[str, str] = {}
@@ -115,9 +118,9 @@ class FakeHypervisor:
             self._call("start", name)
             if name not in self.domains:
                 raise PermanentError(f"start {name}: domain is not defined")
-            if name in self.fail_start:
-                raise PermanentError(f"start {name}: simulated failure")
             dom = self.domains[name]
+            if name in self.fail_start or dom.spec.image.image_id in self.broken_images:
+                raise PermanentError(f"start {name}: simulated failure")
             if not dom.running:
                 dom.running, dom.checks = True, 0
 
@@ -218,7 +221,7 @@ class FakeHypervisor:
     def restore_clone(self, spec: DesktopSpec) -> Path:
         with self._lock:
             self._call("restore_clone", spec.name)
-            if spec.template not in self.saved or self.fail_restore:
+            if spec.template not in self.saved or self.fail_restore or spec.image.image_id in self.broken_images:
                 raise PermanentError(f"restore {spec.name}: simulated failure")
             if spec.join_secret:
                 self.join_secrets[spec.name] = spec.join_secret

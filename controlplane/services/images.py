@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from controlplane.db import audit, desktops, images, pools
+from controlplane.db import audit, desktops, images, pools, rollouts
 from controlplane.db.engine import session_scope
 from controlplane.db.models import Image
 from controlplane.domain.naming import InvalidName, check_name
@@ -86,13 +86,16 @@ def deprecate(ctx: Context, ref: str, *, actor: str) -> Image:
 
 
 def delete(ctx: Context, ref: str, *, actor: str) -> None:
-    """Delete one version; refused while a pool or a desktop still uses it."""
+    """Delete one version; refused while a pool, a desktop or a rollout in progress still uses it."""
     with session_scope(ctx.engine) as session:
         image = images.resolve(session=session, ref=ref if ":" in ref else _newest(ref, session))
         users = [p.name for p in pools.using_image(session=session, image_id=image.id or 0)]
         if users or desktops.using_image(session=session, image_id=image.id or 0):
             raise Conflict(f"image {image.name}:{image.version} is used by pool(s) {', '.join(users) or '?'}",
                            field="image")
+        if rolling := rollouts.active_using(session=session, image_id=image.id or 0):
+            raise Conflict(f"image {image.name}:{image.version} is part of a rollout in progress (rollout "
+                           f"{', '.join(str(r.id) for r in rolling)})", field="image")
         images.delete(session=session, image=image)
         audit.append(session=session, actor=actor, action="image.delete", target=f"{image.name}:{image.version}",
                      sha256=image.sha256)

@@ -24,8 +24,9 @@ from controlplane.domain.desktop import DesktopState
 from controlplane.domain.network import AddressPoolExhausted
 from controlplane.domain.policy import Policy
 from controlplane.domain.ports import CloneMode, DesktopSpec, Readiness
+from controlplane.domain.rollout import Signal
 from controlplane.errors import PermanentError, TemporaryError
-from controlplane.services import network, policies, telemetry, templates
+from controlplane.services import network, policies, rollouts, telemetry, templates
 from controlplane.services.context import Context
 
 S = DesktopState
@@ -162,6 +163,7 @@ def mark_ready(ctx: Context, a: p.MarkReady) -> None:
         boot_s = round((now - row.state_since).total_seconds(), 3)
         desktops.set_state(session=session, desktop=row, state=S.READY, now=now)
         audit.append(session=session, actor=ACTOR, action="desktop.ready", target=row.name, boot_s=boot_s)
+        rollouts.note(session, row, Signal.READY, boot_s)
         name = row.name
     telemetry.PROVISIONING.observe(boot_s)
     ctx.hypervisor.discard_join_secret(name)  # the guest has it (read before it signalled ready)
@@ -174,6 +176,7 @@ def mark_failed(ctx: Context, a: p.MarkFailed) -> None:
             return
         desktops.set_state(session=session, desktop=row, state=S.FAILED, now=ctx.clock.now(), reason=a.reason)
         audit.append(session=session, actor=ACTOR, action="desktop.failed", target=row.name, reason=a.reason)
+        rollouts.note(session, row, Signal.FAILED)
         name = row.name
     log.warning("desktop %s failed: %s", name, a.reason)
     ctx.hypervisor.destroy(name)  # keep the overlay for inspection; deleting the desktop removes it
@@ -187,6 +190,7 @@ def start_domain(ctx: Context, a: p.StartDomain) -> None:
             return
         audit.append(session=session, actor=ACTOR, action="desktop.restart", target=row.name,
                      reason="domain was not running")
+        rollouts.note(session, row, Signal.RESTART)
         name = row.name
     ctx.hypervisor.start(name)
 
@@ -235,7 +239,8 @@ def succeeded(ctx: Context, desktop_id: int) -> None:
         desktops.clear_failures(session=session, desktop_id=desktop_id)
 
 
-def _transition(ctx: Context, desktop_id: int, state: DesktopState, action: str, **detail: Any) -> None:
+def _transition(ctx: Context, desktop_id: int, state: DesktopState, action: str, signal: Signal | None = None,
+                **detail: Any) -> None:
     with session_scope(ctx.engine) as session:
         row = desktops.get(session=session, desktop_id=desktop_id)
         if row is None or row.state == state:
@@ -243,10 +248,12 @@ def _transition(ctx: Context, desktop_id: int, state: DesktopState, action: str,
         desktops.set_state(session=session, desktop=row, state=state, now=ctx.clock.now(),
                            reason=detail.get("reason"))
         audit.append(session=session, actor=ACTOR, action=action, target=row.name, **detail)
+        if signal is not None:
+            rollouts.note(session, row, signal)
 
 
 def repair(ctx: Context, a: p.Repair) -> None:
-    _transition(ctx, a.desktop_id, S.PROVISIONING, "desktop.repair", reason=a.reason)
+    _transition(ctx, a.desktop_id, S.PROVISIONING, "desktop.repair", Signal.RESTART, reason=a.reason)
 
 
 def recycle(ctx: Context, a: p.Recycle) -> None:
@@ -260,6 +267,7 @@ def recycle(ctx: Context, a: p.Recycle) -> None:
         desktops.set_state(session=session, desktop=row, state=S.DELETING, now=ctx.clock.now(), reason=a.reason)
         audit.append(session=session, actor=ACTOR, action="desktop.recycle", target=row.name, user=user,
                      reason=a.reason)
+        rollouts.note(session, row, Signal.RESTART)
     log.warning("desktop %s of %s recycled: %s", name, user, a.reason)
 
 

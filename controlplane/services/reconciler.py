@@ -28,7 +28,7 @@ from controlplane.db.engine import session_scope
 from controlplane.domain.planning import Action, DesktopView, Plan, PoolView, backoff, plan
 from controlplane.domain.templates import TemplateAction
 from controlplane.errors import PermanentError, TemporaryError
-from controlplane.services import apps, network, provisioning, telemetry, templates
+from controlplane.services import apps, network, provisioning, rollouts, telemetry, templates
 from controlplane.services.context import Context
 
 log = logging.getLogger(__name__)
@@ -70,9 +70,11 @@ class Reconciler:
         """Observe, plan and perform every step (templates first: clones wait for them). Returns
         the plan it carried out."""
         self._lost = False
+        rolling = 0
         if self._lease_kept():
             network.sync(self.ctx)  # before any desktop step: each finds its port admitted
             self._deliver_apps()
+            rolling = self._advance_rollouts()
         try:
             template_steps = templates.plan(self.ctx)
         except TemporaryError as err:
@@ -84,12 +86,21 @@ class Reconciler:
                 self._perform(step)  # type: ignore[arg-type]
         current = self.observe_and_plan()
         current.template_steps = len(template_steps)
+        current.rollouts = rolling
         now = self.ctx.clock.now()
         due = [a for a in current.actions if a not in self._held or self._held[a][1] <= now]
         futures = [self._pool.submit(self._perform, action) for action in due]
         for future in futures:
             future.result()
         return current
+
+    def _advance_rollouts(self) -> int:
+        """Image rollouts take their next step (rebuilds marked here are carried out this pass)."""
+        try:
+            return rollouts.advance(self.ctx)
+        except Exception:
+            log.exception("rollouts not advanced this pass")
+            return 0
 
     def _deliver_apps(self) -> None:
         """App allowlists to the guests (before observing: a desktop is ready once it applies one)."""
@@ -192,8 +203,10 @@ class Reconciler:
             self.release_lease()
 
     def run_until_converged(self, *, timeout: float, busy_period: float = 0.25,
-                            on_pass: Callable[[Plan], None] | None = None) -> bool:
-        """Passes until nothing is left to do (True) or TIMEOUT passes (False)."""
+                            on_pass: Callable[[Plan], None] | None = None,
+                            until: Callable[[], bool] | None = None) -> bool:
+        """Passes until nothing is left to do and UNTIL (if given) holds (True), or TIMEOUT passes
+        (False). UNTIL waits for what takes passes without steps, such as a rollout's soak."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -208,7 +221,7 @@ class Reconciler:
                 continue
             if on_pass:
                 on_pass(current)
-            if not current.pending:
+            if not current.pending and (until is None or until()):
                 return True
             time.sleep(min(self._next_delay(current, 5.0, busy_period), max(0.0, deadline - time.monotonic())))
         return False

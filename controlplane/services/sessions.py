@@ -20,7 +20,7 @@ from controlplane.domain.planning import QUARANTINE
 from controlplane.domain.rfb.stream import Event
 from controlplane.domain.session import NEEDS_SIGN_IN, EndReason
 from controlplane.errors import TemporaryError
-from controlplane.services import identity, policies
+from controlplane.services import identity, policies, rollouts
 from controlplane.services.context import Context
 
 
@@ -158,6 +158,9 @@ def close_display(ctx: Context, display: Display, *, desktop: str, reason: str, 
             audit.append(session=session, actor=display.user, action=f"session.{event.kind}", target=desktop,
                          **event.summary())
         ended = reason in {r.value for r in EndReason} and EndReason(reason).clean
+        if row is not None:
+            rollouts.note_session_end(session, row, dropped=_desktop_side(reason),
+                                      lasted_s=(now - (display.started_at or now)).total_seconds())
         audit.append(session=session, actor=display.user, action="session.end" if ended else "session.drop",
                      target=desktop, reason=reason, bytes_from_browser=bytes_in, bytes_to_browser=bytes_out,
                      display=display.id)
@@ -165,6 +168,13 @@ def close_display(ctx: Context, display: Display, *, desktop: str, reason: str, 
             revoked = api_sessions.revoke_user(session=session, username=display.user, now=now)
             audit.append(session=session, actor="gateway", action="auth.revoke", target=display.user,
                          sessions=revoked, reason=reason)
+
+
+def _desktop_side(reason: str) -> bool:
+    """The session ended because of the desktop (it closed, failed a security check, or the relay
+    broke), not because of its agent, a rule, an admin or a control-plane restart."""
+    known = {r.value for r in EndReason}
+    return reason not in known or reason in (EndReason.DESKTOP_CLOSED, EndReason.QUARANTINED)
 
 
 def request_disconnect(ctx: Context, desktop_name: str, *, actor: str) -> None:

@@ -26,7 +26,7 @@ from controlplane.db import audit, desktops
 from controlplane.db.engine import session_scope
 from controlplane.domain.ports import Directory, Identity
 from controlplane.errors import AuthFailed
-from controlplane.services import sessions
+from controlplane.services import rollouts, sessions
 from controlplane.services.context import Context
 
 T = TypeVar("T")
@@ -56,6 +56,7 @@ class StateCollector(Collector):
             placed = desktops.count_by_place(session=session)
             written = audit.total(session=session)
         live = sessions.live_count(self.ctx, self.period_s)
+        latest = rollouts.overview(self.ctx)
         by_place = GaugeMetricFamily("shiftdesk_desktops", "Desktops by pool, host and state",
                                      labels=["pool", "host", "state"])
         for pool, host, state, n in placed:
@@ -64,6 +65,17 @@ class StateCollector(Collector):
         yield GaugeMetricFamily("shiftdesk_live_sessions", "Open display sessions (as the reconciler counts them)",
                                 value=live)
         yield CounterMetricFamily("shiftdesk_audit_events", "Audit events written (all time)", value=written)
+        rollout = GaugeMetricFamily("shiftdesk_rollout_state", "Each pool's current or last image rollout, by state "
+                                  "(canary, rolling, done, rolled_back): 1", labels=["pool", "state"])
+        on = GaugeMetricFamily("shiftdesk_rollout_desktops", "Live desktops of a pool in a rollout, by version "
+                               "(old, new)", labels=["pool", "version"])
+        for r in latest:
+            rollout.add_metric([r.pool, r.state.value], 1)
+            if r.state.active:
+                for version, n in r.desktops.items():
+                    on.add_metric([r.pool, version], n)
+        yield rollout
+        yield on
 
 
 def exposition(ctx: Context, watchdog_period_s: float) -> bytes:

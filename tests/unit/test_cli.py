@@ -124,3 +124,22 @@ def test_hostile_yaml_exits_2_naming_file_line_and_field(env, tmp_path, command)
     r = run(command, "validate", "-f", str(tmp_path))
     assert r.exit_code == 2, r.output
     assert "deep.yaml:2: deep.0.0" in r.output and "twice.yaml:2: pool: duplicate key" in r.output
+
+
+def test_pool_rollout_follows_to_the_end_and_reports(env, ctx):
+    ctx.builder.variant = "2"
+    from controlplane.services import images
+
+    images.build(ctx, "busybox-desktop", actor="test")
+    assert run("pool", "create", "sales", "--image", "busybox-desktop:1", "--size", "2").exit_code == 0
+    r = run("pool", "rollout", "start", "sales", "--image", "busybox-desktop:2", "--soak", "0", "--batch", "2",
+            "--timeout", "60")
+    assert r.exit_code == 0, r.output
+    assert "rollout of sales: done" in r.output
+    status = json.loads(run("pool", "rollout", "status", "sales", "--json").output)
+    assert (status["state"], status["desktops"], status["to_image"]) == ("done", {"old": 0, "new": 2},
+                                                                         "busybox-desktop:2")
+    r = run("pool", "rollout", "rollback", "sales")
+    assert r.exit_code == 2 and "no rollout in progress" in r.output
+    r = run("pool", "rollout", "start", "sales", "--image", "busybox-desktop:2", "--canary", "0%", "--no-wait")
+    assert r.exit_code == 2 and "canary" in r.output

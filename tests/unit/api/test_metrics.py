@@ -79,3 +79,25 @@ def test_directory_failures_are_counted_but_a_refused_password_is_an_answer():
         with pytest.raises(type(error)):
             telemetry.MeasuredDirectory(Flaky(error)).authenticate("alice", "pw")
     assert errors_of("authenticate") == before + 1
+
+
+def test_metrics_show_each_pools_rollout_state_and_desktops_by_version(client, ctx, image):
+    from controlplane.services import images, rollouts
+
+    ctx.builder.variant = "2"
+    images.build(ctx, "busybox-desktop", actor="test")
+    pools.create(ctx, name="sales", image="busybox-desktop:1", size=2, groups=[SALES], actor="t")
+    rec = Reconciler(ctx)
+    assert rec.run_until_converged(timeout=10, busy_period=0)
+    rollouts.start(ctx, "sales", image="busybox-desktop:2", soak_s=3600, actor="t")
+    for _ in range(4):
+        rec.pass_once()
+    rec.close()
+    got = samples(client.get("/metrics").text)
+    assert got[("shiftdesk_rollout_state", (("pool", "sales"), ("state", "canary")))] == 1
+    assert got[("shiftdesk_rollout_desktops", (("pool", "sales"), ("version", "new")))] == 1
+    assert got[("shiftdesk_rollout_desktops", (("pool", "sales"), ("version", "old")))] == 1
+    rollouts.roll_back(ctx, "sales", actor="t")
+    got = samples(client.get("/metrics").text)
+    assert got[("shiftdesk_rollout_state", (("pool", "sales"), ("state", "rolled_back")))] == 1
+    assert not any(name == "shiftdesk_rollout_desktops" for name, _ in got)
