@@ -53,7 +53,7 @@ test: setup
 	$(BIN)/ruff check controlplane tests bench images
 	$(BIN)/lint-imports
 	$(BIN)/mypy
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q --durations=15 tests
 	SHIFTDESK_TEST_DB=postgresql $(BIN)/pytest -q tests/unit
 
 bench: setup

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
-from sqlmodel import Session, func, select
+from sqlmodel import Session, col, func, select
 
 from controlplane.db.models import AuditEvent
 
@@ -16,13 +17,23 @@ def append(*, session: Session, actor: str, action: str, target: str, **detail: 
     return event
 
 
-def list_recent(*, session: Session, limit: int = 100, action: str | None = None,
-                target: str | None = None) -> list[AuditEvent]:
+def list_recent(*, session: Session, limit: int = 100, action: str | None = None, target: str | None = None,
+                actor: str | None = None, since: datetime | None = None, until: datetime | None = None,
+                ) -> list[AuditEvent]:
+    """Newest first, at most LIMIT, filtered by exact action (or an `action.` prefix such as
+    `session.`), target, actor, and a time range [SINCE, UNTIL)."""
     query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)  # type: ignore[union-attr]
     if action:
-        query = query.where(AuditEvent.action == action)
+        query = query.where(col(AuditEvent.action).startswith(action, autoescape=True) if action.endswith(".")
+                            else AuditEvent.action == action)
     if target is not None:
         query = query.where(AuditEvent.target == target)
+    if actor is not None:
+        query = query.where(AuditEvent.actor == actor)
+    if since is not None:
+        query = query.where(col(AuditEvent.at) >= since)
+    if until is not None:
+        query = query.where(col(AuditEvent.at) < until)
     return list(session.exec(query))
 
 

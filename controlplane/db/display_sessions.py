@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import delete, func, select, update
 from sqlmodel import Session, col
@@ -16,9 +17,11 @@ def create(*, session: Session, row: DisplaySession) -> DisplaySession:
     return row
 
 
-def touch(*, session: Session, display_id: int, now: datetime) -> bool:
-    """Refresh the row's heartbeat; False if it is gone (swept as stale)."""
-    done = session.execute(update(DisplaySession).where(col(DisplaySession.id) == display_id).values(seen_at=now))
+def touch(*, session: Session, display_id: int, now: datetime, usage: dict[str, Any] | None = None) -> bool:
+    """Refresh the row's heartbeat (and what the gateway saw: USAGE's columns); False if it is gone
+    (swept as stale)."""
+    done = session.execute(update(DisplaySession).where(col(DisplaySession.id) == display_id)
+                           .values(seen_at=now, **(usage or {})))
     return bool(done.rowcount)  # type: ignore[attr-defined]
 
 

@@ -159,6 +159,10 @@ class DisplaySession(SQLModel, table=True):
     gateway: str  # host:pid of the gateway process serving it
     started_at: datetime = Field(default_factory=utcnow)
     seen_at: datetime = Field(default_factory=utcnow)
+    # what the gateway saw by its last heartbeat, for the console: bytes each way, the last key or pointer
+    bytes_from_browser: int = 0
+    bytes_to_browser: int = 0
+    input_at: datetime | None = None
 
 
 class Rollout(SQLModel, table=True):

@@ -168,6 +168,10 @@ class Hypervisor(Protocol):
     def delete_overlay(self, name: str) -> None:
         """Delete the desktop's overlay volume. Missing is success."""
 
+    def screenshot(self, name: str) -> bytes:
+        """A PNG of the running desktop's screen now, scaled down (the console's view). PermanentError
+        if it is not running."""
+
     def vnc_socket(self, name: str) -> Path:
         """The Unix socket of the desktop's VNC server (reachable by root only)."""
 

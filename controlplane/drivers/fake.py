@@ -15,12 +15,16 @@ The instance outlives a simulated crash of the reconciler, like libvirtd outlive
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import io
 import secrets
 import threading
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
+
+from PIL import Image
 
 from controlplane.domain.app_policy import SignedAppPolicy
 from controlplane.domain.network import DesktopNetwork, DesktopNic
@@ -153,6 +157,16 @@ class FakeHypervisor:
 
     def vnc_socket(self, name: str) -> Path:
         return self.root / f"{name}.vnc"
+
+    def screenshot(self, name: str) -> bytes:
+        """A 64x48 PNG in a colour of the desktop's own (tests tell two apart)."""
+        with self._lock:
+            dom = self.domains.get(name)
+            if dom is None or not dom.running:
+                raise PermanentError(f"screenshot: desktop {name} is not running")
+        out = io.BytesIO()
+        Image.new("RGB", (64, 48), tuple(hashlib.sha256(name.encode()).digest()[:3])).save(out, format="PNG")
+        return out.getvalue()
 
     def discard_join_secret(self, name: str) -> None:
         with self._lock:

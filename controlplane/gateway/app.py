@@ -200,7 +200,10 @@ def _watchdog(ctx: Context, display: sessions.Display, pool: str, limits: sessio
                 return EndReason.IDLE
             if now - began >= limits.max_s:
                 return EndReason.MAX_LENGTH
-            verdict = (await run_in_threadpool(sessions.heartbeat, ctx, display, limits=limits, period_s=period)
+            usage = sessions.Usage(bytes_from_browser=filt.client.bytes_in, bytes_to_browser=filt.server.bytes_out,
+                                   idle_s=now - last_input_at)
+            verdict = (await run_in_threadpool(sessions.heartbeat, ctx, display, limits=limits, period_s=period,
+                                               usage=usage)
                        or directory.verdict(display.user, pool, period))
             if verdict is not None:
                 return verdict

@@ -79,3 +79,15 @@ def delete(ctx: Context, name: str, *, actor: str) -> Desktop:
         desktops.set_state(session=session, desktop=desktop, state=S.DELETING, now=ctx.clock.now())
         audit.append(session=session, actor=actor, action="desktop.delete", target=name)
         return desktop
+
+
+def screenshot(ctx: Context, name: str, *, actor: str) -> bytes:
+    """A small PNG of the desktop's screen now. It may show an agent's customer: every look is
+    audited, with who looked and whose desktop it was."""
+    row, _ = get(ctx, name)
+    if row.state not in (DesktopState.READY, DesktopState.IN_USE, DesktopState.DRAINING):
+        raise Conflict(f"desktop {name!r} is {row.state}: no screen to show", field="desktop")
+    png = ctx.hypervisor.screenshot(name)
+    with session_scope(ctx.engine) as session:
+        audit.append(session=session, actor=actor, action="desktop.screenshot", target=name, user=row.assigned_to)
+    return png

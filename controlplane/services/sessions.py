@@ -22,6 +22,7 @@ from controlplane.domain.session import NEEDS_SIGN_IN, EndReason
 from controlplane.errors import TemporaryError
 from controlplane.services import identity, policies, rollouts
 from controlplane.services.context import Context
+from controlplane.services.views import SessionPublic
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,24 @@ def live_count(ctx: Context, period_s: float) -> int:
         return display_sessions.count_all_fresh(session=session, since=ctx.clock.now() - _stale_after(period_s))
 
 
+def live(ctx: Context, period_s: float) -> list[SessionPublic]:
+    """The live display sessions (by the same rule as live_count), oldest first."""
+    now = ctx.clock.now()
+    fresh_since = now - _stale_after(period_s)
+    with session_scope(ctx.engine) as session:
+        rows = [r for r in display_sessions.list_all(session=session) if r.seen_at >= fresh_since]
+        out = []
+        for r in rows:
+            desktop = desktops.get(session=session, desktop_id=r.desktop_id)
+            pool = session.get(Pool, desktop.pool_id) if desktop is not None else None
+            out.append(SessionPublic(
+                id=r.id or 0, user=r.username, desktop=desktop.name if desktop else "?",
+                pool=pool.name if pool else "?", source=r.source, since=r.started_at, seen_at=r.seen_at,
+                bytes_from_browser=r.bytes_from_browser, bytes_to_browser=r.bytes_to_browser,
+                idle_s=None if r.input_at is None else max(0.0, (r.seen_at - r.input_at).total_seconds())))
+        return out
+
+
 def open_display(ctx: Context, *, desktop_id: int, user: str, jti: str, source: str, gateway: str,
                  limits: Limits, period_s: float) -> Display:
     """A display session is open: the desktop is held for as long as its heartbeats continue."""
@@ -93,13 +112,26 @@ def open_display(ctx: Context, *, desktop_id: int, user: str, jti: str, source: 
                        started_at=now)
 
 
-def heartbeat(ctx: Context, display: Display, *, limits: Limits, period_s: float) -> EndReason | None:
+@dataclass(frozen=True)
+class Usage:
+    """What the gateway saw of a session so far (shown in the console)."""
+
+    bytes_from_browser: int
+    bytes_to_browser: int
+    idle_s: float  # since the last key or pointer event
+
+
+def heartbeat(ctx: Context, display: Display, *, limits: Limits, period_s: float,
+              usage: Usage | None = None) -> EndReason | None:
     """Every watchdog period: refresh the session and the desktop's hold, and say whether a rule
     now ends it (the desktop's guest was quarantined, the desktop was taken away, an admin asked,
     the shift's log-off time came, or the sign-in that opened it was revoked)."""
     now = ctx.clock.now()
+    seen = None if usage is None else {"bytes_from_browser": usage.bytes_from_browser,
+                                       "bytes_to_browser": usage.bytes_to_browser,
+                                       "input_at": now - timedelta(seconds=usage.idle_s)}
     with session_scope(ctx.engine) as session:
-        if not display_sessions.touch(session=session, display_id=display.id, now=now):  # swept as stale: back
+        if not display_sessions.touch(session=session, display_id=display.id, now=now, usage=seen):  # swept: back
             display_sessions.create(session=session, row=DisplaySession(
                 id=display.id, desktop_id=display.desktop_id, username=display.user, source=display.source,
                 gateway=display.gateway, started_at=display.started_at or now, seen_at=now))

@@ -52,6 +52,21 @@ class DesktopPublic(BaseModel):
     since: datetime
 
 
+class SessionPublic(BaseModel):
+    """A live display session, as the console lists it."""
+
+    id: int
+    user: str
+    desktop: str
+    pool: str
+    source: str  # the browser's address as the gateway saw it
+    since: datetime
+    seen_at: datetime  # the gateway's last heartbeat
+    bytes_from_browser: int
+    bytes_to_browser: int
+    idle_s: float | None  # since the last key or pointer event, at the last heartbeat
+
+
 def image_view(image: Image) -> ImagePublic:
     return ImagePublic(id=image.id or 0, name=image.name, version=image.version, recipe=image.recipe,
                        sha256=image.sha256, size_bytes=image.size_bytes, deprecated=image.deprecated,

@@ -1,11 +1,14 @@
-"""Real desktops on qemu:///system: boot from the golden image, show pixels, leave no trace."""
+"""Real desktops on qemu:///system: boot from the golden image, show pixels (over VNC and as the
+console's screenshot through libvirt), leave no trace."""
 
 from __future__ import annotations
 
+import io
 import subprocess
 import xml.etree.ElementTree as ET
 
 import libvirt
+from PIL import Image
 
 from controlplane.domain.desktop import DesktopState as S
 from controlplane.services import desktops, pools
@@ -35,6 +38,9 @@ def test_two_desktops_boot_show_pixels_and_vanish(real_ctx, real_settings, golde
         assert frame.width >= 640 and frame.height >= 400
         assert any(frame.pixels), "framebuffer is blank"
         assert len(set(frame.pixels)) > 1
+        with Image.open(io.BytesIO(hv.screenshot(row.name))) as shot:  # the console's view, via libvirt
+            assert shot.format == "PNG" and shot.width == min(frame.width, 640)
+            assert len(set(shot.convert("RGB").getdata())) > 1, "the screenshot is blank"
 
         xml = ET.fromstring(conn.lookupByName(row.name).XMLDesc(0))
         # TCG unless the real probe saw a kernel boot under KVM (on nested hosts it never does)

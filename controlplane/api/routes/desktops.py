@@ -1,8 +1,9 @@
-"""Desktops: list, inspect, reboot, rebuild, recycle."""
+"""Desktops: list, inspect, look at (screenshot), reboot, rebuild, recycle."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, status
+from fastapi.responses import Response
 
 from controlplane.api.deps import Actor, CtxDep, current_admin, wake_reconciler
 from controlplane.api.schemas import DesktopPublic
@@ -21,6 +22,14 @@ def list_desktops(ctx: CtxDep, pool: str | None = None) -> list[DesktopPublic]:
 @router.get("/{name}", response_model=DesktopPublic)
 def get_desktop(name: str, ctx: CtxDep) -> DesktopPublic:
     return desktop_view(*desktops.get(ctx, name))
+
+
+@router.get("/{name}/screenshot", response_class=Response,
+            responses={200: {"content": {"image/png": {}}, "description": "the screen, scaled down"}})
+def desktop_screenshot(name: str, ctx: CtxDep, actor: Actor) -> Response:
+    """The desktop's screen now, as a small PNG (audited: it may show a customer)."""
+    return Response(desktops.screenshot(ctx, name, actor=actor), media_type="image/png",
+                    headers={"Cache-Control": "no-store"})
 
 
 @router.post("/{name}/reboot", response_model=DesktopPublic, dependencies=[Wake])

@@ -51,6 +51,7 @@ from controlplane.drivers.libvirt.domxml import (
 )
 from controlplane.drivers.libvirt.errors import is_not_found, translate
 from controlplane.drivers.libvirt.guest_link import GuestLinks
+from controlplane.drivers.libvirt.screenshot import capture_png
 from controlplane.errors import PermanentError
 
 READY_MARKER = "SHIFTDESK-READY name="
@@ -209,6 +210,16 @@ class LibvirtHypervisor:
 
     def channel_socket(self, name: str) -> Path:
         return self.run_dir / f"{name}.chan"
+
+    def screenshot(self, name: str) -> bytes:
+        self.vnc_socket(name)  # the same check: a desktop of this installation, by name
+        dom = self._lookup(name)
+        if dom is None or not dom.isActive():
+            raise PermanentError(f"screenshot: desktop {name} is not running")
+        try:
+            return capture_png(self.conn, dom)
+        except libvirt.libvirtError as err:
+            raise translate(err, f"screenshot of {name}") from err
 
     def vnc_socket(self, name: str) -> Path:
         """Only for a desktop name of this installation: never a path a caller could steer."""

@@ -1,69 +1,298 @@
-// The admins' console: pools at a glance and the capacity plot (planned, rostered, actual).
+// The admins' console: pools (with capacity plots and rollouts), desktops (with a screenshot),
+// live sessions, images, policies and the audit log. Every action is a call to the same REST API
+// the CLI uses, so it is authorised and audited there; this page only shows and asks.
+// Text from the server is only ever set as textContent, never as HTML.
 const $ = (id) => document.getElementById(id);
 let token = null;
-let current = null;
+let plotPool = null;
 
 async function api(path, options = {}) {
   const response = await fetch(path, { ...options, cache: "no-store",
     headers: { "Content-Type": "application/json", ...(token ? { Authorization: `Bearer ${token}` } : {}) } });
-  if (!response.ok) throw new Error((await response.json().catch(() => ({}))).detail || response.statusText);
+  if (!response.ok) {
+    const body = await response.json().catch(() => ({}));
+    throw new Error(typeof body.detail === "string" ? body.detail : response.statusText);
+  }
   return response;
 }
+const json = async (path, options) => (await api(path, options)).json();
+const post = (path, body = {}) => json(path, { method: "POST", body: JSON.stringify(body) });
+
+function say(text, isError = false) {
+  $("status").textContent = text;
+  $("status").classList.toggle("error", isError);
+}
+
+// Run an action from a button: say what happened, or why it failed, then refresh the view.
+function act(label, run, refresh) {
+  return async () => {
+    try {
+      await run();
+      say(`${label}: done`);
+    } catch (err) {
+      say(`${label}: ${err.message}`, true);
+    }
+    await refresh();
+  };
+}
+
+function cell(text) {
+  const td = document.createElement("td");
+  td.textContent = text ?? "-";
+  return td;
+}
+
+function button(text, onClick, label) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.textContent = text;
+  if (label) b.setAttribute("aria-label", label);
+  b.addEventListener("click", onClick);
+  return b;
+}
+
+function row(cells, buttons = []) {
+  const tr = document.createElement("tr");
+  for (const text of cells) tr.append(cell(text));
+  if (buttons.length) {
+    const td = document.createElement("td");
+    td.append(...buttons);
+    tr.append(td);
+  }
+  return tr;
+}
+
+function fill(tbody, rows, empty) {
+  $(tbody).replaceChildren(...(rows.length ? rows : [row([empty])]));
+}
+
+function age(iso) {
+  const s = Math.max(0, (Date.now() - Date.parse(iso)) / 1000);
+  if (s < 90) return `${Math.round(s)} s`;
+  if (s < 5400) return `${Math.round(s / 60)} min`;
+  return `${(s / 3600).toFixed(1)} h`;
+}
+
+const confirmed = (question) => window.confirm(question);
+
+// --- tabs ------------------------------------------------------------------------------------
+
+const loaders = { pools: loadPools, desktops: loadDesktops, sessions: loadSessions, images: loadImages,
+  policies: loadPolicies, audit: loadAudit };
+
+async function show(name) {
+  for (const tab of document.querySelectorAll("[role=tab]")) {
+    const on = tab.getAttribute("aria-controls") === name;
+    tab.setAttribute("aria-selected", String(on));
+    $(tab.getAttribute("aria-controls")).hidden = !on;
+  }
+  try {
+    await loaders[name]();
+  } catch (err) {
+    say(`${name}: ${err.message}`, true);
+  }
+}
+
+for (const tab of document.querySelectorAll("[role=tab]")) {
+  tab.addEventListener("click", () => show(tab.getAttribute("aria-controls")));
+}
+
+// --- sign in ---------------------------------------------------------------------------------
 
 $("login").addEventListener("submit", async (event) => {
   event.preventDefault();
   try {
-    const r = await api("/api/v1/auth/login", { method: "POST",
-      body: JSON.stringify({ username: $("username").value, password: $("password").value }) });
-    const body = await r.json();
+    const body = await post("/api/v1/auth/login", { username: $("username").value, password: $("password").value });
     if (body.role !== "admin") throw new Error("this console is for administrators");
     token = body.token;
     $("who").textContent = body.username;
     $("login").hidden = true;
-    $("pools").hidden = false;
-    await loadPools();
+    $("password").value = "";
+    $("tabs").hidden = false;
+    $("sign-out").hidden = false;
+    await show("pools");
   } catch (err) {
     $("error").textContent = err.message;
     $("error").hidden = false;
   }
 });
 
-async function loadPools() {
-  const pools = await (await api("/api/v1/pools")).json();
-  const rows = $("pool-rows");
-  rows.replaceChildren();
-  for (const pool of pools) {
-    const tr = document.createElement("tr");
-    const cells = [pool.name, pool.image, String(pool.size),
-      Object.entries(pool.desktops).map(([k, v]) => `${k} ${v}`).join(", ") || "-"];
-    for (const text of cells) {
-      const td = document.createElement("td");
-      td.textContent = text;
-      tr.append(td);
-    }
-    const td = document.createElement("td");
-    const button = document.createElement("button");
-    button.textContent = "Show plan";
-    button.addEventListener("click", () => showPlot(pool.name));
-    td.append(button);
-    tr.append(td);
-    rows.append(tr);
+$("sign-out").addEventListener("click", async () => {
+  await api("/api/v1/auth/logout", { method: "POST" }).catch(() => {});
+  token = null;
+  window.location.reload();
+});
+
+// --- pools -----------------------------------------------------------------------------------
+
+async function rolloutText(pool) {
+  try {
+    const r = await json(`/api/v1/pools/${encodeURIComponent(pool)}/rollout`);
+    const where = r.state === "canary" || r.state === "rolling" ? ` (${r.desktops.new} new, ${r.desktops.old} old)` : "";
+    return `${r.state} to ${r.to_image}${where}${r.reason ? `: ${r.reason}` : ""}`;
+  } catch {
+    return "-";
   }
 }
 
+async function loadPools() {
+  const pools = await json("/api/v1/pools");
+  const rows = [];
+  for (const pool of pools) {
+    const counts = Object.entries(pool.desktops).map(([k, v]) => `${k} ${v}`).join(", ") || "-";
+    rows.push(row([pool.name, pool.image, String(pool.size), counts, await rolloutText(pool.name)],
+      [button("Show plan", () => showPlot(pool.name), `Show the capacity plan of ${pool.name}`)]));
+  }
+  fill("pool-rows", rows, "no pools");
+}
+
 async function showPlot(pool) {
-  current = pool;
-  const days = $("range").value;
+  plotPool = pool;
   try {
-    const blob = await (await api(`/api/v1/schedules/${encodeURIComponent(pool)}/plan?fmt=svg&days=${days}`)).blob();
+    const blob = await (await api(`/api/v1/schedules/${encodeURIComponent(pool)}/plan?fmt=svg&days=${$("range").value}`)).blob();
     $("plot").src = URL.createObjectURL(blob);
     $("plot").hidden = false;
     $("plot-title").textContent = `Capacity of ${pool}`;
-    $("plot-title").hidden = false;
   } catch (err) {
     $("plot-title").textContent = `${pool}: ${err.message}`;
-    $("plot-title").hidden = false;
     $("plot").hidden = true;
   }
+  $("plot-title").hidden = false;
 }
-$("range").addEventListener("change", () => current && showPlot(current));
+$("range").addEventListener("change", () => plotPool && showPlot(plotPool));
+
+// --- desktops --------------------------------------------------------------------------------
+
+async function loadDesktops() {
+  const pools = await json("/api/v1/pools");
+  const select = $("desktop-pool");
+  const chosen = select.value;
+  select.replaceChildren(new Option("All pools", ""), ...pools.map((p) => new Option(p.name, p.name)));
+  select.value = chosen;
+  const query = chosen ? `?pool=${encodeURIComponent(chosen)}` : "";
+  const desktops = await json(`/api/v1/desktops${query}`);
+  fill("desktop-rows", desktops.map((d) => {
+    const path = `/api/v1/desktops/${encodeURIComponent(d.name)}`;
+    const buttons = [button("View", () => preview(d.name), `View the screen of ${d.name}`)];
+    if (d.assigned_to) {
+      buttons.push(button("Disconnect", act(`disconnect ${d.name}`, () => post(`${path}/disconnect`), loadDesktops),
+        `Disconnect the session on ${d.name}`));
+    } else {
+      buttons.push(button("Reboot", act(`reboot ${d.name}`, () => post(`${path}/reboot`), loadDesktops),
+        `Reboot ${d.name}`));
+      buttons.push(button("Rebuild", act(`rebuild ${d.name}`, () => post(`${path}/rebuild`), loadDesktops),
+        `Rebuild ${d.name} from its pool's image`));
+    }
+    buttons.push(button("Recycle", act(`recycle ${d.name}`, async () => {
+      if (!confirmed(`Recycle ${d.name}? It is deleted and replaced by a fresh desktop.`)) throw new Error("cancelled");
+      await api(path, { method: "DELETE" });
+    }, loadDesktops), `Recycle ${d.name}`));
+    return row([d.name, d.pool, d.state + (d.reason ? ` (${d.reason})` : ""), d.assigned_to, age(d.since)], buttons);
+  }), "no desktops");
+}
+$("desktop-pool").addEventListener("change", () => loadDesktops().catch((err) => say(err.message, true)));
+
+async function preview(name) {
+  try {
+    const blob = await (await api(`/api/v1/desktops/${encodeURIComponent(name)}/screenshot`)).blob();
+    $("preview-img").src = URL.createObjectURL(blob);
+    $("preview-img").alt = `The screen of ${name}`;
+    $("preview-caption").textContent = `${name}, ${new Date().toLocaleTimeString()} (this look is in the audit log)`;
+    $("preview").hidden = false;
+  } catch (err) {
+    say(`screen of ${name}: ${err.message}`, true);
+  }
+}
+
+// --- sessions --------------------------------------------------------------------------------
+
+async function loadSessions() {
+  const sessions = await json("/api/v1/sessions");
+  fill("session-rows", sessions.map((s) => row(
+    [s.user, s.desktop, s.pool, s.source, age(s.since), s.idle_s == null ? "-" : `${Math.round(s.idle_s)} s`,
+      `${s.bytes_from_browser} / ${s.bytes_to_browser}`],
+    [button("Disconnect", act(`disconnect ${s.user}`, () => post(`/api/v1/desktops/${encodeURIComponent(s.desktop)}/disconnect`),
+      loadSessions), `Disconnect ${s.user} from ${s.desktop}`),
+    button("Revoke", act(`revoke ${s.user}`, async () => {
+      if (!confirmed(`End every sign-in of ${s.user}? They must sign in again.`)) throw new Error("cancelled");
+      await post("/api/v1/auth/revoke", { username: s.user });
+    }, loadSessions), `Revoke every sign-in of ${s.user}`)])), "no live sessions");
+}
+
+// --- images ----------------------------------------------------------------------------------
+
+async function loadImages() {
+  const [images, pools] = await Promise.all([json("/api/v1/images"), json("/api/v1/pools")]);
+  fill("image-rows", images.map((i) => {
+    const ref = `${i.name}:${i.version}`;
+    const users = pools.filter((p) => p.image === ref).map((p) => p.name).join(", ") || "-";
+    return row([ref, new Date(i.built_at).toISOString().slice(0, 16).replace("T", " "), i.sha256.slice(0, 12),
+      i.deprecated ? "yes" : "no", users]);
+  }), "no images");
+}
+
+// --- policies --------------------------------------------------------------------------------
+
+async function loadPolicies() {
+  const revisions = await json("/api/v1/policies/revisions");
+  const current = revisions.length ? revisions[0].revision : null;
+  fill("revision-rows", revisions.map((r) => row(
+    [String(r.revision) + (r.revision === current ? " (current)" : ""), new Date(r.created_at).toISOString().slice(0, 16).replace("T", " "),
+      r.actor, r.comment || (r.rollback_of ? `rollback to ${r.rollback_of}` : "")],
+    r.revision === current ? [] : [button("Roll back", act(`roll back to revision ${r.revision}`, async () => {
+      if (!confirmed(`Make revision ${r.revision}'s policies current again?`)) throw new Error("cancelled");
+      await post("/api/v1/policies/rollback", { revision: r.revision, comment: "from the console" });
+    }, loadPolicies), `Roll back to revision ${r.revision}`)])), "no policies applied");
+}
+
+$("explain").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const query = new URLSearchParams({ user: $("explain-user").value });
+  if ($("explain-pool").value) query.set("pool", $("explain-pool").value);
+  try {
+    const result = await json(`/api/v1/policies/explain?${query}`);
+    $("explain-out").textContent = JSON.stringify(result, null, 2);
+  } catch (err) {
+    $("explain-out").textContent = err.message;
+  }
+  $("explain-out").hidden = false;
+});
+
+// --- audit -----------------------------------------------------------------------------------
+
+function auditQuery() {
+  const query = new URLSearchParams();
+  for (const [key, id] of [["actor", "audit-actor"], ["action", "audit-action"], ["target", "audit-target"]]) {
+    if ($(id).value.trim()) query.set(key, $(id).value.trim());
+  }
+  for (const [key, id] of [["since", "audit-since"], ["until", "audit-until"]]) {
+    if ($(id).value) query.set(key, new Date($(id).value).toISOString());
+  }
+  return query;
+}
+
+async function loadAudit() {
+  const query = auditQuery();
+  query.set("limit", "200");
+  const events = await json(`/api/v1/audit?${query}`);
+  fill("audit-rows", events.map((e) => row([e.at.slice(0, 19).replace("T", " "), e.actor, e.action, e.target,
+    JSON.stringify(e.detail)])), "no events match");
+}
+
+$("audit-search").addEventListener("submit", (event) => {
+  event.preventDefault();
+  loadAudit().catch((err) => say(err.message, true));
+});
+
+$("audit-export").addEventListener("click", async () => {
+  try {
+    const blob = await (await api(`/api/v1/audit/export.csv?${auditQuery()}`)).blob();
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(blob);
+    link.download = "shiftdesk-audit.csv";
+    link.click();
+    say("audit export: downloaded (the export itself is audited)");
+  } catch (err) {
+    say(`audit export: ${err.message}`, true);
+  }
+});

@@ -1,0 +1,99 @@
+"""What the admin console reads: live sessions with what the gateway saw, the audit log searched
+and exported as CSV (itself audited, formulas defused), and a desktop's screenshot (audited)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from fastapi.testclient import TestClient
+
+from controlplane.main import create_app
+from controlplane.services import broker, pools, sessions
+from controlplane.services.reconciler import Reconciler
+from controlplane.services.tokens import Claims
+from tests.conftest import AGENTS, USERS
+
+
+@pytest.fixture
+def api(ctx, settings, image):
+    pools.create(ctx, name="sales", image="busybox-desktop", size=2, groups=[AGENTS], actor="t")
+    rec = Reconciler(ctx)
+    assert rec.run_until_converged(timeout=10, busy_period=0)
+    rec.close()
+    with TestClient(create_app(settings, ctx)) as c:
+        r = c.post("/api/v1/auth/login", json={"username": "carol", "password": USERS["carol"][0]})
+        c.headers["Authorization"] = f"Bearer {r.json()['token']}"
+        yield c
+
+
+def open_session(ctx, user="alice"):
+    c = broker.connect(ctx, Claims(user, "agent", (AGENTS,), "j", 0), "sales")
+    target = broker.redeem(ctx, c.ticket, user)
+    limits = sessions.Limits(idle_s=900, max_s=3600, grace_s=300)
+    display = sessions.open_display(ctx, desktop_id=target.desktop_id, user=user, jti="j", source="192.0.2.7",
+                                    gateway="g", limits=limits, period_s=2)
+    return c.desktop, display, limits
+
+
+def test_live_sessions_show_who_where_since_and_what_the_gateway_saw(api, ctx, clock):
+    desktop, display, limits = open_session(ctx)
+    clock.advance(30)
+    sessions.heartbeat(ctx, display, limits=limits, period_s=2,
+                       usage=sessions.Usage(bytes_from_browser=1200, bytes_to_browser=987654, idle_s=12.0))
+    (s,) = api.get("/api/v1/sessions").json()
+    assert (s["user"], s["desktop"], s["pool"], s["source"]) == ("alice", desktop, "sales", "192.0.2.7")
+    assert (s["bytes_from_browser"], s["bytes_to_browser"], s["idle_s"]) == (1200, 987654, 12.0)
+    clock.advance(60)  # no heartbeat for 30 periods: the gateway is gone, the session is not live
+    assert api.get("/api/v1/sessions").json() == []
+
+
+def test_agents_see_no_sessions_and_no_screens(api, ctx):
+    desktop, _, _ = open_session(ctx)
+    r = api.post("/api/v1/auth/login", json={"username": "alice", "password": USERS["alice"][0]})
+    agent = {"Authorization": f"Bearer {r.json()['token']}"}
+    assert api.get("/api/v1/sessions", headers=agent).status_code == 403
+    assert api.get(f"/api/v1/desktops/{desktop}/screenshot", headers=agent).status_code == 403
+    assert api.get("/api/v1/audit/export.csv", headers=agent).status_code == 403
+
+
+def test_a_screenshot_is_a_png_and_every_look_is_audited(api, ctx):
+    desktop, _, _ = open_session(ctx)
+    r = api.get(f"/api/v1/desktops/{desktop}/screenshot")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png" and r.content[:4] == b"\x89PNG"
+    assert r.headers["cache-control"] == "no-store"
+    (look,) = api.get("/api/v1/audit", params={"action": "desktop.screenshot"}).json()
+    assert (look["actor"], look["target"], look["detail"]["user"]) == ("carol", desktop, "alice")
+    assert api.get("/api/v1/desktops/sd-unit-none-000000/screenshot").status_code == 404
+
+
+def test_audit_search_by_who_family_target_and_time(api, ctx, clock):
+    desktop, display, limits = open_session(ctx)
+    api.post(f"/api/v1/desktops/{desktop}/disconnect")
+    everything = api.get("/api/v1/audit", params={"limit": 1000}).json()
+    by_carol = api.get("/api/v1/audit", params={"actor": "carol"}).json()
+    assert by_carol and all(e["actor"] == "carol" for e in by_carol)
+    family = api.get("/api/v1/audit", params={"action": "session."}).json()
+    assert family and all(e["action"].startswith("session.") for e in family)
+    on_desktop = api.get("/api/v1/audit", params={"target": desktop, "actor": "carol"}).json()
+    assert on_desktop and all(e["target"] == desktop and e["actor"] == "carol" for e in on_desktop)
+    now = datetime.now(UTC)  # the log's own time
+    assert api.get("/api/v1/audit", params={"since": (now + timedelta(minutes=1)).isoformat()}).json() == []
+    assert len(api.get("/api/v1/audit", params={"until": (now + timedelta(minutes=1)).isoformat(),
+                                                "limit": 1000}).json()) == len(everything)
+    assert api.get("/api/v1/audit", params={"since": "yesterday"}).status_code == 422
+
+
+def test_the_csv_export_is_audited_and_defuses_formulas(api, ctx):
+    r = api.post("/api/v1/auth/login", json={"username": "=HYPERLINK(\"http://evil\")", "password": "x"})
+    assert r.status_code == 401  # a failed sign-in writes the name it was given into the log
+    r = api.get("/api/v1/audit/export.csv", params={"action": "auth.login_failed"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    assert "attachment" in r.headers["content-disposition"]
+    rows = list(csv.reader(io.StringIO(r.text)))
+    assert rows[0] == ["id", "at", "actor", "action", "target", "detail"]
+    assert len(rows) > 1 and all(not cell.startswith("=") for line in rows for cell in line)
+    (export,) = api.get("/api/v1/audit", params={"action": "audit.export"}).json()
+    assert export["actor"] == "carol" and export["detail"]["rows"] == len(rows) - 1
