@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
+from urllib.parse import quote
 
 import typer
 from pydantic import BaseModel
@@ -22,10 +26,11 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from controlplane import remote
 from controlplane.config import Settings
 from controlplane.domain.policy_load import MAX_FILE_BYTES
 from controlplane.domain.rollout import RolloutState, Thresholds
-from controlplane.errors import ExpectedError, InvalidInput, ShiftDeskError
+from controlplane.errors import ExpectedError, InvalidInput, NotFound, ShiftDeskError
 from controlplane.main import (
     build_context,
     build_reconciler,
@@ -38,7 +43,8 @@ from controlplane.main import (
 )
 from controlplane.services import demo, desktops, identity, images, policies, pools, rollouts, scaling, selftest
 from controlplane.services.context import Context
-from controlplane.services.views import desktop_view, image_view
+from controlplane.services.rollouts import RolloutPublic
+from controlplane.services.views import DesktopPublic, ImagePublic, PoolPublic, desktop_view, image_view
 
 app = typer.Typer(help="ShiftDesk: cloud desktops for contact centres.", no_args_is_help=True)
 image_app = typer.Typer(help="Golden images.", no_args_is_help=True)
@@ -57,6 +63,14 @@ app.add_typer(schedule_app, name="schedule")
 demo_app = typer.Typer(help="The demo installation of `make run`.", no_args_is_help=True)
 app.add_typer(demo_app, name="demo")
 
+@app.callback()
+def _global(server: Annotated[str | None, typer.Option(
+        "--server", help="Act on this remote control plane (https://...) through its API; also SHIFTDESK_URL")]
+        = None) -> None:
+    if server:
+        os.environ[remote.ENV_URL] = server
+
+
 out = Console()
 err = Console(stderr=True)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")]
@@ -69,16 +83,38 @@ T = TypeVar("T")
 
 
 @contextmanager
-def context() -> Iterator[tuple[Context, Settings]]:
+def handled() -> Iterator[None]:
+    """Errors as the admin should see them: a mistake (exit 2, the field named) or a failure (exit 1)."""
     try:
-        settings = Settings()
-        yield build_context(settings), settings
+        yield
     except ExpectedError as e:
         err.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from None
     except ShiftDeskError as e:
         err.print(f"[red]failed:[/red] {e}")
         raise typer.Exit(1) from None
+
+
+@contextmanager
+def context() -> Iterator[tuple[Context, Settings]]:
+    """This host's control plane (database, libvirt): the host operator's mode."""
+    with handled():
+        if os.environ.get(remote.ENV_URL):
+            raise ExpectedError(f"this command acts on the control-plane host only (unset {remote.ENV_URL})",
+                                field="server")
+        settings = Settings()
+        yield build_context(settings), settings
+
+
+def remote_api() -> remote.Client | None:
+    """The remote control plane SHIFTDESK_URL (or --server) names, signed in with `shiftdesk login`."""
+    server = os.environ.get(remote.ENV_URL)
+    if not server:
+        return None
+    creds = remote.saved(server)
+    if creds is None:
+        raise ExpectedError(f"not signed in at {server}: shiftdesk login --server {server}", field="server")
+    return remote.Client(creds)
 
 
 def emit(rows: Sequence[BaseModel], as_json: bool, columns: list[str]) -> None:
@@ -147,6 +183,36 @@ def serve(
 
 
 @app.command()
+def login(
+    server: Annotated[str | None, typer.Option(help="The control plane, https://host:port (or SHIFTDESK_URL)")] = None,
+    ca: Annotated[Path | None, typer.Option(help="Its CA certificate (PEM), pinned from now on (the local CA is "
+                                                 "DATA_DIR/tls/ca.pem on the control plane)")] = None,
+    username: Annotated[str | None, typer.Option(help="Your AD account (asked if not given)")] = None,
+) -> None:
+    """Sign in to a remote control plane as an AD admin; later commands act there through its API.
+    The token (short-lived) and the pinned CA are kept 0600 in ~/.config/shiftdesk/."""
+    with handled():
+        target = server or os.environ.get(remote.ENV_URL)
+        if not target:
+            raise InvalidInput("server: give --server https://host:port or set SHIFTDESK_URL", field="server")
+        user = username or typer.prompt("AD username")
+        creds = remote.login(target, user, getpass.getpass(f"password for {user}: "), ca)
+        err.print(f"signed in to {creds.server} as {creds.username} until "
+                  f"{datetime.fromtimestamp(creds.expires_at, UTC):%Y-%m-%d %H:%M} UTC; "
+                  f"commands act there while SHIFTDESK_URL={creds.server}")
+
+
+@app.command()
+def logout(server: Annotated[str | None, typer.Option(help="The control plane (or SHIFTDESK_URL)")] = None) -> None:
+    """End the sign-in at a remote control plane and forget its token."""
+    with handled():
+        target = server or os.environ.get(remote.ENV_URL)
+        if not target:
+            raise InvalidInput("server: give --server https://host:port or set SHIFTDESK_URL", field="server")
+        err.print(f"signed out of {target}" if remote.logout(target) else f"not signed in at {target}")
+
+
+@app.command()
 def token() -> None:
     """Print a short-lived admin API token for this host's operator (audited; for bootstrap)."""
     with context() as (ctx, _):
@@ -184,6 +250,11 @@ def image_build(recipe: str, as_json: JsonOpt = False) -> None:
 @image_app.command("ls")
 def image_ls(as_json: JsonOpt = False) -> None:
     """List golden-image versions."""
+    with handled():
+        if (api := remote_api()) is not None:
+            emit([ImagePublic.model_validate(i) for i in api.call("GET", "/api/v1/images")], as_json,
+                 ["name", "version", "sha256", "size_bytes", "deprecated", "built_at"])
+            return
     with context() as (ctx, _):
         emit([image_view(i) for i in images.list_all(ctx)], as_json,
              ["name", "version", "sha256", "size_bytes", "deprecated", "built_at"])
@@ -192,6 +263,11 @@ def image_ls(as_json: JsonOpt = False) -> None:
 @image_app.command("deprecate")
 def image_deprecate(ref: str) -> None:
     """Deprecate NAME[:VERSION]: existing pools keep it, new pools by name skip it."""
+    with handled():
+        if (api := remote_api()) is not None:
+            image = api.call("POST", f"/api/v1/images/{_seg(ref)}/deprecate")
+            err.print(f"deprecated {image['name']}:{image['version']}")
+            return
     with context() as (ctx, _):
         image = images.deprecate(ctx, ref, actor=ACTOR)
         err.print(f"deprecated {image.name}:{image.version}")
@@ -200,6 +276,11 @@ def image_deprecate(ref: str) -> None:
 @image_app.command("rm")
 def image_rm(ref: str) -> None:
     """Delete NAME[:VERSION] (refused while a pool uses it)."""
+    with handled():
+        if (api := remote_api()) is not None:
+            api.call("DELETE", f"/api/v1/images/{_seg(ref)}")
+            err.print(f"deleted {ref}")
+            return
     with context() as (ctx, _):
         images.delete(ctx, ref, actor=ACTOR)
         err.print(f"deleted {ref}")
@@ -224,6 +305,15 @@ def pool_create(
     timeout: TimeoutOpt = 600.0,
 ) -> None:
     """Create pool NAME of SIZE desktops cloned from IMAGE."""
+    with handled():
+        if (api := remote_api()) is not None:
+            api.call("POST", "/api/v1/pools", json={
+                "name": name, "image": image, "size": size, "min_size": min_size, "max_size": max(max_size, size),
+                "memory_mib": memory_mib, "vcpus": vcpus, "clone": clone, "memory_sharing": memory_sharing,
+                "groups": group or []})
+            if wait:
+                follow_remote_pool(api, name, timeout)
+            return
     with context() as (ctx, settings):
         pools.create(ctx, name=name, image=image, size=size, min_size=min_size, max_size=max(max_size, size),
                      memory_mib=memory_mib, vcpus=vcpus, clone=clone, groups=group or [],
@@ -235,6 +325,12 @@ def pool_create(
 @pool_app.command("scale")
 def pool_scale(name: str, size: int, wait: WaitOpt = True, timeout: TimeoutOpt = 600.0) -> None:
     """Set pool NAME's size to SIZE."""
+    with handled():
+        if (api := remote_api()) is not None:
+            api.call("PATCH", f"/api/v1/pools/{_seg(name)}", json={"size": size})
+            if wait:
+                follow_remote_pool(api, name, timeout)
+            return
     with context() as (ctx, settings):
         pools.scale(ctx, name, size, actor=ACTOR)
         if wait:
@@ -259,6 +355,11 @@ def pool_set(
 @pool_app.command("ls")
 def pool_ls(as_json: JsonOpt = False) -> None:
     """List pools with their desktops by state."""
+    with handled():
+        if (api := remote_api()) is not None:
+            emit([PoolPublic.model_validate(p) for p in api.call("GET", "/api/v1/pools")], as_json,
+                 ["name", "image", "clone", "size", "min_size", "max_size", "desktops"])
+            return
     with context() as (ctx, _):
         emit(pools.views(ctx), as_json, ["name", "image", "clone", "size", "min_size", "max_size", "desktops"])
 
@@ -266,6 +367,12 @@ def pool_ls(as_json: JsonOpt = False) -> None:
 @pool_app.command("delete")
 def pool_delete(name: str, wait: WaitOpt = True, timeout: TimeoutOpt = 600.0) -> None:
     """Delete pool NAME and every trace of its desktops."""
+    with handled():
+        if (api := remote_api()) is not None:
+            api.call("DELETE", f"/api/v1/pools/{_seg(name)}")
+            if wait:
+                follow_remote_pool(api, name, timeout)
+            return
     with context() as (ctx, settings):
         pools.delete(ctx, name, actor=ACTOR)
         if wait:
@@ -294,6 +401,15 @@ def rollout_start(
     itself back when the new version is worse than the old beyond the thresholds."""
     th = Thresholds(failure_rate=failure_rate, ready_ratio=ready_ratio, restart_rate=restart_rate,
                     drop_rate=drop_rate, min_samples=min_samples)
+    with handled():
+        if (api := remote_api()) is not None:
+            r = RolloutPublic.model_validate(api.call("POST", f"/api/v1/pools/{_seg(pool)}/rollouts", json={
+                "image": image, "canary": canary, "batch": batch, "soak_s": soak, "thresholds": asdict(th)}))
+            err.print(f"rollout {r.id}: pool {pool} from {r.from_image} to {r.to_image}, canary {r.canary}, "
+                      f"batches of {r.batch}")
+            if wait:
+                follow_remote_rollout(api, pool, timeout)
+            return
     with context() as (ctx, settings):
         r = rollouts.start(ctx, pool, image=image, canary=canary, batch=batch, soak_s=soak, thresholds=th,
                            actor=ACTOR)
@@ -308,28 +424,110 @@ def rollout_status(pool: str, as_json: JsonOpt = False,
                    wait: Annotated[bool, typer.Option("--wait", help="Follow it until it ends")] = False,
                    timeout: TimeoutOpt = 3600.0) -> None:
     """POOL's rollout in progress, or its last one: state, desktops by version, signals."""
+    with handled():
+        if (api := remote_api()) is not None:
+            if wait:
+                follow_remote_rollout(api, pool, timeout)
+            show_rollout(RolloutPublic.model_validate(api.call("GET", f"/api/v1/pools/{_seg(pool)}/rollout")),
+                         as_json)
+            return
     with context() as (ctx, settings):
         if wait:
             follow_rollout(ctx, settings, pool, timeout)
-        r = rollouts.status(ctx, pool)
-        if as_json:
-            print(r.model_dump_json(indent=2))
-            return
-        out.print(f"rollout {r.id} of {r.pool}: [bold]{r.state}[/bold] {r.from_image} -> {r.to_image} "
-                  f"({r.desktops['new']} new, {r.desktops['old']} old){': ' + r.reason if r.reason else ''}")
-        table = Table("version", "provisioned", "failed", "median ready s", "restarts", "sessions", "early drops")
-        for version, st in r.stats.items():
-            table.add_row(version, *(_cell(st[k]) for k in ("provisioned", "failed", "median_ready_s", "restarts",
-                                                             "sessions", "drops")))
-        out.print(table)
+        show_rollout(rollouts.status(ctx, pool), as_json)
+
+
+def show_rollout(r: RolloutPublic, as_json: bool) -> None:
+    if as_json:
+        print(r.model_dump_json(indent=2))
+        return
+    out.print(f"rollout {r.id} of {r.pool}: [bold]{r.state}[/bold] {r.from_image} -> {r.to_image} "
+              f"({r.desktops['new']} new, {r.desktops['old']} old){': ' + r.reason if r.reason else ''}")
+    table = Table("version", "provisioned", "failed", "median ready s", "restarts", "sessions", "early drops")
+    for version, st in r.stats.items():
+        table.add_row(version, *(_cell(st[k]) for k in ("provisioned", "failed", "median_ready_s", "restarts",
+                                                         "sessions", "drops")))
+    out.print(table)
 
 
 @rollout_app.command("rollback")
 def rollout_rollback(pool: str, reason: Annotated[str, typer.Option(help="Why, for the audit log")] = "") -> None:
     """Stop POOL's rollout and point it back at the previous version."""
-    with context() as (ctx, _):
-        r = rollouts.roll_back(ctx, pool, actor=ACTOR, reason=reason)
-        out.print(f"rollout {r.id} of {pool}: {r.state} ({r.reason}); idle desktops of {r.to_image} are rebuilt")
+    with handled():
+        api = remote_api()
+        if api is not None:
+            r = RolloutPublic.model_validate(api.call("POST", f"/api/v1/pools/{_seg(pool)}/rollout/rollback",
+                                                      json={"reason": reason}))
+    if api is None:
+        with context() as (ctx, _):
+            r = rollouts.roll_back(ctx, pool, actor=ACTOR, reason=reason)
+    out.print(f"rollout {r.id} of {pool}: {r.state} ({r.reason}); idle desktops of {r.to_image} are rebuilt")
+
+
+def follow_remote_rollout(api: remote.Client, pool: str, timeout: float) -> None:
+    """Watch POOL's rollout through the API (the server's reconciler moves it) until it ends."""
+    def status() -> RolloutPublic:
+        return RolloutPublic.model_validate(api.call("GET", f"/api/v1/pools/{_seg(pool)}/rollout"))
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                  TextColumn("{task.completed}/{task.total} on the new version"), TimeElapsedColumn(),
+                  console=err) as progress:
+        task = progress.add_task(f"rollout of {pool}", total=None)
+        ended = _poll(lambda: _rollout_progress(progress, task, pool, status()), timeout)
+    _rollout_verdict(status(), pool, timeout, ended)
+
+
+def _rollout_progress(progress: Progress, task: Any, pool: str, r: RolloutPublic) -> bool:
+    progress.update(task, description=f"rollout of {pool}: {r.state}",
+                    total=max(1, r.desktops["new"] + r.desktops["old"]), completed=r.desktops["new"])
+    return not r.state.active
+
+
+def _rollout_verdict(r: RolloutPublic, pool: str, timeout: float, ended: bool) -> None:
+    if not ended:
+        err.print(f"[yellow]rollout of {pool} still {r.state} after {timeout:.0f} s; it goes on[/]")
+        raise typer.Exit(3)
+    if r.state == RolloutState.ROLLED_BACK:
+        err.print(f"[red]rollout of {pool} rolled back:[/red] {r.reason}")
+        raise typer.Exit(5)
+    err.print(f"rollout of {pool}: {r.state} ({r.reason})")
+
+
+def follow_remote_pool(api: remote.Client, pool: str, timeout: float) -> None:
+    """Watch POOL through the API until it has its size in ready desktops (or is gone, if deleted)."""
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                  TextColumn("{task.completed}/{task.total} ready"), TimeElapsedColumn(), console=err) as progress:
+        task = progress.add_task(f"pool {pool}", total=None)
+
+        def settled() -> bool:
+            try:
+                view = PoolPublic.model_validate(api.call("GET", f"/api/v1/pools/{_seg(pool)}"))
+            except NotFound:
+                progress.update(task, total=1, completed=1)
+                return True
+            target = 0 if view.deleting else view.size
+            ready = view.desktops.get("ready", 0) + view.desktops.get("in_use", 0)
+            progress.update(task, total=max(target, 1), completed=ready if target else 0)
+            return ready >= target and not view.deleting and view.desktops.get("provisioning", 0) == 0
+
+        done = _poll(settled, timeout)
+    if not done:
+        err.print(f"[yellow]pool {pool} has not converged after {timeout:.0f} s; the server keeps going[/]")
+        raise typer.Exit(3)
+
+
+def _poll(done: Callable[[], bool], timeout: float, period: float = 2.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(min(period, max(0.0, deadline - time.monotonic())))
+    return True
+
+
+def _seg(text: str) -> str:
+    """TEXT as one URL path segment (a name never adds a path of its own)."""
+    return quote(text, safe=":")
 
 
 def follow_rollout(ctx: Context, settings: Settings, pool: str, timeout: float) -> None:
@@ -348,14 +546,7 @@ def follow_rollout(ctx: Context, settings: Settings, pool: str, timeout: float) 
         ended = reconciler.run_until_converged(timeout=timeout, busy_period=settings.reconciler.busy_period_s,
                                                on_pass=show, until=lambda: not rollouts.status(ctx, pool).state.active)
     reconciler.close()
-    r = rollouts.status(ctx, pool)
-    if not ended:
-        err.print(f"[yellow]rollout of {pool} still {r.state} after {timeout:.0f} s; it goes on[/]")
-        raise typer.Exit(3)
-    if r.state == RolloutState.ROLLED_BACK:
-        err.print(f"[red]rollout of {pool} rolled back:[/red] {r.reason}")
-        raise typer.Exit(5)
-    err.print(f"rollout of {pool}: {r.state} ({r.reason})")
+    _rollout_verdict(rollouts.status(ctx, pool), pool, timeout, ended)
 
 
 # --- desktops ------------------------------------------------------------------------------------
@@ -365,15 +556,29 @@ def follow_rollout(ctx: Context, settings: Settings, pool: str, timeout: float) 
 def desktop_ls(pool: Annotated[str | None, typer.Option(help="Only this pool")] = None,
                as_json: JsonOpt = False) -> None:
     """List desktops (state, libvirt domain, disk path)."""
+    with handled():
+        if (api := remote_api()) is not None:
+            emit([DesktopPublic.model_validate(d) for d in api.call("GET", "/api/v1/desktops", params={"pool": pool})],
+                 as_json, ["name", "pool", "state", "domain", "disk_path", "reason"])
+            return
     with context() as (ctx, _):
         emit([desktop_view(d, p) for d, p in desktops.list_all(ctx, pool)], as_json,
              ["name", "pool", "state", "domain", "disk_path", "reason"])
 
 
 def _desktop_action(verb: Callable[..., object], name: str) -> None:
+    with handled():
+        if (api := remote_api()) is not None:
+            method, path = REMOTE_DESKTOP_VERBS[verb.__name__]
+            api.call(method, f"/api/v1/desktops/{_seg(name)}{path}")
+            err.print(f"{verb.__name__} {name}: accepted")
+            return
     with context() as (ctx, _):
         verb(ctx, name, actor=ACTOR)
         err.print(f"{verb.__name__} {name}: accepted")
+
+
+REMOTE_DESKTOP_VERBS = {"reboot": ("POST", "/reboot"), "rebuild": ("POST", "/rebuild"), "delete": ("DELETE", "")}
 
 
 @desktop_app.command("reboot")
@@ -437,6 +642,11 @@ def policy_validate(files: FilesOpt) -> None:
 @policy_app.command("diff")
 def policy_diff(files: FilesOpt, as_json: JsonOpt = False) -> None:
     """What applying FILES would change."""
+    with handled():
+        if (api := remote_api()) is not None:
+            _print_changes(api.call("POST", "/api/v1/policies/diff", json={"files": read_policy_files(files)})
+                           ["changes"], as_json)
+            return
     with context() as (ctx, _):
         texts = read_policy_files(files)
         changes = _policy_errors(lambda: policies.diff(ctx, texts))
@@ -458,6 +668,13 @@ def _print_changes(changes: list[dict], as_json: bool) -> None:
 @policy_app.command("apply")
 def policy_apply(files: FilesOpt, comment: Annotated[str, typer.Option(help="Why")] = "") -> None:
     """Apply FILES atomically as a new revision (nothing changes if any file is invalid)."""
+    with handled():
+        if (api := remote_api()) is not None:
+            rev = api.call("POST", "/api/v1/policies/apply", json={"files": read_policy_files(files),
+                                                                   "comment": comment})
+            _print_changes(rev["changes"], False)
+            err.print(f"revision {rev['revision']}" + ("" if rev["changes"] else " (unchanged)"))
+            return
     with context() as (ctx, _):
         texts = read_policy_files(files)
         rev, changes = _policy_errors(lambda: policies.apply(ctx, texts, actor=ACTOR, comment=comment))
@@ -468,23 +685,37 @@ def policy_apply(files: FilesOpt, comment: Annotated[str, typer.Option(help="Why
 @policy_app.command("history")
 def policy_history(as_json: JsonOpt = False) -> None:
     """Applied revisions, newest first."""
-    with context() as (ctx, _):
-        revs = policies.history(ctx)
-        if as_json:
-            print(json.dumps([{"revision": r.id, "actor": r.actor, "comment": r.comment, "sha256": r.sha256,
-                               "created_at": r.created_at.isoformat(), "rollback_of": r.rollback_of,
-                               "policies": sorted(r.documents)} for r in revs], indent=2))
+    with handled():
+        if (api := remote_api()) is not None:
+            show_history([{k: v for k, v in r.items() if k != "changes"}
+                          for r in api.call("GET", "/api/v1/policies/revisions")], as_json)
             return
-        table = Table("revision", "created_at", "actor", "policies", "comment")
-        for r in revs:
-            table.add_row(str(r.id), r.created_at.isoformat(timespec="seconds"), r.actor,
-                          ", ".join(sorted(r.documents)), r.comment)
-        out.print(table)
+    with context() as (ctx, _):
+        show_history([{"revision": r.id, "actor": r.actor, "comment": r.comment, "sha256": r.sha256,
+                       "created_at": r.created_at.isoformat(), "rollback_of": r.rollback_of,
+                       "policies": sorted(r.documents)} for r in policies.history(ctx)], as_json)
+
+
+def show_history(revs: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(revs, indent=2, default=str))
+        return
+    table = Table("revision", "created_at", "actor", "policies", "comment")
+    for r in revs:
+        table.add_row(str(r["revision"]), str(r["created_at"])[:19], r["actor"], ", ".join(r["policies"]),
+                      r["comment"])
+    out.print(table)
 
 
 @policy_app.command("rollback")
 def policy_rollback(revision: int, comment: Annotated[str, typer.Option(help="Why")] = "") -> None:
     """Make REVISION's policies current again (as a new revision)."""
+    with handled():
+        if (api := remote_api()) is not None:
+            rev = api.call("POST", "/api/v1/policies/rollback", json={"revision": revision, "comment": comment})
+            _print_changes(rev["changes"], False)
+            err.print(f"revision {rev['revision']} (= revision {revision})")
+            return
     with context() as (ctx, _):
         rev, changes = policies.rollback(ctx, revision, actor=ACTOR, comment=comment)
         _print_changes(changes, False)
@@ -497,27 +728,35 @@ def policy_explain(user: str, pool: Annotated[str | None, typer.Option(help="Des
                    app: Annotated[str | None, typer.Option(help="An application: may USER run it, and why")] = None,
                    as_json: JsonOpt = False) -> None:
     """The effective policy of USER, which policies made it, and why a name or app is allowed."""
-    with context() as (ctx, _):
-        result = policies.explain(ctx, user, pool, name=name, app=app)
-        if as_json:
-            print(json.dumps(result, indent=2, default=str))
+    with handled():
+        if (api := remote_api()) is not None:
+            show_explanation(api.call("GET", "/api/v1/policies/explain",
+                                      params={"user": user, "pool": pool, "name": name, "app": app}), as_json)
             return
-        out.print(f"[bold]{result['user']}[/bold] pool={result['pool'] or '*'} revision={result['revision']}")
-        out.print(f"groups: {', '.join(result['groups'])}")
-        for name, why in result["reasons"].items():
-            out.print(f"  applies: {name} ({why})")
-        out.print(f"apps: {', '.join(result['apps']) or '(none)'}")
-        out.print(f"domains: {', '.join(result['domains']) or '(none)'}")
-        out.print("data: " + " ".join(f"{k}={'on' if v else 'off'}" for k, v in result["data"].items()))
-        out.print(f"watermark: {'on' if result['watermark'] else 'off'}; session: "
-                  + " ".join(f"{k}={v}" for k, v in result["session"].items()))
-        for kind in ("name", "app"):
-            if kind in result:
-                verdict = result[kind]
-                word = "[green]allowed[/green]" if verdict["allowed"] else "[red]refused[/red]"
-                out.print(f"{kind} {verdict['subject']}: {word}")
-                for policy_name, rule in verdict["by_policy"].items():
-                    out.print(f"  {policy_name}: {rule}")
+    with context() as (ctx, _):
+        show_explanation(policies.explain(ctx, user, pool, name=name, app=app), as_json)
+
+
+def show_explanation(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+        return
+    out.print(f"[bold]{result['user']}[/bold] pool={result['pool'] or '*'} revision={result['revision']}")
+    out.print(f"groups: {', '.join(result['groups'])}")
+    for name, why in result["reasons"].items():
+        out.print(f"  applies: {name} ({why})")
+    out.print(f"apps: {', '.join(result['apps']) or '(none)'}")
+    out.print(f"domains: {', '.join(result['domains']) or '(none)'}")
+    out.print("data: " + " ".join(f"{k}={'on' if v else 'off'}" for k, v in result["data"].items()))
+    out.print(f"watermark: {'on' if result['watermark'] else 'off'}; session: "
+              + " ".join(f"{k}={v}" for k, v in result["session"].items()))
+    for kind in ("name", "app"):
+        if kind in result:
+            verdict = result[kind]
+            word = "[green]allowed[/green]" if verdict["allowed"] else "[red]refused[/red]"
+            out.print(f"{kind} {verdict['subject']}: {word}")
+            for policy_name, rule in verdict["by_policy"].items():
+                out.print(f"  {policy_name}: {rule}")
 
 
 # --- schedules ------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ router = APIRouter(prefix="/api/v1/policies", tags=["policies"], dependencies=[D
 
 def _revision(rev: Any, changes: list[dict]) -> dict[str, Any]:
     return {"revision": rev.id, "sha256": rev.sha256, "actor": rev.actor, "comment": rev.comment,
-            "created_at": rev.created_at, "rollback_of": rev.rollback_of, "changes": changes}
+            "created_at": rev.created_at, "rollback_of": rev.rollback_of, "policies": sorted(rev.documents),
+            "changes": changes}
 
 
 @router.get("/schema")

@@ -1,0 +1,110 @@
+"""The CLI on an admin's own machine: `shiftdesk login` against a real HTTPS control plane (uvicorn
+on loopback, the fake hypervisor behind it), the token kept 0600, the CA pinned, and the same
+commands with the same output through the REST API, acting as the signed-in AD admin."""
+
+from __future__ import annotations
+
+import json
+import stat
+
+import pytest
+from typer.testing import CliRunner
+
+from controlplane.cli import app
+from controlplane.drivers.local_ca import ensure_server_cert
+from controlplane.main import create_app, tls_files
+from controlplane.services import audit
+from controlplane.services.reconciler import Reconciler
+from tests.conftest import USERS, database_env
+from tests.e2e.conftest import Server
+
+
+@pytest.fixture
+def server(ctx, settings, image):
+    cert, key = tls_files(settings)
+    with Server(create_app(settings, ctx, Reconciler(ctx)), cert, key) as s:
+        s.ca, s.ctx = cert.parent / "ca.pem", ctx
+        yield s
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.delenv("SHIFTDESK_URL", raising=False)
+    return tmp_path / "config" / "shiftdesk"
+
+
+def run(*args: str, password: str = "", monkeypatch=None):
+    if monkeypatch is not None:
+        monkeypatch.setattr("getpass.getpass", lambda _prompt="": password)
+    return CliRunner().invoke(app, list(args))
+
+
+def sign_in(server, monkeypatch, user="carol"):
+    r = run("login", "--server", server.url, "--ca", str(server.ca), "--username", user,
+            password=USERS[user][0], monkeypatch=monkeypatch)
+    assert r.exit_code == 0, r.output
+    monkeypatch.setenv("SHIFTDESK_URL", server.url)
+
+
+def test_login_keeps_the_token_private_and_pins_the_ca(server, home, monkeypatch):
+    sign_in(server, monkeypatch)
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    assert stat.S_IMODE((home / "credentials.json").stat().st_mode) == 0o600
+    saved = json.loads((home / "credentials.json").read_text())[server.url]
+    assert saved["username"] == "carol" and saved["token"] and saved["ca_pem"] == server.ca.read_text()
+    assert USERS["carol"][0] not in (home / "credentials.json").read_text()  # the token, never the password
+
+
+def test_the_same_commands_act_remotely_as_the_admin(server, home, monkeypatch, ctx, settings):
+    sign_in(server, monkeypatch)
+    r = run("pool", "create", "sales", "--image", "busybox-desktop", "--size", "2", "--timeout", "30")
+    assert r.exit_code == 0, r.output
+    pools = json.loads(run("pool", "ls", "--json").output)
+    assert pools[0]["name"] == "sales" and pools[0]["desktops"] == {"ready": 2}
+    desktops = json.loads(run("desktop", "ls", "--pool", "sales", "--json").output)
+    assert len(desktops) == 2 and desktops[0]["state"] == "ready"
+    assert run("desktop", "rebuild", desktops[0]["name"]).exit_code == 0
+    assert json.loads(run("image", "ls", "--json").output)[0]["name"] == "busybox-desktop"
+    created = audit.recent(ctx, action="pool.create")
+    assert created[0]["actor"] == "carol"  # the AD admin who signed in, not the machine's account
+
+    assert run("pool", "scale", "sales", "2", "--timeout", "30").exit_code == 0  # follows the rebuild to ready
+    remote_view = run("pool", "ls", "--json").output
+    monkeypatch.delenv("SHIFTDESK_URL")  # the same question asked on the host: the same answer
+    monkeypatch.setenv("SHIFTDESK_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("SHIFTDESK_INSTANCE", settings.instance)
+    monkeypatch.setenv("SHIFTDESK_LIBVIRT__URI", "fake://")
+    for key, value in database_env(settings).items():
+        monkeypatch.setenv(key, value)
+    assert run("pool", "ls", "--json").output == remote_view
+
+
+def test_mistakes_name_the_field_and_local_only_commands_say_so(server, home, monkeypatch):
+    sign_in(server, monkeypatch)
+    r = run("pool", "create", "Bad Name", "--image", "busybox-desktop", "--size", "1", "--no-wait")
+    assert r.exit_code == 2 and "name" in r.output
+    r = run("pool", "scale", "missing", "3", "--no-wait")
+    assert r.exit_code == 2 and "missing" in r.output
+    r = run("token")
+    assert r.exit_code == 2 and "control-plane host only" in r.output
+
+
+def test_an_agent_cannot_administer_remotely(server, home, monkeypatch):
+    sign_in(server, monkeypatch, user="alice")
+    r = run("pool", "ls")
+    assert r.exit_code == 2 and "admin" in r.output.lower()
+
+
+def test_another_ca_is_refused_and_a_signed_out_admin_is_told(server, home, monkeypatch, tmp_path):
+    other = ensure_server_cert(tmp_path / "other-ca", ["127.0.0.1"]).ca_cert
+    r = run("login", "--server", server.url, "--ca", str(other), "--username", "carol",
+            password=USERS["carol"][0], monkeypatch=monkeypatch)
+    assert r.exit_code == 1 and "pinned CA" in r.output
+    assert not (home / "credentials.json").exists()
+    sign_in(server, monkeypatch)
+    assert run("logout").exit_code == 0
+    r = run("pool", "ls")
+    assert r.exit_code == 2 and "shiftdesk login" in r.output
+    r = run("login", "--server", "http://127.0.0.1:1", "--username", "carol", password="x", monkeypatch=monkeypatch)
+    assert r.exit_code == 2 and "https://" in r.output
