@@ -98,7 +98,7 @@ def test_two_clones_of_the_agent_desktop_are_two_machines_that_run_only_allowed_
     image = boot_image(agent_image)
     key = TemplateKey(agent_image.id, agent_image.manifest["memory_mib"], agent_image.manifest["vcpus"])
     hv.build_template(key, image)
-    wait(lambda: hv.list_templates()[key].ready, 300, "the template never showed its browser")
+    wait(lambda: hv.list_templates()[key].ready, 600, "the template never showed its browser")  # as boot_timeout_s
     hv.save_template(key)
 
     names = [f"sd-{real_ctx.instance}-floor-00000{i}" for i in (1, 2)]

@@ -136,15 +136,37 @@ async function rolloutText(pool) {
 }
 
 async function loadPools() {
-  const pools = await json("/api/v1/pools");
+  const [pools, images] = await Promise.all([json("/api/v1/pools"), json("/api/v1/images")]);
   const rows = [];
   for (const pool of pools) {
     const counts = Object.entries(pool.desktops).map(([k, v]) => `${k} ${v}`).join(", ") || "-";
-    rows.push(row([pool.name, pool.image, String(pool.size), counts, await rolloutText(pool.name)],
-      [button("Show plan", () => showPlot(pool.name), `Show the capacity plan of ${pool.name}`)]));
+    const rollout = await rolloutText(pool.name);
+    const buttons = [button("Show plan", () => showPlot(pool.name), `Show the capacity plan of ${pool.name}`)];
+    if (rollout.startsWith("canary") || rollout.startsWith("rolling")) {
+      buttons.push(button("Roll back", act(`roll back ${pool.name}`, async () => {
+        if (!confirmed(`Stop the rollout of ${pool.name} and go back to the previous image?`)) throw new Error("cancelled");
+        await post(`/api/v1/pools/${encodeURIComponent(pool.name)}/rollout/rollback`, { reason: "from the console" });
+      }, loadPools), `Roll back the rollout of ${pool.name}`));
+    }
+    rows.push(row([pool.name, pool.image, String(pool.size), counts, rollout], buttons));
   }
   fill("pool-rows", rows, "no pools");
+  const keep = (select, options) => {
+    const chosen = select.value;
+    select.replaceChildren(...options.map((o) => new Option(o, o)));
+    if (options.includes(chosen)) select.value = chosen;
+  };
+  keep($("rollout-pool"), pools.map((p) => p.name));
+  keep($("rollout-image"), images.filter((i) => !i.deprecated).map((i) => `${i.name}:${i.version}`));
 }
+
+$("rollout").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const pool = $("rollout-pool").value;
+  await act(`rollout of ${pool}`, () => post(`/api/v1/pools/${encodeURIComponent(pool)}/rollouts`, {
+    image: $("rollout-image").value, canary: $("rollout-canary").value.trim(),
+    batch: Number($("rollout-batch").value), soak_s: Number($("rollout-soak").value) }), loadPools)();
+});
 
 async function showPlot(pool) {
   plotPool = pool;
@@ -244,6 +266,40 @@ async function loadPolicies() {
       await post("/api/v1/policies/rollback", { revision: r.revision, comment: "from the console" });
     }, loadPolicies), `Roll back to revision ${r.revision}`)])), "no policies applied");
 }
+
+async function policyFiles() {
+  const files = {};
+  for (const file of $("apply-files").files) files[file.name] = await file.text();
+  return files;
+}
+
+function showChanges(changes, heading) {
+  const lines = [heading];
+  for (const c of changes) {
+    lines.push(`${c.change} ${c.policy}`);
+    for (const f of c.fields) lines.push(`    ${f.field}: ${JSON.stringify(f.old)} -> ${JSON.stringify(f.new)}`);
+  }
+  if (!changes.length) lines.push("no changes");
+  $("apply-out").textContent = lines.join("\n");
+  $("apply-out").hidden = false;
+}
+
+async function policyCall(path, heading) {
+  try {
+    const body = await post(path, { files: await policyFiles(), comment: $("apply-comment").value });
+    showChanges(body.changes, heading(body));
+    await loadPolicies();
+  } catch (err) {
+    $("apply-out").textContent = err.message;  // each file's problems, with line and field
+    $("apply-out").hidden = false;
+  }
+}
+
+$("apply-diff").addEventListener("click", () => policyCall("/api/v1/policies/diff", () => "Applying these files would change:"));
+$("apply").addEventListener("submit", (event) => {
+  event.preventDefault();
+  policyCall("/api/v1/policies/apply", (body) => `Applied as revision ${body.revision}:`);
+});
 
 $("explain").addEventListener("submit", async (event) => {
   event.preventDefault();
