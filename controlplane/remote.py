@@ -31,6 +31,7 @@ from controlplane.errors import (
     PermanentError,
     TemporaryError,
 )
+from controlplane.private_files import write_private
 
 ENV_URL = "SHIFTDESK_URL"
 MAX_CA_BYTES = 64 * 1024
@@ -75,15 +76,7 @@ def _load_all() -> dict[str, dict[str, Any]]:
 
 
 def _save_all(data: dict[str, dict[str, Any]]) -> None:
-    directory = config_dir()
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    directory.chmod(0o700)
-    tmp = directory / ".credentials.tmp"
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2)
-    os.replace(tmp, _file())
+    write_private(_file(), json.dumps(data, indent=2))
 
 
 def saved(server: str) -> Credentials | None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,27 +18,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from controlplane.private_files import private_dir, write_private
+
 
 @dataclass(frozen=True)
 class ServerFiles:
     ca_cert: Path
     cert: Path
     key: Path
-
-
-def _private_dir(directory: Path) -> None:
-    """The CA's directory is root's alone (0700), whatever the umask or an older version left."""
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if directory.stat().st_mode & 0o077:
-        directory.chmod(0o700)
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    _private_dir(path.parent)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    path.chmod(0o600)
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -54,7 +40,7 @@ def _name(common_name: str) -> x509.Name:
 
 def ensure_ca(directory: Path, days: int = 3650) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     cert_path, key_path = directory / "ca.pem", directory / "ca.key"
-    _private_dir(directory)
+    private_dir(directory)  # the CA's directory is root's alone, whatever the umask or an older version left
     if cert_path.exists() and key_path.exists():
         for path in (cert_path, key_path):
             if path.stat().st_mode & 0o077:
@@ -74,8 +60,8 @@ def ensure_ca(directory: Path, days: int = 3650) -> tuple[x509.Certificate, ec.E
                                      key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
         .sign(key, hashes.SHA256())
     )
-    _write_private(key_path, _pem_key(key))
-    _write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    write_private(key_path, _pem_key(key))
+    write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     return cert, key
 
 
@@ -104,6 +90,6 @@ def ensure_server_cert(directory: Path, names: list[str], days: int = 825) -> Se
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-    _write_private(files.key, _pem_key(key))
-    _write_private(files.cert, cert.public_bytes(serialization.Encoding.PEM))
+    write_private(files.key, _pem_key(key))
+    write_private(files.cert, cert.public_bytes(serialization.Encoding.PEM))
     return files

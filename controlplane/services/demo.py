@@ -10,7 +10,6 @@ password), as the SHIFTDESK_LDAP__* variables a real directory would be configur
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shlex
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 from controlplane.domain import demo
 from controlplane.domain.ports import DirectoryAdmin
 from controlplane.errors import PermanentError
+from controlplane.private_files import write_private
 from controlplane.services import policies, pools, scaling
 from controlplane.services.context import Context
 
@@ -73,7 +73,7 @@ def fill(admin: DirectoryAdmin, state_dir: Path) -> DemoDirectory:
         ca_file=admin.ca_file, computers_ou=demo.ou_dn(demo.COMPUTERS_OU),
         admin_group=demo.group(demo.ADMIN_GROUP).dn, new_passwords=created,
         sign_ins=tuple(SignIn(u.name, passwords[u.name], u.role) for u in demo.USERS))
-    _write_private(state_dir / "ldap.env", result.env())
+    write_private(state_dir / "ldap.env", result.env())
     return result
 
 
@@ -105,16 +105,6 @@ def _passwords(path: Path) -> tuple[dict[str, str], bool]:
             return saved, False
     # token_urlsafe may lack a digit or a capital: the suffix meets AD's complexity rule anyway
     passwords = {n: f"{secrets.token_urlsafe(9)}-Aa1" for n in names}
-    _write_private(path, json.dumps(passwords, indent=2) + "\n")
+    write_private(path, json.dumps(passwords, indent=2) + "\n")
     return passwords, True
 
-
-def _write_private(path: Path, text: str) -> None:
-    """Write TEXT to PATH readable by its owner only (0600 from creation, not chmod after)."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)

@@ -28,6 +28,7 @@ import ldap3
 from ldap3.core import exceptions as lx
 
 from controlplane.drivers.local_ca import ServerFiles, ensure_server_cert
+from controlplane.private_files import write_private
 
 LDAPS_PORT = 636
 UF_NORMAL_ACCOUNT = 0x200
@@ -84,9 +85,7 @@ class SambaDC:
             f"\ttls enabled = yes\n\ttls keyfile = {self.tls.key}\n\ttls certfile = {self.tls.cert}\n"
             f"\ttls cafile = {self.tls.ca_cert}\n\tpid directory = {self.root / 'run'}\n", 1)
         self.conf.write_text(text)
-        fd = os.open(self._secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(password + "\n")
+        write_private(self._secret, password + "\n")
 
     def running(self) -> bool:
         """Our DC's process is alive (by the pid it wrote; samba renames its processes)."""
