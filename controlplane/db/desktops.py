@@ -68,6 +68,18 @@ def set_state(*, session: Session, desktop: Desktop, state: DesktopState, now: d
     return desktop
 
 
+def mark_rebuild(*, session: Session, desktop: Desktop, image_id: int, now: datetime, reason: str) -> Desktop:
+    """Clone DESKTOP again from IMAGE_ID: a new generation, provisioning from NOW. Only the row
+    changes; the reconciler sees a domain of an older generation and recreates it."""
+    if desktop.state != DesktopState.PROVISIONING:
+        set_state(session=session, desktop=desktop, state=DesktopState.PROVISIONING, now=now, reason=reason)
+    desktop.generation += 1
+    desktop.image_id = image_id
+    desktop.state_since = now
+    session.add(desktop)
+    return desktop
+
+
 def note_failure(*, session: Session, desktop: Desktop, retry_at: datetime) -> Desktop:
     """One more failed step in a row; the reconciler leaves the desktop alone until RETRY_AT."""
     desktop.failures += 1

@@ -33,7 +33,12 @@ class PoolView:
 
     @property
     def desired(self) -> int:
-        return 0 if self.deleting else max(self.min_size, min(self.max_size, self.target))
+        return 0 if self.deleting else bounded_size(self.target, self.min_size, self.max_size)
+
+
+def bounded_size(target: int, min_size: int, max_size: int) -> int:
+    """A pool's size as asked, held within its bounds."""
+    return max(min_size, min(max_size, target))
 
 
 @dataclass(frozen=True)

@@ -59,13 +59,8 @@ def rebuild(ctx: Context, name: str, *, actor: str) -> Desktop:
         _refuse_in_session(desktop, "rebuild")
         pool = session.get(Pool, desktop.pool_id)
         assert pool is not None
-        if desktop.state != S.PROVISIONING:
-            desktops.set_state(session=session, desktop=desktop, state=S.PROVISIONING, now=ctx.clock.now(),
-                               reason="rebuild")
-        desktop.generation += 1
-        desktop.image_id = pool.image_id
-        desktop.state_since = ctx.clock.now()
-        session.add(desktop)
+        desktops.mark_rebuild(session=session, desktop=desktop, image_id=pool.image_id, now=ctx.clock.now(),
+                              reason="rebuild")
         audit.append(session=session, actor=actor, action="desktop.rebuild", target=name,
                      generation=desktop.generation, image_id=pool.image_id)
         return desktop

@@ -10,7 +10,7 @@ and a crash between two steps leaves a state the next pass continues from.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -23,8 +23,10 @@ from controlplane.db import rollouts as repo
 from controlplane.db.engine import session_scope
 from controlplane.db.models import Desktop, Pool, Rollout, RolloutSignal
 from controlplane.domain.desktop import DesktopState
+from controlplane.domain.planning import bounded_size
 from controlplane.domain.rollout import (
     EARLY_DROP_S,
+    LIVE,
     Decision,
     RolloutState,
     RolloutView,
@@ -111,7 +113,7 @@ def roll_back(ctx: Context, pool_name: str, *, actor: str, reason: str = "") -> 
         rollout = repo.active_for(session=session, pool_id=pool.id or 0, lock=True)
         if rollout is None:
             raise InvalidInput(f"pool: {pool_name} has no rollout in progress", field="pool")
-        view = _view(rollout, pool, session)
+        view = _view(rollout, pool)
         decision = rollback(view, _slots(session, pool), f"rolled back by {actor}" + (f": {reason}" if reason else ""))
         _apply(session, ctx, pool, rollout, decision, actor=actor)
         return _public(session, rollout, pool)
@@ -138,7 +140,7 @@ def _advance_one(ctx: Context, rollout_id: int, pool_id: int) -> int:
         pool = session.get(Pool, pool_id)
         if rollout is None or pool is None or not RolloutState(rollout.state).active:
             return 0
-        view = _view(rollout, pool, session)
+        view = _view(rollout, pool)
         decision = decide(view, _slots(session, pool), _stats(session, rollout_id), ctx.clock.now())
         _apply(session, ctx, pool, rollout, decision, actor=ACTOR)
         return int(RolloutState(rollout.state).active)
@@ -150,10 +152,7 @@ def _apply(session: Session, ctx: Context, pool: Pool, rollout: Rollout, d: Deci
         row = desktop_repo.lock(session=session, desktop_id=desktop_id)
         if row is None or row.state != S.READY or row.assigned_to is not None:
             continue  # someone signed in to it meanwhile: theirs now, never rebuilt under them
-        desktop_repo.set_state(session=session, desktop=row, state=S.PROVISIONING, now=now, reason="rollout")
-        row.generation += 1
-        row.image_id = d.rebuild_to
-        session.add(row)
+        desktop_repo.mark_rebuild(session=session, desktop=row, image_id=d.rebuild_to, now=now, reason="rollout")
         audit.append(session=session, actor=actor, action="desktop.rebuild", target=row.name,
                      generation=row.generation, image_id=d.rebuild_to, rollout=rollout.id)
     if d.pool_image is not None and pool.image_id != d.pool_image:
@@ -168,10 +167,20 @@ def _apply(session: Session, ctx: Context, pool: Pool, rollout: Rollout, d: Deci
             "rollout %s of pool %s: %s (%s)", rollout.id, pool.name, d.state.value, d.reason)
 
 
-def overview(ctx: Context) -> list[RolloutPublic]:
-    """Every pool's rollout in progress or last one (for /metrics and the console)."""
+@dataclass(frozen=True)
+class RolloutSummary:
+    pool: str
+    state: RolloutState
+    desktops: dict[str, int] | None  # live desktops by version while it is active
+
+
+def overview(ctx: Context) -> list[RolloutSummary]:
+    """Every pool's rollout in progress or last one, for /metrics: read at each scrape, so it
+    counts desktops of active rollouts only and leaves the signals alone."""
     with session_scope(ctx.engine) as session:
-        return [_public(session, r, pool) for r in repo.latest_per_pool(session=session)
+        return [RolloutSummary(pool.name, RolloutState(r.state),
+                               _by_version(session, r, pool) if RolloutState(r.state).active else None)
+                for r in repo.latest_per_pool(session=session)
                 if (pool := session.get(Pool, r.pool_id)) is not None]
 
 
@@ -203,8 +212,8 @@ def note_session_end(session: Session, desktop: Desktop, *, dropped: bool, laste
 # --- views ---------------------------------------------------------------------------------------
 
 
-def _view(rollout: Rollout, pool: Pool, session: Session) -> RolloutView:
-    desired = max(pool.min_size, min(pool.max_size, pool.target_size))
+def _view(rollout: Rollout, pool: Pool) -> RolloutView:
+    desired = bounded_size(pool.target_size, pool.min_size, pool.max_size)
     return RolloutView(state=RolloutState(rollout.state), from_image=rollout.from_image_id,
                        to_image=rollout.to_image_id, canary=canary_size(rollout.canary, max(desired, 1)),
                        batch=rollout.batch, soak=timedelta(seconds=rollout.soak_s),
@@ -221,20 +230,24 @@ def _stats(session: Session, rollout_id: int) -> dict[Version, VersionStats]:
                     for s in repo.signals(session=session, rollout_id=rollout_id))
 
 
+def _by_version(session: Session, rollout: Rollout, pool: Pool) -> dict[str, int]:
+    """The pool's live desktops, counted by version: old (anything but the new one) and new."""
+    live = [d for d in desktop_repo.list_all(session=session, pool_id=pool.id) if d.state in LIVE]
+    new = sum(d.image_id == rollout.to_image_id for d in live)
+    return {"old": len(live) - new, "new": new}
+
+
 def _public(session: Session, rollout: Rollout, pool: Pool) -> RolloutPublic:
     def ref(image_id: int) -> str:
         image = images.get(session=session, image_id=image_id)
         return f"{image.name}:{image.version}" if image else str(image_id)
 
-    live = [d for d in desktop_repo.list_all(session=session, pool_id=pool.id)
-            if d.state in (S.PROVISIONING, S.READY, S.IN_USE, S.DRAINING)]
     stats = _stats(session, rollout.id or 0)
     return RolloutPublic(
         id=rollout.id or 0, pool=pool.name, state=RolloutState(rollout.state), from_image=ref(rollout.from_image_id),
         to_image=ref(rollout.to_image_id), canary=rollout.canary, batch=rollout.batch, soak_s=rollout.soak_s,
         thresholds=rollout.thresholds, reason=rollout.reason, actor=rollout.actor,
-        desktops={"old": sum(d.image_id != rollout.to_image_id for d in live),
-                  "new": sum(d.image_id == rollout.to_image_id for d in live)},
+        desktops=_by_version(session, rollout, pool),
         stats={v.value: {"provisioned": s.provisioned, "failed": s.failed, "median_ready_s": s.median_ready_s,
                          "restarts": s.restarts, "sessions": s.sessions, "drops": s.drops}
                for v, s in stats.items()})

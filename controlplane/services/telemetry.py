@@ -71,7 +71,7 @@ class StateCollector(Collector):
                                "(old, new)", labels=["pool", "version"])
         for r in latest:
             rollout.add_metric([r.pool, r.state.value], 1)
-            if r.state.active:
+            if r.desktops is not None:
                 for version, n in r.desktops.items():
                     on.add_metric([r.pool, version], n)
         yield rollout
