@@ -137,18 +137,11 @@ def _cell(value: Any) -> str:
 def converge(ctx: Context, settings: Settings, pool: str, timeout: float) -> None:
     """Reconcile (or watch the server reconcile) with a progress bar until POOL is settled."""
     reconciler = build_reconciler(ctx, settings)
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                  TextColumn("{task.completed}/{task.total} ready"), TimeElapsedColumn(),
-                  console=err, transient=False) as progress:
+    with _bar("{task.completed}/{task.total} ready") as progress:
         task = progress.add_task(f"pool {pool}", total=None)
 
         def show(_plan: object) -> None:
-            views = {v.name: v for v in pools.views(ctx)}
-            view = views.get(pool)
-            target = 0 if view is None or view.deleting else view.size
-            ready = 0 if view is None else view.desktops.get("ready", 0) + view.desktops.get("in_use", 0)
-            progress.update(task, total=max(target, 1) if target else 1,
-                            completed=ready if target else (1 if view is None else 0))
+            _pool_progress(progress, task, {v.name: v for v in pools.views(ctx)}.get(pool))
 
         done = reconciler.run_until_converged(timeout=timeout, busy_period=settings.reconciler.busy_period_s,
                                               on_pass=show)
@@ -469,9 +462,7 @@ def follow_remote_rollout(api: remote.Client, pool: str, timeout: float) -> None
     def status() -> RolloutPublic:
         return RolloutPublic.model_validate(api.call("GET", f"/api/v1/pools/{_seg(pool)}/rollout"))
 
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                  TextColumn("{task.completed}/{task.total} on the new version"), TimeElapsedColumn(),
-                  console=err) as progress:
+    with _bar(ROLLOUT_COUNT) as progress:
         task = progress.add_task(f"rollout of {pool}", total=None)
         ended = _poll(lambda: _rollout_progress(progress, task, pool, status()), timeout)
     _rollout_verdict(status(), pool, timeout, ended)
@@ -495,25 +486,40 @@ def _rollout_verdict(r: RolloutPublic, pool: str, timeout: float, ended: bool) -
 
 def follow_remote_pool(api: remote.Client, pool: str, timeout: float) -> None:
     """Watch POOL through the API until it has its size in ready desktops (or is gone, if deleted)."""
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                  TextColumn("{task.completed}/{task.total} ready"), TimeElapsedColumn(), console=err) as progress:
+    with _bar("{task.completed}/{task.total} ready") as progress:
         task = progress.add_task(f"pool {pool}", total=None)
 
         def settled() -> bool:
             try:
                 view = PoolPublic.model_validate(api.call("GET", f"/api/v1/pools/{_seg(pool)}"))
             except NotFound:
-                progress.update(task, total=1, completed=1)
-                return True
-            target = 0 if view.deleting else view.size
-            ready = view.desktops.get("ready", 0) + view.desktops.get("in_use", 0)
-            progress.update(task, total=max(target, 1), completed=ready if target else 0)
-            return ready >= target and not view.deleting and view.desktops.get("provisioning", 0) == 0
+                view = None
+            return _pool_progress(progress, task, view)
 
         done = _poll(settled, timeout)
     if not done:
         err.print(f"[yellow]pool {pool} has not converged after {timeout:.0f} s; the server keeps going[/]")
         raise typer.Exit(3)
+
+
+ROLLOUT_COUNT = "{task.completed}/{task.total} on the new version"
+
+
+def _bar(count: str) -> Progress:
+    """The progress bar every waiting command shows (COUNT: the text after the bar)."""
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn(count),
+                    TimeElapsedColumn(), console=err)
+
+
+def _pool_progress(progress: Progress, task: Any, view: PoolPublic | None) -> bool:
+    """Show how far the pool is (None: it is gone); True once it is settled at its size or gone."""
+    if view is None:
+        progress.update(task, total=1, completed=1)
+        return True
+    target = 0 if view.deleting else view.size
+    ready = view.desktops.get("ready", 0) + view.desktops.get("in_use", 0)
+    progress.update(task, total=max(target, 1), completed=ready if target else 0)
+    return ready >= target and not view.deleting and view.desktops.get("provisioning", 0) == 0
 
 
 def _poll(done: Callable[[], bool], timeout: float, period: float = 2.0) -> bool:
@@ -533,15 +539,11 @@ def _seg(text: str) -> str:
 def follow_rollout(ctx: Context, settings: Settings, pool: str, timeout: float) -> None:
     """Reconcile (or watch the server do it) with a progress bar until POOL's rollout ends."""
     reconciler = build_reconciler(ctx, settings)
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                  TextColumn("{task.completed}/{task.total} on the new version"), TimeElapsedColumn(),
-                  console=err) as progress:
+    with _bar(ROLLOUT_COUNT) as progress:
         task = progress.add_task(f"rollout of {pool}", total=None)
 
         def show(_plan: object) -> None:
-            r = rollouts.status(ctx, pool)
-            progress.update(task, description=f"rollout of {pool}: {r.state}",
-                            total=max(1, r.desktops["new"] + r.desktops["old"]), completed=r.desktops["new"])
+            _rollout_progress(progress, task, pool, rollouts.status(ctx, pool))
 
         ended = reconciler.run_until_converged(timeout=timeout, busy_period=settings.reconciler.busy_period_s,
                                                on_pass=show, until=lambda: not rollouts.status(ctx, pool).state.active)
@@ -834,9 +836,10 @@ def demo_up(
 
     Prints the sign-ins when it generates them (once; they stay in DATA_DIR/demo/sign-ins.json,
     0600) and writes DATA_DIR/demo/ldap.env, the SHIFTDESK_* settings that select the demo AD."""
-    state = Settings().data_dir / "demo"
+    settings = Settings()
+    state = settings.data_dir / "demo"
     try:
-        admin = open_demo_directory(Settings())
+        admin = open_demo_directory(settings)
         try:
             directory = demo.fill(admin, state)
         finally:
