@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,10 +17,12 @@ import pytest
 
 from controlplane.config import Settings
 from controlplane.domain.groups import group_ref
+from controlplane.domain.session import EndReason
 from controlplane.drivers.fake import FakeDirectory, FakeHypervisor
 from controlplane.main import build_context
-from controlplane.services import images
+from controlplane.services import broker, images, sessions
 from controlplane.services.context import Context
+from controlplane.services.tokens import Claims
 
 
 class ManualClock:
@@ -146,3 +149,28 @@ def ctx(settings: Settings, hv: FakeHypervisor, clock: ManualClock, directory: F
 @pytest.fixture
 def image(ctx: Context):
     return images.build(ctx, "busybox-desktop", actor="test")
+
+
+@dataclass
+class LiveSession:
+    desktop: str
+    display: sessions.Display
+    limits: sessions.Limits
+
+
+def open_session(ctx: Context, pool: str, *, user: str = "alice", connection: broker.Connection | None = None,
+                 source: str = "t", grace_s: float = 300.0) -> LiveSession:
+    """USER (an agent in AGENTS) connects to POOL, or uses CONNECTION's ticket, and the gateway
+    opens the display, as it does between a ticket and the first pixels."""
+    c = connection or broker.connect(ctx, Claims(user, "agent", (AGENTS,), "j", 0), pool)
+    target = broker.redeem(ctx, c.ticket, user)
+    limits = sessions.Limits(idle_s=900, max_s=3600, grace_s=grace_s)
+    display = sessions.open_display(ctx, desktop_id=target.desktop_id, user=user, jti="j", source=source,
+                                    gateway="t", limits=limits, period_s=2)
+    return LiveSession(c.desktop, display, limits)
+
+
+def end_session(ctx: Context, live: LiveSession, reason: str = EndReason.BROWSER_CLOSED) -> None:
+    """The gateway closes the display for REASON."""
+    sessions.close_display(ctx, live.display, desktop=live.desktop, reason=reason, bytes_in=0, bytes_out=0,
+                           events=[], limits=live.limits, period_s=2)

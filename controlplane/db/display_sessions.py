@@ -46,6 +46,12 @@ def list_all(*, session: Session) -> list[DisplaySession]:
     return list(session.execute(select(DisplaySession).order_by(col(DisplaySession.id))).scalars())
 
 
+def list_fresh(*, session: Session, since: datetime) -> list[DisplaySession]:
+    """Live display sessions on any desktop (heartbeat at or after SINCE), oldest first."""
+    query = select(DisplaySession).where(col(DisplaySession.seen_at) >= since).order_by(col(DisplaySession.id))
+    return list(session.execute(query).scalars())
+
+
 def count_all_fresh(*, session: Session, since: datetime) -> int:
     """Live display sessions on any desktop (heartbeat at or after SINCE)."""
     return session.execute(select(func.count()).where(col(DisplaySession.seen_at) >= since)).scalar_one()

@@ -78,12 +78,9 @@ def live_count(ctx: Context, period_s: float) -> int:
 
 def live(ctx: Context, period_s: float) -> list[SessionPublic]:
     """The live display sessions (by the same rule as live_count), oldest first."""
-    now = ctx.clock.now()
-    fresh_since = now - _stale_after(period_s)
     with session_scope(ctx.engine) as session:
-        rows = [r for r in display_sessions.list_all(session=session) if r.seen_at >= fresh_since]
         out = []
-        for r in rows:
+        for r in display_sessions.list_fresh(session=session, since=ctx.clock.now() - _stale_after(period_s)):
             desktop = desktops.get(session=session, desktop_id=r.desktop_id)
             pool = session.get(Pool, desktop.pool_id) if desktop is not None else None
             out.append(SessionPublic(

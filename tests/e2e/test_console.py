@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 
 from controlplane.main import create_app, tls_files
-from controlplane.services import broker, desktops, images, policies, pools, sessions
+from controlplane.services import desktops, images, policies, pools, sessions
 from controlplane.services.reconciler import Reconciler
-from controlplane.services.tokens import Claims
-from tests.conftest import AGENTS, USERS
+from tests.conftest import AGENTS, USERS, open_session
 from tests.e2e.conftest import Server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,16 +28,12 @@ def console(ctx, settings, image):
     rec = Reconciler(ctx)
     assert rec.run_until_converged(timeout=10, busy_period=0)
     rec.close()
-    c = broker.connect(ctx, Claims("alice", "agent", (AGENTS,), "j", 0), "sales")
-    target = broker.redeem(ctx, c.ticket, "alice")
-    limits = sessions.Limits(idle_s=900, max_s=3600, grace_s=300)
-    display = sessions.open_display(ctx, desktop_id=target.desktop_id, user="alice", jti="j", source="192.0.2.7",
-                                    gateway="g", limits=limits, period_s=2)
-    sessions.heartbeat(ctx, display, limits=limits, period_s=2,
+    live = open_session(ctx, "sales", source="192.0.2.7")
+    sessions.heartbeat(ctx, live.display, limits=live.limits, period_s=2,
                        usage=sessions.Usage(bytes_from_browser=512, bytes_to_browser=65536, idle_s=3))
     cert, key = tls_files(settings)
     with Server(create_app(settings, ctx), cert, key) as server:
-        server.ctx, server.desktop = ctx, c.desktop
+        server.ctx, server.desktop = ctx, live.desktop
         yield server
 
 

@@ -15,11 +15,10 @@ import libvirt
 
 from controlplane.domain.desktop import DesktopState as S
 from controlplane.domain.rollout import RolloutState
-from controlplane.domain.session import EndReason
-from controlplane.services import broker, desktops, images, pools, rollouts, sessions
+from controlplane.services import broker, desktops, images, pools, rollouts
 from controlplane.services.reconciler import Reconciler
 from controlplane.services.tokens import Claims
-from tests.conftest import AGENTS
+from tests.conftest import AGENTS, end_session, open_session
 
 
 def second_version(ctx, v1):
@@ -65,12 +64,7 @@ def test_rollout_replaces_the_idle_desktop_and_waits_for_the_agent(real_ctx, gol
     assert rows[c.desktop].state == S.IN_USE and backing(rows[c.desktop].disk_path) == golden.disk_path
     assert conn.lookupByName(c.desktop).ID() == alices_qemu, "the agent's desktop was restarted"
 
-    limits = sessions.Limits(idle_s=900, max_s=3600, grace_s=0)  # alice signs off
-    target = broker.redeem(ctx, c.ticket, "alice")
-    display = sessions.open_display(ctx, desktop_id=target.desktop_id, user="alice", jti="j", source="t",
-                                    gateway="t", limits=limits, period_s=2)
-    sessions.close_display(ctx, display, desktop=c.desktop, reason=EndReason.BROWSER_CLOSED, bytes_in=0,
-                           bytes_out=0, events=[], limits=limits, period_s=2)
+    end_session(ctx, open_session(ctx, "ro", connection=c, grace_s=0))  # alice signs off
     assert rec.run_until_converged(timeout=240, until=lambda: not rollouts.status(ctx, "ro").state.active)
     rec.close()
     r = rollouts.status(ctx, "ro")

@@ -11,10 +11,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from controlplane.main import create_app
-from controlplane.services import broker, pools, sessions
+from controlplane.services import pools, sessions
 from controlplane.services.reconciler import Reconciler
-from controlplane.services.tokens import Claims
-from tests.conftest import AGENTS, USERS
+from tests.conftest import AGENTS, USERS, open_session
 
 
 @pytest.fixture
@@ -29,17 +28,13 @@ def api(ctx, settings, image):
         yield c
 
 
-def open_session(ctx, user="alice"):
-    c = broker.connect(ctx, Claims(user, "agent", (AGENTS,), "j", 0), "sales")
-    target = broker.redeem(ctx, c.ticket, user)
-    limits = sessions.Limits(idle_s=900, max_s=3600, grace_s=300)
-    display = sessions.open_display(ctx, desktop_id=target.desktop_id, user=user, jti="j", source="192.0.2.7",
-                                    gateway="g", limits=limits, period_s=2)
-    return c.desktop, display, limits
+def alice_working(ctx):
+    live = open_session(ctx, "sales", source="192.0.2.7")
+    return live.desktop, live.display, live.limits
 
 
 def test_live_sessions_show_who_where_since_and_what_the_gateway_saw(api, ctx, clock):
-    desktop, display, limits = open_session(ctx)
+    desktop, display, limits = alice_working(ctx)
     clock.advance(30)
     sessions.heartbeat(ctx, display, limits=limits, period_s=2,
                        usage=sessions.Usage(bytes_from_browser=1200, bytes_to_browser=987654, idle_s=12.0))
@@ -51,7 +46,7 @@ def test_live_sessions_show_who_where_since_and_what_the_gateway_saw(api, ctx, c
 
 
 def test_agents_see_no_sessions_and_no_screens(api, ctx):
-    desktop, _, _ = open_session(ctx)
+    desktop, _, _ = alice_working(ctx)
     r = api.post("/api/v1/auth/login", json={"username": "alice", "password": USERS["alice"][0]})
     agent = {"Authorization": f"Bearer {r.json()['token']}"}
     assert api.get("/api/v1/sessions", headers=agent).status_code == 403
@@ -60,7 +55,7 @@ def test_agents_see_no_sessions_and_no_screens(api, ctx):
 
 
 def test_a_screenshot_is_a_png_and_every_look_is_audited(api, ctx):
-    desktop, _, _ = open_session(ctx)
+    desktop, _, _ = alice_working(ctx)
     r = api.get(f"/api/v1/desktops/{desktop}/screenshot")
     assert r.status_code == 200 and r.headers["content-type"] == "image/png" and r.content[:4] == b"\x89PNG"
     assert r.headers["cache-control"] == "no-store"
@@ -70,7 +65,7 @@ def test_a_screenshot_is_a_png_and_every_look_is_audited(api, ctx):
 
 
 def test_audit_search_by_who_family_target_and_time(api, ctx, clock):
-    desktop, display, limits = open_session(ctx)
+    desktop, display, limits = alice_working(ctx)
     api.post(f"/api/v1/desktops/{desktop}/disconnect")
     everything = api.get("/api/v1/audit", params={"limit": 1000}).json()
     by_carol = api.get("/api/v1/audit", params={"actor": "carol"}).json()

@@ -13,10 +13,10 @@ from controlplane.domain.desktop import DesktopState as S
 from controlplane.domain.rollout import Decision, RolloutState, Thresholds
 from controlplane.domain.session import EndReason
 from controlplane.errors import Conflict, InvalidInput
-from controlplane.services import broker, desktops, images, pools, rollouts, sessions
+from controlplane.services import broker, desktops, images, pools, rollouts
 from controlplane.services.reconciler import Reconciler
 from controlplane.services.tokens import Claims
-from tests.conftest import AGENTS
+from tests.conftest import AGENTS, end_session, open_session
 
 
 @pytest.fixture
@@ -74,12 +74,7 @@ def test_a_desktop_in_a_session_keeps_its_version_until_its_agent_is_done(ctx, v
     kept, _ = desktops.get(ctx, c.desktop)
     assert (kept.image_id, kept.generation, kept.state) == (v1.id, mine.generation, S.IN_USE)
     assert rollouts.status(ctx, "sales").state == RolloutState.ROLLING  # waits for alice
-    limits = sessions.Limits(idle_s=900, max_s=3600, grace_s=0)  # she signs off: no coming back
-    target = broker.redeem(ctx, c.ticket, "alice")
-    display = sessions.open_display(ctx, desktop_id=target.desktop_id, user="alice", jti="j", source="t",
-                                    gateway="t", limits=limits, period_s=2)
-    sessions.close_display(ctx, display, desktop=c.desktop, reason=EndReason.BROWSER_CLOSED, bytes_in=0,
-                           bytes_out=0, events=[], limits=limits, period_s=2)
+    end_session(ctx, open_session(ctx, "sales", connection=c, grace_s=0))  # she signs off: no coming back
     ctx.clock.advance(1)
     passes(ctx, 8)
     assert rollouts.status(ctx, "sales").state == RolloutState.DONE
@@ -124,15 +119,10 @@ def test_early_dropped_sessions_on_the_new_version_count_against_it(ctx, version
     rollouts.start(ctx, "sales", image="busybox-desktop:2", canary="1", soak_s=3600, actor="admin",
                    thresholds=Thresholds(drop_rate=0.5))
     passes(ctx, 4)
-    limits = sessions.Limits(idle_s=900, max_s=3600, grace_s=300)
     for reason in (EndReason.DESKTOP_CLOSED, "dropped: ConnectionResetError"):
-        c = broker.connect(ctx, Claims("alice", "agent", (AGENTS,), "j", 0), "sales")
-        assert desktops.get(ctx, c.desktop)[0].image_id == v2.id  # the canary: the pool's one desktop
-        target = broker.redeem(ctx, c.ticket, "alice")
-        display = sessions.open_display(ctx, desktop_id=target.desktop_id, user="alice", jti="j", source="t",
-                                        gateway="t", limits=limits, period_s=2)
-        sessions.close_display(ctx, display, desktop=c.desktop, reason=reason, bytes_in=0, bytes_out=0, events=[],
-                               limits=limits, period_s=2)
+        live = open_session(ctx, "sales")
+        assert desktops.get(ctx, live.desktop)[0].image_id == v2.id  # the canary: the pool's one desktop
+        end_session(ctx, live, reason)
     new = rollouts.status(ctx, "sales").stats["new"]
     assert (new["sessions"], new["drops"]) == (2, 2)
     passes(ctx, 2)
