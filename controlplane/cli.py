@@ -447,14 +447,16 @@ def show_rollout(r: RolloutPublic, as_json: bool) -> None:
 def rollout_rollback(pool: str, reason: Annotated[str, typer.Option(help="Why, for the audit log")] = "") -> None:
     """Stop POOL's rollout and point it back at the previous version."""
     with handled():
-        api = remote_api()
-        if api is not None:
-            r = RolloutPublic.model_validate(api.call("POST", f"/api/v1/pools/{_seg(pool)}/rollout/rollback",
-                                                      json={"reason": reason}))
-    if api is None:
-        with context() as (ctx, _):
-            r = rollouts.roll_back(ctx, pool, actor=ACTOR, reason=reason)
-    out.print(f"rollout {r.id} of {pool}: {r.state} ({r.reason}); idle desktops of {r.to_image} are rebuilt")
+        if (api := remote_api()) is not None:
+            _rolled_back(RolloutPublic.model_validate(api.call(
+                "POST", f"/api/v1/pools/{_seg(pool)}/rollout/rollback", json={"reason": reason})))
+            return
+    with context() as (ctx, _):
+        _rolled_back(rollouts.roll_back(ctx, pool, actor=ACTOR, reason=reason))
+
+
+def _rolled_back(r: RolloutPublic) -> None:
+    out.print(f"rollout {r.id} of {r.pool}: {r.state} ({r.reason}); idle desktops of {r.to_image} are rebuilt")
 
 
 def follow_remote_rollout(api: remote.Client, pool: str, timeout: float) -> None:
