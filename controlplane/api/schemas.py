@@ -90,6 +90,20 @@ class PolicyFiles(Strict):
     comment: str = Field("", max_length=500)
 
 
+class PolicySource(Strict):
+    """One policy as the YAML (or JSON) text it is written in; read back exactly as written."""
+
+    name: str = Field(max_length=64, description="the policy's name; the text must name the same")
+    yaml: str = Field(max_length=65536, description="the policy document (policies/README.md)")
+
+
+class RosterSource(Strict):
+    """One pool's roster as the YAML (or JSON) text it is written in; read back exactly as written."""
+
+    pool: str = Field(max_length=24, description="the pool; the text must name the same")
+    yaml: str = Field(max_length=65536, description="the roster document (policies/rosters/)")
+
+
 class Rollback(Strict):
     revision: int = Field(ge=1)
     comment: str = Field("", max_length=500)

@@ -117,6 +117,9 @@ class PolicyRevision(SQLModel, table=True):
     comment: str = ""
     sha256: str
     documents: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # policy name -> the YAML text it was applied from, comments and order kept, so a declarative
+    # client (Terraform) reads back exactly what it wrote; None for revisions made before 0015
+    sources: dict | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     rollback_of: int | None = None
 
 
@@ -208,6 +211,7 @@ class RosterRecord(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     pool_id: int = Field(foreign_key="pools.id", unique=True)
     document: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    source: str | None = None  # the YAML text it was applied from (None before 0015)
     sha256: str
     applied_at: datetime = Field(default_factory=utcnow)
     actor: str

@@ -18,9 +18,18 @@ def list_all(*, session: Session) -> list[RosterRecord]:
 def upsert(*, session: Session, record: RosterRecord) -> RosterRecord:
     existing = for_pool(session=session, pool_id=record.pool_id)
     if existing is not None:
-        existing.document, existing.sha256 = record.document, record.sha256
+        existing.document, existing.sha256, existing.source = record.document, record.sha256, record.source
         existing.applied_at, existing.actor = record.applied_at, record.actor
         record = existing
     session.add(record)
     session.flush()
     return record
+
+
+def delete(*, session: Session, pool_id: int) -> bool:
+    """Remove the roster of POOL_ID; False when it had none."""
+    existing = for_pool(session=session, pool_id=pool_id)
+    if existing is not None:
+        session.delete(existing)
+        session.flush()
+    return existing is not None

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlmodel import select
+import yaml
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlmodel import Session, select
 
 from controlplane.db import audit
 from controlplane.db import policies as repo
@@ -16,8 +20,10 @@ from controlplane.db.models import Desktop, PolicyRevision, Pool
 from controlplane.domain.explain import explain_app, explain_name
 from controlplane.domain.policy import DEFAULT, Policy, diff_documents, effective, idle_apps, idle_domains
 from controlplane.domain.policy_load import PolicyInvalid, load, to_document, to_policy
-from controlplane.errors import InvalidInput, NotFound, PermanentError
+from controlplane.errors import Conflict, InvalidInput, NotFound, PermanentError
 from controlplane.services.context import Context
+
+WRITE_ATTEMPTS = 8
 
 
 class PolicyFilesInvalid(InvalidInput):
@@ -56,33 +62,103 @@ def diff(ctx: Context, files: dict[str, str]) -> list[dict]:
 
 
 def apply(ctx: Context, files: dict[str, str], *, actor: str, comment: str = "") -> tuple[PolicyRevision, list[dict]]:
-    """All or nothing: every file valid, then one new revision. Unchanged input adds nothing."""
-    documents = _documents(validate(files))
-    return _record(ctx, documents, actor=actor, comment=comment, rollback_of=None)
+    """All or nothing: every file valid, then one new revision holding exactly these policies.
+    Unchanged input adds nothing."""
+    texts = _by_policy(files)
+    return _record(ctx, lambda _docs, _texts: texts, actor=actor, comment=comment, action="policy.apply")
 
 
 def rollback(ctx: Context, revision: int, *, actor: str, comment: str = "") -> tuple[PolicyRevision, list[dict]]:
     with session_scope(ctx.engine) as session:
-        documents = repo.get_or_raise(session=session, revision=revision).documents
-    return _record(ctx, documents, actor=actor, comment=comment or f"rollback to revision {revision}",
-                   rollback_of=revision)
+        old = repo.get_or_raise(session=session, revision=revision)
+        texts = {name: _source(old, name) for name in old.documents}
+    return _record(ctx, lambda _docs, _texts: texts, actor=actor, comment=comment or f"rollback to revision {revision}",
+                   action="policy.rollback", rollback_of=revision)
 
 
-def _record(ctx: Context, documents: dict[str, dict[str, Any]], *, actor: str, comment: str,
-            rollback_of: int | None) -> tuple[PolicyRevision, list[dict]]:
-    sha = _sha(documents)
+def source(ctx: Context, name: str) -> tuple[int, str]:
+    """Policy NAME as the YAML text it was last applied from, with the revision that holds it."""
     with session_scope(ctx.engine) as session:
-        now = repo.current(session=session)
-        changes = diff_documents(now.documents if now else {}, documents)
-        if now is not None and now.sha256 == sha:
-            return now, []
-        rev = repo.create(session=session, revision=PolicyRevision(
-            actor=actor, comment=comment, sha256=sha, documents=documents, rollback_of=rollback_of,
-            created_at=ctx.clock.now()))
-        audit.append(session=session, actor=actor, action="policy.rollback" if rollback_of else "policy.apply",
-                     target=f"revision {rev.id}", sha256=sha, comment=comment, changes=changes,
-                     rollback_of=rollback_of)
-        return rev, changes
+        rev = repo.current(session=session)
+        if rev is None or name not in rev.documents:
+            raise NotFound(f"name: policy {name!r} does not exist", field="name")
+        return rev.id or 0, _source(rev, name)
+
+
+def put(ctx: Context, name: str, text: str, *, actor: str, create: bool = False,
+        comment: str = "") -> tuple[PolicyRevision, list[dict]]:
+    """Add or replace the one policy NAME (the others stay): a new revision. With CREATE, a
+    policy of that name must not exist yet. For declarative clients (Terraform) that own one
+    policy each and write them in parallel."""
+    (policy,) = validate({f"{name}.yaml": text})
+    if policy.name != name:
+        raise InvalidInput(f"name: the document names {policy.name!r}, the request {name!r}", field="name")
+
+    def change(docs: dict[str, dict[str, Any]], texts: dict[str, str]) -> dict[str, str]:
+        if create and name in docs:
+            raise Conflict(f"name: policy {name!r} already exists", field="name")
+        return {**texts, name: text}
+    return _record(ctx, change, actor=actor, comment=comment or f"put {name}", action="policy.apply")
+
+
+def remove(ctx: Context, name: str, *, actor: str, comment: str = "") -> tuple[PolicyRevision, list[dict]]:
+    """Remove the one policy NAME (the others stay): a new revision."""
+    def change(docs: dict[str, dict[str, Any]], texts: dict[str, str]) -> dict[str, str]:
+        if name not in docs:
+            raise NotFound(f"name: policy {name!r} does not exist", field="name")
+        return {k: v for k, v in texts.items() if k != name}
+    return _record(ctx, change, actor=actor, comment=comment or f"remove {name}", action="policy.remove")
+
+
+def _by_policy(files: dict[str, str]) -> dict[str, str]:
+    """Policy name -> the text of the file that defines it (every file valid, one policy each)."""
+    found = validate(files)
+    return {policy.name: files[fname] for fname, policy in zip(sorted(files), found, strict=True)}
+
+
+def _source(rev: PolicyRevision, name: str) -> str:
+    """The text policy NAME of REV was applied from; its canonical form for revisions before 0015."""
+    text = (rev.sources or {}).get(name)
+    return text if text is not None else yaml.safe_dump(rev.documents[name], sort_keys=False)
+
+
+Change = Callable[[dict[str, dict[str, Any]], dict[str, str]], dict[str, str]]
+
+
+def _record(ctx: Context, change: Change, *, actor: str, comment: str, action: str,
+            rollback_of: int | None = None) -> tuple[PolicyRevision, list[dict]]:
+    """One new revision, made by CHANGE from the current one's documents and texts (policy name ->
+    YAML text), in one transaction; nothing when neither changed. A revision's id is the current
+    one's plus one, taken explicitly: of two writers that read the same revision, only one can
+    write the next and the other does its change again on top of it (no lost update)."""
+    for attempt in range(WRITE_ATTEMPTS):
+        try:
+            with session_scope(ctx.engine) as session:
+                return _record_once(ctx, session, change, actor=actor, comment=comment, action=action,
+                                    rollback_of=rollback_of)
+        except (IntegrityError, OperationalError):  # another writer took the id, or SQLite's lock
+            if attempt == WRITE_ATTEMPTS - 1:
+                raise
+            time.sleep(0.01 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _record_once(ctx: Context, session: Session, change: Change, *, actor: str, comment: str, action: str,
+                 rollback_of: int | None) -> tuple[PolicyRevision, list[dict]]:
+    now = repo.current(session=session)
+    old = now.documents if now else {}
+    texts = change(old, {name: _source(now, name) for name in old} if now else {})
+    documents = _documents(validate({f"{name}.yaml": text for name, text in texts.items()}))
+    sha = _sha(documents)
+    if now is not None and now.sha256 == sha and (now.sources or {}) == texts:
+        return now, []
+    changes = diff_documents(old, documents)
+    rev = repo.create(session=session, revision=PolicyRevision(
+        id=(now.id or 0) + 1 if now else 1, actor=actor, comment=comment, sha256=sha, documents=documents,
+        sources=texts, rollback_of=rollback_of, created_at=ctx.clock.now()))
+    audit.append(session=session, actor=actor, action=action, target=f"revision {rev.id}", sha256=sha,
+                 comment=comment, changes=changes, rollback_of=rollback_of)
+    return rev, changes
 
 
 def history(ctx: Context) -> list[PolicyRevision]:

@@ -140,6 +140,23 @@ def update(ctx: Context, name: str, *, size: int | None, min_size: int | None, m
     return pool
 
 
+def replace(ctx: Context, name: str, *, image: str, size: int, min_size: int, max_size: int, memory_mib: int,
+            vcpus: int, groups: list[str], clone: str, memory_sharing: bool, actor: str) -> Pool:
+    """PUT semantics, for declarative clients (Terraform): every field given, all checked before
+    anything changes. What the desktops are made of (memory, vCPUs, memory sharing) cannot change
+    in place: that is a new pool. A new image applies to desktops made from now on (`update`)."""
+    pool = get(ctx, name)
+    for field, want in (("memory_mib", memory_mib), ("vcpus", vcpus), ("memory_sharing", memory_sharing)):
+        if getattr(pool, field) != want:
+            raise Conflict(f"{field}: pool {name!r} has {getattr(pool, field)}, which cannot change in place; "
+                           "create a new pool", field=field)
+    check_sizes(size=size, min_size=min_size, max_size=max_size)
+    with session_scope(ctx.engine) as session:
+        images.resolve(session=session, ref=image)  # refuse an unknown image before any change
+    return update(ctx, name, size=size, min_size=min_size, max_size=max_size, groups=groups, clone=clone,
+                  image=image, actor=actor)
+
+
 def delete(ctx: Context, name: str, *, actor: str) -> Pool:
     """Mark the pool for deletion; the reconciler removes its desktops, then the pool."""
     with session_scope(ctx.engine) as session:

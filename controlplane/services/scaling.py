@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import yaml
+
 from controlplane.db import audit, desktops, leases, pools, rosters
 from controlplane.db.engine import session_scope
 from controlplane.db.models import RosterRecord
@@ -54,21 +56,49 @@ def apply(ctx: Context, files: dict[str, str], *, actor: str) -> list[str]:
     """All files valid and every pool known, then all rosters replaced in one transaction."""
     docs = _parse(files)
     with session_scope(ctx.engine) as session:
-        changed = []
-        for fname, doc in docs:
-            pool = pools.get_by_name(session=session, name=doc["pool"])
-            if pool is None:
-                raise InvalidInput(f"{fname}: pool: {doc['pool']!r} does not exist", field=f"{fname}:pool")
-            sha = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
-            existing = rosters.for_pool(session=session, pool_id=pool.id or 0)
-            if existing is not None and existing.sha256 == sha:
-                continue
-            rosters.upsert(session=session, record=RosterRecord(pool_id=pool.id or 0, document=doc, sha256=sha,
-                                                                 applied_at=ctx.clock.now(), actor=actor))
-            audit.append(session=session, actor=actor, action="roster.apply", target=doc["pool"], sha256=sha,
-                         file=fname)
-            changed.append(doc["pool"])
-        return changed
+        return [doc["pool"] for fname, doc in docs
+                if _store(ctx, session, fname, doc, files[fname], actor=actor)]
+
+
+def put(ctx: Context, pool: str, text: str, *, actor: str, create: bool = False) -> bool:
+    """Set the roster of POOL from TEXT (its YAML); True when it changed. With CREATE, the pool
+    must have none yet. For declarative clients (Terraform) that own one roster each."""
+    fname = f"{pool}.yaml"
+    ((_, doc),) = _parse({fname: text})
+    if doc["pool"] != pool:
+        raise InvalidInput(f"pool: the roster names {doc['pool']!r}, the request {pool!r}", field="pool")
+    with session_scope(ctx.engine) as session:
+        if create and rosters.for_pool(session=session, pool_id=_pool_id(session, pool, fname)) is not None:
+            raise Conflict(f"pool: {pool!r} already has a roster", field="pool")
+        return _store(ctx, session, fname, doc, text, actor=actor)
+
+
+def remove(ctx: Context, pool: str, *, actor: str) -> None:
+    """POOL stops following a roster; its size stays where the roster last put it."""
+    with session_scope(ctx.engine) as session:
+        p = pools.get_or_raise(session=session, name=pool)
+        if not rosters.delete(session=session, pool_id=p.id or 0):
+            raise NotFound(f"pool: {pool!r} has no roster", field="pool")
+        audit.append(session=session, actor=actor, action="roster.remove", target=pool)
+
+
+def _pool_id(session: Any, pool: str, fname: str) -> int:
+    found = pools.get_by_name(session=session, name=pool)
+    if found is None:
+        raise InvalidInput(f"{fname}: pool: {pool!r} does not exist", field=f"{fname}:pool")
+    return found.id or 0
+
+
+def _store(ctx: Context, session: Any, fname: str, doc: dict[str, Any], text: str, *, actor: str) -> bool:
+    pool_id = _pool_id(session, doc["pool"], fname)
+    sha = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+    existing = rosters.for_pool(session=session, pool_id=pool_id)
+    if existing is not None and existing.sha256 == sha and existing.source == text:
+        return False
+    rosters.upsert(session=session, record=RosterRecord(pool_id=pool_id, document=doc, source=text, sha256=sha,
+                                                         applied_at=ctx.clock.now(), actor=actor))
+    audit.append(session=session, actor=actor, action="roster.apply", target=doc["pool"], sha256=sha, file=fname)
+    return True
 
 
 def roster_of(ctx: Context, pool: str) -> Roster:
@@ -90,7 +120,10 @@ def show(ctx: Context, pool: str) -> dict[str, Any]:
         record = rosters.for_pool(session=session, pool_id=p.id or 0)
         if record is None:
             raise NotFound(f"pool {pool!r} has no roster", field="pool")
-        return {"pool": pool, "applied_at": record.applied_at, "actor": record.actor, "roster": record.document}
+        text = record.source if record.source is not None else yaml.safe_dump(record.document, sort_keys=False)
+        return {"pool": pool, "applied_at": record.applied_at, "actor": record.actor, "roster": record.document,
+                "yaml": text}
+
 
 
 def measured_rate(ctx: Context, parallelism: int | None = None) -> ProvisioningRate:

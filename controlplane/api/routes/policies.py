@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, status
 
 from controlplane.api.deps import Actor, CtxDep, current_admin
-from controlplane.api.schemas import PolicyFiles, Rollback
+from controlplane.api.schemas import PolicyFiles, PolicySource, Rollback
 from controlplane.domain.policy_schema import SCHEMA
+from controlplane.errors import InvalidInput
 from controlplane.services import policies
 
 router = APIRouter(prefix="/api/v1/policies", tags=["policies"], dependencies=[Depends(current_admin)])
@@ -56,6 +57,33 @@ def revisions(ctx: CtxDep) -> list[dict[str, Any]]:
 def rollback(body: Rollback, ctx: CtxDep, actor: Actor) -> dict[str, Any]:
     rev, changes = policies.rollback(ctx, body.revision, actor=actor, comment=body.comment)
     return _revision(rev, changes)
+
+
+# One policy at a time, for declarative clients (the Terraform module in terraform/): each write
+# is a revision of its own, like `apply`, with the other policies unchanged.
+@router.post("/documents", status_code=status.HTTP_201_CREATED)
+def create_document(body: PolicySource, ctx: CtxDep, actor: Actor) -> dict[str, Any]:
+    policies.put(ctx, body.name, body.yaml, actor=actor, create=True)
+    return read_document(body.name, ctx)
+
+
+@router.get("/documents/{name}")
+def read_document(name: str, ctx: CtxDep) -> dict[str, Any]:
+    revision, text = policies.source(ctx, name)
+    return {"name": name, "yaml": text, "revision": revision}
+
+
+@router.put("/documents/{name}")
+def replace_document(name: str, body: PolicySource, ctx: CtxDep, actor: Actor) -> dict[str, Any]:
+    if body.name != name:
+        raise InvalidInput(f"name: the body names {body.name!r}, the path {name!r}", field="name")
+    policies.put(ctx, name, body.yaml, actor=actor)
+    return read_document(name, ctx)
+
+
+@router.delete("/documents/{name}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_document(name: str, ctx: CtxDep, actor: Actor) -> None:
+    policies.remove(ctx, name, actor=actor)
 
 
 @router.get("/explain")

@@ -14,6 +14,7 @@ from controlplane.api.schemas import (
     RolloutRollback,
 )
 from controlplane.domain.rollout import Thresholds
+from controlplane.errors import InvalidInput
 from controlplane.services import pools, rollouts
 
 router = APIRouter(prefix="/api/v1/pools", tags=["pools"], dependencies=[Depends(current_admin)])
@@ -40,6 +41,15 @@ def get_pool(name: str, ctx: CtxDep) -> PoolPublic:
 def resize_pool(name: str, body: PoolResize, ctx: CtxDep, actor: Actor) -> PoolPublic:
     pools.update(ctx, name, size=body.size, min_size=body.min_size, max_size=body.max_size, groups=body.groups,
                  clone=body.clone, image=body.image, actor=actor)
+    return pools.views(ctx, name)[0]
+
+
+@router.put("/{name}", response_model=PoolPublic, dependencies=[Wake])
+def replace_pool(name: str, body: PoolCreate, ctx: CtxDep, actor: Actor) -> PoolPublic:
+    """Every field at once (Terraform's update); memory, vCPUs and memory sharing cannot change."""
+    if body.name != name:
+        raise InvalidInput(f"name: the body names {body.name!r}, the path {name!r}", field="name")
+    pools.replace(ctx, name, **body.model_dump(exclude={"name"}), actor=actor)
     return pools.views(ctx, name)[0]
 
 

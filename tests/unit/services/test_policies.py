@@ -124,3 +124,38 @@ def test_explain_says_which_rule_of_which_policy_decides_a_name_or_an_app(ctx):
     assert kb["by_policy"] == {"all-agents": "apps.allow: knowledge-base", "sales-floor": "not in apps.allow"}
     with pytest.raises(InvalidInput, match="name"):
         policies.explain(ctx, "alice", "sales", name="crm brand;example")
+
+
+def test_one_policy_at_a_time_keeps_the_others_and_reads_back_as_written(ctx):
+    policies.apply(ctx, EXAMPLES, actor="alice")
+    text = "# the night shift\n" + GOOD.replace("name: good", "name: night")
+    rev, changes = policies.put(ctx, "night", text, actor="bob")
+    _, docs = policies.current_documents(ctx)
+    assert set(docs) == {"all-agents", "sales-floor", "support-desk", "night"}
+    assert policies.source(ctx, "night") == (rev.id, text)  # comments and all
+    assert [c["policy"] for c in changes] == ["night"]
+    assert policies.put(ctx, "night", text, actor="bob") == (rev, [])  # unchanged: no revision
+    with pytest.raises(Exception, match="already exists"):
+        policies.put(ctx, "night", text, actor="bob", create=True)
+    with pytest.raises(InvalidInput, match="names 'night'") as e:
+        policies.put(ctx, "day", text, actor="bob")
+    assert e.value.field == "name"
+    policies.remove(ctx, "night", actor="bob")
+    assert set(policies.current_documents(ctx)[1]) == {"all-agents", "sales-floor", "support-desk"}
+    with pytest.raises(NotFound):
+        policies.remove(ctx, "night", actor="bob")
+    rev, _ = policies.rollback(ctx, rev.id, actor="carol")  # the rollback brings its text back too
+    assert policies.source(ctx, "night")[1] == text
+
+
+def test_parallel_writers_of_different_policies_lose_nothing(ctx):
+    """Terraform writes its policies in parallel (10 at a time by default): each write is a new
+    revision made from the current one, so none may be based on a revision another just replaced."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    names = [f"team-{i}" for i in range(8)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda n: policies.put(ctx, n, GOOD.replace("name: good", f"name: {n}"), actor=n), names))
+    _, docs = policies.current_documents(ctx)
+    assert set(docs) == set(names)
+    assert [r.id for r in policies.history(ctx)] == list(range(8, 0, -1))
