@@ -22,6 +22,7 @@ from urllib.parse import quote
 
 import typer
 from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -234,10 +235,22 @@ def reconcile(
 @image_app.command("build")
 def image_build(recipe: str, as_json: JsonOpt = False) -> None:
     """Build RECIPE (images/recipes/RECIPE) and register it as a new version."""
+    with handled():
+        if (api := remote_api()) is not None:
+            _built(recipe, as_json, lambda: ImagePublic.model_validate(api.call(
+                "POST", "/api/v1/images", json={"recipe": recipe}, read_timeout=BUILD_WAIT_S)))
+            return
     with context() as (ctx, _):
-        with err.status(f"building {recipe} ..."):
-            image = images.build(ctx, recipe, actor=ACTOR)
-        emit([image_view(image)], as_json, ["name", "version", "sha256", "size_bytes"])
+        _built(recipe, as_json, lambda: image_view(images.build(ctx, recipe, actor=ACTOR)))
+
+
+BUILD_WAIT_S = 3600.0  # a build on the server answers when it is done: minutes, on a cold package cache
+
+
+def _built(recipe: str, as_json: bool, build: Callable[[], ImagePublic]) -> None:
+    with err.status(f"building {recipe} ..."):
+        image = build()
+    emit([image], as_json, ["name", "version", "sha256", "size_bytes"])
 
 
 @image_app.command("ls")
@@ -339,10 +352,16 @@ def pool_set(
 ) -> None:
     """Change what pool NAME makes new desktops from (existing desktops keep theirs until rebuilt),
     or which AD groups it serves (--group replaces them all)."""
+    columns = ["name", "image", "clone", "size", "groups", "desktops"]
+    with handled():
+        if (api := remote_api()) is not None:
+            emit([PoolPublic.model_validate(api.call("PATCH", f"/api/v1/pools/{_seg(name)}", json={
+                "image": image, "clone": clone, "groups": group}))], False, columns)
+            return
     with context() as (ctx, _):
         pools.update(ctx, name, size=None, min_size=None, max_size=None, groups=group, clone=clone, image=image,
                      actor=ACTOR)
-        emit(pools.views(ctx, name), False, ["name", "image", "clone", "size", "groups", "desktops"])
+        emit(pools.views(ctx, name), False, columns)
 
 
 @pool_app.command("ls")
@@ -769,58 +788,101 @@ def show_explanation(result: dict[str, Any], as_json: bool) -> None:
 @schedule_app.command("validate")
 def schedule_validate(files: FilesOpt) -> None:
     """Check roster files; errors name the file, line and field."""
+    with handled():
+        if (api := remote_api()) is not None:
+            _rosters_valid(api.call("POST", "/api/v1/schedules/validate",
+                                    json={"files": read_policy_files(files)})["pools"])
+            return
     with context():
         texts = read_policy_files(files)
-        loaded = _policy_errors(lambda: scaling.validate(texts))
-        err.print(f"{len(loaded)} rosters valid: {', '.join(sorted(r.pool for r in loaded))}")
+        _rosters_valid(sorted(r.pool for r in _policy_errors(lambda: scaling.validate(texts))))
+
+
+def _rosters_valid(names: list[str]) -> None:
+    err.print(f"{len(names)} rosters valid: {', '.join(names)}")
 
 
 @schedule_app.command("apply")
 def schedule_apply(files: FilesOpt) -> None:
     """Apply roster files (all or nothing; every pool must exist)."""
+    with handled():
+        if (api := remote_api()) is not None:
+            _rosters_applied(api.call("POST", "/api/v1/schedules/apply",
+                                      json={"files": read_policy_files(files)})["changed"])
+            return
     with context() as (ctx, _):
         texts = read_policy_files(files)
-        changed = _policy_errors(lambda: scaling.apply(ctx, texts, actor=ACTOR))
-        err.print(f"rosters applied: {', '.join(changed) or 'none changed'}")
+        _rosters_applied(_policy_errors(lambda: scaling.apply(ctx, texts, actor=ACTOR)))
+
+
+def _rosters_applied(changed: list[str]) -> None:
+    err.print(f"rosters applied: {', '.join(changed) or 'none changed'}")
 
 
 @schedule_app.command("show")
 def schedule_show(pool: str) -> None:
     """Print POOL's roster."""
+    with handled():
+        if (api := remote_api()) is not None:
+            print_json(api.call("GET", f"/api/v1/schedules/{_seg(pool)}"))
+            return
     with context() as (ctx, _):
-        print(json.dumps(scaling.show(ctx, pool), indent=2, default=str))
+        print_json(scaling.show(ctx, pool))
+
+
+def print_json(data: Any) -> None:
+    """DATA as the API writes it (times ISO 8601, UTC as Z), so both modes print the same bytes."""
+    print(json.dumps(to_jsonable_python(data), indent=2))
 
 
 @schedule_app.command("plan")
 def schedule_plan(
     pool: str,
     days: Annotated[int, typer.Option(help="How many days from now (or --start)")] = 1,
-    start: Annotated[str | None, typer.Option(help="ISO date/time to start from (UTC)")] = None,
+    start: Annotated[str | None, typer.Option(help="ISO date/time to start from (UTC; on the host only)")] = None,
     step: Annotated[int, typer.Option(help="Minutes between points")] = 15,
     png: Annotated[Path | None, typer.Option(help="Write a capacity plot as PNG")] = None,
     svg: Annotated[Path | None, typer.Option(help="Write a capacity plot as SVG")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Planned capacity against head-count over a day or a week, as a table, JSON or a plot."""
+    with handled():
+        if (api := remote_api()) is not None:
+            if start:
+                raise InvalidInput("start: a remote control plane plans from its own clock; leave --start out "
+                                   "(or run the command on the host)", field="start")
+            path, params = f"/api/v1/schedules/{_seg(pool)}/plan", {"days": days, "step": step}
+            _show_plan(lambda fmt: api.content("GET", path, params={**params, "fmt": fmt}),
+                       lambda: api.call("GET", path, params=params), png, svg, as_json)
+            return
     with context() as (ctx, _):
         begin = datetime.fromisoformat(start).replace(tzinfo=UTC) if start else ctx.clock.now()
         points = scaling.plan(ctx, pool, begin, hours=24 * days, step_minutes=step)
-        actual = [d for d, _ in desktops.list_all(ctx, pool)]
-        if png or svg:
+
+        def plot(fmt: str) -> bytes:
             from controlplane.web.capacity_plot import render
 
-            for path, fmt in ((png, "png"), (svg, "svg")):
-                if path:
-                    path.write_bytes(render(pool, points, len(actual), fmt))
-                    err.print(f"wrote {path}")
-        if as_json:
-            print(json.dumps([{"at": p.at.isoformat(), "headcount": p.headcount, "desired": p.desired}
-                              for p in points], indent=2))
-        elif not (png or svg):
-            table = Table("at (UTC)", "headcount", "desktops planned")
-            for p in points:
-                table.add_row(p.at.strftime("%a %Y-%m-%d %H:%M"), str(p.headcount), str(p.desired))
-            out.print(table)
+            return render(pool, points, len(desktops.list_all(ctx, pool)), fmt)
+
+        _show_plan(plot, lambda: to_jsonable_python(points), png, svg, as_json)
+
+
+def _show_plan(plot: Callable[[str], bytes], rows: Callable[[], list[dict[str, Any]]], png: Path | None,
+               svg: Path | None, as_json: bool) -> None:
+    """Write the plots asked for (PLOT makes one: png or svg), then print the points (ROWS) as JSON or,
+    if nothing else was asked, as a table."""
+    for path, fmt in ((png, "png"), (svg, "svg")):
+        if path:
+            path.write_bytes(plot(fmt))
+            err.print(f"wrote {path}")
+    if as_json:
+        print_json(rows())
+    elif not (png or svg):
+        table = Table("at (UTC)", "headcount", "desktops planned")
+        for p in rows():
+            table.add_row(datetime.fromisoformat(p["at"]).strftime("%a %Y-%m-%d %H:%M"), str(p["headcount"]),
+                          str(p["desired"]))
+        out.print(table)
 
 
 # --- demo ----------------------------------------------------------------------------------------

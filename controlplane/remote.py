@@ -131,10 +131,27 @@ class Client:
         self.creds = creds
         self.http = httpx.Client(base_url=creds.server, verify=creds.tls(), headers=headers, timeout=timeout)
 
-    def call(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None) -> Any:
+    def call(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
+             read_timeout: float | None = None) -> Any:
+        """The answer's JSON (its text if it is not JSON; None for 204). READ_TIMEOUT: seconds to wait for
+        an answer that takes long to make (an image build), instead of the client's timeout."""
+        response = self._send(method, path, json=json, params=params, read_timeout=read_timeout)
+        if response.status_code == 204:
+            return None
+        return response.json() if "json" in response.headers.get("content-type", "") else response.text
+
+    def content(self, method: str, path: str, *, params: dict[str, Any] | None = None) -> bytes:
+        """The answer's bytes as the server sent them (a PNG, say)."""
+        return self._send(method, path, params=params).content
+
+    def _send(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
+              read_timeout: float | None = None) -> httpx.Response:
+        """A successful response; a failure raises the typed error the local services would raise."""
+        timeout = self.http.timeout if read_timeout is None else httpx.Timeout(self.http.timeout.connect,
+                                                                                read=read_timeout)
         try:
-            response = self.http.request(method, path, json=json, params={k: v for k, v in (params or {}).items()
-                                                                         if v is not None})
+            response = self.http.request(method, path, json=json, timeout=timeout,
+                                         params={k: v for k, v in (params or {}).items() if v is not None})
         except httpx.ConnectError as err:
             if isinstance(err.__cause__, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY" in str(err):
                 raise PermanentError(f"{self.creds.server}: its certificate is not signed by the pinned CA "
@@ -142,11 +159,9 @@ class Client:
             raise TemporaryError(f"{self.creds.server} is unreachable: {err}") from None
         except httpx.HTTPError as err:
             raise TemporaryError(f"{self.creds.server}: {err}") from None
-        if response.status_code == 204:
-            return None
-        if response.is_success:
-            return response.json() if "json" in response.headers.get("content-type", "") else response.text
-        raise _error(response)
+        if not response.is_success:
+            raise _error(response)
+        return response
 
 
 def _error(response: httpx.Response) -> Exception:

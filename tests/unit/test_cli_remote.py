@@ -4,6 +4,7 @@ commands with the same output through the REST API, acting as the signed-in AD a
 
 from __future__ import annotations
 
+import gc
 import json
 import stat
 
@@ -13,9 +14,10 @@ from typer.testing import CliRunner
 from controlplane.cli import app
 from controlplane.drivers.local_ca import ensure_server_cert
 from controlplane.main import create_app, tls_files
-from controlplane.services import audit
+from controlplane.services import audit, images
 from controlplane.services.reconciler import Reconciler
-from tests.conftest import USERS, database_env
+from controlplane.services.views import image_view
+from tests.conftest import SALES, USERS, database_env
 from tests.e2e.conftest import Server
 
 
@@ -25,6 +27,7 @@ def server(ctx, settings, image):
     with Server(create_app(settings, ctx, Reconciler(ctx)), cert, key) as s:
         s.ca, s.ctx = cert.parent / "ca.pem", ctx
         yield s
+        gc.collect()  # the CLI's clients, kept in cycles by the errors they raised, hang up: the server stops now
 
 
 @pytest.fixture
@@ -71,13 +74,94 @@ def test_the_same_commands_act_remotely_as_the_admin(server, home, monkeypatch, 
 
     assert run("pool", "scale", "sales", "2", "--timeout", "30").exit_code == 0  # follows the rebuild to ready
     remote_view = run("pool", "ls", "--json").output
-    monkeypatch.delenv("SHIFTDESK_URL")  # the same question asked on the host: the same answer
+    on_the_host(monkeypatch, settings)  # the same question asked on the host: the same answer
+    assert run("pool", "ls", "--json").output == remote_view
+
+
+def on_the_host(monkeypatch, settings):
+    """From now on the CLI acts on the server's database, as the host operator does."""
+    monkeypatch.delenv("SHIFTDESK_URL")
     monkeypatch.setenv("SHIFTDESK_DATA_DIR", str(settings.data_dir))
     monkeypatch.setenv("SHIFTDESK_INSTANCE", settings.instance)
     monkeypatch.setenv("SHIFTDESK_LIBVIRT__URI", "fake://")
     for key, value in database_env(settings).items():
         monkeypatch.setenv(key, value)
-    assert run("pool", "ls", "--json").output == remote_view
+
+
+def test_pool_set_acts_remotely_as_the_admin(server, home, monkeypatch, ctx, settings):
+    sign_in(server, monkeypatch)
+    assert run("pool", "create", "sales", "--image", "busybox-desktop", "--size", "1", "--timeout", "30").exit_code == 0
+    r = run("pool", "set", "sales", "--clone", "cold", "--group", SALES)
+    assert r.exit_code == 0, r.output
+    assert audit.recent(ctx, action="pool.entitle")[0]["actor"] == "carol"
+    before = {k: v for k, v in json.loads(run("pool", "ls", "--json").output)[0].items() if k != "desktops"}
+    assert (before["clone"], before["groups"]) == ("cold", [SALES])
+    for args, field in ((["--clone", "warm"], "clone"), (["--image", "nope"], "image"),
+                        (["--group", "sales"], "groups")):
+        r = run("pool", "set", "sales", *args)
+        assert r.exit_code == 2 and field in r.output, r.output
+    after = {k: v for k, v in json.loads(run("pool", "ls", "--json").output)[0].items() if k != "desktops"}
+    assert after == before  # the mistakes changed nothing
+    remote_view = run("pool", "set", "sales", "--group", SALES).output
+    on_the_host(monkeypatch, settings)
+    assert run("pool", "set", "sales", "--group", SALES).output == remote_view
+
+
+def test_image_build_acts_remotely_as_the_admin(server, home, monkeypatch, ctx):
+    sign_in(server, monkeypatch)
+    ctx.builder.variant = "2"
+    r = run("image", "build", "busybox-desktop", "--json")
+    assert r.exit_code == 0, r.output
+    built = image_view(images.get(ctx, "busybox-desktop:2"))  # what the host prints for its build
+    assert r.stdout == json.dumps([built.model_dump(mode="json")], indent=2) + "\n"
+    assert audit.recent(ctx, action="image.register")[0]["actor"] == "carol"
+    builds = ctx.builder.builds
+    for recipe in ("Bad Recipe", "x" * 65):
+        r = run("image", "build", recipe)
+        assert r.exit_code == 2 and "recipe" in r.output, r.output
+    assert ctx.builder.builds == builds and len(images.list_all(ctx)) == 2
+
+
+def test_schedules_act_remotely_as_on_the_host(server, home, monkeypatch, ctx, settings, tmp_path):
+    sign_in(server, monkeypatch)
+    assert run("pool", "create", "sales", "--image", "busybox-desktop", "--size", "0", "--no-wait").exit_code == 0
+    rosters = tmp_path / "rosters"  # nobody on shift at the server's 08:00 UTC: no desktop boots, the plan holds still
+    rosters.mkdir()
+    (rosters / "sales.yaml").write_text("pool: sales\ntimezone: UTC\nmin: 0\nmax: 10\nshifts:\n"
+                                        '  - {name: late, days: [tue], start: "18:00", end: "22:00", headcount: 4}\n')
+    r = run("schedule", "validate", "-f", str(rosters))
+    assert r.exit_code == 0 and "1 rosters valid: sales" in r.output, r.output
+    r = run("schedule", "apply", "-f", str(rosters))
+    assert r.exit_code == 0 and "rosters applied: sales" in r.output, r.output
+    assert [e["actor"] for e in audit.recent(ctx, action="roster.apply")] == ["carol"]
+    shown = run("schedule", "show", "sales").output
+    assert json.loads(shown)["roster"]["timezone"] == "UTC"
+
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.yaml").write_text("pool: sales\ntimezone: Nowhere/City\nshifts: []\n")
+    for command in ("validate", "apply"):
+        r = run("schedule", command, "-f", str(tmp_path / "bad"))
+        assert r.exit_code == 2 and "x.yaml:2: timezone" in r.output, r.output
+    for args, field in ((["--start", "2026-11-27T00:00"], "start"), (["--days", "0"], "days")):
+        r = run("schedule", "plan", "sales", *args)
+        assert r.exit_code == 2 and field in r.output, r.output
+    assert run("schedule", "show", "nowhere").exit_code == 2
+    assert run("schedule", "show", "sales").output == shown  # the bad file changed nothing
+    assert len(audit.recent(ctx, action="roster.apply")) == 1
+
+    plan = run("schedule", "plan", "sales", "--json").output
+    assert max(p["desired"] for p in json.loads(plan)) == 4
+    table = run("schedule", "plan", "sales").output
+    r = run("schedule", "plan", "sales", "--png", str(tmp_path / "remote.png"), "--svg", str(tmp_path / "r.svg"))
+    assert r.exit_code == 0 and f"wrote {tmp_path / 'r.svg'}" in r.output.replace("\n", ""), r.output
+    assert b"<svg" in (tmp_path / "r.svg").read_bytes()[:400]
+    on_the_host(monkeypatch, settings)
+    now = ctx.clock.now().replace(tzinfo=None).isoformat()  # the server plans from its clock; the host is told
+    assert run("schedule", "show", "sales").output == shown
+    assert run("schedule", "plan", "sales", "--start", now, "--json").output == plan
+    assert run("schedule", "plan", "sales", "--start", now).output == table
+    assert run("schedule", "plan", "sales", "--start", now, "--png", str(tmp_path / "host.png")).exit_code == 0
+    assert (tmp_path / "remote.png").read_bytes() == (tmp_path / "host.png").read_bytes()
 
 
 def test_mistakes_name_the_field_and_local_only_commands_say_so(server, home, monkeypatch):
