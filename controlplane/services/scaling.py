@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
 from controlplane.db import audit, desktops, leases, pools, rosters
 from controlplane.db.engine import session_scope
@@ -124,6 +125,37 @@ def show(ctx: Context, pool: str) -> dict[str, Any]:
         return {"pool": pool, "applied_at": record.applied_at, "actor": record.actor, "roster": record.document,
                 "yaml": text}
 
+
+class RosterSummary(BaseModel):
+    """A pool and its roster in brief (the console's rosters table); the roster fields are None and
+    the counts 0 for a pool that has no roster. Counted from the stored document as it is, so a roster
+    that no longer loads is still listed (its plot says why it fails)."""
+
+    pool: str
+    applied_at: datetime | None = None
+    actor: str | None = None
+    timezone: str | None = None
+    shifts: int = 0
+    events: int = 0
+    holidays: int = 0
+
+
+def list_rosters(ctx: Context) -> list[RosterSummary]:
+    """Every pool, by name, with its roster's summary if it has one."""
+    with session_scope(ctx.engine) as session:
+        by_pool = {r.pool_id: r for r in rosters.list_all(session=session)}
+        summaries = []
+        for pool in pools.list_all(session=session):
+            record = by_pool.get(pool.id or 0)
+            if record is None:
+                summaries.append(RosterSummary(pool=pool.name))
+                continue
+            doc = record.document
+            summaries.append(RosterSummary(
+                pool=pool.name, applied_at=record.applied_at, actor=record.actor, timezone=doc.get("timezone"),
+                shifts=len(doc.get("shifts", [])), events=len(doc.get("events", [])),
+                holidays=len(doc.get("holidays", []))))
+        return summaries
 
 
 def measured_rate(ctx: Context, parallelism: int | None = None) -> ProvisioningRate:

@@ -2,7 +2,9 @@
 behaviour; test_portal.py signs in to it through the real AD): every section loads, a rollout is
 started and rolled back, a desktop's screen shows, a live session is disconnected, policy files
 are diffed and applied (and a broken one refused), the audit log is searched and exported, a
-policy explained; labels on every field, tabs work from the keyboard, nothing overflows a laptop screen."""
+policy explained; labels on every field, tabs work from the keyboard, nothing overflows a laptop screen.
+Rosters: two files checked and applied at once (each pool's roster and plot shown, the apply audited
+under the admin's name), a set with a broken file refused with file, line and field and nothing applied."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from controlplane.main import create_app, tls_files
-from controlplane.services import desktops, images, policies, pools, sessions
+from controlplane.services import audit, desktops, images, policies, pools, scaling, sessions
 from controlplane.services.reconciler import Reconciler
 from tests.conftest import AGENTS, USERS, open_session
 from tests.e2e.conftest import Server
@@ -37,7 +39,8 @@ def console(ctx, settings, image):
         yield server
 
 
-def test_the_console_shows_and_acts_on_every_section(browser, console, tmp_path):
+def signed_in(browser, console):
+    """Carol's console on a laptop screen, signed in and showing the pools; dialogs are accepted."""
     page = browser.new_context(ignore_https_errors=True, viewport={"width": 1366, "height": 768},
                                accept_downloads=True).new_page()
     page.on("dialog", lambda dialog: dialog.accept())
@@ -47,6 +50,37 @@ def test_the_console_shows_and_acts_on_every_section(browser, console, tmp_path)
     page.fill("#password", USERS["carol"][0])
     page.click("#login button[type=submit]")
     page.wait_for_selector("#pool-rows tr:has-text('sales')")
+    return page
+
+
+def open_next_tab_by_keyboard(page, tab, following):
+    page.focus(f"#tab-{tab}")
+    page.keyboard.press("Tab")  # to the next tab
+    page.keyboard.press("Enter")
+    page.wait_for_selector(f"#{following}:not([hidden])")
+
+
+def search_audit(page, action):
+    """Open the audit tab, let its first (unfiltered) load finish, then search for ACTION (or a
+    family, `session.`) and wait until only matching events are listed."""
+    page.click("#tab-audit")
+    page.wait_for_selector("#audit-rows tr")
+    page.fill("#audit-action", action)
+    page.click("#audit-search button[type=submit]")
+    page.wait_for_function("action => { const cells = [...document.querySelectorAll('#audit-rows td:nth-child(3)')];"
+                           " return cells.length > 0 && cells.every(c => c.textContent.startsWith(action)); }",
+                           arg=action)
+
+
+def assert_labelled_and_fits(page):
+    unlabelled = page.evaluate("[...document.querySelectorAll('input, select')].filter(e => !e.labels.length)"
+                               ".map(e => e.id)")
+    assert unlabelled == []
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), "wider than a laptop"
+
+
+def test_the_console_shows_and_acts_on_every_section(browser, console, tmp_path):
+    page = signed_in(browser, console)
 
     page.select_option("#rollout-pool", "sales")
     page.select_option("#rollout-image", "busybox-desktop:2")
@@ -100,21 +134,65 @@ def test_the_console_shows_and_acts_on_every_section(browser, console, tmp_path)
     page.wait_for_selector("#explain-out:not([hidden])")
     assert "sales-floor" in page.locator("#explain-out").text_content()
 
-    page.click("#tab-audit")
-    page.fill("#audit-action", "session.")
-    page.click("#audit-search button[type=submit]")
-    page.wait_for_selector("#audit-rows tr:has-text('carol')")
-    assert all(a.startswith("session.") for a in page.locator("#audit-rows td:nth-child(3)").all_text_contents())
+    search_audit(page, "session.")
+    assert "carol" in page.locator("#audit-rows td:nth-child(2)").all_text_contents()
     with page.expect_download() as download:
         page.click("#audit-export")
     text = Path(download.value.path()).read_text()
     assert text.startswith("id,at,actor,action,target,detail") and "session." in text
 
-    unlabelled = page.evaluate("[...document.querySelectorAll('input, select')].filter(e => !e.labels.length)"
-                               ".map(e => e.id)")
-    assert unlabelled == []
-    page.focus("#tab-pools")
-    page.keyboard.press("Tab")  # to the Desktops tab
-    page.keyboard.press("Enter")
-    page.wait_for_selector("#desktops:not([hidden])")
-    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), "wider than a laptop"
+    open_next_tab_by_keyboard(page, "pools", "desktops")
+    assert_labelled_and_fits(page)
+
+
+def test_the_console_applies_and_shows_rosters(browser, console, tmp_path):
+    pools.create(console.ctx, name="support", image="busybox-desktop:1", size=0, actor="test")
+    page = signed_in(browser, console)
+    page.click("#tab-rosters")
+    page.wait_for_selector("#roster-rows tr:has-text('support'):has-text('no roster')")
+    demo = ROOT / "scripts" / "demo-rosters"
+    files = [tmp_path / "sales.yaml", tmp_path / "support.yaml"]
+    promo = '  - {name: promo, start: "2026-11-27T13:00", end: "2026-11-27T17:00", headcount: 3}\n'
+    files[0].write_text((demo / "sales.yaml").read_text() + "events:\n" + promo)
+    files[1].write_text((demo / "support.yaml").read_text())
+    page.set_input_files("#roster-files", [str(f) for f in files])
+    page.click("#roster-validate")
+    page.wait_for_selector("#roster-out:has-text('Valid: rosters for sales, support')")
+    assert [r.applied_at for r in scaling.list_rosters(console.ctx)] == [None, None]  # checking applies nothing
+
+    page.click("#roster-apply button[type=submit]")
+    page.wait_for_selector("#roster-out:has-text('Applied: the rosters of sales, support changed.')")
+    page.wait_for_selector("#roster-rows tr:has-text('sales'):has-text('Europe/Berlin'):has-text('carol')")
+    page.wait_for_selector("#roster-title:has-text('Roster of sales')")  # the first pool that changed
+    assert page.locator("#roster-rows tr:has-text('support')").text_content().startswith("supportEurope/Berlin2")
+    assert page.locator("#roster-title").text_content().startswith("Roster of sales, applied 2026-11-24 08:00 UTC")
+    assert page.locator("#shift-rows tr").all_text_contents() == ["dayevery day08:0020:002",
+                                                                  "nightevery day20:0008:00 (next day)1"]
+    assert page.locator("#event-rows").text_content() == "promo2026-11-27 13:002026-11-27 17:003"
+    settings = page.locator("#roster-settings").text_content()
+    assert "Time zoneEurope/Berlin" in settings and "1 spare desktop, or 10% of head-count if that is more" in settings
+    page.click("#roster-view summary")
+    assert page.locator("#roster-yaml").text_content() == files[0].read_text()  # as written, comments too
+    page.wait_for_selector("#roster-plot-title:has-text('Capacity of sales')")
+    page.wait_for_function("document.getElementById('roster-plot').naturalWidth > 100")
+    page.click("#roster-rows button[aria-label='Show the roster of support']")
+    page.wait_for_selector("#roster-title:has-text('Roster of support')")
+    page.wait_for_selector("#roster-plot-title:has-text('Capacity of support')")
+
+    applied = {r.pool: r for r in scaling.list_rosters(console.ctx)}
+    files[1].write_text(files[1].read_text().replace("max: 2", "max: 3"))  # valid, but goes with a broken one
+    files[0].write_text(files[0].read_text().replace('start: "20:00"', 'start: "24:00"'))
+    page.set_input_files("#roster-files", [str(f) for f in files])
+    page.click("#roster-apply button[type=submit]")
+    page.wait_for_selector("#roster-out.error:has-text('sales.yaml:10: shifts.1.start:')")
+    page.wait_for_selector("#status:has-text('roster files: not applied')")
+    assert {r.pool: r for r in scaling.list_rosters(console.ctx)} == applied
+    assert scaling.show(console.ctx, "support")["roster"]["max"] == 2
+
+    search_audit(page, "roster.apply")
+    assert page.locator("#audit-rows td:nth-child(2)").all_text_contents() == ["carol", "carol"]
+    assert sorted((e["actor"], e["target"]) for e in audit.recent(console.ctx, action="roster.apply")) == [
+        ("carol", "sales"), ("carol", "support")]
+    open_next_tab_by_keyboard(page, "policies", "rosters")
+    page.wait_for_selector("#roster-view:not([hidden])")
+    assert_labelled_and_fits(page)

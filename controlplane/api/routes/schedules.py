@@ -1,4 +1,5 @@
-"""Rosters over HTTP: validate, apply, show, plan (and the capacity plot)."""
+"""Rosters over HTTP: list (every pool, with its roster in brief), validate, apply, show, plan (and
+the capacity plot)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,11 @@ from controlplane.services import desktops, scaling
 from controlplane.web.capacity_plot import render
 
 router = APIRouter(prefix="/api/v1/schedules", tags=["schedules"], dependencies=[Depends(current_admin)])
+
+
+@router.get("", response_model=list[scaling.RosterSummary])
+def list_rosters(ctx: CtxDep) -> list[scaling.RosterSummary]:
+    return scaling.list_rosters(ctx)
 
 
 @router.post("/validate")

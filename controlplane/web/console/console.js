@@ -1,17 +1,18 @@
 // The admins' console: pools (with capacity plots and rollouts), desktops (with a screenshot),
-// live sessions, images, policies and the audit log. Every action is a call to the same REST API
-// the CLI uses, so it is authorised and audited there; this page only shows and asks.
+// live sessions, images, policies, shift rosters and the audit log. Every action is a call to the
+// same REST API the CLI uses, so it is authorised and audited there; this page only shows and asks.
 // Text from the server is only ever set as textContent, never as HTML.
 const $ = (id) => document.getElementById(id);
 let token = null;
-let plotPool = null;
 
 async function api(path, options = {}) {
   const response = await fetch(path, { ...options, cache: "no-store",
     headers: { "Content-Type": "application/json", ...(token ? { Authorization: `Bearer ${token}` } : {}) } });
   if (!response.ok) {
     const body = await response.json().catch(() => ({}));
-    throw new Error(typeof body.detail === "string" ? body.detail : response.statusText);
+    const err = new Error(typeof body.detail === "string" ? body.detail : response.statusText);
+    err.problems = Array.isArray(body.errors) ? body.errors : [];
+    throw err;
   }
   return response;
 }
@@ -75,10 +76,32 @@ function age(iso) {
 
 const confirmed = (question) => window.confirm(question);
 
+const when = (iso) => (iso ? new Date(iso).toISOString().slice(0, 16).replace("T", " ") : null);
+
+// What the API refused, one problem a line: file, line and field for YAML files, else the field.
+function problems(err) {
+  if (!err.problems?.length) return err.message;
+  return err.problems.map((p) => (p.file ? `${p.file}:${p.line}: ${p.field}: ${p.message}` : `${p.field}: ${p.msg}`))
+    .join("\n");
+}
+
+// The YAML files picked in a file input, as the apply routes take them: {name: text}.
+async function yamlFiles(input) {
+  const files = {};
+  for (const file of $(input).files) files[file.name] = await file.text();
+  return files;
+}
+
+function output(id, text, isError = false) {
+  $(id).textContent = text;
+  $(id).classList.toggle("error", isError);
+  $(id).hidden = false;
+}
+
 // --- tabs ------------------------------------------------------------------------------------
 
 const loaders = { pools: loadPools, desktops: loadDesktops, sessions: loadSessions, images: loadImages,
-  policies: loadPolicies, audit: loadAudit };
+  policies: loadPolicies, rosters: loadRosters, audit: loadAudit };
 
 async function show(name) {
   for (const tab of document.querySelectorAll("[role=tab]")) {
@@ -168,20 +191,28 @@ $("rollout").addEventListener("submit", async (event) => {
     batch: Number($("rollout-batch").value), soak_s: Number($("rollout-soak").value) }), loadPools)();
 });
 
-async function showPlot(pool) {
-  plotPool = pool;
-  try {
-    const blob = await (await api(`/api/v1/schedules/${encodeURIComponent(pool)}/plan?fmt=svg&days=${$("range").value}`)).blob();
-    $("plot").src = URL.createObjectURL(blob);
-    $("plot").hidden = false;
-    $("plot-title").textContent = `Capacity of ${pool}`;
-  } catch (err) {
-    $("plot-title").textContent = `${pool}: ${err.message}`;
-    $("plot").hidden = true;
+// A pool's capacity plot (planned head-count and desktops against actual desktops) in one place
+// on the page: an image, its title and a range select. Returns the function that shows a pool's.
+function capacityPlot(img, title, range) {
+  let shown = null;
+  async function showPlot(pool) {
+    shown = pool;
+    try {
+      const path = `/api/v1/schedules/${encodeURIComponent(pool)}/plan?fmt=svg&days=${$(range).value}`;
+      const blob = await (await api(path)).blob();
+      $(img).src = URL.createObjectURL(blob);
+      $(img).hidden = false;
+      $(title).textContent = `Capacity of ${pool}`;
+    } catch (err) {
+      $(title).textContent = `${pool}: ${err.message}`;
+      $(img).hidden = true;
+    }
+    $(title).hidden = false;
   }
-  $("plot-title").hidden = false;
+  $(range).addEventListener("change", () => shown && showPlot(shown));
+  return showPlot;
 }
-$("range").addEventListener("change", () => plotPool && showPlot(plotPool));
+const showPlot = capacityPlot("plot", "plot-title", "range");
 
 // --- desktops --------------------------------------------------------------------------------
 
@@ -248,8 +279,7 @@ async function loadImages() {
   fill("image-rows", images.map((i) => {
     const ref = `${i.name}:${i.version}`;
     const users = pools.filter((p) => p.image === ref).map((p) => p.name).join(", ") || "-";
-    return row([ref, new Date(i.built_at).toISOString().slice(0, 16).replace("T", " "), i.sha256.slice(0, 12),
-      i.deprecated ? "yes" : "no", users]);
+    return row([ref, when(i.built_at), i.sha256.slice(0, 12), i.deprecated ? "yes" : "no", users]);
   }), "no images");
 }
 
@@ -259,18 +289,12 @@ async function loadPolicies() {
   const revisions = await json("/api/v1/policies/revisions");
   const current = revisions.length ? revisions[0].revision : null;
   fill("revision-rows", revisions.map((r) => row(
-    [String(r.revision) + (r.revision === current ? " (current)" : ""), new Date(r.created_at).toISOString().slice(0, 16).replace("T", " "),
-      r.actor, r.comment || (r.rollback_of ? `rollback to ${r.rollback_of}` : "")],
+    [String(r.revision) + (r.revision === current ? " (current)" : ""), when(r.created_at), r.actor,
+      r.comment || (r.rollback_of ? `rollback to ${r.rollback_of}` : "")],
     r.revision === current ? [] : [button("Roll back", act(`roll back to revision ${r.revision}`, async () => {
       if (!confirmed(`Make revision ${r.revision}'s policies current again?`)) throw new Error("cancelled");
       await post("/api/v1/policies/rollback", { revision: r.revision, comment: "from the console" });
     }, loadPolicies), `Roll back to revision ${r.revision}`)])), "no policies applied");
-}
-
-async function policyFiles() {
-  const files = {};
-  for (const file of $("apply-files").files) files[file.name] = await file.text();
-  return files;
 }
 
 function showChanges(changes, heading) {
@@ -280,18 +304,16 @@ function showChanges(changes, heading) {
     for (const f of c.fields) lines.push(`    ${f.field}: ${JSON.stringify(f.old)} -> ${JSON.stringify(f.new)}`);
   }
   if (!changes.length) lines.push("no changes");
-  $("apply-out").textContent = lines.join("\n");
-  $("apply-out").hidden = false;
+  output("apply-out", lines.join("\n"));
 }
 
 async function policyCall(path, heading) {
   try {
-    const body = await post(path, { files: await policyFiles(), comment: $("apply-comment").value });
+    const body = await post(path, { files: await yamlFiles("apply-files"), comment: $("apply-comment").value });
     showChanges(body.changes, heading(body));
     await loadPolicies();
   } catch (err) {
-    $("apply-out").textContent = err.message;  // each file's problems, with line and field
-    $("apply-out").hidden = false;
+    output("apply-out", problems(err), true);
   }
 }
 
@@ -312,6 +334,103 @@ $("explain").addEventListener("submit", async (event) => {
     $("explain-out").textContent = err.message;
   }
   $("explain-out").hidden = false;
+});
+
+// --- rosters ---------------------------------------------------------------------------------
+// What `shiftdesk schedule apply|show|plan` do: every pool with its roster in brief, one pool's
+// roster in full with its capacity plot, and roster files checked or applied.
+
+const DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+const showRosterPlot = capacityPlot("roster-plot", "roster-plot-title", "roster-range");
+
+async function loadRosters() {
+  const rosters = await json("/api/v1/schedules");
+  fill("roster-rows", rosters.map((r) => (r.applied_at
+    ? row([r.pool, r.timezone, String(r.shifts), String(r.events), String(r.holidays), when(r.applied_at), r.actor],
+      [button("Show", () => showRoster(r.pool), `Show the roster of ${r.pool}`)])
+    : row([r.pool, "no roster", "-", "-", "-", "-", "-"]))), "no pools");
+}
+
+const days = (list) => (list.length === DAYS.length ? "every day"
+  : DAYS.filter((d) => list.includes(d)).join(" "));
+const minutes = (value, unset) => (value == null ? unset : `${value} min`);
+
+function buffer(b) {
+  const spare = `${b?.min ?? 0} spare desktop${b?.min === 1 ? "" : "s"}`;
+  return b?.percent ? `${spare}, or ${b.percent}% of head-count if that is more` : spare;
+}
+
+function settings(doc) {
+  return [
+    ["Time zone", doc.timezone],
+    ["Desktops", `${doc.min ?? "default"} to ${doc.max ?? "default"}`],
+    ["Idle buffer", buffer(doc.buffer)],
+    ["Prewarm", minutes(doc.prewarm_minutes, "from measured provisioning")],
+    ["Log-off after ramp-down", minutes(doc.ramp_down?.logoff_after_minutes, "default")],
+    ["Arrival margin", minutes(doc.arrival_margin_minutes, "default")],
+    ["Holidays", (doc.holidays ?? []).join(", ") || "none"],
+  ].flatMap(([term, value]) => {
+    const dt = document.createElement("dt");
+    const dd = document.createElement("dd");
+    dt.textContent = term;
+    dd.textContent = value;
+    return [dt, dd];
+  });
+}
+
+async function showRoster(pool) {
+  try {
+    const shown = await json(`/api/v1/schedules/${encodeURIComponent(pool)}`);
+    const doc = shown.roster;
+    $("roster-title").textContent = `Roster of ${pool}, applied ${when(shown.applied_at)} UTC by ${shown.actor}`;
+    $("roster-settings").replaceChildren(...settings(doc));
+    $("shift-caption").textContent = `Shifts of ${pool} (${doc.timezone} wall-clock time)`;
+    fill("shift-rows", doc.shifts.map((s) => row([s.name, days(s.days), s.start,
+      s.end <= s.start ? `${s.end} (next day)` : s.end, String(s.headcount)])), "no shifts");
+    $("event-caption").textContent = `Events of ${pool}`;
+    fill("event-rows", (doc.events ?? []).map((e) => row([e.name, e.start.replace("T", " "), e.end.replace("T", " "),
+      String(e.headcount)])), "no events");
+    $("roster-yaml").textContent = shown.yaml;
+    $("roster-view").hidden = false;
+    await showRosterPlot(pool);
+  } catch (err) {
+    say(`roster of ${pool}: ${err.message}`, true);
+  }
+}
+
+function changedText(body) {
+  const rosters = body.changed.length === 1 ? "roster" : "rosters";
+  const lines = body.changed.length ? [`Applied: the ${rosters} of ${body.changed.join(", ")} changed.`]
+    : ["Applied: no roster changed (these files are what is applied already)."];
+  for (const [pool, [before, after]] of Object.entries(body.scaled)) {
+    lines.push(`${pool}: ${before} -> ${after} desktops now`);
+  }
+  return lines.join("\n");
+}
+
+// Check or apply the picked files; on success DONE shows the answer, else each problem is listed.
+async function rosterCall(verb, done) {
+  let body;
+  try {
+    body = await post(`/api/v1/schedules/${verb}`, { files: await yamlFiles("roster-files") });
+  } catch (err) {
+    say(`roster files: ${verb === "apply" ? "not applied" : "not valid"}`, true);
+    output("roster-out", problems(err), true);
+    return;
+  }
+  say(`roster files: ${verb === "apply" ? "applied" : "valid"}`);
+  await done(body).catch((err) => say(`rosters: ${err.message}`, true));
+}
+
+$("roster-validate").addEventListener("click", () => rosterCall("validate", async (body) => output("roster-out",
+  `Valid: rosters for ${body.pools.join(", ")} (applying also checks that these pools exist).`)));
+$("roster-apply").addEventListener("submit", (event) => {
+  event.preventDefault();
+  rosterCall("apply", async (body) => {
+    output("roster-out", changedText(body));
+    await loadRosters();
+    if (body.changed.length) await showRoster(body.changed[0]);
+  });
 });
 
 // --- audit -----------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """What the admin console reads: live sessions with what the gateway saw, the audit log searched
-and exported as CSV (itself audited, formulas defused), and a desktop's screenshot (audited)."""
+and exported as CSV (itself audited, formulas defused), a desktop's screenshot (audited), and every
+pool with its roster in brief."""
 
 from __future__ import annotations
 
@@ -45,6 +46,24 @@ def test_live_sessions_show_who_where_since_and_what_the_gateway_saw(api, ctx, c
     assert api.get("/api/v1/sessions").json() == []
 
 
+def test_every_pool_is_listed_with_its_roster_in_brief(api, ctx, clock):
+    pools.create(ctx, name="support", image="busybox-desktop", size=0, actor="t")
+    assert api.get("/api/v1/schedules").json() == [
+        {"pool": pool, "applied_at": None, "actor": None, "timezone": None, "shifts": 0, "events": 0, "holidays": 0}
+        for pool in ("sales", "support")]
+    roster = ("pool: support\ntimezone: Europe/Berlin\nshifts:\n"
+              '  - {name: day, days: [mon], start: "08:00", end: "16:00", headcount: 3}\n'
+              '  - {name: night, days: [mon], start: "16:00", end: "08:00", headcount: 1}\n'
+              'holidays: ["2026-12-25"]\n')
+    r = api.post("/api/v1/schedules/apply", json={"files": {"support.yaml": roster}})
+    assert r.json()["changed"] == ["support"]
+    sales, support = api.get("/api/v1/schedules").json()
+    assert sales["pool"] == "sales" and sales["applied_at"] is None
+    assert datetime.fromisoformat(support.pop("applied_at")) == clock.now()
+    assert support == {"pool": "support", "actor": "carol", "timezone": "Europe/Berlin", "shifts": 2, "events": 0,
+                       "holidays": 1}
+
+
 def test_agents_see_no_sessions_and_no_screens(api, ctx):
     desktop, _, _ = alice_working(ctx)
     r = api.post("/api/v1/auth/login", json={"username": "alice", "password": USERS["alice"][0]})
@@ -52,6 +71,7 @@ def test_agents_see_no_sessions_and_no_screens(api, ctx):
     assert api.get("/api/v1/sessions", headers=agent).status_code == 403
     assert api.get(f"/api/v1/desktops/{desktop}/screenshot", headers=agent).status_code == 403
     assert api.get("/api/v1/audit/export.csv", headers=agent).status_code == 403
+    assert api.get("/api/v1/schedules", headers=agent).status_code == 403
 
 
 def test_a_screenshot_is_a_png_and_every_look_is_audited(api, ctx):
