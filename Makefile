@@ -43,8 +43,7 @@ lint: venv
 	$(BIN)/mypy
 
 unit: venv
-	$(BIN)/pytest -q tests/unit
-	SHIFTDESK_TEST_DB=postgresql $(BIN)/pytest -q tests/unit
+	BIN=$(BIN) bash scripts/unit-suites.sh
 
 integration: setup
 	$(BIN)/pytest -q tests/integration
@@ -56,8 +55,8 @@ test: setup
 	$(BIN)/ruff check controlplane tests bench images
 	$(BIN)/lint-imports
 	$(BIN)/mypy
-	$(BIN)/pytest -q --durations=15 tests
-	SHIFTDESK_TEST_DB=postgresql $(BIN)/pytest -q tests/unit
+	$(BIN)/pytest -q --durations=15 tests/e2e tests/integration
+	BIN=$(BIN) bash scripts/unit-suites.sh
 
 bench: setup
 	$(BIN)/python bench/provision.py

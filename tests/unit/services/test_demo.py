@@ -1,7 +1,7 @@
 """`make run`'s demo: the demo domain's content through the DirectoryAdmin port, its passwords kept
 0600 and stable across runs, settings a shell can source exactly, and the example policies,
 pools and rosters installed once (a second run changes nothing). The real Samba DC and the whole
-script are tested in tests/integration/test_demo.py."""
+script are tested in tests/e2e/test_make_run.py."""
 
 from __future__ import annotations
 

@@ -37,6 +37,13 @@ def server(ctx, settings, image):
 
 
 @pytest.fixture
+def api(root):
+    replay = Replay(root.provider)
+    yield replay
+    replay.http.close()  # the server stops at once instead of waiting out a kept-alive connection
+
+
+@pytest.fixture
 def root(server):
     r = httpx.post(f"{server.url}/api/v1/auth/login", verify=ssl.create_default_context(cafile=server.ca),
                    json={"username": "carol", "password": USERS["carol"][0]})
@@ -70,10 +77,9 @@ def wait_gone(api: Replay, obj: Planned, timeout: float = 30) -> None:
         time.sleep(0.2)
 
 
-def test_the_example_applies_reads_back_as_written_and_is_audited(root, ctx):
+def test_the_example_applies_reads_back_as_written_and_is_audited(root, api, ctx):
     objects = plan(root.module_dir, root.inputs, root.provider)
     assert {o.address for o in objects} == EXPECTED
-    api = Replay(root.provider)
     assert planned_changes(api, objects) == [o.address for o in objects]  # nothing exists yet
 
     apply(api, objects)
@@ -89,9 +95,8 @@ def test_the_example_applies_reads_back_as_written_and_is_audited(root, ctx):
     assert sum(1 for a in actions if a[:2] == ("carol", "policy.apply")) == 3
 
 
-def test_changes_update_in_place_drift_is_put_back_and_force_new_replaces(root, ctx):
+def test_changes_update_in_place_drift_is_put_back_and_force_new_replaces(root, api, ctx):
     objects = plan(root.module_dir, root.inputs, root.provider)
-    api = Replay(root.provider)
     apply(api, objects)
 
     # the admin edits the configuration: one more team on sales, a bigger support pool, a new domain
@@ -139,9 +144,8 @@ def test_changes_update_in_place_drift_is_put_back_and_force_new_replaces(root, 
     assert pools.views(ctx, "support")[0].memory_mib == 512
 
 
-def test_destroy_removes_everything_and_leaves_nothing_behind(root, ctx):
+def test_destroy_removes_everything_and_leaves_nothing_behind(root, api, ctx):
     objects = plan(root.module_dir, root.inputs, root.provider)
-    api = Replay(root.provider)
     apply(api, objects)
     for obj in reversed(objects):  # dependents first, as terraform destroy does
         r = api.destroy(obj)
@@ -154,9 +158,8 @@ def test_destroy_removes_everything_and_leaves_nothing_behind(root, ctx):
     assert {("carol", "pool.delete"), ("carol", "policy.remove"), ("carol", "roster.remove")} <= actions
 
 
-def test_bad_objects_are_refused_naming_the_field_and_change_nothing(root, ctx):
+def test_bad_objects_are_refused_naming_the_field_and_change_nothing(root, api, ctx):
     objects = by_address(plan(root.module_dir, root.inputs, root.provider))
-    api = Replay(root.provider)
     apply(api, list(objects.values()))
     revision, before = policies.current_documents(ctx)
 
