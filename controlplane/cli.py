@@ -42,10 +42,28 @@ from controlplane.main import (
     stop_demo_directory,
     tls_files,
 )
-from controlplane.services import demo, desktops, identity, images, policies, pools, rollouts, scaling, selftest
+from controlplane.services import (
+    demo,
+    desktops,
+    hosts,
+    identity,
+    images,
+    policies,
+    pools,
+    rollouts,
+    scaling,
+    selftest,
+)
 from controlplane.services.context import Context
 from controlplane.services.rollouts import RolloutPublic
-from controlplane.services.views import DesktopPublic, ImagePublic, PoolPublic, desktop_view, image_view
+from controlplane.services.views import (
+    DesktopPublic,
+    HostPublic,
+    ImagePublic,
+    PoolPublic,
+    desktop_view,
+    image_view,
+)
 
 app = typer.Typer(help="ShiftDesk: cloud desktops for contact centres.", no_args_is_help=True)
 image_app = typer.Typer(help="Golden images.", no_args_is_help=True)
@@ -63,6 +81,9 @@ schedule_app = typer.Typer(help="Shift rosters that size pools (policies/rosters
 app.add_typer(schedule_app, name="schedule")
 demo_app = typer.Typer(help="The demo installation of `make run`.", no_args_is_help=True)
 app.add_typer(demo_app, name="demo")
+host_app = typer.Typer(help="Libvirt hosts: what they have, what desktops take, whether they answer.",
+                       no_args_is_help=True)
+app.add_typer(host_app, name="host")
 
 @app.callback()
 def _global(server: Annotated[str | None, typer.Option(
@@ -376,6 +397,20 @@ def pool_ls(as_json: JsonOpt = False) -> None:
         emit(pools.views(ctx), as_json, ["name", "image", "clone", "size", "min_size", "max_size", "desktops"])
 
 
+HOST_COLUMNS = ["name", "uri", "state", "capacity", "committed_vcpus", "committed_memory_mib", "desktops", "reason"]
+
+
+@host_app.command("ls")
+def host_ls(as_json: JsonOpt = False) -> None:
+    """List hosts: capacity (asked of each now), what their desktops take, desktops by state."""
+    with handled():
+        if (api := remote_api()) is not None:
+            emit([HostPublic.model_validate(h) for h in api.call("GET", "/api/v1/hosts")], as_json, HOST_COLUMNS)
+            return
+    with context() as (ctx, _):
+        emit(hosts.views(ctx), as_json, HOST_COLUMNS)
+
+
 @pool_app.command("delete")
 def pool_delete(name: str, wait: WaitOpt = True, timeout: TimeoutOpt = 600.0) -> None:
     """Delete pool NAME and every trace of its desktops."""
@@ -643,11 +678,16 @@ def read_policy_files(path: Path) -> dict[str, str]:
     return files
 
 
+def _post_files(api: remote.Client, path: str, files: Path, **extra: Any) -> Any:
+    """POST policy or roster FILES to PATH; the server's problems printed as the host prints its own."""
+    return _policy_errors(lambda: api.call("POST", path, json={"files": read_policy_files(files), **extra}))
+
+
 def _policy_errors(run: Callable[[], T]) -> T:
     """Run RUN; print every file error (file:line: field: message) and exit 2 if any."""
     try:
         return run()
-    except (policies.PolicyFilesInvalid, scaling.RosterFilesInvalid) as problem:
+    except (policies.PolicyFilesInvalid, scaling.RosterFilesInvalid, remote.FilesInvalid) as problem:
         for e in problem.errors:
             err.print(f"[red]invalid:[/red] {e}", highlight=False)
         raise typer.Exit(2) from None
@@ -655,11 +695,18 @@ def _policy_errors(run: Callable[[], T]) -> T:
 
 @policy_app.command("validate")
 def policy_validate(files: FilesOpt) -> None:
-    """Check policy files; errors name the file, line and field."""
+    """Check policy files; errors name the file, line and field (remotely: by the server's rules)."""
+    with handled():
+        if (api := remote_api()) is not None:
+            _policies_valid(_post_files(api, "/api/v1/policies/validate", files)["policies"])
+            return
     with context():
         texts = read_policy_files(files)
-        loaded = _policy_errors(lambda: policies.validate(texts))
-        err.print(f"{len(loaded)} policies valid: {', '.join(sorted(p.name for p in loaded))}")
+        _policies_valid(sorted(p.name for p in _policy_errors(lambda: policies.validate(texts))))
+
+
+def _policies_valid(names: list[str]) -> None:
+    err.print(f"{len(names)} policies valid: {', '.join(names)}")
 
 
 @policy_app.command("diff")
@@ -667,8 +714,7 @@ def policy_diff(files: FilesOpt, as_json: JsonOpt = False) -> None:
     """What applying FILES would change."""
     with handled():
         if (api := remote_api()) is not None:
-            _print_changes(api.call("POST", "/api/v1/policies/diff", json={"files": read_policy_files(files)})
-                           ["changes"], as_json)
+            _print_changes(_post_files(api, "/api/v1/policies/diff", files)["changes"], as_json)
             return
     with context() as (ctx, _):
         texts = read_policy_files(files)
@@ -693,8 +739,7 @@ def policy_apply(files: FilesOpt, comment: Annotated[str, typer.Option(help="Why
     """Apply FILES atomically as a new revision (nothing changes if any file is invalid)."""
     with handled():
         if (api := remote_api()) is not None:
-            rev = api.call("POST", "/api/v1/policies/apply", json={"files": read_policy_files(files),
-                                                                   "comment": comment})
+            rev = _post_files(api, "/api/v1/policies/apply", files, comment=comment)
             _print_changes(rev["changes"], False)
             err.print(f"revision {rev['revision']}" + ("" if rev["changes"] else " (unchanged)"))
             return
@@ -790,8 +835,7 @@ def schedule_validate(files: FilesOpt) -> None:
     """Check roster files; errors name the file, line and field."""
     with handled():
         if (api := remote_api()) is not None:
-            _rosters_valid(api.call("POST", "/api/v1/schedules/validate",
-                                    json={"files": read_policy_files(files)})["pools"])
+            _rosters_valid(_post_files(api, "/api/v1/schedules/validate", files)["pools"])
             return
     with context():
         texts = read_policy_files(files)
@@ -807,8 +851,7 @@ def schedule_apply(files: FilesOpt) -> None:
     """Apply roster files (all or nothing; every pool must exist)."""
     with handled():
         if (api := remote_api()) is not None:
-            _rosters_applied(api.call("POST", "/api/v1/schedules/apply",
-                                      json={"files": read_policy_files(files)})["changed"])
+            _rosters_applied(_post_files(api, "/api/v1/schedules/apply", files)["changed"])
             return
     with context() as (ctx, _):
         texts = read_policy_files(files)

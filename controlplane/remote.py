@@ -164,6 +164,14 @@ class Client:
         return response
 
 
+class FilesInvalid(InvalidInput):
+    """Policy or roster files the server refused: each problem as file:line: field: message."""
+
+    def __init__(self, errors: list[str], *, field: str) -> None:
+        super().__init__("\n".join(errors), field=field)
+        self.errors = errors
+
+
 def _error(response: httpx.Response) -> Exception:
     try:
         body = response.json()
@@ -183,7 +191,7 @@ def _error(response: httpx.Response) -> Exception:
     if 400 <= status < 500:
         listed = [e for e in body.get("errors", []) if isinstance(e, dict) and "file" in e]
         if listed:  # policy or roster files: every problem, as `shiftdesk policy validate` prints them
-            detail = "\n".join(f"{e.get('file')}:{e.get('line')}: {e.get('field')}: {e.get('message')}"
-                                for e in listed)
+            return FilesInvalid([f"{e.get('file')}:{e.get('line')}: {e.get('field')}: {e.get('message')}"
+                                 for e in listed], field=field or "files")
         return InvalidInput(detail, field=field or "request")
     return TemporaryError(f"server answered {status}: {detail}")

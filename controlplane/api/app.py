@@ -12,7 +12,19 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from controlplane.api import errors, portal
-from controlplane.api.routes import audit, auth, desktops, images, me, policies, pools, rosters, schedules, sessions
+from controlplane.api.routes import (
+    audit,
+    auth,
+    desktops,
+    hosts,
+    images,
+    me,
+    policies,
+    pools,
+    rosters,
+    schedules,
+    sessions,
+)
 from controlplane.config import Settings
 from controlplane.services import health, telemetry
 from controlplane.services.context import Context
@@ -55,7 +67,7 @@ def build_app(ctx: Context, settings: Settings, reconciler: Reconciler | None,
     app.state.reconciler = reconciler
     errors.install(app)
     for router in (auth.router, me.router, images.router, pools.router, desktops.router, policies.router,
-                   audit.router, schedules.router, rosters.router, sessions.router):
+                   audit.router, schedules.router, rosters.router, sessions.router, hosts.router):
         app.include_router(router)
 
     portal.install(app, settings.api.agents_dir)

@@ -119,6 +119,16 @@ class ObservedDomain:
 
 
 @dataclass(frozen=True)
+class HostCapacity:
+    """What one host has for desktops, as its hypervisor reports it now."""
+
+    vcpus: int
+    memory_mib: int
+    disk_bytes: int  # the desktops' storage pool: its size, and its free blocks (libvirt counts root's reserve)
+    disk_free_bytes: int
+
+
+@dataclass(frozen=True)
 class AppDenial:
     """A guest's enforcer refused to run PATH, COUNT times, since the last report."""
 
@@ -174,6 +184,10 @@ class Hypervisor(Protocol):
 
     def vnc_socket(self, name: str) -> Path:
         """The Unix socket of the desktop's VNC server (reachable by root only)."""
+
+    def capacity(self) -> HostCapacity:
+        """This host's CPUs, memory and desktop storage (TemporaryError if it cannot be reached)."""
+        ...
 
     def selftest(self) -> float:
         """Define and undefine a dummy domain; return the milliseconds it took."""

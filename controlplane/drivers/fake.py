@@ -32,6 +32,7 @@ from controlplane.domain.ports import (
     AppDenial,
     BootImage,
     DesktopSpec,
+    HostCapacity,
     Identity,
     ObservedDomain,
     ObservedTemplate,
@@ -72,6 +73,8 @@ class FakeHypervisor:
         self.denials: list[AppDenial] = []  # what tests make the "guests" report
         self.templates: dict[TemplateKey, FakeDomain] = {}  # booting templates
         self.saved: set[TemplateKey] = set()
+        self.host = HostCapacity(vcpus=8, memory_mib=32768, disk_bytes=500 << 30, disk_free_bytes=400 << 30)
+        self.unreachable = False  # True: host-wide calls (capacity) fail as if libvirtd were gone
         self._lock = threading.Lock()
 
     def _call(self, verb: str, name: str) -> None:
@@ -171,6 +174,11 @@ class FakeHypervisor:
     def discard_join_secret(self, name: str) -> None:
         with self._lock:
             self.join_secrets.pop(name, None)
+
+    def capacity(self) -> HostCapacity:
+        if self.unreachable:
+            raise TemporaryError("connect to fake://: simulated: libvirtd is not answering", delay=1.0)
+        return self.host
 
     def selftest(self) -> float:
         return 0.0

@@ -1,14 +1,16 @@
-"""Public views of images, pools and desktops: what the API returns and `--json` prints."""
+"""Public views of images, pools, hosts and desktops: what the API returns and `--json` prints."""
 
 from __future__ import annotations
 
 from collections import Counter
 from datetime import datetime
+from enum import StrEnum
 
 from pydantic import BaseModel
 
 from controlplane.db.models import Desktop, Image, Pool
 from controlplane.domain.desktop import DesktopState
+from controlplane.domain.ports import HostCapacity
 
 
 class ImagePublic(BaseModel):
@@ -36,6 +38,24 @@ class PoolPublic(BaseModel):
     memory_sharing: bool
     deleting: bool
     groups: list[str]
+    desktops: dict[str, int]
+
+
+class HostState(StrEnum):
+    ACTIVE = "active"  # answering; desktops are placed on it
+    DOWN = "down"  # its hypervisor does not answer
+    UNKNOWN = "unknown"  # registered, but not driven by this control plane
+
+
+class HostPublic(BaseModel):
+    id: int
+    name: str
+    uri: str
+    state: HostState
+    reason: str | None
+    capacity: HostCapacity | None  # None unless the host answered just now
+    committed_vcpus: int  # what its desktops take, by their pools' sizes
+    committed_memory_mib: int
     desktops: dict[str, int]
 
 

@@ -109,6 +109,16 @@ def test_the_console_shows_and_acts_on_every_section(browser, console, tmp_path)
     page.click("#tab-images")
     page.wait_for_selector("#image-rows tr:has-text('busybox-desktop:1')")
     assert "sales" in page.locator("#image-rows").text_content()
+    console.ctx.builder.variant = "3"  # the next build gives other bytes: a new version
+    page.click("#build button[type=submit]")
+    page.wait_for_selector("#status:has-text('build of busybox-desktop: done')")
+    page.wait_for_selector("#image-rows tr:has-text('busybox-desktop:3')")
+
+    page.click("#tab-hosts")
+    host = page.locator("#host-rows tr").first
+    host.wait_for()
+    assert "fake://" in host.text_content() and "active" in host.text_content()
+    assert "/ 8" in host.text_content() and "ready" in host.text_content()  # vCPUs taken of the fake's 8
 
     page.click("#tab-policies")
     page.wait_for_selector("#revision-rows tr:has-text('(current)')")

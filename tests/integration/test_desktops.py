@@ -69,3 +69,24 @@ def test_libvirt_answers_fast_enough_for_the_start_selftest(real_ctx, real_setti
 
     check = selftest.run(real_ctx.hypervisor, real_settings.libvirt.selftest_max_ms)
     assert check.ok, check.explain()
+
+
+def test_the_host_reports_its_cpus_memory_and_desktop_storage(real_ctx, real_settings):
+    """libvirt's own view of this machine, as the console's hosts tab and `host ls` show it."""
+    import os
+    from pathlib import Path
+
+    from controlplane.services import hosts
+
+    (view,) = hosts.views(real_ctx)
+    assert (view.state, view.reason, view.uri) == ("active", None, "qemu:///system")
+    cap = view.capacity
+    assert cap is not None and cap.vcpus == os.cpu_count()
+    # libvirt counts its NUMA nodes' memory, which on this VM is less than /proc/meminfo's MemTotal
+    nodes = sorted(Path("/sys/devices/system/node").glob("node[0-9]*/meminfo"))
+    mem_kib = sum(int(line.split()[-2]) for node in nodes for line in node.read_text().splitlines()
+                  if "MemTotal:" in line)
+    assert abs(cap.memory_mib - mem_kib // 1024) <= 1
+    fs = os.statvfs(real_ctx.hypervisor.overlay_dir)  # the storage pool is a directory there
+    assert cap.disk_bytes == fs.f_blocks * fs.f_frsize
+    assert abs(cap.disk_free_bytes - fs.f_bfree * fs.f_frsize) < 0.01 * cap.disk_bytes  # libvirt: free blocks

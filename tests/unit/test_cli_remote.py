@@ -74,8 +74,11 @@ def test_the_same_commands_act_remotely_as_the_admin(server, home, monkeypatch, 
 
     assert run("pool", "scale", "sales", "2", "--timeout", "30").exit_code == 0  # follows the rebuild to ready
     remote_view = run("pool", "ls", "--json").output
+    remote_hosts = run("host", "ls", "--json").output
+    assert [(h["state"], h["desktops"]) for h in json.loads(remote_hosts)] == [("active", {"ready": 2})]
     on_the_host(monkeypatch, settings)  # the same question asked on the host: the same answer
     assert run("pool", "ls", "--json").output == remote_view
+    assert run("host", "ls", "--json").output == remote_hosts
 
 
 def on_the_host(monkeypatch, settings):
@@ -172,6 +175,19 @@ def test_mistakes_name_the_field_and_local_only_commands_say_so(server, home, mo
     assert r.exit_code == 2 and "missing" in r.output
     r = run("token")
     assert r.exit_code == 2 and "control-plane host only" in r.output
+
+
+def test_policy_files_are_checked_by_the_server_remotely_as_on_the_host(server, home, monkeypatch, settings,
+                                                                        tmp_path):
+    sign_in(server, monkeypatch)
+    good = run("policy", "validate", "-f", "policies")
+    assert good.exit_code == 0 and "3 policies valid: all-agents, sales-floor, support-desk" in good.output
+    (tmp_path / "bad.yaml").write_text("name: bad\nbind:\n  groups: [g]\n  colour: red\n")
+    remote_bad = run("policy", "validate", "-f", str(tmp_path))
+    assert remote_bad.exit_code == 2 and "bad.yaml:4" in remote_bad.output and "bind.colour" in remote_bad.output
+    on_the_host(monkeypatch, settings)
+    assert run("policy", "validate", "-f", "policies").output == good.output
+    assert run("policy", "validate", "-f", str(tmp_path)).output == remote_bad.output
 
 
 def test_an_agent_cannot_administer_remotely(server, home, monkeypatch):

@@ -29,6 +29,7 @@ from controlplane.domain.ports import (
     AppDenial,
     BootImage,
     DesktopSpec,
+    HostCapacity,
     ObservedDomain,
     ObservedTemplate,
     Readiness,
@@ -531,6 +532,14 @@ class LibvirtHypervisor:
             dom.attachDeviceFlags(_interface(spec.nic).to_xml(), flags)
         except libvirt.libvirtError as err:
             raise translate(err, f"plug the NIC of {spec.name}") from err
+
+    def capacity(self) -> HostCapacity:
+        try:
+            _model, memory_mib, cpus, *_ = self.conn.getInfo()
+            _state, size, _allocation, free = self._pool().info()
+        except libvirt.libvirtError as err:
+            raise translate(err, "host capacity") from err
+        return HostCapacity(vcpus=cpus, memory_mib=memory_mib, disk_bytes=size, disk_free_bytes=free)
 
     def selftest(self) -> float:
         """Time define + undefine of a throwaway domain (the half-present /dev/kvm trap check)."""

@@ -101,7 +101,7 @@ function output(id, text, isError = false) {
 // --- tabs ------------------------------------------------------------------------------------
 
 const loaders = { pools: loadPools, desktops: loadDesktops, sessions: loadSessions, images: loadImages,
-  policies: loadPolicies, rosters: loadRosters, audit: loadAudit };
+  policies: loadPolicies, rosters: loadRosters, hosts: loadHosts, audit: loadAudit };
 
 async function show(name) {
   for (const tab of document.querySelectorAll("[role=tab]")) {
@@ -281,6 +281,29 @@ async function loadImages() {
     const users = pools.filter((p) => p.image === ref).map((p) => p.name).join(", ") || "-";
     return row([ref, when(i.built_at), i.sha256.slice(0, 12), i.deprecated ? "yes" : "no", users]);
   }), "no images");
+}
+
+$("build").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const recipe = $("build-recipe").value.trim();
+  say(`building ${recipe} ...`);
+  await act(`build of ${recipe}`, () => post("/api/v1/images", { recipe }), loadImages)();
+});
+
+// --- hosts -----------------------------------------------------------------------------------
+
+const GiB = 1024 ** 3;
+
+async function loadHosts() {
+  const hosts = await json("/api/v1/hosts");
+  fill("host-rows", hosts.map((h) => {
+    const c = h.capacity;
+    const counts = Object.entries(h.desktops).map(([state, n]) => `${state} ${n}`).join(", ") || "none";
+    return row([h.name, h.uri, h.reason ? `${h.state}: ${h.reason}` : h.state,
+      `${h.committed_vcpus} / ${c ? c.vcpus : "?"}`,
+      `${(h.committed_memory_mib / 1024).toFixed(1)} / ${c ? (c.memory_mib / 1024).toFixed(1) : "?"} GiB`,
+      c ? `${(c.disk_free_bytes / GiB).toFixed(0)} of ${(c.disk_bytes / GiB).toFixed(0)} GiB` : "?", counts]);
+  }), "no hosts");
 }
 
 // --- policies --------------------------------------------------------------------------------

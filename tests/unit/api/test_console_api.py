@@ -64,6 +64,20 @@ def test_every_pool_is_listed_with_its_roster_in_brief(api, ctx, clock):
                        "holidays": 1}
 
 
+def test_hosts_show_what_they_have_what_desktops_take_and_whether_they_answer(api, ctx, hv):
+    hosts = api.get("/api/v1/hosts").json()
+    assert [(h["id"], h["state"], h["reason"]) for h in hosts] == [(ctx.host_id, "active", None)]
+    (host,) = hosts
+    assert host["capacity"] == {"vcpus": 8, "memory_mib": 32768, "disk_bytes": 500 << 30,
+                                "disk_free_bytes": 400 << 30}
+    assert (host["committed_vcpus"], host["committed_memory_mib"]) == (2, 512)  # two desktops of 1 vCPU, 256 MiB
+    assert host["desktops"] == {"ready": 2}
+    hv.unreachable = True  # libvirtd stops answering: the host is down, and the console says why
+    (down,) = api.get("/api/v1/hosts").json()
+    assert down["state"] == "down" and "not answering" in down["reason"] and down["capacity"] is None
+    assert down["desktops"] == {"ready": 2}  # what the database knows stays visible
+
+
 def test_agents_see_no_sessions_and_no_screens(api, ctx):
     desktop, _, _ = alice_working(ctx)
     r = api.post("/api/v1/auth/login", json={"username": "alice", "password": USERS["alice"][0]})
@@ -72,6 +86,7 @@ def test_agents_see_no_sessions_and_no_screens(api, ctx):
     assert api.get(f"/api/v1/desktops/{desktop}/screenshot", headers=agent).status_code == 403
     assert api.get("/api/v1/audit/export.csv", headers=agent).status_code == 403
     assert api.get("/api/v1/schedules", headers=agent).status_code == 403
+    assert api.get("/api/v1/hosts", headers=agent).status_code == 403
 
 
 def test_a_screenshot_is_a_png_and_every_look_is_audited(api, ctx):
