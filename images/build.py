@@ -349,6 +349,10 @@ def mmdebstrap_command(recipe: dict, root: Path, cache: Path) -> list[str]:
            "--include=" + ",".join([recipe["kernel_package"], *recipe["packages"]])]
     cmd += [f"--dpkgopt=path-exclude={p}" for p in DPKG_EXCLUDES]
     cmd += ["--dpkgopt=path-include=/usr/share/doc/*/copyright"]
+    # no fsync per unpacked file: the tree is thrown away once mkfs has copied it, so durability buys
+    # nothing; the agent desktop's build went from 129 s to 112 s on the CI machine (two builds with
+    # it give the same bytes, which differ from a build without it)
+    cmd += ["--dpkgopt=force-unsafe-io"]
     cmd += ["--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives/",
             f"--setup-hook=sync-in {cache} /var/cache/apt/archives/",
             f"--essential-hook={NO_INITRAMFS}",

@@ -143,7 +143,10 @@ def browse(base: str, ca: Path, agent: tuple[str, str], admin: tuple[str, str]) 
 
 
 @pytest.mark.timeout(1500)
-def test_a_newcomer_goes_from_clone_to_a_desktop_and_the_console_with_make_run(real_settings, checkout, netns):
+def test_a_newcomer_goes_from_clone_to_a_desktop_and_the_console_with_make_run(real_settings, golden, checkout,
+                                                                                netns):
+    """GOLDEN: the suite's own build of the busybox image leaves its Debian packages in the shared
+    cache, which the demo's image build needs: its namespace has no network to download them."""
     settings = real_settings
     out = checkout.parent / "make-run.out"
     data = checkout / ".cache" / "run-data"
