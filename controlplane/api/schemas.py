@@ -4,9 +4,17 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from controlplane.errors import InvalidInput
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
+
+
+def same_as_path(field: str, path: str, body: str) -> None:
+    """A PUT body names its object too (Terraform sends the whole object): it must be the path's."""
+    if body != path:
+        raise InvalidInput(f"{field}: the body names {body!r}, the path {path!r}", field=field)
 
 
 class ImageBuild(Strict):

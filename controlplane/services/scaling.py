@@ -58,7 +58,7 @@ def apply(ctx: Context, files: dict[str, str], *, actor: str) -> list[str]:
     docs = _parse(files)
     with session_scope(ctx.engine) as session:
         return [doc["pool"] for fname, doc in docs
-                if _store(ctx, session, fname, doc, files[fname], actor=actor)]
+                if _store(ctx, session, _pool_id(session, doc["pool"], fname), fname, doc, files[fname], actor=actor)]
 
 
 def put(ctx: Context, pool: str, text: str, *, actor: str, create: bool = False) -> bool:
@@ -69,9 +69,10 @@ def put(ctx: Context, pool: str, text: str, *, actor: str, create: bool = False)
     if doc["pool"] != pool:
         raise InvalidInput(f"pool: the roster names {doc['pool']!r}, the request {pool!r}", field="pool")
     with session_scope(ctx.engine) as session:
-        if create and rosters.for_pool(session=session, pool_id=_pool_id(session, pool, fname)) is not None:
+        pool_id = _pool_id(session, pool, fname)
+        if create and rosters.for_pool(session=session, pool_id=pool_id) is not None:
             raise Conflict(f"pool: {pool!r} already has a roster", field="pool")
-        return _store(ctx, session, fname, doc, text, actor=actor)
+        return _store(ctx, session, pool_id, fname, doc, text, actor=actor)
 
 
 def remove(ctx: Context, pool: str, *, actor: str) -> None:
@@ -90,8 +91,8 @@ def _pool_id(session: Any, pool: str, fname: str) -> int:
     return found.id or 0
 
 
-def _store(ctx: Context, session: Any, fname: str, doc: dict[str, Any], text: str, *, actor: str) -> bool:
-    pool_id = _pool_id(session, doc["pool"], fname)
+def _store(ctx: Context, session: Any, pool_id: int, fname: str, doc: dict[str, Any], text: str, *,
+           actor: str) -> bool:
     sha = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
     existing = rosters.for_pool(session=session, pool_id=pool_id)
     if existing is not None and existing.sha256 == sha and existing.source == text:

@@ -7,9 +7,8 @@ from typing import Any
 from fastapi import APIRouter, Depends, status
 
 from controlplane.api.deps import Actor, CtxDep, current_admin
-from controlplane.api.schemas import PolicyFiles, PolicySource, Rollback
+from controlplane.api.schemas import PolicyFiles, PolicySource, Rollback, same_as_path
 from controlplane.domain.policy_schema import SCHEMA
-from controlplane.errors import InvalidInput
 from controlplane.services import policies
 
 router = APIRouter(prefix="/api/v1/policies", tags=["policies"], dependencies=[Depends(current_admin)])
@@ -75,8 +74,7 @@ def read_document(name: str, ctx: CtxDep) -> dict[str, Any]:
 
 @router.put("/documents/{name}")
 def replace_document(name: str, body: PolicySource, ctx: CtxDep, actor: Actor) -> dict[str, Any]:
-    if body.name != name:
-        raise InvalidInput(f"name: the body names {body.name!r}, the path {name!r}", field="name")
+    same_as_path("name", name, body.name)
     policies.put(ctx, name, body.yaml, actor=actor)
     return read_document(name, ctx)
 

@@ -12,9 +12,9 @@ from controlplane.api.schemas import (
     RolloutCreate,
     RolloutPublic,
     RolloutRollback,
+    same_as_path,
 )
 from controlplane.domain.rollout import Thresholds
-from controlplane.errors import InvalidInput
 from controlplane.services import pools, rollouts
 
 router = APIRouter(prefix="/api/v1/pools", tags=["pools"], dependencies=[Depends(current_admin)])
@@ -47,8 +47,7 @@ def resize_pool(name: str, body: PoolResize, ctx: CtxDep, actor: Actor) -> PoolP
 @router.put("/{name}", response_model=PoolPublic, dependencies=[Wake])
 def replace_pool(name: str, body: PoolCreate, ctx: CtxDep, actor: Actor) -> PoolPublic:
     """Every field at once (Terraform's update); memory, vCPUs and memory sharing cannot change."""
-    if body.name != name:
-        raise InvalidInput(f"name: the body names {body.name!r}, the path {name!r}", field="name")
+    same_as_path("name", name, body.name)
     pools.replace(ctx, name, **body.model_dump(exclude={"name"}), actor=actor)
     return pools.views(ctx, name)[0]
 

@@ -8,8 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, status
 
 from controlplane.api.deps import Actor, CtxDep, current_admin, wake_reconciler
-from controlplane.api.schemas import RosterSource
-from controlplane.errors import InvalidInput
+from controlplane.api.schemas import RosterSource, same_as_path
 from controlplane.services import scaling
 
 router = APIRouter(prefix="/api/v1/rosters", tags=["schedules"], dependencies=[Depends(current_admin)])
@@ -30,8 +29,7 @@ def read_roster(pool: str, ctx: CtxDep) -> dict[str, Any]:
 
 @router.put("/{pool}", dependencies=[Wake])
 def replace_roster(pool: str, body: RosterSource, ctx: CtxDep, actor: Actor) -> dict[str, Any]:
-    if body.pool != pool:
-        raise InvalidInput(f"pool: the body names {body.pool!r}, the path {pool!r}", field="pool")
+    same_as_path("pool", pool, body.pool)
     if scaling.put(ctx, pool, body.yaml, actor=actor):
         scaling.evaluate(ctx)
     return scaling.show(ctx, pool)
