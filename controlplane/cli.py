@@ -29,6 +29,7 @@ from rich.table import Table
 
 from controlplane import remote
 from controlplane.config import Settings
+from controlplane.domain.placement import HostMode
 from controlplane.domain.policy_load import MAX_FILE_BYTES
 from controlplane.domain.rollout import RolloutState, Thresholds
 from controlplane.errors import ExpectedError, InvalidInput, NotFound, ShiftDeskError
@@ -397,7 +398,45 @@ def pool_ls(as_json: JsonOpt = False) -> None:
         emit(pools.views(ctx), as_json, ["name", "image", "clone", "size", "min_size", "max_size", "desktops"])
 
 
-HOST_COLUMNS = ["name", "uri", "state", "capacity", "committed_vcpus", "committed_memory_mib", "desktops", "reason"]
+HOST_COLUMNS = ["name", "uri", "mode", "state", "capacity", "committed_vcpus", "committed_memory_mib", "desktops",
+                "reason"]
+
+
+@host_app.command("add")
+def host_add(name: str, uri: Annotated[str, typer.Argument(help="libvirt URI, e.g. qemu+tls://host-b/system")]) -> None:
+    """Register host NAME at libvirt URI: placement may put desktops there from the next pass."""
+    with handled():
+        if (api := remote_api()) is not None:
+            emit([HostPublic.model_validate(api.call("POST", "/api/v1/hosts", json={"name": name, "uri": uri}))],
+                 False, HOST_COLUMNS)
+            return
+    with context() as (ctx, _):
+        hosts.register(ctx, name=name, uri=uri, actor=ACTOR)
+        emit([hosts.view(ctx, name)], False, HOST_COLUMNS)
+
+
+@host_app.command("maintenance")
+def host_maintenance(name: str) -> None:
+    """Put host NAME in maintenance: nothing new goes there, its idle desktops move to other hosts
+    (replacements first), desktops with an agent session stay until it ends."""
+    _host_mode(name, HostMode.MAINTENANCE)
+
+
+@host_app.command("activate")
+def host_activate(name: str) -> None:
+    """Let host NAME take new desktops again."""
+    _host_mode(name, HostMode.ACTIVE)
+
+
+def _host_mode(name: str, mode: HostMode) -> None:
+    with handled():
+        if (api := remote_api()) is not None:
+            emit([HostPublic.model_validate(api.call("PATCH", f"/api/v1/hosts/{_seg(name)}",
+                                                     json={"mode": mode.value}))], False, HOST_COLUMNS)
+            return
+    with context() as (ctx, _):
+        hosts.set_mode(ctx, name=name, mode=mode, actor=ACTOR)
+        emit([hosts.view(ctx, name)], False, HOST_COLUMNS)
 
 
 @host_app.command("ls")

@@ -63,6 +63,14 @@ class ReconcilerSettings(BaseModel):
         3, ge=1, description="A pool with this many failed desktops stops creating new ones"
     )
     lease_ttl_s: float = Field(15.0, gt=0, description="Reconciler lease: one active reconciler per DB")
+    cpu_ratio: float = Field(
+        8.0, gt=0, le=64, description="Placement: a host's desktops may be given this many vCPUs per host CPU "
+        "(agents' desktops mostly wait for a person)")
+    memory_ratio: float = Field(
+        1.5, gt=0, le=8, description="Placement: a host's desktops may be given this much memory per MiB it has "
+        "(instant clones of one template share pages through KSM where their pools allow it)")
+    disk_reserve_gib: float = Field(2.0, ge=0, description="Placement: a host with less free desktop storage "
+                                    "takes no new desktop (overlays grow as guests write)")
 
 
 class LdapSettings(BaseModel):

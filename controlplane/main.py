@@ -10,6 +10,7 @@ import os
 import socket
 import stat
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from controlplane.db.engine import make_engine, migrate
 from controlplane.domain import demo
 from controlplane.domain.app_policy import public_bytes
 from controlplane.domain.login_throttle import LoginThrottle, ThrottleRules
+from controlplane.domain.placement import Ratios
 from controlplane.domain.planning import Limits
 from controlplane.domain.ports import Directory, DirectoryAdmin, HostNetwork, Hypervisor
 from controlplane.domain.redact import redact
@@ -29,19 +31,23 @@ from controlplane.drivers.clock import SystemClock
 from controlplane.drivers.image_builder import ScriptImageBuilder
 from controlplane.services import apps, hosts, telemetry
 from controlplane.services.context import AuthConfig, Context
+from controlplane.services.fleet import Fleet
 from controlplane.services.reconciler import Reconciler
 from controlplane.services.tokens import load_or_create_key
 
 
-def make_hypervisor(settings: Settings) -> Hypervisor:
-    if settings.libvirt.uri == "fake://":
+def make_hypervisor(settings: Settings, uri: str | None = None) -> Hypervisor:
+    """The hypervisor at URI (default: this host's, from the settings). Another host's is driven
+    with this host's settings: the same storage pool name, image store and run directories."""
+    uri = uri or settings.libvirt.uri
+    if uri.startswith("fake://"):
         from controlplane.drivers.fake import FakeHypervisor
 
         return FakeHypervisor(root=settings.overlay_dir)
     from controlplane.drivers.libvirt.driver import LibvirtHypervisor
 
     return LibvirtHypervisor(
-        uri=settings.libvirt.uri, instance=settings.instance, storage_pool=settings.storage_pool,
+        uri=uri, instance=settings.instance, storage_pool=settings.storage_pool,
         overlay_dir=settings.overlay_dir, run_dir=settings.run_dir, readiness=settings.libvirt.readiness,
         domain_type=settings.libvirt.domain_type, probe_cache=settings.cache_dir, data_dir=settings.data_dir,
         policy_key=public_bytes(apps.load_signing_key(apps_key_file(settings))),
@@ -148,7 +154,9 @@ def build_context(settings: Settings, hypervisor: Hypervisor | None = None,
         host_id=hosts.ensure(engine, name=socket.gethostname(), uri=settings.libvirt.uri),
         image_store=settings.image_store,
         limits=Limits(boot_timeout=timedelta(seconds=rc.boot_timeout_s), failure_budget=rc.failure_budget,
-                      template_wait=timedelta(seconds=rc.template_wait_s)),
+                      template_wait=timedelta(seconds=rc.template_wait_s),
+                      ratios=Ratios(cpu=rc.cpu_ratio, memory=rc.memory_ratio,
+                                    disk_reserve_bytes=int(rc.disk_reserve_gib * (1 << 30)))),
         parallelism=rc.parallelism,
         directory=directory or measured(make_directory(settings)),
         auth=AuthConfig(key=load_or_create_key(settings.auth.key_file or settings.data_dir / "token.key"),
@@ -158,6 +166,7 @@ def build_context(settings: Settings, hypervisor: Hypervisor | None = None,
         login_throttle=LoginThrottle(ThrottleRules(**settings.auth.throttle.model_dump())),
         network=make_network(settings),
         app_signer=apps.load_signing_key(apps_key_file(settings)),
+        fleet=Fleet(engine, partial(make_hypervisor, settings)),
     )
 
 

@@ -45,6 +45,16 @@ class PoolResize(Strict):
                                                                "from now on")
 
 
+class HostRegister(Strict):
+    name: str = Field(max_length=63, description="lower-case letters, digits, dots and dashes")
+    uri: str = Field(max_length=512, description="libvirt URI: qemu+tls://host/system or qemu+ssh://...")
+
+
+class HostUpdate(Strict):
+    mode: str = Field(max_length=16, description="active (takes new desktops) or maintenance (takes none; its "
+                                                 "idle desktops move away, sessions end first)")
+
+
 class RolloutThresholds(Strict):
     """How much worse the new version may be than the old before the rollout rolls itself back."""
 

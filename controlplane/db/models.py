@@ -8,6 +8,7 @@ from sqlalchemy import JSON, Column, Index, String, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from controlplane.domain.desktop import DesktopState
+from controlplane.domain.placement import HostMode
 from controlplane.domain.ports import CloneMode
 
 
@@ -16,10 +17,16 @@ def utcnow() -> datetime:
 
 
 class Host(SQLModel, table=True):
+    """A libvirt host desktops run on, reached by its URI. `mode` is what an admin wants of it;
+    whether it answers is observed on each reconcile pass, never stored as truth."""
+
     __tablename__ = "hosts"
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(unique=True, index=True)
     uri: str
+    mode: HostMode = Field(default=HostMode.ACTIVE, sa_column=Column(String(16), nullable=False,
+                                                                     server_default=HostMode.ACTIVE.value))
+    mode_since: datetime = Field(default_factory=utcnow)
     created_at: datetime = Field(default_factory=utcnow)
 
 

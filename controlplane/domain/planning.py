@@ -12,11 +12,14 @@ failed with a TemporaryError waits until its `retry_at` (exponential back-off, `
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from controlplane.domain import placement
 from controlplane.domain.desktop import ACTIVE, DesktopState
-from controlplane.domain.ports import ObservedDomain
+from controlplane.domain.placement import HostLoad, HostMode, Ratios, Shape, Unplaceable
+from controlplane.domain.ports import HostCapacity, ObservedDomain, TemplateKey
 
 S = DesktopState
 QUARANTINE = "guest quarantined"  # how a quarantined desktop's reason begins (services/sessions.py tells its agent)
@@ -30,6 +33,9 @@ class PoolView:
     min_size: int
     max_size: int
     deleting: bool = False
+    memory_mib: int = 256
+    vcpus: int = 1
+    template: TemplateKey | None = None  # it clones from this template (placement prefers hosts having it)
 
     @property
     def desired(self) -> int:
@@ -48,9 +54,25 @@ class DesktopView:
     pool_id: int
     state: DesktopState
     since: datetime
+    host_id: int
     generation: int = 1
     grace_until: datetime | None = None
     retry_at: datetime | None = None  # its last step failed: leave it alone until then
+
+
+@dataclass(frozen=True)
+class HostView:
+    """One host as this pass found it. DOMAINS is None when its hypervisor did not answer: then
+    nothing is known of its desktops, and nothing is done to them or placed on it."""
+
+    id: int
+    name: str
+    mode: HostMode = HostMode.ACTIVE
+    domains: Mapping[str, ObservedDomain] | None = None
+    overlays: frozenset[str] = frozenset()
+    capacity: HostCapacity | None = None
+    templates: frozenset[TemplateKey] = frozenset()  # saved instant-clone templates
+    down_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -61,6 +83,7 @@ class Limits:
     identity_timeout: timedelta = timedelta(seconds=90)
     template_wait: timedelta = timedelta(seconds=300)  # an instant desktop waits this long for its template
     failure_budget: int = 3
+    ratios: Ratios = Ratios()  # how far placement may commit a host beyond what it has
     min_retry_delay: timedelta = timedelta(seconds=1)
     max_retry_delay: timedelta = timedelta(seconds=300)
 
@@ -78,7 +101,10 @@ def backoff(delay: float, failures: int, limits: Limits = Limits()) -> timedelta
 
 @dataclass(frozen=True)
 class CreateDesktop:
+    """A new desktop of the pool, on the host placement chose."""
+
     pool_id: int
+    host_id: int
 
 
 @dataclass(frozen=True)
@@ -158,13 +184,17 @@ class Adopt:
 
     name: str
     pool_id: int
+    host_id: int
 
 
 @dataclass(frozen=True)
 class RemoveOrphan:
-    """A tagged domain or overlay no desktop row explains: remove every trace."""
+    """A tagged domain or overlay no desktop row of its host explains: remove every trace on that
+    host (a copy of a desktop that lives on another host loses only its copy). HOST_ID None: a
+    computer account in the directory with no desktop anywhere."""
 
     name: str
+    host_id: int | None
 
 
 @dataclass(frozen=True)
@@ -185,6 +215,8 @@ class Plan:
     retry_at: datetime | None = None  # the earliest moment a desktop backing off is due again
     template_steps: int = 0  # instant-clone template steps taken in the same pass (services/templates.py)
     rollouts: int = 0  # image rollouts in progress: they wait (soak, sessions) at the normal period
+    unobserved: int = 0  # desktops on hosts that did not answer: left as they are this pass
+    unplaceable: dict[int, str] = field(default_factory=dict)  # pool id -> why no host takes its next desktop
 
     @property
     def pending(self) -> bool:
@@ -195,34 +227,41 @@ class Plan:
 def plan(
     pools: list[PoolView],
     desktops: list[DesktopView],
-    domains: dict[str, ObservedDomain],
-    overlays: set[str],
+    hosts: Sequence[HostView],
     now: datetime,
     limits: Limits = Limits(),
     computers: set[str] | None = None,
 ) -> Plan:
     """Steps that move the world towards the database's wishes. Pure and deterministic.
 
-    COMPUTERS are the desktops' AD computer accounts, or None when no directory is configured."""
+    Each desktop is compared with what its own host reports; a desktop whose host did not answer
+    is left alone (it may still be running there: only fencing may give it up). COMPUTERS are the
+    desktops' AD computer accounts, or None when no directory is configured."""
     out = Plan()
     by_pool = {p.id: p for p in pools}
-    known = {d.name for d in desktops}
+    by_host = {h.id: h for h in hosts}
     for desktop in desktops:
+        host = by_host.get(desktop.host_id)
+        if host is None or host.domains is None:
+            out.unobserved += 1
+            continue
         if desktop.retry_at is not None and desktop.retry_at > now:
             out.retry_at = min(out.retry_at or desktop.retry_at, desktop.retry_at)
             continue
-        out.actions.extend(_desktop_steps(desktop, by_pool.get(desktop.pool_id), domains, overlays,
+        out.actions.extend(_desktop_steps(desktop, by_pool.get(desktop.pool_id), host.domains, host.overlays,
                                           now, limits, computers))
     out.booting = sum(1 for d in desktops if d.state == S.PROVISIONING)
-    adopted = _orphan_steps(pools, desktops, domains, overlays, computers or set(), known, out)
+    adopted = _orphan_steps(pools, desktops, hosts, computers or set(), out)
+    loads = _loads(hosts, desktops, by_pool)
+    leaving = _leaving(desktops, by_host)
     for pool in pools:
         out.actions.extend(_size_steps(pool, [d for d in desktops if d.pool_id == pool.id],
-                                       adopted.get(pool.id, 0), limits))
+                                       adopted.get(pool.id, 0), limits, loads, leaving, out))
     return out
 
 
-def _desktop_steps(d: DesktopView, pool: PoolView | None, domains: dict[str, ObservedDomain],
-                   overlays: set[str], now: datetime, limits: Limits,
+def _desktop_steps(d: DesktopView, pool: PoolView | None, domains: Mapping[str, ObservedDomain],
+                   overlays: frozenset[str], now: datetime, limits: Limits,
                    computers: set[str] | None) -> list[Action]:
     dom = domains.get(d.name)
     no_computer = computers is not None and d.name not in computers
@@ -279,40 +318,110 @@ def _quarantine(d: DesktopView, why: str) -> Action:
     return Recycle(d.id, reason)
 
 
-def _orphan_steps(pools: list[PoolView], desktops: list[DesktopView],
-                  domains: dict[str, ObservedDomain], overlays: set[str], computers: set[str], known: set[str],
-                  out: Plan) -> dict[int, int]:
-    """Adopt tagged domains a live pool still needs; remove every other unknown trace."""
+def _orphan_steps(pools: list[PoolView], desktops: list[DesktopView], hosts: Sequence[HostView],
+                  computers: set[str], out: Plan) -> dict[int, int]:
+    """Adopt tagged domains a live pool still needs; remove every other unknown trace. A domain
+    named like a desktop of another host is a stray copy: removed, never adopted (a desktop
+    runs on one host)."""
     by_name = {p.name: p for p in pools}
     active = {p.id: sum(1 for d in desktops if d.pool_id == p.id and d.state in ACTIVE) for p in pools}
+    known = {d.name for d in desktops}
+    seen: set[str] = set()
     adopted: dict[int, int] = {}
-    for name in sorted(set(domains) - known):
-        pool = by_name.get(domains[name].pool)
-        if pool and not pool.deleting and name in overlays and active[pool.id] < pool.desired:
-            out.actions.append(Adopt(name, pool.id))
-            active[pool.id] += 1
-            adopted[pool.id] = adopted.get(pool.id, 0) + 1
-        else:
-            out.actions.append(RemoveOrphan(name))
-    for name in sorted((overlays | computers) - known - set(domains)):  # overlays, computer accounts
-        out.actions.append(RemoveOrphan(name))
+    for host in sorted(hosts, key=lambda h: h.id):
+        if host.domains is None:
+            continue
+        mine = {d.name for d in desktops if d.host_id == host.id}
+        seen |= set(host.domains)
+        for name in sorted(set(host.domains) - mine):
+            pool = by_name.get(host.domains[name].pool)
+            if (name not in known and pool and not pool.deleting and name in host.overlays
+                    and host.mode == HostMode.ACTIVE and active[pool.id] < pool.desired):
+                out.actions.append(Adopt(name, pool.id, host.id))
+                active[pool.id] += 1
+                adopted[pool.id] = adopted.get(pool.id, 0) + 1
+            else:
+                out.actions.append(RemoveOrphan(name, host.id))
+        for name in sorted(host.overlays - mine - set(host.domains)):
+            out.actions.append(RemoveOrphan(name, host.id))
+    unobserved = any(h.domains is None for h in hosts)
+    for name in sorted(computers - known - seen):
+        if not unobserved:  # its domain may be on the host that did not answer: wait for it
+            out.actions.append(RemoveOrphan(name, None))
     return adopted
 
 
-def _size_steps(pool: PoolView, mine: list[DesktopView], adopted: int, limits: Limits) -> list[Action]:
+def _loads(hosts: Sequence[HostView], desktops: list[DesktopView],
+           pools: Mapping[int, PoolView]) -> dict[int, HostLoad]:
+    """What placement sees of each host: what it has, and what its desktops are given (a failed
+    desktop's domain is off, so it takes nothing)."""
+    loads: dict[int, HostLoad] = {}
+    for host in hosts:
+        on_host = [d for d in desktops if d.host_id == host.id and d.state != S.FAILED and d.pool_id in pools]
+        per_pool: dict[int, int] = {}
+        for d in on_host:
+            if d.state in ACTIVE:
+                per_pool[d.pool_id] = per_pool.get(d.pool_id, 0) + 1
+        loads[host.id] = HostLoad(
+            id=host.id, name=host.name, mode=host.mode,
+            capacity=host.capacity if host.domains is not None else None, down_reason=host.down_reason,
+            committed_vcpus=sum(pools[d.pool_id].vcpus for d in on_host),
+            committed_memory_mib=sum(pools[d.pool_id].memory_mib for d in on_host),
+            pool_desktops=per_pool, templates=host.templates)
+    return loads
+
+
+def _leaving(desktops: list[DesktopView], hosts: Mapping[int, HostView]) -> set[int]:
+    """Idle desktops (booting or ready) on hosts in maintenance: they move away. Replacements are
+    made elsewhere first; each leaves once the pool has a ready desktop to spare for it."""
+    return {d.id for d in desktops if d.state in (S.PROVISIONING, S.READY) and d.host_id in hosts
+            and hosts[d.host_id].mode == HostMode.MAINTENANCE}
+
+
+def _size_steps(pool: PoolView, mine: list[DesktopView], adopted: int, limits: Limits,
+                loads: dict[int, HostLoad], leaving: set[int], out: Plan) -> list[Action]:
     if pool.deleting:
         return [] if mine else [DropPool(pool.id)]
-    active = [d for d in mine if d.state in ACTIVE]
+    active = [d for d in mine if d.state in ACTIVE and d.id not in leaving]
+    going = [d for d in mine if d.id in leaving]
+    steps: list[Action] = [Delete(d.id) for d in _spare(going, active, pool.desired)]
     have = len(active) + adopted
     if have < pool.desired:
         failed = sum(1 for d in mine if d.state == S.FAILED)
         if failed >= limits.failure_budget:
-            return []  # something is wrong with the image or host: stop burning resources
-        room = max(0, pool.max_size - len([d for d in mine if d.state != S.DELETING]) - adopted)
-        return [CreateDesktop(pool.id) for _ in range(min(pool.desired - have, room))]
+            return steps  # something is wrong with the image or host: stop burning resources
+        room = max(0, pool.max_size - len([d for d in mine if d.state != S.DELETING]) - adopted + len(going))
+        return steps + _create(pool, min(pool.desired - have, room), limits, loads, out)
     if have > pool.desired:
-        return [_shrink(d) for d in _victims(active)[: have - pool.desired]]
-    return []
+        return steps + [_shrink(d) for d in _victims(active)[: have - pool.desired]]
+    return steps
+
+
+def _spare(going: list[DesktopView], active: list[DesktopView], desired: int) -> list[DesktopView]:
+    """The leaving desktops the pool can spare now: idle desktops beyond what it wants idle, the
+    booting ones first, a ready one only while the pool keeps as many ready as it wants idle."""
+    need = max(0, desired - sum(1 for d in active if d.state not in (S.PROVISIONING, S.READY)))
+    ready = sum(1 for d in active if d.state == S.READY)
+    excess = len(going) + sum(1 for d in active if d.state in (S.PROVISIONING, S.READY)) - need
+    booting = [d for d in going if d.state == S.PROVISIONING]
+    idle = [d for d in going if d.state == S.READY]
+    spare_booting = booting[:max(0, excess)]
+    spare_ready = max(0, min(excess - len(spare_booting), ready + len(idle) - need))
+    return _victims(spare_booting) + _victims(idle)[:spare_ready]
+
+
+def _create(pool: PoolView, n: int, limits: Limits, loads: dict[int, HostLoad], out: Plan) -> list[Action]:
+    """N new desktops of POOL, each placed on a host (and counted there before the next is)."""
+    shape = Shape(pool.id, pool.name, pool.memory_mib, pool.vcpus, pool.template)
+    steps: list[Action] = []
+    for _ in range(n):
+        chosen = placement.place(shape, list(loads.values()), limits.ratios)
+        if isinstance(chosen, Unplaceable):
+            out.unplaceable[pool.id] = str(chosen)
+            break
+        loads[chosen.id] = placement.taken(chosen, shape)
+        steps.append(CreateDesktop(pool.id, chosen.id))
+    return steps
 
 
 def _victims(active: list[DesktopView]) -> list[DesktopView]:

@@ -1,4 +1,4 @@
-"""Instant-clone templates: which ones this host should have, and the steps to get there.
+"""Instant-clone templates: which ones a host should have, and the steps to get there.
 
 A template is wanted for every (image, memory, vCPUs) an instant-clone pool asks for. It is
 built by a cold boot, saved once its guest is ready, and removed when no pool wants it and no
@@ -17,44 +17,47 @@ from controlplane.domain.ports import ObservedTemplate, TemplateKey
 @dataclass(frozen=True)
 class BuildTemplate:
     key: TemplateKey
+    host_id: int
 
 
 @dataclass(frozen=True)
 class SaveTemplate:
     key: TemplateKey
+    host_id: int
 
 
 @dataclass(frozen=True)
 class RemoveTemplate:
     key: TemplateKey
+    host_id: int
     reason: str
 
 
 TemplateAction = BuildTemplate | SaveTemplate | RemoveTemplate
 
 
-def plan_templates(wanted: set[TemplateKey], images_in_use: set[int],
+def plan_templates(host_id: int, wanted: set[TemplateKey], images_in_use: set[int],
                    observed: dict[TemplateKey, ObservedTemplate], now: int, timeout_s: int) -> list[TemplateAction]:
-    """Steps towards WANTED templates. IMAGES_IN_USE: image ids some desktop row still has."""
+    """Steps towards WANTED templates on HOST_ID. IMAGES_IN_USE: image ids of its desktops' rows."""
     out: list[TemplateAction] = []
     for key in sorted(wanted - set(observed), key=lambda k: k.slug):
-        out.append(BuildTemplate(key))
+        out.append(BuildTemplate(key, host_id))
     for key, tpl in sorted(observed.items(), key=lambda kv: kv[0].slug):
         if key not in wanted:
             if key.image_id not in images_in_use:
-                out.append(RemoveTemplate(key, "no pool uses it"))
+                out.append(RemoveTemplate(key, host_id, "no pool uses it"))
             elif tpl.defined and not tpl.saved:
-                out.append(RemoveTemplate(key, "no pool wants it any more"))  # nothing is backed by it yet
+                out.append(RemoveTemplate(key, host_id, "no pool wants it any more"))  # nothing is backed by it yet
             continue
         if tpl.saved:
             if tpl.defined:
-                out.append(SaveTemplate(key))  # saved, but a crash kept its domain defined: finish
+                out.append(SaveTemplate(key, host_id))  # saved, but a crash kept its domain defined: finish
         elif tpl.quarantined:
-            out.append(RemoveTemplate(key, f"guest quarantined: {tpl.quarantined}"))
+            out.append(RemoveTemplate(key, host_id, f"guest quarantined: {tpl.quarantined}"))
         elif tpl.running and tpl.ready:
-            out.append(SaveTemplate(key))
+            out.append(SaveTemplate(key, host_id))
         elif not tpl.running:
-            out.append(RemoveTemplate(key, "template stopped before it was saved"))
+            out.append(RemoveTemplate(key, host_id, "template stopped before it was saved"))
         elif tpl.created and now - tpl.created > timeout_s:
-            out.append(RemoveTemplate(key, f"not ready {timeout_s} s after start"))
+            out.append(RemoveTemplate(key, host_id, f"not ready {timeout_s} s after start"))
     return out

@@ -74,16 +74,22 @@ class FakeHypervisor:
         self.templates: dict[TemplateKey, FakeDomain] = {}  # booting templates
         self.saved: set[TemplateKey] = set()
         self.host = HostCapacity(vcpus=8, memory_mib=32768, disk_bytes=500 << 30, disk_free_bytes=400 << 30)
-        self.unreachable = False  # True: host-wide calls (capacity) fail as if libvirtd were gone
+        self.unreachable = False  # True: every call fails as if this host's libvirtd were gone
         self._lock = threading.Lock()
 
+    def _reach(self) -> None:
+        if self.unreachable:
+            raise TemporaryError("connect to fake://: simulated: libvirtd is not answering", delay=1.0)
+
     def _call(self, verb: str, name: str) -> None:
+        self._reach()
         self.calls.append((verb, name))
         if self.flaky > 0:
             self.flaky -= 1
             raise TemporaryError(f"{verb} {name}: simulated libvirt hiccup", delay=0.0)
 
     def list_desktops(self) -> dict[str, ObservedDomain]:
+        self._reach()
         with self._lock:
             return {n: ObservedDomain(n, d.spec.pool, d.spec.desktop_id, d.running, self._ready(n),
                                       d.spec.generation, cloned=d.cloned, quarantined=self.quarantined.get(n))
@@ -99,6 +105,7 @@ class FakeHypervisor:
         return dom.checks > self.boot_passes
 
     def list_overlays(self) -> set[str]:
+        self._reach()
         with self._lock:
             return set(self.overlays)
 
@@ -132,6 +139,7 @@ class FakeHypervisor:
                 dom.running, dom.checks = True, 0
 
     def is_ready(self, name: str) -> bool:
+        self._reach()
         with self._lock:
             return self._ready(name)
 
@@ -176,8 +184,7 @@ class FakeHypervisor:
             self.join_secrets.pop(name, None)
 
     def capacity(self) -> HostCapacity:
-        if self.unreachable:
-            raise TemporaryError("connect to fake://: simulated: libvirtd is not answering", delay=1.0)
+        self._reach()
         return self.host
 
     def selftest(self) -> float:
@@ -206,6 +213,7 @@ class FakeHypervisor:
         return out
 
     def list_templates(self) -> dict[TemplateKey, ObservedTemplate]:
+        self._reach()
         with self._lock:
             found: dict[TemplateKey, ObservedTemplate] = {}
             for key, dom in self.templates.items():

@@ -21,7 +21,7 @@ from controlplane.config import GatewaySettings
 from controlplane.domain.rfb.filter import Policy, RfbFilter
 from controlplane.domain.rfb.stream import FilterClosed
 from controlplane.domain.session import NEEDS_SIGN_IN, EndReason
-from controlplane.errors import ExpectedError
+from controlplane.errors import ExpectedError, TemporaryError
 from controlplane.gateway.relay import Disconnected, Outcome, Pace, Watchdog, relay
 from controlplane.services import broker, identity, sessions, telemetry
 from controlplane.services.context import Context
@@ -143,7 +143,8 @@ async def _serve(ws: WebSocket, ctx: Context, settings: GatewaySettings, live: L
     if task is not None:
         live.tasks.add(task)
     try:
-        await relay(BrowserSocket(ws, settings.max_frame_bytes), ctx.hypervisor.vnc_socket(target.desktop),
+        endpoint = ctx.driver(target.host_id).vnc_socket(target.desktop)  # through the desktop's own host
+        await relay(BrowserSocket(ws, settings.max_frame_bytes), endpoint,
                     handshake_timeout=settings.handshake_timeout_s, idle_timeout=limits.idle_s, outcome=outcome,
                     watchdog=_watchdog(ctx, display, target.pool, limits, period, live.stopping,
                                        live.directory(ctx)),
@@ -151,6 +152,8 @@ async def _serve(ws: WebSocket, ctx: Context, settings: GatewaySettings, live: L
                     pace=Pace(rate=settings.max_input_bytes_per_s, burst=4 * settings.max_input_bytes_per_s))
     except (WebSocketDisconnect, OSError) as err:
         outcome.reason = f"dropped: {type(err).__name__}"
+    except TemporaryError as err:  # the desktop's host does not answer
+        outcome.reason = f"dropped: host unreachable ({err})"
     except asyncio.CancelledError:  # the server is stopping under us (unless the session had ended)
         outcome.reason = EndReason.SHUTDOWN if outcome.reason == "cancelled" else outcome.reason
         raise

@@ -38,6 +38,7 @@ class Target:
     desktop: str
     desktop_id: int
     pool: str
+    host_id: int  # the host the desktop runs on: the gateway reaches its screen through that host
 
 
 CLAIM_TRIES = 3  # desktops found not running before the broker says "none ready yet"
@@ -86,9 +87,18 @@ def connect(ctx: Context, user: Claims, pool_name: str) -> Connection:
         audit.append(session=session, actor=user.sub, action="session.assign" if not reconnect else "session.reconnect",
                      target=desktop.name, pool=pool_name)
         connection = Connection(ticket=ticket, desktop=desktop.name, expires_at=expires)
+        host_id = desktop.host_id
     if not reconnect and limits.start_page:  # a reconnect finds the agent's browser as it was left
-        ctx.hypervisor.show_page(connection.desktop, limits.start_page)
+        ctx.driver(host_id).show_page(connection.desktop, limits.start_page)
     return connection
+
+
+def _answers(ctx: Context, desktop: Desktop) -> bool:
+    """The desktop's own host says it is up (a host that does not answer: it is not)."""
+    try:
+        return ctx.driver(desktop.host_id).is_ready(desktop.name)
+    except TemporaryError:
+        return False
 
 
 def _claim_running(ctx: Context, session: Session, pool_id: int, username: str) -> Desktop | None:
@@ -97,7 +107,7 @@ def _claim_running(ctx: Context, session: Session, pool_id: int, username: str) 
     provisioning (the reconciler starts it again) and the next one is tried."""
     for _ in range(CLAIM_TRIES):
         desktop = tickets.claim_ready(session=session, pool_id=pool_id, username=username, now=ctx.clock.now())
-        if desktop is None or ctx.hypervisor.is_ready(desktop.name):
+        if desktop is None or _answers(ctx, desktop):
             return desktop
         desktop.assigned_to = None
         desktops.set_state(session=session, desktop=desktop, state=DesktopState.PROVISIONING, now=ctx.clock.now(),
@@ -127,7 +137,7 @@ def redeem(ctx: Context, ticket: str, username: str) -> Target:
             raise TicketRefused("desktop no longer assigned to this user")
         pool = session.get(Pool, desktop.pool_id)
         return Target(username=row.username, desktop=desktop.name, desktop_id=desktop.id or 0,
-                      pool=pool.name if pool else "?")
+                      pool=pool.name if pool else "?", host_id=desktop.host_id)
 
 
 def release(ctx: Context, desktop_name: str, *, actor: str, keep_for_user: bool = False) -> None:

@@ -15,6 +15,8 @@ from controlplane.domain.app_policy import Revisions
 from controlplane.domain.login_throttle import LoginThrottle
 from controlplane.domain.planning import Limits
 from controlplane.domain.ports import Clock, Directory, HostNetwork, Hypervisor, ImageBuilder
+from controlplane.errors import TemporaryError
+from controlplane.services.fleet import Fleet
 
 CRASH_ENV = "SHIFTDESK_TEST_CRASH_AT"
 
@@ -56,3 +58,13 @@ class Context:
     network: HostNetwork | None = None  # the host's desktop network; None: desktops get no NIC
     app_signer: Ed25519PrivateKey | None = field(default=None, repr=False)  # signs app allowlists; None: none sent
     app_revisions: Revisions = field(default_factory=Revisions)  # in-process: what each desktop was last sent
+    fleet: Fleet | None = None  # the other hosts' hypervisors; None: this control plane drives its own host only
+
+    def driver(self, host_id: int) -> Hypervisor:
+        """The hypervisor of HOST_ID: `hypervisor` for this control plane's own host, else the
+        fleet's. TemporaryError for a host it cannot drive (now)."""
+        if host_id == self.host_id:
+            return self.hypervisor
+        if self.fleet is None:
+            raise TemporaryError(f"host {host_id}: this control plane drives only its own host", delay=60)
+        return self.fleet.driver(host_id)

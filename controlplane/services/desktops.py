@@ -39,7 +39,8 @@ def reboot(ctx: Context, name: str, *, actor: str) -> Desktop:
         desktop = desktops.get_or_raise(session=session, name=name)
         _refuse_in_session(desktop, "reboot")
         audit.append(session=session, actor=actor, action="desktop.reboot", target=name)
-    ctx.hypervisor.reboot(name)
+        host_id = desktop.host_id
+    ctx.driver(host_id).reboot(name)
     with session_scope(ctx.engine) as session:
         desktop = desktops.get_or_raise(session=session, name=name)
         if desktop.state == S.READY:
@@ -82,7 +83,7 @@ def screenshot(ctx: Context, name: str, *, actor: str) -> bytes:
     row, _ = get(ctx, name)
     if row.state not in (DesktopState.READY, DesktopState.IN_USE, DesktopState.DRAINING):
         raise Conflict(f"desktop {name!r} is {row.state}: no screen to show", field="desktop")
-    png = ctx.hypervisor.screenshot(name)
+    png = ctx.driver(row.host_id).screenshot(name)
     with session_scope(ctx.engine) as session:
         audit.append(session=session, actor=actor, action="desktop.screenshot", target=name, user=row.assigned_to)
     return png

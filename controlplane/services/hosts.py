@@ -1,54 +1,133 @@
-"""Hosts: each libvirt connection the control plane drives is a row (one, for now)."""
+"""Hosts: the libvirt hosts desktops run on. Registered by URI, put in maintenance or back to
+active by an admin (audited), and observed afresh on every reconcile pass.
+
+Whether a host answers is never stored: each pass asks its hypervisor, and a host that does not
+answer is planned as unknown (its desktops are left as they are; nothing new goes there).
+"""
 
 from __future__ import annotations
 
+import re
 from collections import Counter
+from dataclasses import dataclass
 
 from sqlalchemy.engine import Engine
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
+from controlplane.db import audit
+from controlplane.db import hosts as repo
 from controlplane.db.engine import session_scope
 from controlplane.db.models import Desktop, Host, Pool
+from controlplane.domain.placement import HostMode
+from controlplane.domain.planning import HostView
 from controlplane.domain.ports import HostCapacity
-from controlplane.errors import ShiftDeskError
+from controlplane.errors import Conflict, InvalidInput, ShiftDeskError
 from controlplane.services.context import Context
 from controlplane.services.views import HostPublic, HostState
 
+NAME = re.compile(r"[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?")
+SCHEMES = ("qemu:///system", "qemu+tls://", "qemu+ssh://", "test:///", "fake://")
+
+
+@dataclass(frozen=True)
+class HostRef:
+    """A registered host, as a pass starts from it."""
+
+    id: int
+    name: str
+    uri: str
+    mode: HostMode
+
 
 def ensure(engine: Engine, *, name: str, uri: str) -> int:
+    """The row of this control plane's own host (made at start; its URI follows the settings)."""
     with session_scope(engine) as session:
-        host = session.exec(select(Host).where(Host.name == name)).first()
+        host = repo.get_by_name(session=session, name=name)
         if host is None:
-            host = Host(name=name, uri=uri)
-            session.add(host)
-            session.flush()
+            host = repo.create(session=session, host=Host(name=name, uri=uri))
         elif host.uri != uri:
             host.uri = uri
             session.add(host)
         return host.id or 0
 
 
-def views(ctx: Context) -> list[HostPublic]:
-    """Every host with what it has (asked of its hypervisor now), what its desktops take (their
-    pools' vCPUs and memory) and its desktops by state. A host this control plane cannot reach is
-    `down`, with why; a host it does not drive yet is `unknown`."""
+def registered(session: Session) -> list[HostRef]:
+    return [HostRef(h.id or 0, h.name, h.uri, HostMode(h.mode)) for h in repo.list_all(session=session)]
+
+
+def register(ctx: Context, *, name: str, uri: str, actor: str) -> HostRef:
+    """Register a host by NAME and libvirt URI (audited). Refused, naming the field, if the name
+    or URI is malformed or already taken; nothing changes then."""
+    if not NAME.fullmatch(name):
+        raise InvalidInput("name: lower-case letters, digits, dots and dashes, at most 63", field="name")
+    if not uri.startswith(SCHEMES) or any(c.isspace() for c in uri):
+        raise InvalidInput(f"uri: a libvirt URI starting with one of {', '.join(SCHEMES)}", field="uri")
     with session_scope(ctx.engine) as session:
-        hosts = list(session.exec(select(Host).order_by(Host.name)))
+        if repo.get_by_name(session=session, name=name) is not None:
+            raise Conflict(f"name: host {name!r} is already registered", field="name")
+        if session.exec(select(Host).where(Host.uri == uri)).first() is not None:
+            raise Conflict(f"uri: {uri} is already registered", field="uri")
+        host = repo.create(session=session, host=Host(name=name, uri=uri, mode_since=ctx.clock.now()))
+        audit.append(session=session, actor=actor, action="host.register", target=name, uri=uri)
+        return HostRef(host.id or 0, host.name, host.uri, HostMode(host.mode))
+
+
+def set_mode(ctx: Context, *, name: str, mode: HostMode, actor: str) -> HostRef:
+    """Put a host in maintenance (nothing new is placed there; its idle desktops move away) or
+    back to active. Audited when it changes anything."""
+    with session_scope(ctx.engine) as session:
+        host = repo.get_or_raise(session=session, name=name)
+        if host.mode != mode:
+            repo.set_mode(session=session, host=host, mode=mode, now=ctx.clock.now())
+            audit.append(session=session, actor=actor, action=f"host.{mode.value}", target=name)
+        return HostRef(host.id or 0, host.name, host.uri, HostMode(host.mode))
+
+
+def parse_mode(text: str) -> HostMode:
+    try:
+        return HostMode(text)
+    except ValueError:
+        raise InvalidInput(f"mode: one of {', '.join(m.value for m in HostMode)}, not {text!r}",
+                           field="mode") from None
+
+
+def observe(ctx: Context, host: HostRef) -> HostView:
+    """What HOST's hypervisor says now; a host that does not answer is a view without domains."""
+    try:
+        driver = ctx.driver(host.id)
+        domains, overlays, capacity = driver.list_desktops(), driver.list_overlays(), driver.capacity()
+        saved = frozenset(k for k, t in driver.list_templates().items() if t.saved)
+    except ShiftDeskError as err:
+        return HostView(id=host.id, name=host.name, mode=host.mode, down_reason=str(err))
+    return HostView(id=host.id, name=host.name, mode=host.mode, domains=domains, overlays=frozenset(overlays),
+                    capacity=capacity, templates=saved)
+
+
+def views(ctx: Context, name: str | None = None) -> list[HostPublic]:
+    """Every host (or host NAME) with what it has (asked of its hypervisor now), what its desktops
+    take (their pools' vCPUs and memory) and its desktops by state. A host this control plane
+    cannot reach is `down`, with why."""
+    with session_scope(ctx.engine) as session:
+        if name is not None:
+            repo.get_or_raise(session=session, name=name)
         rows = session.exec(select(Desktop.host_id, Desktop.state, Pool.vcpus, Pool.memory_mib)  # type: ignore[call-overload]
                             .join(Pool, col(Desktop.pool_id) == col(Pool.id))).all()
-    return [_view(ctx, host, [r for r in rows if r[0] == host.id]) for host in hosts]
+        refs = [h for h in registered(session) if name is None or h.name == name]
+    return [_view(ctx, host, [r for r in rows if r[0] == host.id]) for host in refs]
 
 
-def _view(ctx: Context, host: Host, rows: list[tuple]) -> HostPublic:
+def view(ctx: Context, name: str) -> HostPublic:
+    return views(ctx, name)[0]
+
+
+def _view(ctx: Context, host: HostRef, rows: list[tuple]) -> HostPublic:
     capacity: HostCapacity | None = None
-    reason: str | None = "not driven by this control plane"
-    state = HostState.UNKNOWN
-    if host.id == ctx.host_id:
-        try:
-            capacity, state, reason = ctx.hypervisor.capacity(), HostState.ACTIVE, None
-        except ShiftDeskError as err:
-            state, reason = HostState.DOWN, str(err)
-    return HostPublic(id=host.id or 0, name=host.name, uri=host.uri, state=state, reason=reason,
+    reason: str | None = None
+    try:
+        capacity, state = ctx.driver(host.id).capacity(), HostState.ACTIVE
+    except ShiftDeskError as err:
+        state, reason = HostState.DOWN, str(err)
+    return HostPublic(id=host.id, name=host.name, uri=host.uri, mode=host.mode, state=state, reason=reason,
                       capacity=capacity, committed_vcpus=sum(r[2] for r in rows),
                       committed_memory_mib=sum(r[3] for r in rows),
                       desktops=dict(sorted(Counter(str(r[1]) for r in rows).items())))

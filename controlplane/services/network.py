@@ -24,15 +24,17 @@ _assigning = threading.Lock()  # provisioning steps run in parallel: one picks a
 
 def nic_for(ctx: Context, desktop_id: int) -> DesktopNic | None:
     """The desktop's NIC (its address assigned and committed now if it has none), or None without
-    a host network or a desktop. Raises AddressPoolExhausted when the subnet is full, and
-    TemporaryError when another control plane took the same address at the same moment."""
+    a host network or a desktop. Only desktops of this control plane's own host get one: the
+    desktop network of another host is not driven from here yet, so its desktops have none.
+    Raises AddressPoolExhausted when the subnet is full, and TemporaryError when another control
+    plane took the same address at the same moment."""
     if ctx.network is None:
         return None
     net = ctx.network.network
     try:
         with _assigning, session_scope(ctx.engine) as session:
             row = desktops.get(session=session, desktop_id=desktop_id)
-            if row is None:
+            if row is None or row.host_id != ctx.host_id:
                 return None
             return net.nic(row.name, desktops.assign_address(session=session, desktop=row, network=net))
     except IntegrityError as err:

@@ -23,7 +23,7 @@ from controlplane.domain import planning as p
 from controlplane.domain.desktop import DesktopState
 from controlplane.domain.network import AddressPoolExhausted
 from controlplane.domain.policy import Policy
-from controlplane.domain.ports import CloneMode, DesktopSpec, Readiness
+from controlplane.domain.ports import CloneMode, DesktopSpec, Hypervisor, Readiness
 from controlplane.domain.rollout import Signal
 from controlplane.errors import PermanentError, TemporaryError
 from controlplane.services import network, policies, rollouts, telemetry, templates
@@ -56,9 +56,10 @@ def create_desktop(ctx: Context, a: p.CreateDesktop) -> None:
             return
         now = ctx.clock.now()
         row = desktops.create(session=session, desktop=Desktop(
-            name=naming.desktop_name(ctx.instance, pool.name), pool_id=pool.id or 0, host_id=ctx.host_id,
+            name=naming.desktop_name(ctx.instance, pool.name), pool_id=pool.id or 0, host_id=a.host_id,
             image_id=pool.image_id, created_at=now, state_since=now))
-        audit.append(session=session, actor=ACTOR, action="desktop.create", target=row.name, pool=pool.name)
+        audit.append(session=session, actor=ACTOR, action="desktop.create", target=row.name, pool=pool.name,
+                     host=a.host_id)
         desktop_id = row.id or 0
     ctx.crashpoint("provision.after-row")
     try:
@@ -81,6 +82,7 @@ def provision(ctx: Context, a: p.Provision) -> None:
             return
         spec = spec_for(session, row, rules)
         age = ctx.clock.now() - row.state_since
+        hv = ctx.driver(row.host_id)
     try:
         spec = replace(spec, nic=network.nic_for(ctx, a.desktop_id))
     except AddressPoolExhausted as err:
@@ -92,20 +94,20 @@ def provision(ctx: Context, a: p.Provision) -> None:
     if spec.template is not None and spec.image.readiness != Readiness.CHANNEL and needs_identity:
         spec = replace(spec, template=None)  # its join secret could only reach it at boot (fw_cfg)
     if a.fresh and spec.template is not None:
-        how = _instant(ctx, spec, age)
+        how = _instant(ctx, hv, spec, age)
         if how != "cold":
             return
         spec = replace(spec, template=None)
     try:
-        path = ctx.hypervisor.create_overlay(spec)
+        path = hv.create_overlay(spec)
         ctx.crashpoint("provision.after-overlay")
         if a.fresh:
             if ctx.directory is not None and ctx.directory.manages_computers:
                 spec = replace(spec, join_secret=ctx.directory.set_computer(spec.name))
                 ctx.crashpoint("provision.after-computer")
-            ctx.hypervisor.define(spec)
+            hv.define(spec)
             ctx.crashpoint("provision.after-define")
-        ctx.hypervisor.start(spec.name)
+        hv.start(spec.name)
         ctx.crashpoint("provision.after-start")
     except PermanentError as err:
         mark_failed(ctx, p.MarkFailed(a.desktop_id, str(err)))
@@ -117,14 +119,14 @@ def provision(ctx: Context, a: p.Provision) -> None:
             session.add(row)
 
 
-def _instant(ctx: Context, spec: DesktopSpec, age: timedelta) -> str:
+def _instant(ctx: Context, hv: Hypervisor, spec: DesktopSpec, age: timedelta) -> str:
     """Try the instant path: "restored", "waiting" (its template is on its way), or "cold" (boot
     it instead: no template came within `template_wait`, or the restore failed; a failed template
     is rebuilt). A template that is booting is waited for as long as a boot may take: booting the
     desktop beside it would only slow both down on a busy host."""
     key = spec.template
     assert key is not None
-    template = ctx.hypervisor.template(key)
+    template = hv.template(key)
     if template is not None and template.running and not template.quarantined:
         return "waiting" if age < ctx.limits.boot_timeout else "cold"
     if template is None or not template.saved:
@@ -132,15 +134,15 @@ def _instant(ctx: Context, spec: DesktopSpec, age: timedelta) -> str:
     if ctx.directory is not None and ctx.directory.manages_computers:
         spec = replace(spec, join_secret=ctx.directory.set_computer(spec.name))
     try:
-        path = ctx.hypervisor.restore_clone(spec)
+        path = hv.restore_clone(spec)
     except PermanentError as err:
         log.warning("desktop %s: restore from template %s failed, booting it instead: %s", spec.name,
                     key.slug, err)
         with session_scope(ctx.engine) as session:
             audit.append(session=session, actor=ACTOR, action="desktop.restore_failed", target=spec.name,
                          template=key.slug, reason=str(err)[:500])
-        ctx.hypervisor.delete_overlay(spec.name)  # its overlay is backed by the template: start afresh
-        ctx.hypervisor.remove_template(key)
+        hv.delete_overlay(spec.name)  # its overlay is backed by the template: start afresh
+        hv.remove_template(key)
         return "cold"
     ctx.crashpoint("provision.after-restore")
     with session_scope(ctx.engine) as session:
@@ -164,9 +166,9 @@ def mark_ready(ctx: Context, a: p.MarkReady) -> None:
         desktops.set_state(session=session, desktop=row, state=S.READY, now=now)
         audit.append(session=session, actor=ACTOR, action="desktop.ready", target=row.name, boot_s=boot_s)
         rollouts.note(session, row, Signal.READY, boot_s)
-        name = row.name
+        name, host_id = row.name, row.host_id
     telemetry.PROVISIONING.observe(boot_s)
-    ctx.hypervisor.discard_join_secret(name)  # the guest has it (read before it signalled ready)
+    ctx.driver(host_id).discard_join_secret(name)  # the guest has it (read before it signalled ready)
 
 
 def mark_failed(ctx: Context, a: p.MarkFailed) -> None:
@@ -177,9 +179,9 @@ def mark_failed(ctx: Context, a: p.MarkFailed) -> None:
         desktops.set_state(session=session, desktop=row, state=S.FAILED, now=ctx.clock.now(), reason=a.reason)
         audit.append(session=session, actor=ACTOR, action="desktop.failed", target=row.name, reason=a.reason)
         rollouts.note(session, row, Signal.FAILED)
-        name = row.name
+        name, host_id = row.name, row.host_id
     log.warning("desktop %s failed: %s", name, a.reason)
-    ctx.hypervisor.destroy(name)  # keep the overlay for inspection; deleting the desktop removes it
+    ctx.driver(host_id).destroy(name)  # keep the overlay for inspection; deleting the desktop removes it
 
 
 def start_domain(ctx: Context, a: p.StartDomain) -> None:
@@ -191,8 +193,8 @@ def start_domain(ctx: Context, a: p.StartDomain) -> None:
         audit.append(session=session, actor=ACTOR, action="desktop.restart", target=row.name,
                      reason="domain was not running")
         rollouts.note(session, row, Signal.RESTART)
-        name = row.name
-    ctx.hypervisor.start(name)
+        name, host_id = row.name, row.host_id
+    ctx.driver(host_id).start(name)
 
 
 # --- what a failed step leaves on its desktop (the reconciler calls these) ------------------------
@@ -289,12 +291,15 @@ def delete(ctx: Context, a: p.Delete) -> None:
         audit.append(session=session, actor=ACTOR, action="desktop.delete", target=row.name)
 
 
-def _remove_traces(ctx: Context, name: str) -> None:
-    ctx.hypervisor.undefine(name)
-    ctx.crashpoint("teardown.after-undefine")
-    ctx.hypervisor.delete_overlay(name)
-    ctx.crashpoint("teardown.after-overlay")
-    if ctx.directory is not None and ctx.directory.manages_computers:
+def _remove_traces(ctx: Context, name: str, host_id: int | None, *, computer: bool = True) -> None:
+    """Domain and overlay on HOST_ID (None: no host has any), then (COMPUTER) the AD account."""
+    if host_id is not None:
+        hv = ctx.driver(host_id)
+        hv.undefine(name)
+        ctx.crashpoint("teardown.after-undefine")
+        hv.delete_overlay(name)
+        ctx.crashpoint("teardown.after-overlay")
+    if computer and ctx.directory is not None and ctx.directory.manages_computers:
         ctx.directory.delete_computer(name)
         ctx.crashpoint("teardown.after-computer")
 
@@ -304,8 +309,8 @@ def recreate(ctx: Context, a: p.Recreate) -> None:
         row = desktops.get(session=session, desktop_id=a.desktop_id)
         if row is None or row.state != S.PROVISIONING:
             return
-        name = row.name
-    _remove_traces(ctx, name)
+        name, host_id = row.name, row.host_id
+    _remove_traces(ctx, name, host_id)
 
 
 def teardown(ctx: Context, a: p.Teardown) -> None:
@@ -313,8 +318,8 @@ def teardown(ctx: Context, a: p.Teardown) -> None:
         row = desktops.get(session=session, desktop_id=a.desktop_id)
         if row is None or row.state != S.DELETING:
             return
-        name = row.name
-    _remove_traces(ctx, name)
+        name, host_id = row.name, row.host_id
+    _remove_traces(ctx, name, host_id)
     with session_scope(ctx.engine) as session:
         row = desktops.get(session=session, desktop_id=a.desktop_id)
         if row is not None:
@@ -330,18 +335,22 @@ def adopt(ctx: Context, a: p.Adopt) -> None:
             return
         now = ctx.clock.now()
         desktops.create(session=session, desktop=Desktop(
-            name=a.name, pool_id=a.pool_id, host_id=ctx.host_id, image_id=pool.image_id, created_at=now,
+            name=a.name, pool_id=a.pool_id, host_id=a.host_id, image_id=pool.image_id, created_at=now,
             state_since=now))
-        audit.append(session=session, actor=ACTOR, action="desktop.adopt", target=a.name, pool=pool.name)
+        audit.append(session=session, actor=ACTOR, action="desktop.adopt", target=a.name, pool=pool.name,
+                     host=a.host_id)
 
 
 def remove_orphan(ctx: Context, a: p.RemoveOrphan) -> None:
+    """Remove what no desktop row of its host explains. A copy of a desktop that lives on
+    another host loses its domain and overlay there, never the desktop's computer account."""
     with session_scope(ctx.engine) as session:
-        if desktops.get_by_name(session=session, name=a.name) is not None:
+        row = desktops.get_by_name(session=session, name=a.name)
+        if row is not None and (a.host_id is None or row.host_id == a.host_id):
             return  # it has a row after all (created since the plan): not an orphan
-    _remove_traces(ctx, a.name)
+    _remove_traces(ctx, a.name, a.host_id, computer=row is None)
     with session_scope(ctx.engine) as session:
-        audit.append(session=session, actor=ACTOR, action="orphan.remove", target=a.name)
+        audit.append(session=session, actor=ACTOR, action="orphan.remove", target=a.name, host=a.host_id)
 
 
 def drop_pool(ctx: Context, a: p.DropPool) -> None:

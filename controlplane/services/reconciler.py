@@ -26,9 +26,10 @@ from datetime import datetime, timedelta
 from controlplane.db import desktops, leases, pools
 from controlplane.db.engine import session_scope
 from controlplane.domain.planning import Action, DesktopView, Plan, PoolView, backoff, plan
+from controlplane.domain.ports import CloneMode
 from controlplane.domain.templates import TemplateAction
 from controlplane.errors import PermanentError, TemporaryError
-from controlplane.services import apps, network, provisioning, rollouts, telemetry, templates
+from controlplane.services import apps, hosts, network, policies, provisioning, rollouts, telemetry, templates
 from controlplane.services.context import Context
 
 log = logging.getLogger(__name__)
@@ -52,18 +53,28 @@ class Reconciler:
     # --- one pass -----------------------------------------------------------------------------
 
     def observe_and_plan(self) -> Plan:
+        """Plan from the database and a fresh look at every host. TemporaryError when no host
+        answers (nothing can be done then; one host down leaves the others' work going)."""
+        rules = policies.active(self.ctx)
         with session_scope(self.ctx.engine) as session:
             pool_views = [PoolView(id=p.id or 0, name=p.name, target=p.target_size, min_size=p.min_size,
-                                   max_size=p.max_size, deleting=p.deleting)
+                                   max_size=p.max_size, deleting=p.deleting, memory_mib=p.memory_mib,
+                                   vcpus=p.vcpus,
+                                   template=templates.key_of(p, rules) if p.clone == CloneMode.INSTANT else None)
                           for p in pools.list_all(session=session)]
             desktop_views = [DesktopView(id=d.id or 0, name=d.name, pool_id=d.pool_id, state=d.state,
-                                         since=d.state_since, generation=d.generation,
+                                         since=d.state_since, host_id=d.host_id, generation=d.generation,
                                          grace_until=d.grace_until, retry_at=d.retry_at)
                              for d in desktops.list_all(session=session)]
-        hv, directory = self.ctx.hypervisor, self.ctx.directory
+            registered = hosts.registered(session)
+        host_views = [hosts.observe(self.ctx, host) for host in registered]
+        down = [h for h in host_views if h.domains is None]
+        if down and len(down) == len(host_views):
+            raise TemporaryError(f"no host answers: {'; '.join(f'{h.name}: {h.down_reason}' for h in down)}",
+                                 delay=5)
+        directory = self.ctx.directory
         computers = directory.list_computers() if directory is not None and directory.manages_computers else None
-        return plan(pool_views, desktop_views, hv.list_desktops(), hv.list_overlays(),
-                    self.ctx.clock.now(), self.ctx.limits, computers)
+        return plan(pool_views, desktop_views, host_views, self.ctx.clock.now(), self.ctx.limits, computers)
 
     @telemetry.RECONCILE_PASS.time()
     def pass_once(self) -> Plan:

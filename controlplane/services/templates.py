@@ -1,4 +1,4 @@
-"""Instant-clone templates on this host: observe, plan (domain/templates.py), act.
+"""Instant-clone templates on each host: observe, plan (domain/templates.py), act.
 
 Run by the reconciler at the start of each pass. Which templates are wanted follows from the
 pools (instant-clone pools, by image and machine shape); which may go follows from the desktops
@@ -15,9 +15,11 @@ from typing import Any
 from controlplane.db import audit, desktops, images, pools
 from controlplane.db.engine import session_scope
 from controlplane.domain import templates as t
+from controlplane.domain.placement import HostMode
 from controlplane.domain.policy import Policy, sharing_allowed
 from controlplane.domain.ports import BootImage, CloneMode, Readiness, TemplateKey
-from controlplane.services import policies
+from controlplane.errors import TemporaryError
+from controlplane.services import hosts, policies
 from controlplane.services.context import Context
 
 ACTOR = "reconciler"
@@ -42,13 +44,28 @@ def boot_image(image: Any) -> BootImage:
 
 
 def plan(ctx: Context) -> list[t.TemplateAction]:
+    """Template steps for every host that answers. An active host keeps a template of every
+    instant-clone pool (so a shift's first clones need no boot wherever they are placed); a host
+    in maintenance gets none new, and keeps those its desktops' disks are backed by."""
     rules = policies.active(ctx)
     with session_scope(ctx.engine) as session:
         wanted = {key_of(p, rules) for p in pools.list_all(session=session)
                   if p.clone == CloneMode.INSTANT and not p.deleting}
-        in_use = {d.image_id for d in desktops.list_all(session=session)}
-    return t.plan_templates(wanted, in_use, ctx.hypervisor.list_templates(), int(ctx.clock.now().timestamp()),
-                            int(ctx.limits.boot_timeout.total_seconds()))
+        in_use: dict[int, set[int]] = {}
+        for d in desktops.list_all(session=session):
+            in_use.setdefault(d.host_id, set()).add(d.image_id)
+        refs = hosts.registered(session)
+    steps: list[t.TemplateAction] = []
+    for host in refs:
+        try:
+            observed = ctx.driver(host.id).list_templates()
+        except TemporaryError as err:
+            log.warning("templates of host %s not looked at this pass: %s", host.name, err)
+            continue
+        steps += t.plan_templates(host.id, wanted if host.mode == HostMode.ACTIVE else set(),
+                                  in_use.get(host.id, set()), observed, int(ctx.clock.now().timestamp()),
+                                  int(ctx.limits.boot_timeout.total_seconds()))
+    return steps
 
 
 def build(ctx: Context, a: t.BuildTemplate) -> None:
@@ -57,23 +74,24 @@ def build(ctx: Context, a: t.BuildTemplate) -> None:
         if image is None:
             return  # the image went since the plan: nothing wants this template any more
         boot = boot_image(image)
-        audit.append(session=session, actor=ACTOR, action="template.build", target=a.key.slug,
+        audit.append(session=session, actor=ACTOR, action="template.build", target=a.key.slug, host=a.host_id,
                      image=f"{image.name}:{image.version}")
-    ctx.hypervisor.build_template(a.key, boot)
+    ctx.driver(a.host_id).build_template(a.key, boot)
     ctx.crashpoint("template.after-build")
 
 
 def save(ctx: Context, a: t.SaveTemplate) -> None:
-    ctx.hypervisor.save_template(a.key)
+    ctx.driver(a.host_id).save_template(a.key)
     ctx.crashpoint("template.after-save")
     with session_scope(ctx.engine) as session:
-        audit.append(session=session, actor=ACTOR, action="template.saved", target=a.key.slug)
+        audit.append(session=session, actor=ACTOR, action="template.saved", target=a.key.slug, host=a.host_id)
 
 
 def remove(ctx: Context, a: t.RemoveTemplate) -> None:
-    ctx.hypervisor.remove_template(a.key)
+    ctx.driver(a.host_id).remove_template(a.key)
     with session_scope(ctx.engine) as session:
-        audit.append(session=session, actor=ACTOR, action="template.remove", target=a.key.slug, reason=a.reason)
+        audit.append(session=session, actor=ACTOR, action="template.remove", target=a.key.slug, host=a.host_id,
+                     reason=a.reason)
     log.info("template %s removed: %s", a.key.slug, a.reason)
 
 

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from controlplane.db.models import Desktop, Image, Pool
 from controlplane.domain.desktop import DesktopState
+from controlplane.domain.placement import HostMode
 from controlplane.domain.ports import HostCapacity
 
 
@@ -42,15 +43,17 @@ class PoolPublic(BaseModel):
 
 
 class HostState(StrEnum):
-    ACTIVE = "active"  # answering; desktops are placed on it
+    """Whether a host's hypervisor answered just now (what an admin wants of it is its mode)."""
+
+    ACTIVE = "active"  # answering
     DOWN = "down"  # its hypervisor does not answer
-    UNKNOWN = "unknown"  # registered, but not driven by this control plane
 
 
 class HostPublic(BaseModel):
     id: int
     name: str
     uri: str
+    mode: HostMode  # active: takes new desktops; maintenance: takes none, its idle desktops move away
     state: HostState
     reason: str | None
     capacity: HostCapacity | None  # None unless the host answered just now

@@ -208,3 +208,24 @@ def test_another_ca_is_refused_and_a_signed_out_admin_is_told(server, home, monk
     assert r.exit_code == 2 and "shiftdesk login" in r.output
     r = run("login", "--server", "http://127.0.0.1:1", "--username", "carol", password="x", monkeypatch=monkeypatch)
     assert r.exit_code == 2 and "https://" in r.output
+
+
+def test_hosts_are_registered_and_put_in_maintenance_remotely_as_the_admin(server, home, monkeypatch, ctx,
+                                                                           settings):
+    sign_in(server, monkeypatch)
+    bad = run("host", "add", "host-b", "http://host-b")
+    assert bad.exit_code != 0 and "uri:" in bad.output
+    r = run("host", "add", "host-b", "fake://host-b")
+    assert r.exit_code == 0, r.output
+    assert run("host", "maintenance", "host-b").exit_code == 0
+    hosts = {h["name"]: h for h in json.loads(run("host", "ls", "--json").output)}
+    assert (hosts["host-b"]["mode"], hosts["host-b"]["state"]) == ("maintenance", "active")
+    assert [e["actor"] for e in audit.recent(ctx, action="host.register")] == ["carol"]
+    assert [e["actor"] for e in audit.recent(ctx, action="host.maintenance")] == ["carol"]
+    unknown = run("host", "activate", "host-z")
+    assert unknown.exit_code != 0 and "host-z" in unknown.output
+    remote_hosts = run("host", "ls", "--json").output
+    on_the_host(monkeypatch, settings)
+    assert run("host", "ls", "--json").output == remote_hosts
+    assert run("host", "activate", "host-b").exit_code == 0
+    assert [e["action"] for e in audit.recent(ctx, target="host-b")][:1] == ["host.active"]

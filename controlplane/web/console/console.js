@@ -299,7 +299,8 @@ async function loadHosts() {
   fill("host-rows", hosts.map((h) => {
     const c = h.capacity;
     const counts = Object.entries(h.desktops).map(([state, n]) => `${state} ${n}`).join(", ") || "none";
-    return row([h.name, h.uri, h.reason ? `${h.state}: ${h.reason}` : h.state,
+    const state = h.reason ? `${h.state}: ${h.reason}` : h.state;
+    return row([h.name, h.uri, h.mode === "active" ? state : `${state} (${h.mode})`,
       `${h.committed_vcpus} / ${c ? c.vcpus : "?"}`,
       `${(h.committed_memory_mib / 1024).toFixed(1)} / ${c ? (c.memory_mib / 1024).toFixed(1) : "?"} GiB`,
       c ? `${(c.disk_free_bytes / GiB).toFixed(0)} of ${(c.disk_bytes / GiB).toFixed(0)} GiB` : "?", counts]);

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from controlplane.main import create_app
-from controlplane.services import pools, sessions
+from controlplane.services import audit, hosts, pools, sessions
 from controlplane.services.reconciler import Reconciler
 from tests.conftest import AGENTS, USERS, open_session
 
@@ -78,6 +78,22 @@ def test_hosts_show_what_they_have_what_desktops_take_and_whether_they_answer(ap
     assert down["desktops"] == {"ready": 2}  # what the database knows stays visible
 
 
+def test_hosts_are_registered_and_moved_in_and_out_of_maintenance(api, ctx):
+    r = api.post("/api/v1/hosts", json={"name": "host-b", "uri": "fake://host-b"})
+    assert r.status_code == 201 and (r.json()["mode"], r.json()["state"]) == ("active", "active")
+    for body, field in [({"name": "host-c", "uri": "ftp://x"}, "uri"), ({"name": "Host C", "uri": "fake://c"}, "name"),
+                        ({"name": "host-b", "uri": "fake://other"}, "name")]:
+        refused = api.post("/api/v1/hosts", json=body)
+        assert refused.status_code in (409, 422) and refused.json()["field"] == field, refused.json()
+    bad = api.patch("/api/v1/hosts/host-b", json={"mode": "asleep"})
+    assert bad.status_code == 422 and bad.json()["field"] == "mode"
+    assert api.patch("/api/v1/hosts/host-b", json={"mode": "maintenance"}).json()["mode"] == "maintenance"
+    assert api.patch("/api/v1/hosts/nowhere", json={"mode": "active"}).status_code == 404
+    own = next(h.name for h in hosts.views(ctx) if h.id == ctx.host_id)
+    assert [h["name"] for h in api.get("/api/v1/hosts").json()] == sorted([own, "host-b"])
+    assert [e["actor"] for e in audit.recent(ctx, action="host.")] == ["carol", "carol"]
+
+
 def test_agents_see_no_sessions_and_no_screens(api, ctx):
     desktop, _, _ = alice_working(ctx)
     r = api.post("/api/v1/auth/login", json={"username": "alice", "password": USERS["alice"][0]})
@@ -127,3 +143,4 @@ def test_the_csv_export_is_audited_and_defuses_formulas(api, ctx):
     assert len(rows) > 1 and all(not cell.startswith("=") for line in rows for cell in line)
     (export,) = api.get("/api/v1/audit", params={"action": "audit.export"}).json()
     assert export["actor"] == "carol" and export["detail"]["rows"] == len(rows) - 1
+

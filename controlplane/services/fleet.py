@@ -1,0 +1,52 @@
+"""The hypervisor of each registered host, opened by its URI once and kept.
+
+Every step on a desktop goes to the hypervisor of the desktop's own host (`Context.driver`), so
+one control plane drives many libvirt hosts. The control plane's own host keeps the hypervisor
+`main.py` wired (`Context.hypervisor`); every other host's is opened here on first use, and
+opened again if an admin changes the host's URI. A host whose hypervisor cannot be opened is a
+TemporaryError: its desktops wait, the others go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from sqlalchemy.engine import Engine
+
+from controlplane.db import hosts
+from controlplane.db.engine import session_scope
+from controlplane.domain.ports import Hypervisor
+from controlplane.errors import ShiftDeskError, TemporaryError
+
+log = logging.getLogger(__name__)
+Connect = Callable[[str], Hypervisor]  # a host's URI -> its hypervisor
+
+
+class Fleet:
+    def __init__(self, engine: Engine, connect: Connect, *, retry_s: float = 30.0) -> None:
+        self.engine = engine
+        self.connect = connect
+        self.retry_s = retry_s
+        self._open: dict[int, tuple[str, Hypervisor]] = {}
+        self._lock = threading.Lock()
+
+    def driver(self, host_id: int) -> Hypervisor:
+        """HOST_ID's hypervisor. TemporaryError if the host is unknown or cannot be reached."""
+        with session_scope(self.engine) as session:
+            row = hosts.get(session=session, host_id=host_id)
+            uri = row.uri if row is not None else None
+        if uri is None:
+            raise TemporaryError(f"host {host_id} is not registered", delay=self.retry_s)
+        with self._lock:
+            known = self._open.get(host_id)
+            if known is not None and known[0] == uri:
+                return known[1]
+            try:
+                driver = self.connect(uri)
+            except ShiftDeskError as err:
+                raise TemporaryError(f"host {host_id} ({uri}): {err}", delay=self.retry_s) from err
+            self._open[host_id] = (uri, driver)
+            log.info("host %d: hypervisor opened at %s", host_id, uri)
+            return driver

@@ -1,0 +1,129 @@
+"""Many hosts against fake hypervisors: registration, placement, maintenance, a host that stops
+answering. Each desktop lives on one host, and every step on it goes to that host's hypervisor."""
+
+from __future__ import annotations
+
+import pytest
+
+from controlplane.db import audit
+from controlplane.db.engine import session_scope
+from controlplane.domain.placement import HostMode
+from controlplane.drivers.fake import FakeHypervisor
+from controlplane.errors import Conflict, InvalidInput
+from controlplane.services import broker, desktops, hosts, pools
+from controlplane.services.fleet import Fleet
+from controlplane.services.reconciler import Reconciler
+from controlplane.services.tokens import Claims
+from tests.conftest import AGENTS, SALES
+from tests.unit.services.test_reconciler import settle
+
+URIS = {"b": "fake://b", "c": "fake://c"}
+
+
+@pytest.fixture
+def fleet(ctx):
+    """Two hosts beside the control plane's own, each with its own fake hypervisor."""
+    fakes = {name: FakeHypervisor() for name in URIS}
+    by_uri = {URIS[name]: fake for name, fake in fakes.items()}
+    ctx.fleet = Fleet(ctx.engine, by_uri.__getitem__)
+    ids = {name: hosts.register(ctx, name=name, uri=uri, actor="admin").id for name, uri in URIS.items()}
+    return fakes, ids
+
+
+def placed(ctx) -> dict[int, list[str]]:
+    out: dict[int, list[str]] = {}
+    for d, _ in desktops.list_all(ctx):
+        out.setdefault(d.host_id, []).append(str(d.state))
+    return out
+
+
+def assert_each_desktop_on_its_host_only(ctx, hv, fakes, ids):
+    drivers = {ctx.host_id: hv, **{ids[n]: fake for n, fake in fakes.items()}}
+    for host_id, driver in drivers.items():
+        rows = {d.name for d, _ in desktops.list_all(ctx) if d.host_id == host_id}
+        assert set(driver.domains) == rows and set(driver.overlays) == rows, f"host {host_id}"
+
+
+def test_registering_a_host_checks_every_field_and_is_audited(ctx, fleet):
+    before = hosts.views(ctx)
+    for kwargs, field in [({"name": "Bad Name", "uri": "fake://x"}, "name"),
+                          ({"name": "d", "uri": "http://x"}, "uri"),
+                          ({"name": "d", "uri": "qemu+tls://h d/system"}, "uri")]:
+        with pytest.raises(InvalidInput) as err:
+            hosts.register(ctx, actor="admin", **kwargs)
+        assert err.value.field == field
+    with pytest.raises(Conflict) as err:
+        hosts.register(ctx, name="b", uri="fake://other", actor="admin")
+    assert err.value.field == "name"
+    with pytest.raises(Conflict) as err:
+        hosts.register(ctx, name="d", uri="fake://b", actor="admin")
+    assert err.value.field == "uri"
+    assert hosts.views(ctx) == before
+    with session_scope(ctx.engine) as session:
+        events = [(e.action, e.target) for e in audit.list_recent(session=session, action="host.register")]
+    assert sorted(events) == [("host.register", "b"), ("host.register", "c")]
+
+
+def test_a_pool_spreads_across_hosts_and_each_step_goes_to_the_desktops_host(ctx, hv, fleet, image):
+    fakes, ids = fleet
+    pools.create(ctx, name="sales", image="busybox-desktop", size=6, groups=[SALES], actor="t")
+    settle(ctx)
+    assert {h: len(s) for h, s in placed(ctx).items()} == {ctx.host_id: 2, ids["b"]: 2, ids["c"]: 2}
+    assert_each_desktop_on_its_host_only(ctx, hv, fakes, ids)
+    connection = broker.connect(ctx, Claims("alice", "agent", (AGENTS, SALES), "j", 0), "sales")
+    target = broker.redeem(ctx, connection.ticket, "alice")
+    row, _ = desktops.get(ctx, target.desktop)
+    assert target.host_id == row.host_id  # the gateway dials the desktop through its own host
+    assert ctx.driver(target.host_id).domains[target.desktop].running
+    pools.scale(ctx, "sales", 0, actor="t")
+    settle(ctx)
+    assert_each_desktop_on_its_host_only(ctx, hv, fakes, ids)
+    assert [d.name for d, _ in desktops.list_all(ctx)] == [target.desktop]  # alice's, until her session ends
+
+
+def test_a_host_in_maintenance_takes_nothing_new_and_its_idle_desktops_move_away(ctx, hv, fleet, image):
+    fakes, ids = fleet
+    pools.create(ctx, name="sales", image="busybox-desktop", size=3, actor="t")
+    settle(ctx)
+    hosts.set_mode(ctx, name="b", mode=HostMode.MAINTENANCE, actor="admin")
+    settle(ctx)
+    assert ids["b"] not in placed(ctx) and sum(len(s) for s in placed(ctx).values()) == 3
+    assert all(s == ["ready"] * len(s) for s in placed(ctx).values())
+    assert not fakes["b"].domains and not fakes["b"].overlays
+    pools.scale(ctx, "sales", 5, actor="t")
+    settle(ctx)
+    assert ids["b"] not in placed(ctx)
+    (view,) = [v for v in hosts.views(ctx) if v.name == "b"]
+    assert view.mode == HostMode.MAINTENANCE and view.desktops == {}
+    with session_scope(ctx.engine) as session:
+        assert [e.target for e in audit.list_recent(session=session, action="host.maintenance")] == ["b"]
+
+
+def test_a_host_that_stops_answering_keeps_its_desktops_and_the_others_go_on(ctx, hv, fleet, image):
+    fakes, ids = fleet
+    pools.create(ctx, name="sales", image="busybox-desktop", size=3, actor="t")
+    settle(ctx)
+    fakes["c"].unreachable = True
+    pools.scale(ctx, "sales", 5, actor="t")
+    settle(ctx)
+    by_host = placed(ctx)
+    assert by_host[ids["c"]] == ["ready"]  # not given up: it may still run there (only fencing may)
+    assert len(by_host[ctx.host_id]) + len(by_host[ids["b"]]) == 4
+    (view,) = [v for v in hosts.views(ctx) if v.name == "c"]
+    assert view.state == "down" and "not answering" in (view.reason or "")
+    fakes["c"].unreachable = False
+    settle(ctx)
+    assert_each_desktop_on_its_host_only(ctx, hv, fakes, ids)
+
+
+def test_no_host_answering_postpones_the_pass(ctx, hv, fleet, image):
+    fakes, _ = fleet
+    hv.unreachable = fakes["b"].unreachable = fakes["c"].unreachable = True
+    pools.create(ctx, name="sales", image="busybox-desktop", size=1, actor="t")
+    rec = Reconciler(ctx)
+    try:
+        with pytest.raises(Exception, match="no host answers"):
+            rec.pass_once()
+    finally:
+        rec.close()
+    assert desktops.list_all(ctx) == []
