@@ -10,10 +10,12 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,9 +34,11 @@ from controlplane.config import Settings
 from controlplane.domain.placement import HostMode
 from controlplane.domain.policy_load import MAX_FILE_BYTES
 from controlplane.domain.rollout import RolloutState, Thresholds
+from controlplane.drivers.local_ca import CLIENT_NAME, ensure_libvirt_client, ensure_libvirt_server
 from controlplane.errors import ExpectedError, InvalidInput, NotFound, ShiftDeskError
 from controlplane.main import (
     build_context,
+    build_host_agent,
     build_reconciler,
     build_server,
     configure_logging,
@@ -238,6 +242,20 @@ def token() -> None:
                   "curl -H 'Authorization: Bearer <token>' ...")
 
 
+@app.command("host-agent")
+def host_agent(name: Annotated[str, typer.Argument(help="this host's name, as registered with `host add`")]) -> None:
+    """Run on each libvirt host beside libvirtd: keep the host's lease, and power its desktops off
+    if the lease cannot be kept (so the control plane may replace them elsewhere). Until SIGTERM."""
+    with handled():
+        settings = Settings()
+        configure_logging(settings)
+        agent = build_host_agent(settings, name)
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        with suppress(KeyboardInterrupt):
+            agent.run(stop)
+
+
 @app.command()
 def reconcile(
     timeout: TimeoutOpt = 300.0,
@@ -413,6 +431,23 @@ def host_add(name: str, uri: Annotated[str, typer.Argument(help="libvirt URI, e.
     with context() as (ctx, _):
         hosts.register(ctx, name=name, uri=uri, actor=ACTOR)
         emit([hosts.view(ctx, name)], False, HOST_COLUMNS)
+
+
+@host_app.command("certificate")
+def host_certificate(
+    address: Annotated[str, typer.Argument(help="the host's DNS name or IP address, as its URI names it")],
+    out_dir: Annotated[Path, typer.Option("--out", help="where to write cacert.pem, servercert.pem, serverkey.pem")],
+) -> None:
+    """Issue a libvirt host's TLS certificate from this control plane's local CA (its client
+    certificate, which qemu+tls:// URIs use, comes from the same CA), and print the libvirtd.conf
+    lines that admit only this control plane."""
+    with handled():
+        settings = Settings()
+        files = ensure_libvirt_server(settings.data_dir / "tls", address, out_dir)
+        ensure_libvirt_client(settings.data_dir / "tls", settings.data_dir / "tls" / "libvirt-client")
+        print(f'listen_tls = 1\nlisten_tcp = 0\nauth_tls = "none"\nca_file = "{files.ca_cert}"\n'
+              f'cert_file = "{files.cert}"\nkey_file = "{files.key}"\n'
+              f'tls_allowed_dn_list = ["O=ShiftDesk local CA,CN={CLIENT_NAME}"]')
 
 
 @host_app.command("maintenance")

@@ -71,6 +71,9 @@ class ReconcilerSettings(BaseModel):
         "(instant clones of one template share pages through KSM where their pools allow it)")
     disk_reserve_gib: float = Field(2.0, ge=0, description="Placement: a host with less free desktop storage "
                                     "takes no new desktop (overlays grow as guests write)")
+    host_lease_ttl_s: float = Field(
+        30.0, gt=0, description="A host agent renews its host's lease this often x3 and powers the host's desktops "
+        "off after this long without; a host that does not answer is fenced this long after its lease ran out")
 
 
 class LdapSettings(BaseModel):

@@ -32,26 +32,46 @@ from controlplane.drivers.image_builder import ScriptImageBuilder
 from controlplane.services import apps, hosts, telemetry
 from controlplane.services.context import AuthConfig, Context
 from controlplane.services.fleet import Fleet
+from controlplane.services.host_agent import HostAgent
 from controlplane.services.reconciler import Reconciler
 from controlplane.services.tokens import load_or_create_key
 
 
-def make_hypervisor(settings: Settings, uri: str | None = None) -> Hypervisor:
-    """The hypervisor at URI (default: this host's, from the settings). Another host's is driven
-    with this host's settings: the same storage pool name, image store and run directories."""
-    uri = uri or settings.libvirt.uri
+def make_hypervisor(settings: Settings) -> Hypervisor:
+    """This host's hypervisor, from the settings."""
+    return host_hypervisor(settings, None, settings.libvirt.uri)
+
+
+def host_hypervisor(settings: Settings, host: str | None, uri: str) -> Hypervisor:
+    """The hypervisor of HOST at URI (None: this control plane's own host). Another host is driven
+    with this host's settings, but its overlays, templates and sockets live in a directory of its
+    own (DATA_DIR/hosts/HOST): where hosts share storage, none may ever see another's overlays as
+    orphans of its own."""
     if uri.startswith("fake://"):
         from controlplane.drivers.fake import FakeHypervisor
 
         return FakeHypervisor(root=settings.overlay_dir)
     from controlplane.drivers.libvirt.driver import LibvirtHypervisor
 
+    own = settings.data_dir / "hosts" / host if host is not None else None
     return LibvirtHypervisor(
-        uri=uri, instance=settings.instance, storage_pool=settings.storage_pool,
-        overlay_dir=settings.overlay_dir, run_dir=settings.run_dir, readiness=settings.libvirt.readiness,
-        domain_type=settings.libvirt.domain_type, probe_cache=settings.cache_dir, data_dir=settings.data_dir,
+        uri=with_client_certificate(settings, uri), instance=settings.instance, storage_pool=settings.storage_pool,
+        overlay_dir=own / "desktops" if own else settings.overlay_dir, run_dir=own / "run" if own else settings.run_dir,
+        readiness=settings.libvirt.readiness, domain_type=settings.libvirt.domain_type,
+        probe_cache=own / "cache" if own else settings.cache_dir, data_dir=settings.data_dir,
         policy_key=public_bytes(apps.load_signing_key(apps_key_file(settings))),
     )
+
+
+def with_client_certificate(settings: Settings, uri: str) -> str:
+    """URI, and for qemu+tls:// without a `pkipath` the control plane's own client certificate
+    from the local CA (DATA_DIR/tls/libvirt-client), which the host's libvirtd is set to admit."""
+    if not uri.startswith("qemu+tls://") or "pkipath=" in uri:
+        return uri
+    from controlplane.drivers.local_ca import ensure_libvirt_client
+
+    pki = ensure_libvirt_client(settings.data_dir / "tls", settings.data_dir / "tls" / "libvirt-client")
+    return f"{uri}{'&' if '?' in uri else '?'}pkipath={pki}"
 
 
 def apps_key_file(settings: Settings) -> Path:
@@ -156,7 +176,8 @@ def build_context(settings: Settings, hypervisor: Hypervisor | None = None,
         limits=Limits(boot_timeout=timedelta(seconds=rc.boot_timeout_s), failure_budget=rc.failure_budget,
                       template_wait=timedelta(seconds=rc.template_wait_s),
                       ratios=Ratios(cpu=rc.cpu_ratio, memory=rc.memory_ratio,
-                                    disk_reserve_bytes=int(rc.disk_reserve_gib * (1 << 30)))),
+                                    disk_reserve_bytes=int(rc.disk_reserve_gib * (1 << 30))),
+                      host_lease_ttl=timedelta(seconds=rc.host_lease_ttl_s)),
         parallelism=rc.parallelism,
         directory=directory or measured(make_directory(settings)),
         auth=AuthConfig(key=load_or_create_key(settings.auth.key_file or settings.data_dir / "token.key"),
@@ -166,8 +187,15 @@ def build_context(settings: Settings, hypervisor: Hypervisor | None = None,
         login_throttle=LoginThrottle(ThrottleRules(**settings.auth.throttle.model_dump())),
         network=make_network(settings),
         app_signer=apps.load_signing_key(apps_key_file(settings)),
-        fleet=Fleet(engine, partial(make_hypervisor, settings)),
+        fleet=Fleet(engine, partial(host_hypervisor, settings)),
     )
+
+
+def build_host_agent(settings: Settings, name: str) -> HostAgent:
+    """The host agent of host NAME: this machine's libvirt, and the control plane's database."""
+    engine = make_engine(settings.database_url, settings.db.busy_timeout_ms)
+    return HostAgent(engine, name, make_hypervisor(settings), SystemClock(),
+                     ttl=timedelta(seconds=settings.reconciler.host_lease_ttl_s))
 
 
 def _private_dir(path: Path) -> None:

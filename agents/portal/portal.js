@@ -6,8 +6,13 @@ import RFB from "./novnc/core/rfb.js";
 const $ = (id) => document.getElementById(id);
 const state = { token: null, user: null, pool: null, rfb: null, desktop: null, retries: 0, leaving: false,
   closeReason: "" };
-const QUARANTINED = "desktop stopped by a security check";  // the gateway's close reason (EndReason.QUARANTINED)
-const QUARANTINE_NOTICE = "Your desktop was stopped by a security check. Connecting you to a fresh desktop...";
+// The gateway's close reasons (EndReason) after which the agent gets a fresh desktop, and what they are told.
+const FRESH_DESKTOP = {
+  "desktop stopped by a security check":
+    "Your desktop was stopped by a security check. Connecting you to a fresh desktop...",
+  "the desktop's host failed":
+    "The server your desktop ran on failed. Connecting you to a fresh desktop (unsaved work is lost)...",
+};
 
 async function api(path, options = {}) {
   const headers = { "Content-Type": "application/json" };
@@ -66,7 +71,7 @@ function listPools(pools) {
 async function connect(pool) {
   state.pool = pool;
   show("viewer-view");
-  $("status").textContent = state.closeReason === QUARANTINED ? QUARANTINE_NOTICE : "Connecting...";
+  $("status").textContent = FRESH_DESKTOP[state.closeReason] || "Connecting...";
   let ticket;
   try {
     ticket = await api(`/api/v1/me/pools/${encodeURIComponent(pool)}/connect`, { method: "POST" });
@@ -98,8 +103,8 @@ async function connect(pool) {
   rfb.addEventListener("disconnect", () => {
     state.rfb = null;
     if (state.leaving) return;
-    $("status").textContent = state.closeReason === QUARANTINED
-      ? QUARANTINE_NOTICE : "Connection lost, reconnecting...";  // same desktop, within the grace period
+    $("status").textContent = FRESH_DESKTOP[state.closeReason]
+      || "Connection lost, reconnecting...";  // same desktop, within the grace period
     retryLater();
   });
   state.rfb = rfb;

@@ -34,6 +34,10 @@ def release(*, session: Session, name: str, holder: str) -> None:
     session.execute(delete(Lease).where(Lease.name == name, Lease.holder == holder))  # type: ignore[arg-type]
 
 
+def get(*, session: Session, name: str) -> Lease | None:
+    return session.get(Lease, name)
+
+
 def holder_of(*, session: Session, name: str) -> str | None:
     lease = session.get(Lease, name)
     return lease.holder if lease else None

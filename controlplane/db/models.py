@@ -27,6 +27,7 @@ class Host(SQLModel, table=True):
     mode: HostMode = Field(default=HostMode.ACTIVE, sa_column=Column(String(16), nullable=False,
                                                                      server_default=HostMode.ACTIVE.value))
     mode_since: datetime = Field(default_factory=utcnow)
+    fenced_at: datetime | None = None  # it stopped answering and its lease ran out: its desktops were given up
     created_at: datetime = Field(default_factory=utcnow)
 
 

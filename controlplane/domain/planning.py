@@ -23,6 +23,7 @@ from controlplane.domain.ports import HostCapacity, ObservedDomain, TemplateKey
 
 S = DesktopState
 QUARANTINE = "guest quarantined"  # how a quarantined desktop's reason begins (services/sessions.py tells its agent)
+HOST_FAILED = "host failed"  # how the reason of a desktop whose host was fenced begins (its agent is told)
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,9 @@ class HostView:
     capacity: HostCapacity | None = None
     templates: frozenset[TemplateKey] = frozenset()  # saved instant-clone templates
     down_reason: str | None = None
+    fenced: bool = False  # it stopped answering and its lease ran out: its desktops are given up
+
+
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,7 @@ class Limits:
     template_wait: timedelta = timedelta(seconds=300)  # an instant desktop waits this long for its template
     failure_budget: int = 3
     ratios: Ratios = Ratios()  # how far placement may commit a host beyond what it has
+    host_lease_ttl: timedelta = timedelta(seconds=30)  # a silent host is fenced this long after its lease ran out
     min_retry_delay: timedelta = timedelta(seconds=1)
     max_retry_delay: timedelta = timedelta(seconds=300)
 
@@ -173,9 +178,20 @@ class Delete:
 
 @dataclass(frozen=True)
 class Teardown:
-    """Remove domain and overlay, then the row. Each part tolerates being gone already."""
+    """Remove domain and overlay, then the row. Each part tolerates being gone already.
+    HOST_GONE: its host was fenced; nothing is asked of it (its traces go when it returns)."""
 
     desktop_id: int
+    host_gone: bool = False
+
+
+@dataclass(frozen=True)
+class Evacuate:
+    """The desktop's host was fenced: give the desktop up (its agent's assignment too, with the
+    reason); its pool's size brings a fresh one on another host."""
+
+    desktop_id: int
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -204,7 +220,7 @@ class DropPool:
 
 Action = (
     CreateDesktop | Provision | MarkReady | MarkFailed | StartDomain | Repair | Recycle | Recreate | Drain
-    | Delete | Teardown | Adopt | RemoveOrphan | DropPool
+    | Delete | Teardown | Evacuate | Adopt | RemoveOrphan | DropPool
 )
 
 
@@ -242,6 +258,9 @@ def plan(
     by_host = {h.id: h for h in hosts}
     for desktop in desktops:
         host = by_host.get(desktop.host_id)
+        if host is not None and host.fenced:
+            out.actions.append(_evacuate(desktop, host))
+            continue
         if host is None or host.domains is None:
             out.unobserved += 1
             continue
@@ -258,6 +277,14 @@ def plan(
         out.actions.extend(_size_steps(pool, [d for d in desktops if d.pool_id == pool.id],
                                        adopted.get(pool.id, 0), limits, loads, leaving, out))
     return out
+
+
+def _evacuate(d: DesktopView, host: HostView) -> Action:
+    """A desktop of a fenced host: given up (deleting, with why), then its row removed without a
+    word to the host. Fencing made sure it runs nowhere: the host stopped it or is dead."""
+    if d.state == S.DELETING:
+        return Teardown(d.id, host_gone=True)
+    return Evacuate(d.id, f"{HOST_FAILED}: {host.name} stopped answering and was fenced")
 
 
 def _desktop_steps(d: DesktopView, pool: PoolView | None, domains: Mapping[str, ObservedDomain],
@@ -344,7 +371,7 @@ def _orphan_steps(pools: list[PoolView], desktops: list[DesktopView], hosts: Seq
                 out.actions.append(RemoveOrphan(name, host.id))
         for name in sorted(host.overlays - mine - set(host.domains)):
             out.actions.append(RemoveOrphan(name, host.id))
-    unobserved = any(h.domains is None for h in hosts)
+    unobserved = any(h.domains is None and not h.fenced for h in hosts)
     for name in sorted(computers - known - seen):
         if not unobserved:  # its domain may be on the host that did not answer: wait for it
             out.actions.append(RemoveOrphan(name, None))

@@ -19,6 +19,7 @@ class EndReason(StrEnum):
     ADMIN = "disconnected by an admin"
     TAKEN_AWAY = "desktop no longer assigned"
     QUARANTINED = "desktop stopped by a security check"  # its guest was quarantined; a fresh one awaits
+    HOST_FAILED = "the desktop's host failed"  # its host was fenced; a fresh desktop awaits on another
     SHIFT_OVER = "log-off time reached"
     SIGN_IN_REVOKED = "sign-in revoked"
     ACCOUNT_DISABLED = "account disabled or gone in the directory"

@@ -67,8 +67,17 @@ def ensure_ca(directory: Path, days: int = 3650) -> tuple[x509.Certificate, ec.E
 
 def ensure_server_cert(directory: Path, names: list[str], days: int = 825) -> ServerFiles:
     """A server certificate for NAMES (DNS names or IP addresses), signed by the local CA."""
-    ca_cert, ca_key = ensure_ca(directory)
-    files = ServerFiles(ca_cert=directory / "ca.pem", cert=directory / "server.pem", key=directory / "server.key")
+    return issue(directory, names, ExtendedKeyUsageOID.SERVER_AUTH, directory / "server.pem", directory / "server.key",
+                 days)
+
+
+def issue(ca_dir: Path, names: list[str], purpose: x509.ObjectIdentifier, cert_path: Path, key_path: Path,
+          days: int = 825) -> ServerFiles:
+    """A certificate for NAMES (the first is its common name; DNS names or IP addresses become its
+    subject alternative names) for PURPOSE (server or client authentication), signed by the local
+    CA in CA_DIR. Existing files are kept."""
+    ca_cert, ca_key = ensure_ca(ca_dir)
+    files = ServerFiles(ca_cert=ca_dir / "ca.pem", cert=cert_path, key=key_path)
     if files.cert.exists() and files.key.exists():
         if files.key.stat().st_mode & 0o077:
             files.key.chmod(0o600)
@@ -87,9 +96,36 @@ def ensure_server_cert(directory: Path, names: list[str], days: int = 825) -> Se
         .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        # libvirt (GnuTLS) refuses a certificate whose usage leaves out key encipherment, whatever the key
+        .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=True, key_cert_sign=False,
+                                     crl_sign=False, content_commitment=False, data_encipherment=False,
+                                     key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([purpose]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
+    private_dir(key_path.parent)
     write_private(files.key, _pem_key(key))
     write_private(files.cert, cert.public_bytes(serialization.Encoding.PEM))
     return files
+
+
+CLIENT_NAME = "shiftdesk-control-plane"  # what a libvirt host admits (its tls_allowed_dn_list)
+
+
+def ensure_libvirt_client(ca_dir: Path, out: Path, name: str = CLIENT_NAME) -> Path:
+    """A libvirt client `pkipath` directory (cacert.pem, clientcert.pem, clientkey.pem): the local
+    CA and a client certificate named NAME, with which the control plane reaches its hosts over
+    qemu+tls://. Existing files are kept."""
+    files = issue(ca_dir, [name], ExtendedKeyUsageOID.CLIENT_AUTH, out / "clientcert.pem", out / "clientkey.pem")
+    if not (out / "cacert.pem").exists():
+        write_private(out / "cacert.pem", files.ca_cert.read_bytes())
+    return out
+
+
+def ensure_libvirt_server(ca_dir: Path, address: str, out: Path) -> ServerFiles:
+    """What a libvirt host presents over TLS (its certificate for ADDRESS, a DNS name or an IP
+    address), signed by the local CA the control plane's client certificate comes from."""
+    files = issue(ca_dir, [address], ExtendedKeyUsageOID.SERVER_AUTH, out / "servercert.pem", out / "serverkey.pem")
+    if not (out / "cacert.pem").exists():
+        write_private(out / "cacert.pem", files.ca_cert.read_bytes())
+    return ServerFiles(ca_cert=out / "cacert.pem", cert=files.cert, key=files.key)

@@ -21,7 +21,7 @@ from controlplane.domain.ports import Hypervisor
 from controlplane.errors import ShiftDeskError, TemporaryError
 
 log = logging.getLogger(__name__)
-Connect = Callable[[str], Hypervisor]  # a host's URI -> its hypervisor
+Connect = Callable[[str, str], Hypervisor]  # a host's name and URI -> its hypervisor
 
 
 class Fleet:
@@ -36,7 +36,7 @@ class Fleet:
         """HOST_ID's hypervisor. TemporaryError if the host is unknown or cannot be reached."""
         with session_scope(self.engine) as session:
             row = hosts.get(session=session, host_id=host_id)
-            uri = row.uri if row is not None else None
+            name, uri = (row.name, row.uri) if row is not None else ("", None)
         if uri is None:
             raise TemporaryError(f"host {host_id} is not registered", delay=self.retry_s)
         with self._lock:
@@ -44,9 +44,9 @@ class Fleet:
             if known is not None and known[0] == uri:
                 return known[1]
             try:
-                driver = self.connect(uri)
+                driver = self.connect(name, uri)
             except ShiftDeskError as err:
-                raise TemporaryError(f"host {host_id} ({uri}): {err}", delay=self.retry_s) from err
+                raise TemporaryError(f"host {name} ({uri}): {err}", delay=self.retry_s) from err
             self._open[host_id] = (uri, driver)
-            log.info("host %d: hypervisor opened at %s", host_id, uri)
+            log.info("host %s: hypervisor opened at %s", name, uri)
             return driver

@@ -7,6 +7,7 @@ answer is planned as unknown (its desktops are left as they are; nothing new goe
 
 from __future__ import annotations
 
+import logging
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from controlplane.db import audit
+from controlplane.db import audit, leases
 from controlplane.db import hosts as repo
 from controlplane.db.engine import session_scope
 from controlplane.db.models import Desktop, Host, Pool
@@ -22,9 +23,11 @@ from controlplane.domain.placement import HostMode
 from controlplane.domain.planning import HostView
 from controlplane.domain.ports import HostCapacity
 from controlplane.errors import Conflict, InvalidInput, ShiftDeskError
+from controlplane.services import host_agent
 from controlplane.services.context import Context
 from controlplane.services.views import HostPublic, HostState
 
+log = logging.getLogger(__name__)
 NAME = re.compile(r"[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?")
 SCHEMES = ("qemu:///system", "qemu+tls://", "qemu+ssh://", "test:///", "fake://")
 
@@ -37,6 +40,7 @@ class HostRef:
     name: str
     uri: str
     mode: HostMode
+    fenced: bool = False
 
 
 def ensure(engine: Engine, *, name: str, uri: str) -> int:
@@ -52,7 +56,8 @@ def ensure(engine: Engine, *, name: str, uri: str) -> int:
 
 
 def registered(session: Session) -> list[HostRef]:
-    return [HostRef(h.id or 0, h.name, h.uri, HostMode(h.mode)) for h in repo.list_all(session=session)]
+    return [HostRef(h.id or 0, h.name, h.uri, HostMode(h.mode), h.fenced_at is not None)
+            for h in repo.list_all(session=session)]
 
 
 def register(ctx: Context, *, name: str, uri: str, actor: str) -> HostRef:
@@ -92,15 +97,50 @@ def parse_mode(text: str) -> HostMode:
 
 
 def observe(ctx: Context, host: HostRef) -> HostView:
-    """What HOST's hypervisor says now; a host that does not answer is a view without domains."""
+    """What HOST's hypervisor says now. A host that does not answer is a view without domains,
+    fenced once its host agent's lease ran out a further TTL ago (see services/host_agent.py: by
+    then the agent has powered its desktops off, or the host is dead). Fencing and recovery are
+    recorded on the host and audited once."""
     try:
         driver = ctx.driver(host.id)
         domains, overlays, capacity = driver.list_desktops(), driver.list_overlays(), driver.capacity()
         saved = frozenset(k for k, t in driver.list_templates().items() if t.saved)
     except ShiftDeskError as err:
-        return HostView(id=host.id, name=host.name, mode=host.mode, down_reason=str(err))
+        fenced = _fence_if_dead(ctx, host, str(err))
+        return HostView(id=host.id, name=host.name, mode=host.mode, down_reason=str(err), fenced=fenced)
+    if host.fenced:
+        _recovered(ctx, host)
     return HostView(id=host.id, name=host.name, mode=host.mode, domains=domains, overlays=frozenset(overlays),
                     capacity=capacity, templates=saved)
+
+
+def _fence_if_dead(ctx: Context, host: HostRef, why: str) -> bool:
+    if host.fenced:
+        return True
+    now = ctx.clock.now()
+    with session_scope(ctx.engine) as session:
+        lease = leases.get(session=session, name=host_agent.lease_name(host.name))
+        if lease is None or lease.expires_at + ctx.limits.host_lease_ttl > now:
+            return False  # alive as far as anyone knows, or never proven alive: wait
+        row = repo.get(session=session, host_id=host.id)
+        if row is None:
+            return False
+        row.fenced_at = now
+        session.add(row)
+        audit.append(session=session, actor="reconciler", action="host.fenced", target=host.name,
+                     lease_expired=lease.expires_at.isoformat(), reason=why[:300])
+    log.error("host %s fenced: not answering (%s), lease expired at %s", host.name, why, lease.expires_at)
+    return True
+
+
+def _recovered(ctx: Context, host: HostRef) -> None:
+    with session_scope(ctx.engine) as session:
+        row = repo.get(session=session, host_id=host.id)
+        if row is not None and row.fenced_at is not None:
+            row.fenced_at = None
+            session.add(row)
+            audit.append(session=session, actor="reconciler", action="host.recovered", target=host.name)
+    log.warning("host %s answers again after fencing; what it still holds is removed as orphans", host.name)
 
 
 def views(ctx: Context, name: str | None = None) -> list[HostPublic]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlmodel import Session
 
-from controlplane.db import audit, desktops, images, pools, tickets
+from controlplane.db import audit, desktops, display_sessions, images, pools, tickets
 from controlplane.db.engine import session_scope
 from controlplane.db.models import Desktop, Pool
 from controlplane.domain import naming
@@ -31,6 +31,7 @@ from controlplane.services.context import Context
 
 S = DesktopState
 ACTOR = "reconciler"
+TELL_AGENT = timedelta(seconds=30)  # a live session of an evacuated desktop keeps its row this long at most
 log = logging.getLogger(__name__)
 
 
@@ -273,6 +274,22 @@ def recycle(ctx: Context, a: p.Recycle) -> None:
     log.warning("desktop %s of %s recycled: %s", name, user, a.reason)
 
 
+def evacuate(ctx: Context, a: p.Evacuate) -> None:
+    """Give up a desktop of a fenced host (audited with its agent); the pool replaces it elsewhere,
+    and its agent, told why, gets the fresh one on reconnect."""
+    with session_scope(ctx.engine) as session:
+        row = desktops.get(session=session, desktop_id=a.desktop_id)
+        if row is None or row.state == S.DELETING:
+            return
+        user = row.assigned_to
+        if user is not None:
+            desktops.unassign(session=session, desktop=row)
+        desktops.set_state(session=session, desktop=row, state=S.DELETING, now=ctx.clock.now(), reason=a.reason)
+        audit.append(session=session, actor=ACTOR, action="desktop.evacuate", target=row.name, user=user,
+                     host=row.host_id, reason=a.reason)
+        rollouts.note(session, row, Signal.RESTART)
+
+
 def drain(ctx: Context, a: p.Drain) -> None:
     _transition(ctx, a.desktop_id, S.DRAINING, "desktop.drain")
 
@@ -319,7 +336,11 @@ def teardown(ctx: Context, a: p.Teardown) -> None:
         if row is None or row.state != S.DELETING:
             return
         name, host_id = row.name, row.host_id
-    _remove_traces(ctx, name, host_id)
+        if a.host_gone and display_sessions.count_fresh(session=session, desktop_id=a.desktop_id,
+                                                        since=ctx.clock.now() - TELL_AGENT):
+            # its agent's gateway session learns why from this row (sessions.heartbeat) and ends
+            raise TemporaryError(f"teardown {name}: its agent is being told that its host failed", delay=2)
+    _remove_traces(ctx, name, None if a.host_gone else host_id)
     with session_scope(ctx.engine) as session:
         row = desktops.get(session=session, desktop_id=a.desktop_id)
         if row is not None:
@@ -374,6 +395,7 @@ STEPS: dict[type, Callable[[Context, Any], None]] = {
     p.Drain: drain,
     p.Delete: delete,
     p.Teardown: teardown,
+    p.Evacuate: evacuate,
     p.Adopt: adopt,
     p.RemoveOrphan: remove_orphan,
     p.DropPool: drop_pool,

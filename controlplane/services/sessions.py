@@ -16,7 +16,7 @@ from controlplane.db import sessions as api_sessions
 from controlplane.db.engine import session_scope
 from controlplane.db.models import DisplaySession, Pool
 from controlplane.domain.desktop import DesktopState
-from controlplane.domain.planning import QUARANTINE
+from controlplane.domain.planning import HOST_FAILED, QUARANTINE
 from controlplane.domain.rfb.stream import Event
 from controlplane.domain.session import NEEDS_SIGN_IN, EndReason
 from controlplane.errors import TemporaryError
@@ -135,6 +135,8 @@ def heartbeat(ctx: Context, display: Display, *, limits: Limits, period_s: float
         row = desktops.get(session=session, desktop_id=display.desktop_id)
         if row is not None and row.state == DesktopState.DELETING and (row.reason or "").startswith(QUARANTINE):
             return EndReason.QUARANTINED  # the agent is told why, and gets a fresh desktop on reconnect
+        if row is not None and row.state == DesktopState.DELETING and (row.reason or "").startswith(HOST_FAILED):
+            return EndReason.HOST_FAILED
         if row is None or row.assigned_to != display.user or row.state not in (DesktopState.IN_USE,
                                                                                  DesktopState.DRAINING):
             return EndReason.TAKEN_AWAY
@@ -203,7 +205,7 @@ def _desktop_side(reason: str) -> bool:
     """The session ended because of the desktop (it closed, failed a security check, or the relay
     broke), not because of its agent, a rule, an admin or a control-plane restart."""
     known = {r.value for r in EndReason}
-    return reason not in known or reason in (EndReason.DESKTOP_CLOSED, EndReason.QUARANTINED)
+    return reason not in known or reason in (EndReason.DESKTOP_CLOSED, EndReason.QUARANTINED, EndReason.HOST_FAILED)
 
 
 def request_disconnect(ctx: Context, desktop_name: str, *, actor: str) -> None:

@@ -143,3 +143,33 @@ def test_pool_rollout_follows_to_the_end_and_reports(env, ctx):
     assert r.exit_code == 2 and "no rollout in progress" in r.output
     r = run("pool", "rollout", "start", "sales", "--image", "busybox-desktop:2", "--canary", "0%", "--no-wait")
     assert r.exit_code == 2 and "canary" in r.output
+
+
+def test_a_hosts_tls_certificate_comes_from_the_local_ca_that_signs_the_control_planes_own(env, tmp_path):
+    import ipaddress
+    import stat
+
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    from controlplane.main import with_client_certificate
+
+    r = run("host", "certificate", "10.0.0.5", "--out", str(tmp_path / "pki"))
+    assert r.exit_code == 0, r.output
+    assert 'tls_allowed_dn_list = ["O=ShiftDesk local CA,CN=shiftdesk-control-plane"]' in r.output
+    ca = x509.load_pem_x509_certificate((tmp_path / "pki" / "cacert.pem").read_bytes())
+    server = x509.load_pem_x509_certificate((tmp_path / "pki" / "servercert.pem").read_bytes())
+    assert server.issuer == ca.subject
+    server.verify_directly_issued_by(ca)
+    sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("10.0.0.5")]
+    assert ExtendedKeyUsageOID.SERVER_AUTH in server.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert stat.S_IMODE((tmp_path / "pki" / "serverkey.pem").stat().st_mode) == 0o600
+    uri = with_client_certificate(env, "qemu+tls://10.0.0.5/system")
+    pki = env.data_dir / "tls" / "libvirt-client"
+    assert uri == f"qemu+tls://10.0.0.5/system?pkipath={pki}"
+    client = x509.load_pem_x509_certificate((pki / "clientcert.pem").read_bytes())
+    client.verify_directly_issued_by(ca)
+    assert client.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "shiftdesk-control-plane"
+    assert ExtendedKeyUsageOID.CLIENT_AUTH in client.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert with_client_certificate(env, "qemu+ssh://h/system") == "qemu+ssh://h/system"

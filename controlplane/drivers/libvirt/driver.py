@@ -35,7 +35,7 @@ from controlplane.domain.ports import (
     Readiness,
     TemplateKey,
 )
-from controlplane.drivers.libvirt import host_access, kvm_probe, linked_clone, save_image
+from controlplane.drivers.libvirt import events, host_access, kvm_probe, linked_clone, save_image
 from controlplane.drivers.libvirt.domxml import (
     NS,
     OS,
@@ -99,8 +99,13 @@ class LibvirtHypervisor:
     def conn(self) -> libvirt.virConnect:
         with self._lock:
             if self._conn is None or not self._conn.isAlive():
+                remote = events.remote(self.uri)
+                if remote:
+                    events.ensure_running()  # before the connection opens: keepalive needs it
                 try:
                     self._conn = libvirt.open(self.uri)
+                    if remote:
+                        events.keep_alive(self._conn)
                 except libvirt.libvirtError as err:
                     raise translate(err, f"connect to {self.uri}") from err
                 self.qemu = host_access.QemuUser.from_capabilities(self._conn.getCapabilities())

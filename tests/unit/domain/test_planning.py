@@ -30,9 +30,10 @@ def on_host(domains, overlays, id=HOST, **kw):
     return [host(id, domains, overlays, **kw)]
 
 
-def host(id, domains=None, overlays=(), mode=HostMode.ACTIVE, capacity=ROOMY, templates=(), down_reason=None):
+def host(id, domains=None, overlays=(), mode=HostMode.ACTIVE, capacity=ROOMY, templates=(), down_reason=None,
+         fenced=False):
     return p.HostView(id=id, name=f"h{id}", mode=mode, domains=domains, overlays=frozenset(overlays),
-                      capacity=capacity, templates=frozenset(templates), down_reason=down_reason)
+                      capacity=capacity, templates=frozenset(templates), down_reason=down_reason, fenced=fenced)
 
 
 def dom(name, running=True, ready=True, pool="sales", generation=1):
@@ -200,7 +201,7 @@ def test_back_off_doubles_per_failure_and_is_capped():
 
 # Each action that moves a desktop, and where to; each action that acts in place, and where it may.
 MOVES = {p.MarkReady: S.READY, p.MarkFailed: S.FAILED, p.Repair: S.PROVISIONING, p.Recycle: S.DELETING,
-         p.Drain: S.DRAINING, p.Delete: S.DELETING}
+         p.Drain: S.DRAINING, p.Delete: S.DELETING, p.Evacuate: S.DELETING}
 IN_PLACE = {p.Provision: {S.PROVISIONING}, p.Recreate: {S.PROVISIONING}, p.Teardown: {S.DELETING},
             p.StartDomain: {S.IN_USE, S.DRAINING}}
 
@@ -228,7 +229,8 @@ def worlds(draw):
                                 pool=draw(st.sampled_from(["p1", "p2", "gone"])), generation=draw(st.integers(1, 2)))
         answers = host_id == 1 or draw(st.booleans())
         hosts.append(host(host_id, domains if answers else None, draw(st.sets(names)),
-                          mode=draw(st.sampled_from(list(HostMode))), down_reason=None if answers else "gone"))
+                          mode=draw(st.sampled_from(list(HostMode))), down_reason=None if answers else "gone",
+                          fenced=not answers and draw(st.booleans())))
     computers = draw(st.one_of(st.none(), st.sets(names)))
     return pools, desktops, hosts, computers
 
@@ -304,3 +306,16 @@ def test_idle_desktops_leave_a_host_in_maintenance_once_their_replacements_are_r
              host(2, {"d1": dom("d1"), "d3": dom("d3")}, {"d1", "d3"}, mode=HostMode.MAINTENANCE)]
     both_ready = p.plan([pool(target=3)], [leaving[0], leaving[2], *replacements], hosts, NOW)
     assert both_ready.actions == [p.Delete(1)]  # the agent's session on the host stays until it ends
+
+
+def test_desktops_of_a_fenced_host_are_given_up_and_replaced_elsewhere():
+    hosts = [host(1, {}, set()), host(2, None, down_reason="connection refused", fenced=True)]
+    desktops = [desk(1, S.READY, host_id=2), desk(2, S.IN_USE, host_id=2), desk(3, S.DELETING, host_id=2)]
+    out = p.plan([pool(target=2)], desktops, hosts, NOW, computers={"d1", "d2", "d3", "gone"})
+    why = "host failed: h2 stopped answering and was fenced"
+    assert out.actions == [p.Evacuate(1, why), p.Evacuate(2, why), p.Teardown(3, host_gone=True),
+                           p.RemoveOrphan("gone", None)]
+    given_up = [desk(1, S.DELETING, host_id=2), desk(2, S.DELETING, host_id=2)]
+    out = p.plan([pool(target=2)], given_up, hosts, NOW)
+    assert out.actions == [p.Teardown(1, host_gone=True), p.Teardown(2, host_gone=True),
+                           p.CreateDesktop(1, 1), p.CreateDesktop(1, 1)]

@@ -8,26 +8,12 @@ import pytest
 from controlplane.db import audit
 from controlplane.db.engine import session_scope
 from controlplane.domain.placement import HostMode
-from controlplane.drivers.fake import FakeHypervisor
 from controlplane.errors import Conflict, InvalidInput
 from controlplane.services import broker, desktops, hosts, pools
-from controlplane.services.fleet import Fleet
 from controlplane.services.reconciler import Reconciler
 from controlplane.services.tokens import Claims
 from tests.conftest import AGENTS, SALES
 from tests.unit.services.test_reconciler import settle
-
-URIS = {"b": "fake://b", "c": "fake://c"}
-
-
-@pytest.fixture
-def fleet(ctx):
-    """Two hosts beside the control plane's own, each with its own fake hypervisor."""
-    fakes = {name: FakeHypervisor() for name in URIS}
-    by_uri = {URIS[name]: fake for name, fake in fakes.items()}
-    ctx.fleet = Fleet(ctx.engine, by_uri.__getitem__)
-    ids = {name: hosts.register(ctx, name=name, uri=uri, actor="admin").id for name, uri in URIS.items()}
-    return fakes, ids
 
 
 def placed(ctx) -> dict[int, list[str]]:
