@@ -64,6 +64,7 @@ class Pool(SQLModel, table=True):
     clone: CloneMode = Field(default=CloneMode.INSTANT, sa_column=Column(  # restore from a template, or boot
         String(16), nullable=False, server_default=CloneMode.INSTANT.value))
     memory_sharing: bool = True  # the host may merge its desktops' identical pages (KSM); policies can forbid it
+    unplaceable: str | None = None  # why no host takes its next desktop, host by host (the reconciler's last pass)
     deleting: bool = False
     groups: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))  # AD groups entitled
     created_at: datetime = Field(default_factory=utcnow)

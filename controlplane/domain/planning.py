@@ -1,4 +1,4 @@
-"""Pool planning: compare what the database wants with what libvirt has, and list the steps.
+"""Pool planning: compare what the database wants with what each host has, and list the steps.
 
 `plan()` is a pure function of plain values, so every convergence rule is unit-tested without
 a hypervisor. The reconciler calls it on each pass with fresh observations and performs the
@@ -75,8 +75,6 @@ class HostView:
     templates: frozenset[TemplateKey] = frozenset()  # saved instant-clone templates
     down_reason: str | None = None
     fenced: bool = False  # it stopped answering and its lease ran out: its desktops are given up
-
-
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from controlplane.db import audit, images, pools
 from controlplane.db import desktops as desktop_repo
 from controlplane.db.engine import session_scope
@@ -14,6 +16,7 @@ from controlplane.services.context import Context
 from controlplane.services.views import PoolPublic, pool_view
 
 MAX_POOL_SIZE = 500
+log = logging.getLogger(__name__)
 
 
 def check_sizes(*, size: int, min_size: int, max_size: int) -> None:
@@ -166,6 +169,22 @@ def delete(ctx: Context, name: str, *, actor: str) -> Pool:
             session.add(pool)
             audit.append(session=session, actor=actor, action="pool.delete", target=name)
         return pool
+
+
+def note_unplaceable(ctx: Context, why: dict[int, str]) -> None:
+    """Keep on each pool why no host takes its next desktop (WHY: pool id -> reason), or clear it.
+    A pool that becomes unplaceable is logged and audited once, not at every pass."""
+    with session_scope(ctx.engine) as session:
+        for pool in pools.list_all(session=session):
+            reason = why.get(pool.id or 0)
+            if pool.unplaceable == reason:
+                continue
+            if reason is not None and pool.unplaceable is None:
+                log.warning("%s", reason)
+                audit.append(session=session, actor="reconciler", action="pool.unplaceable", target=pool.name,
+                             reason=reason[:1000])
+            pool.unplaceable = reason
+            session.add(pool)
 
 
 def views(ctx: Context, name: str | None = None) -> list[PoolPublic]:

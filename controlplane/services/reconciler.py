@@ -30,6 +30,7 @@ from controlplane.domain.ports import CloneMode
 from controlplane.domain.templates import TemplateAction
 from controlplane.errors import PermanentError, TemporaryError
 from controlplane.services import apps, hosts, network, policies, provisioning, rollouts, telemetry, templates
+from controlplane.services import pools as pools_service
 from controlplane.services.context import Context
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ class Reconciler:
             if step not in self._held or self._held[step][1] <= now:
                 self._perform(step)  # type: ignore[arg-type]
         current = self.observe_and_plan()
+        self._record(pools_service.note_unplaceable, current.unplaceable)
         current.template_steps = len(template_steps)
         current.rollouts = rolling
         now = self.ctx.clock.now()

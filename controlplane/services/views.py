@@ -40,6 +40,7 @@ class PoolPublic(BaseModel):
     deleting: bool
     groups: list[str]
     desktops: dict[str, int]
+    unplaceable: str | None  # why no host takes its next desktop, host by host; None while one does
 
 
 class HostState(StrEnum):
@@ -104,7 +105,7 @@ def pool_view(pool: Pool, image: Image | None, desktops: list[Desktop]) -> PoolP
                       memory_mib=pool.memory_mib, vcpus=pool.vcpus, clone=str(pool.clone),
                       memory_sharing=pool.memory_sharing,
                       deleting=pool.deleting, groups=list(pool.groups),
-                      desktops=dict(sorted(counts.items())))
+                      desktops=dict(sorted(counts.items())), unplaceable=pool.unplaceable)
 
 
 def desktop_view(desktop: Desktop, pool: Pool) -> DesktopPublic:

@@ -171,7 +171,8 @@ async function loadPools() {
         await post(`/api/v1/pools/${encodeURIComponent(pool.name)}/rollout/rollback`, { reason: "from the console" });
       }, loadPools), `Roll back the rollout of ${pool.name}`));
     }
-    rows.push(row([pool.name, pool.image, String(pool.size), counts, rollout], buttons));
+    const state = pool.unplaceable ? `${counts}; ${pool.unplaceable}` : counts;
+    rows.push(row([pool.name, pool.image, String(pool.size), state, rollout], buttons));
   }
   fill("pool-rows", rows, "no pools");
   const keep = (select, options) => {

@@ -113,3 +113,28 @@ def test_no_host_answering_postpones_the_pass(ctx, hv, fleet, image):
     finally:
         rec.close()
     assert desktops.list_all(ctx) == []
+
+
+def test_a_pool_no_host_can_take_says_why_on_the_pool_and_once_in_the_audit_log(ctx, hv, fleet, image):
+    fakes, _ = fleet
+    own = next(h.name for h in hosts.views(ctx) if h.id == ctx.host_id)
+    for name in (own, "b"):
+        hosts.set_mode(ctx, name=name, mode=HostMode.MAINTENANCE, actor="admin")
+    fakes["c"].unreachable = True
+    pools.create(ctx, name="sales", image="busybox-desktop", size=2, actor="t")
+    rec = Reconciler(ctx)
+    try:
+        for _ in range(3):
+            rec.pass_once()
+    finally:
+        rec.close()
+    (view,) = pools.views(ctx, "sales")
+    assert view.unplaceable is not None and view.unplaceable.startswith("pool sales: no host can take a desktop")
+    assert f"{own}: in maintenance; b: in maintenance; c: down (" in view.unplaceable
+    with session_scope(ctx.engine) as session:
+        assert len(audit.list_recent(session=session, action="pool.unplaceable")) == 1
+    hosts.set_mode(ctx, name="b", mode=HostMode.ACTIVE, actor="admin")
+    settle(ctx)
+    (view,) = pools.views(ctx, "sales")
+    assert view.unplaceable is None and view.desktops == {"ready": 2}
+
