@@ -68,7 +68,8 @@ class Reconciler:
                                          grace_until=d.grace_until, retry_at=d.retry_at)
                              for d in desktops.list_all(session=session)]
             registered = hosts.registered(session)
-        host_views = [hosts.observe(self.ctx, host) for host in registered]
+        # in parallel: a host that died holds its calls until keepalive gives up (~15 s), not the others'
+        host_views = list(self._pool.map(lambda host: hosts.observe(self.ctx, host), registered))
         down = [h for h in host_views if h.domains is None]
         if down and len(down) == len(host_views):
             raise TemporaryError(f"no host answers: {'; '.join(f'{h.name}: {h.down_reason}' for h in down)}",
