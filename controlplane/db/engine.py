@@ -14,13 +14,18 @@ import os
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event, make_url
+from sqlalchemy import event, make_url, update
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import ORMExecuteState
 from sqlmodel import Session, create_engine
+
+from controlplane.errors import TemporaryError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -122,16 +127,68 @@ def check_append_only(conn: Connection) -> None:
         raise AppendOnlyMissing(f"audit log is not append-only: {', '.join(sorted(missing))} missing")
 
 
+@dataclass(frozen=True)
+class Fence:
+    lease: str
+    epoch: int
+
+
+_fence: ContextVar[Fence | None] = ContextVar("shiftdesk_fence", default=None)
+
+
+class LeaseLost(TemporaryError):
+    """A fenced writer's lease moved on: its transaction was rolled back, nothing was written."""
+
+
+@contextmanager
+def fenced(lease: str, epoch: int) -> Iterator[None]:
+    """Every transaction `session_scope` opens in this context (this thread or task) commits only
+    while LEASE is still at EPOCH: the holder's fencing token, checked in the transaction itself
+    (a row-locking UPDATE of the lease, so a successor's takeover waits for it or wins first)."""
+    token = _fence.set(Fence(lease, epoch))
+    try:
+        yield
+    finally:
+        _fence.reset(token)
+
+
 @contextmanager
 def session_scope(engine: Engine) -> Iterator[Session]:
-    """A session whose transaction commits on success and rolls back on error."""
+    """A session whose transaction commits on success and rolls back on error (and, under
+    `fenced`, only while the lease is still the writer's)."""
     with Session(engine, expire_on_commit=False) as session:
         try:
             yield session
+            fence = _fence.get()
+            if fence is not None and (session.new or session.dirty or session.deleted or session.info.get(WROTE)):
+                _check(session, fence)  # a transaction that only read needs no token
             session.commit()
         except BaseException:
             session.rollback()
             raise
+
+
+WROTE = "shiftdesk_wrote"  # set on a session once it flushed or executed an INSERT, UPDATE or DELETE
+
+
+@event.listens_for(Session, "after_flush")
+def _flushed(session: Session, _context: object) -> None:
+    session.info[WROTE] = True
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _executed(state: ORMExecuteState) -> None:
+    if state.is_insert or state.is_update or state.is_delete:
+        state.session.info[WROTE] = True
+
+
+def _check(session: Session, fence: Fence) -> None:
+    from controlplane.db.models import Lease
+
+    held = session.execute(update(Lease).where(Lease.name == fence.lease, Lease.epoch == fence.epoch)  # type: ignore[arg-type]
+                           .values(epoch=Lease.epoch))
+    if not held.rowcount:  # type: ignore[attr-defined]
+        raise LeaseLost(f"lease {fence.lease} moved past epoch {fence.epoch}: this writer is fenced off", delay=1)
 
 
 def ping(engine: Engine) -> None:

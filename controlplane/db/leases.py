@@ -1,14 +1,22 @@
-"""Named leases in the database: how several processes agree on one active reconciler."""
+"""Named leases in the database: how several processes agree on one active reconciler.
+
+Each lease has an epoch, raised whenever another holder takes it (never when its holder renews
+it, and never lowered: a released lease only expires). A holder that writes under `fenced()`
+(db/engine.py) has each of its transactions checked against the epoch it took the lease at, in
+the same transaction: a holder that lost the lease while a step ran (paused, cut off) cannot
+commit anything after its successor took over."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, update
+from sqlalchemy import case, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from controlplane.db.models import Lease
+
+EXPIRED = datetime(2000, 1, 1, tzinfo=UTC)  # what a released lease expires at
 
 
 def acquire(*, session: Session, name: str, holder: str, now: datetime, ttl: timedelta) -> bool:
@@ -18,7 +26,8 @@ def acquire(*, session: Session, name: str, holder: str, now: datetime, ttl: tim
         update(Lease)
         .where(Lease.name == name)  # type: ignore[arg-type]
         .where((Lease.holder == holder) | (Lease.expires_at < now))  # type: ignore[arg-type]
-        .values(holder=holder, expires_at=expires)
+        .values(holder=holder, expires_at=expires,
+                epoch=case((Lease.holder == holder, Lease.epoch), else_=Lease.epoch + 1))  # type: ignore[arg-type]
     )
     if taken.rowcount:  # type: ignore[attr-defined]
         return True
@@ -31,7 +40,15 @@ def acquire(*, session: Session, name: str, holder: str, now: datetime, ttl: tim
 
 
 def release(*, session: Session, name: str, holder: str) -> None:
-    session.execute(delete(Lease).where(Lease.name == name, Lease.holder == holder))  # type: ignore[arg-type]
+    """Let the lease expire now (its row and epoch stay, so the next holder's epoch is higher)."""
+    session.execute(update(Lease).where(Lease.name == name, Lease.holder == holder)  # type: ignore[arg-type]
+                    .values(expires_at=EXPIRED))
+
+
+def epoch_of(*, session: Session, name: str, holder: str) -> int | None:
+    """The epoch at which HOLDER holds lease NAME, or None if it does not."""
+    lease = session.get(Lease, name)
+    return lease.epoch if lease is not None and lease.holder == holder else None
 
 
 def get(*, session: Session, name: str) -> Lease | None:
@@ -48,6 +65,6 @@ def take_over(*, session: Session, name: str, stale_holder: str, holder: str, no
     """Replace STALE_HOLDER (known dead) by HOLDER; False if someone else got there first."""
     taken = session.execute(
         update(Lease).where(Lease.name == name, Lease.holder == stale_holder)  # type: ignore[arg-type]
-        .values(holder=holder, expires_at=now + ttl)
+        .values(holder=holder, expires_at=now + ttl, epoch=Lease.epoch + 1)
     )
     return bool(taken.rowcount)  # type: ignore[attr-defined]

@@ -114,6 +114,7 @@ class Lease(SQLModel, table=True):
     name: str = Field(primary_key=True)
     holder: str
     expires_at: datetime
+    epoch: int = 1  # raised whenever another holder takes the lease: a stale holder's writes are refused
 
 
 class PolicyRevision(SQLModel, table=True):

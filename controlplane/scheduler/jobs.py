@@ -65,7 +65,7 @@ class ShiftScheduler:
     def _lease_loop(self) -> None:
         while not self._stop.is_set():
             try:
-                held = scaling.hold_lease(self.ctx, self.holder, self.lease_ttl)
+                held = scaling.hold_lease(self.ctx, self.holder, self.lease_ttl) is not None
             except Exception:
                 log.exception("scheduler lease check failed")
                 held = False
@@ -109,9 +109,11 @@ class ShiftScheduler:
     def evaluate(self) -> dict[str, tuple[int, int]]:
         """One wake-up. A pool whose roster fails to evaluate is reported and skipped inside
         scaling.evaluate and scaling.next_wakes, so it never costs the other pools their wake-up."""
-        if not scaling.hold_lease(self.ctx, self.holder, self.lease_ttl):
+        epoch = scaling.hold_lease(self.ctx, self.holder, self.lease_ttl)
+        if epoch is None:
             return {}  # lost the lease between wake-ups: the new holder evaluates
-        changes = scaling.evaluate(self.ctx)
+        with scaling.as_scheduler(epoch):  # a successor's epoch refuses this one's late writes
+            changes = scaling.evaluate(self.ctx)
         self.plan_wakes()
         if changes and self.on_change is not None:
             self.on_change()

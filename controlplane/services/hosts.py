@@ -106,41 +106,43 @@ def observe(ctx: Context, host: HostRef) -> HostView:
         domains, overlays, capacity = driver.list_desktops(), driver.list_overlays(), driver.capacity()
         saved = frozenset(k for k, t in driver.list_templates().items() if t.saved)
     except ShiftDeskError as err:
-        fenced = _fence_if_dead(ctx, host, str(err))
-        return HostView(id=host.id, name=host.name, mode=host.mode, down_reason=str(err), fenced=fenced)
-    if host.fenced:
-        _recovered(ctx, host)
+        return HostView(id=host.id, name=host.name, mode=host.mode, down_reason=str(err), fenced=_dead(ctx, host))
     return HostView(id=host.id, name=host.name, mode=host.mode, domains=domains, overlays=frozenset(overlays),
                     capacity=capacity, templates=saved)
 
 
-def _fence_if_dead(ctx: Context, host: HostRef, why: str) -> bool:
+def _dead(ctx: Context, host: HostRef) -> bool:
+    """Fenced already, or its host agent's lease ran out a TTL ago (a host that never had an agent
+    is never taken for dead: nothing proves it)."""
     if host.fenced:
         return True
-    now = ctx.clock.now()
     with session_scope(ctx.engine) as session:
         lease = leases.get(session=session, name=host_agent.lease_name(host.name))
-        if lease is None or lease.expires_at + ctx.limits.host_lease_ttl > now:
-            return False  # alive as far as anyone knows, or never proven alive: wait
-        row = repo.get(session=session, host_id=host.id)
-        if row is None:
-            return False
-        row.fenced_at = now
-        session.add(row)
-        audit.append(session=session, actor="reconciler", action="host.fenced", target=host.name,
-                     lease_expired=lease.expires_at.isoformat(), reason=why[:300])
-    log.error("host %s fenced: not answering (%s), lease expired at %s", host.name, why, lease.expires_at)
-    return True
+    return lease is not None and lease.expires_at + ctx.limits.host_lease_ttl <= ctx.clock.now()
 
 
-def _recovered(ctx: Context, host: HostRef) -> None:
-    with session_scope(ctx.engine) as session:
-        row = repo.get(session=session, host_id=host.id)
-        if row is not None and row.fenced_at is not None:
-            row.fenced_at = None
+def note_fencing(ctx: Context, seen: list[tuple[HostRef, HostView]]) -> None:
+    """Record what this pass found (the active reconciler's job): hosts fenced now (`fenced_at`,
+    audited once) and fenced hosts that answer again (recovered; what they still hold is removed
+    as orphans)."""
+    for ref, view in seen:
+        if view.fenced == ref.fenced:
+            continue
+        with session_scope(ctx.engine) as session:
+            row = repo.get(session=session, host_id=ref.id)
+            if row is None:
+                continue
+            row.fenced_at = ctx.clock.now() if view.fenced else None
             session.add(row)
-            audit.append(session=session, actor="reconciler", action="host.recovered", target=host.name)
-    log.warning("host %s answers again after fencing; what it still holds is removed as orphans", host.name)
+            if view.fenced:
+                audit.append(session=session, actor="reconciler", action="host.fenced", target=ref.name,
+                             reason=(view.down_reason or "")[:300])
+            else:
+                audit.append(session=session, actor="reconciler", action="host.recovered", target=ref.name)
+        if view.fenced:
+            log.error("host %s fenced: not answering (%s) and its lease ran out", ref.name, view.down_reason)
+        else:
+            log.warning("host %s answers again after fencing; what it still holds is removed as orphans", ref.name)
 
 
 def views(ctx: Context, name: str | None = None) -> list[HostPublic]:

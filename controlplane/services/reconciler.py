@@ -21,11 +21,12 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime, timedelta
 
 from controlplane.db import desktops, leases, pools
-from controlplane.db.engine import session_scope
-from controlplane.domain.planning import Action, DesktopView, Plan, PoolView, backoff, plan
+from controlplane.db.engine import fenced, session_scope
+from controlplane.domain.planning import Action, DesktopView, HostView, Plan, PoolView, backoff, plan
 from controlplane.domain.ports import CloneMode
 from controlplane.domain.templates import TemplateAction
 from controlplane.errors import PermanentError, TemporaryError
@@ -47,6 +48,8 @@ class Reconciler:
         self._pool = ThreadPoolExecutor(max_workers=ctx.parallelism, thread_name_prefix="reconcile")
         self._lease_lock = threading.Lock()
         self._renewed_at: datetime | None = None  # when this reconciler last took or renewed the lease
+        self.epoch: int | None = None  # the lease's epoch when this reconciler took it (its fencing token)
+        self._seen: list[tuple[hosts.HostRef, HostView]] = []  # the last observation, host by host
         self._lost = False
         # steps of no desktop (orphans, templates) backing off
         self._held: dict[Action | TemplateAction, tuple[int, datetime]] = {}
@@ -70,6 +73,7 @@ class Reconciler:
             registered = hosts.registered(session)
         # in parallel: a host that died holds its calls until keepalive gives up (~15 s), not the others'
         host_views = list(self._pool.map(lambda host: hosts.observe(self.ctx, host), registered))
+        self._seen = list(zip(registered, host_views, strict=True))
         down = [h for h in host_views if h.domains is None]
         if down and len(down) == len(host_views):
             raise TemporaryError(f"no host answers: {'; '.join(f'{h.name}: {h.down_reason}' for h in down)}",
@@ -84,10 +88,15 @@ class Reconciler:
         the plan it carried out."""
         self._lost = False
         rolling = 0
-        if self._lease_kept():
-            network.sync(self.ctx)  # before any desktop step: each finds its port admitted
-            self._deliver_apps()
-            rolling = self._advance_rollouts()
+        kept = self._lease_kept()
+        with self._fenced():
+            if kept:
+                network.sync(self.ctx)  # before any desktop step: each finds its port admitted
+                self._deliver_apps()
+                rolling = self._advance_rollouts()
+            return self._plan_and_act(rolling)
+
+    def _plan_and_act(self, rolling: int) -> Plan:
         try:
             template_steps = templates.plan(self.ctx)
         except TemporaryError as err:
@@ -98,6 +107,7 @@ class Reconciler:
             if step not in self._held or self._held[step][1] <= now:
                 self._perform(step)  # type: ignore[arg-type]
         current = self.observe_and_plan()
+        self._record(hosts.note_fencing, self._seen)
         self._record(pools_service.note_unplaceable, current.unplaceable)
         current.template_steps = len(template_steps)
         current.rollouts = rolling
@@ -123,9 +133,18 @@ class Reconciler:
         except Exception:  # provisioning goes on; a desktop is not ready until its list is applied
             log.exception("app allowlists not delivered this pass")
 
+    def _fenced(self) -> AbstractContextManager[None]:
+        """Every write of this reconciler's pass and steps commits only while the lease is still
+        at the epoch it took it at (a successor raises the epoch: see db/leases.py)."""
+        return fenced(LEASE, self.epoch) if self.epoch is not None else nullcontext()
+
     def _perform(self, action: Action | TemplateAction) -> None:
         if not self._lease_kept():
             return  # another reconciler acts now: doing anything more could undo its work
+        with self._fenced():
+            self._perform_fenced(action)
+
+    def _perform_fenced(self, action: Action | TemplateAction) -> None:
         desktop_id: int | None = getattr(action, "desktop_id", None)
         try:
             STEPS[type(action)](self.ctx, action)
@@ -193,6 +212,7 @@ class Reconciler:
                     log.warning("reconciler lease of %s: that process is gone, taking over", other)
                     held = leases.take_over(session=session, name=LEASE, stale_holder=other, holder=self.holder,
                                             now=now, ttl=self.lease_ttl)
+            self.epoch = leases.epoch_of(session=session, name=LEASE, holder=self.holder) if held else None
         self._renewed_at = now if held else None
         return held
 

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import statistics
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,7 +22,7 @@ import yaml
 from pydantic import BaseModel
 
 from controlplane.db import audit, desktops, leases, pools, rosters
-from controlplane.db.engine import session_scope
+from controlplane.db.engine import fenced, session_scope
 from controlplane.db.models import RosterRecord
 from controlplane.domain.desktop import DesktopState
 from controlplane.domain.roster import ProvisioningRate, Roster, desired_size, headcount, lead_time, transitions
@@ -290,9 +291,17 @@ def _schedule_logoffs(session: Any, rows: list[Any], in_use: list[Any], rostered
             session.add(d)
 
 
-def hold_lease(ctx: Context, holder: str, ttl: timedelta) -> bool:
+def hold_lease(ctx: Context, holder: str, ttl: timedelta) -> int | None:
+    """Take or renew the scheduler lease: the epoch at which HOLDER holds it (at least 1), or None."""
     with session_scope(ctx.engine) as session:
-        return leases.acquire(session=session, name=SCHEDULER_LEASE, holder=holder, now=ctx.clock.now(), ttl=ttl)
+        if not leases.acquire(session=session, name=SCHEDULER_LEASE, holder=holder, now=ctx.clock.now(), ttl=ttl):
+            return None
+        return leases.epoch_of(session=session, name=SCHEDULER_LEASE, holder=holder)
+
+
+def as_scheduler(epoch: int) -> AbstractContextManager[None]:
+    """Writes in this context commit only while the scheduler lease is still at EPOCH."""
+    return fenced(SCHEDULER_LEASE, epoch)
 
 
 def release_lease(ctx: Context, holder: str) -> None:

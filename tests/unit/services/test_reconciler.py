@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 from datetime import timedelta
 
 import pytest
@@ -422,6 +423,15 @@ def test_a_permanent_failure_while_provisioning_fails_the_desktop_with_its_reaso
     assert hv.calls.count(("create_overlay", rows[0].name)) == 1
 
 
+def elsewhere(call):
+    """CALL's result, from another thread: what another process would do (outside this one's fence)."""
+    out = []
+    thread = threading.Thread(target=lambda: out.append(call()))
+    thread.start()
+    thread.join()
+    return out[0]
+
+
 def test_a_long_pass_renews_its_lease_so_nobody_else_can_act(ctx, image, clock):
     ctx.parallelism = 1  # steps one after another: the pass outlives the lease's TTL
     a, b = Reconciler(ctx), Reconciler(ctx)
@@ -432,7 +442,7 @@ def test_a_long_pass_renews_its_lease_so_nobody_else_can_act(ctx, image, clock):
     def slow_step(point):
         if point == "provision.after-row":
             clock.advance(a.lease_ttl.total_seconds() * 0.6)
-            rivals.append(b.hold_lease())
+            rivals.append(elsewhere(b.hold_lease))
 
     ctx.crashpoint = slow_step
     a.pass_once()
@@ -447,9 +457,9 @@ def test_a_reconciler_that_lost_its_lease_stops_acting(ctx, image, clock):
     assert a.hold_lease()
 
     def stalled(point):  # the first step stalls past the TTL and another reconciler takes over
-        if point == "provision.after-row" and not b.hold_lease():
+        if point == "provision.after-row" and not elsewhere(b.hold_lease):
             clock.advance(a.lease_ttl.total_seconds() + 1)
-            assert b.hold_lease()
+            assert elsewhere(b.hold_lease)
 
     ctx.crashpoint = stalled
     a.pass_once()
@@ -480,3 +490,53 @@ def test_a_delete_planned_from_a_stale_look_spares_a_desktop_its_agent_came_back
     rec.close()
     row, _ = desktops.get(ctx, first.desktop)
     assert row.state == S.IN_USE and row.assigned_to == "alice"
+
+
+def test_a_writer_whose_lease_moved_on_commits_nothing_and_epochs_never_repeat(ctx, clock):
+    from controlplane.db import leases
+    from controlplane.db.engine import LeaseLost, fenced
+
+    ttl = timedelta(seconds=15)
+    with session_scope(ctx.engine) as session:
+        assert leases.acquire(session=session, name="reconciler", holder="a", now=clock.now(), ttl=ttl)
+        first = leases.epoch_of(session=session, name="reconciler", holder="a")
+    with fenced("reconciler", first), session_scope(ctx.engine) as session:
+        audit.append(session=session, actor="a", action="test.write", target="x")  # a holds it: written
+    clock.advance(16)
+    with session_scope(ctx.engine) as session:
+        assert leases.acquire(session=session, name="reconciler", holder="b", now=clock.now(), ttl=ttl)
+        second = leases.epoch_of(session=session, name="reconciler", holder="b")
+    assert second == first + 1
+    with pytest.raises(LeaseLost), fenced("reconciler", first), session_scope(ctx.engine) as session:
+        audit.append(session=session, actor="a", action="test.write", target="y")  # a woke up too late
+    with fenced("reconciler", first), session_scope(ctx.engine) as session:
+        assert session.get(type(audit_row(ctx)), 1) is not None  # reading needs no token
+    with session_scope(ctx.engine) as session:
+        assert [e.target for e in audit.list_recent(session=session, action="test.write")] == ["x"]
+        leases.release(session=session, name="reconciler", holder="b")
+        assert leases.acquire(session=session, name="reconciler", holder="a", now=clock.now(), ttl=ttl)
+        assert leases.epoch_of(session=session, name="reconciler", holder="a") == second + 1  # never reused
+
+
+def audit_row(ctx):
+    from controlplane.db.models import AuditEvent
+
+    return AuditEvent(actor="", action="", target="")
+
+
+def test_a_step_that_outlived_its_lease_cannot_write_once_another_reconciler_took_over(ctx, image, clock):
+    ctx.parallelism = 1
+    a, b = Reconciler(ctx), Reconciler(ctx)
+    pools.create(ctx, name="sales", image="busybox-desktop", size=1, actor="t")
+    assert a.hold_lease()
+
+    def stalled(point):  # a checked its lease, then stalls mid-step; b takes over meanwhile
+        if point == "provision.after-overlay":
+            clock.advance(a.lease_ttl.total_seconds() + 1)
+            assert elsewhere(b.hold_lease)
+
+    ctx.crashpoint = stalled
+    a.pass_once()
+    ((row, _),) = desktops.list_all(ctx)
+    assert row.disk_path is None, "a reconciler fenced off by a newer epoch still wrote"
+    a.close(), b.close()
