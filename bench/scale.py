@@ -124,8 +124,8 @@ def run(n_hosts: int, n_desktops: int, changes: int, passes: int) -> dict:
             pools.scale(ctx, f"p{p:02d}", per_pool - delta if p < POOLS // 2 else per_pool + delta, actor="bench")
         busy_s, busy_steps = timed_pass(rec)
         converge(rec)
-        rec.close()
         plan_s = _plan_only(rec)
+        rec.close()
     return {"hosts": n_hosts, "desktops": n_desktops,
             "idle_pass_s": round(statistics.median(s for s, _ in idle), 3), "busy_pass_s": round(busy_s, 3),
             "busy_steps": busy_steps, "observe_and_plan_s": round(observe_and_plan_s, 3), "plan_s": plan_s,
