@@ -6,7 +6,7 @@
 Each host is libvirt's test driver with a node file of its own (test:///TMP/host-N.xml: 64 CPUs,
 256 GiB), so every host is a separate libvirt connection, observed the way a real host is (the
 real LibvirtHypervisor lists and parses every tagged domain of it); desktops are ready once
-running and have no disk (the test driver keeps names only). Setup (not measured): 20 pools are
+running and have no disk (the test driver keeps names only). Setup (not measured): 40 pools are
 grown to DESKTOPS desktops, placed over the hosts by the real placement. Then:
 - idle_pass_s: the median of PASSES reconcile passes with nothing to do;
 - busy_pass_s: the pass that carries out CHANGES steps (half the pools shrink by CHANGES/2
@@ -43,7 +43,7 @@ from controlplane.services.fleet import Fleet  # noqa: E402
 from controlplane.services.reconciler import Reconciler  # noqa: E402
 from tests.conftest import FakeBuilder  # noqa: E402
 
-POOLS = 20
+POOLS = 40  # of at most 500 desktops each (the API's limit)
 NODE = """<node>
   <cpu><mhz>2600</mhz><model>x86_64</model><active>64</active><nodes>1</nodes><sockets>2</sockets>
        <cores>16</cores><threads>2</threads></cpu>
@@ -61,8 +61,8 @@ class SimHost(LibvirtHypervisor):
     def create_overlay(self, spec: DesktopSpec) -> Path:
         return Path(f"/sim/{spec.name}.qcow2")
 
-    def list_overlays(self) -> set[str]:
-        return set(super().list_desktops())
+    def list_overlays(self) -> set[str]:  # an overlay per domain: their names, without parsing each domain again
+        return {d.name() for d in self.conn.listAllDomains(0) if d.name().startswith(f"sd-{self.instance}-")}
 
     def delete_overlay(self, name: str) -> None:
         pass
@@ -118,10 +118,10 @@ def run(n_hosts: int, n_desktops: int, changes: int, passes: int) -> dict:
         observe_and_plan_s = time.perf_counter() - began
         assert not observed.actions
 
-        shrink, grow = changes // 2, changes - changes // 2
-        for p in range(POOLS):
-            delta = (shrink if p < POOLS // 2 else grow) // (POOLS // 2)
-            pools.scale(ctx, f"p{p:02d}", per_pool - delta if p < POOLS // 2 else per_pool + delta, actor="bench")
+        half = POOLS // 2
+        for p in range(POOLS):  # CHANGES/2 fewer desktops in the first half of the pools, as many more in the rest
+            delta = (changes // 2) // half + (1 if p % half < (changes // 2) % half else 0)
+            pools.scale(ctx, f"p{p:02d}", per_pool - delta if p < half else per_pool + delta, actor="bench")
         busy_s, busy_steps = timed_pass(rec)
         converge(rec)
         plan_s = _plan_only(rec)
