@@ -99,8 +99,8 @@ def parse_mode(text: str) -> HostMode:
 def observe(ctx: Context, host: HostRef) -> HostView:
     """What HOST's hypervisor says now. A host that does not answer is a view without domains,
     fenced once its host agent's lease ran out a further TTL ago (see services/host_agent.py: by
-    then the agent has powered its desktops off, or the host is dead). Fencing and recovery are
-    recorded on the host and audited once."""
+    then the agent has powered its desktops off, or the host is dead). Reads only: the active
+    reconciler records fencing and recovery (`note_fencing`)."""
     try:
         driver = ctx.driver(host.id)
         domains, overlays, capacity = driver.list_desktops(), driver.list_overlays(), driver.capacity()
