@@ -54,11 +54,12 @@ def host_hypervisor(settings: Settings, host: str | None, uri: str) -> Hyperviso
     from controlplane.drivers.libvirt.driver import LibvirtHypervisor
 
     own = settings.data_dir / "hosts" / host if host is not None else None
+    overlays, run, cache = ((own / "desktops", own / "run", own / "cache") if own
+                            else (settings.overlay_dir, settings.run_dir, settings.cache_dir))
     return LibvirtHypervisor(
         uri=with_client_certificate(settings, uri), instance=settings.instance, storage_pool=settings.storage_pool,
-        overlay_dir=own / "desktops" if own else settings.overlay_dir, run_dir=own / "run" if own else settings.run_dir,
-        readiness=settings.libvirt.readiness, domain_type=settings.libvirt.domain_type,
-        probe_cache=own / "cache" if own else settings.cache_dir, data_dir=settings.data_dir,
+        overlay_dir=overlays, run_dir=run, readiness=settings.libvirt.readiness,
+        domain_type=settings.libvirt.domain_type, probe_cache=cache, data_dir=settings.data_dir,
         policy_key=public_bytes(apps.load_signing_key(apps_key_file(settings))),
     )
 

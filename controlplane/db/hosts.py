@@ -19,6 +19,10 @@ def get_by_name(*, session: Session, name: str) -> Host | None:
     return session.exec(select(Host).where(Host.name == name)).first()
 
 
+def get_by_uri(*, session: Session, uri: str) -> Host | None:
+    return session.exec(select(Host).where(Host.uri == uri)).first()
+
+
 def get_or_raise(*, session: Session, name: str) -> Host:
     host = get_by_name(session=session, name=name)
     if host is None:

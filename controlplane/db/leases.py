@@ -10,17 +10,18 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import case, update
+from sqlalchemy import case, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from controlplane.db.models import Lease
 
 EXPIRED = datetime(2000, 1, 1, tzinfo=UTC)  # what a released lease expires at
 
 
-def acquire(*, session: Session, name: str, holder: str, now: datetime, ttl: timedelta) -> bool:
-    """Take or renew lease NAME for HOLDER. True when HOLDER holds it afterwards."""
+def acquire(*, session: Session, name: str, holder: str, now: datetime, ttl: timedelta) -> int | None:
+    """Take or renew lease NAME for HOLDER: the epoch at which HOLDER holds it afterwards (its
+    fencing token, at least 1), or None when another holder has it."""
     expires = now + ttl
     taken = session.execute(
         update(Lease)
@@ -30,13 +31,13 @@ def acquire(*, session: Session, name: str, holder: str, now: datetime, ttl: tim
                 epoch=case((Lease.holder == holder, Lease.epoch), else_=Lease.epoch + 1))  # type: ignore[arg-type]
     )
     if taken.rowcount:  # type: ignore[attr-defined]
-        return True
+        return _epoch(session, name, holder)
     try:
         with session.begin_nested():
             session.add(Lease(name=name, holder=holder, expires_at=expires))
     except IntegrityError:
-        return False  # someone else holds it
-    return True
+        return None  # someone else holds it
+    return _epoch(session, name, holder)
 
 
 def release(*, session: Session, name: str, holder: str) -> None:
@@ -45,10 +46,10 @@ def release(*, session: Session, name: str, holder: str) -> None:
                     .values(expires_at=EXPIRED))
 
 
-def epoch_of(*, session: Session, name: str, holder: str) -> int | None:
-    """The epoch at which HOLDER holds lease NAME, or None if it does not."""
-    lease = session.get(Lease, name)
-    return lease.epoch if lease is not None and lease.holder == holder else None
+def _epoch(session: Session, name: str, holder: str) -> int | None:
+    """The epoch at which HOLDER holds lease NAME, read afresh (not from the session's cache)."""
+    return session.execute(select(col(Lease.epoch)).where(col(Lease.name) == name, col(Lease.holder) == holder)
+                           ).scalar_one_or_none()
 
 
 def get(*, session: Session, name: str) -> Lease | None:
@@ -56,15 +57,16 @@ def get(*, session: Session, name: str) -> Lease | None:
 
 
 def holder_of(*, session: Session, name: str) -> str | None:
-    lease = session.get(Lease, name)
+    lease = get(session=session, name=name)
     return lease.holder if lease else None
 
 
 def take_over(*, session: Session, name: str, stale_holder: str, holder: str, now: datetime,
-              ttl: timedelta) -> bool:
-    """Replace STALE_HOLDER (known dead) by HOLDER; False if someone else got there first."""
+              ttl: timedelta) -> int | None:
+    """Replace STALE_HOLDER (known dead) by HOLDER: HOLDER's epoch, or None if someone else got
+    there first."""
     taken = session.execute(
         update(Lease).where(Lease.name == name, Lease.holder == stale_holder)  # type: ignore[arg-type]
         .values(holder=holder, expires_at=now + ttl, epoch=Lease.epoch + 1)
     )
-    return bool(taken.rowcount)  # type: ignore[attr-defined]
+    return _epoch(session, name, holder) if taken.rowcount else None  # type: ignore[attr-defined]

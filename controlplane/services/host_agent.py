@@ -51,7 +51,7 @@ class HostAgent:
         try:
             with session_scope(self.engine) as session:
                 renewed = leases.acquire(session=session, name=lease_name(self.name), holder=self.name, now=now,
-                                         ttl=self.ttl)
+                                         ttl=self.ttl) is not None
         except Exception as err:  # the database is away: exactly what the lease is for
             log.warning("host %s: lease not renewed: %s", self.name, err)
             renewed = False

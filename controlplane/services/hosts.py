@@ -56,8 +56,11 @@ def ensure(engine: Engine, *, name: str, uri: str) -> int:
 
 
 def registered(session: Session) -> list[HostRef]:
-    return [HostRef(h.id or 0, h.name, h.uri, HostMode(h.mode), h.fenced_at is not None)
-            for h in repo.list_all(session=session)]
+    return [_ref(h) for h in repo.list_all(session=session)]
+
+
+def _ref(host: Host) -> HostRef:
+    return HostRef(host.id or 0, host.name, host.uri, HostMode(host.mode), host.fenced_at is not None)
 
 
 def register(ctx: Context, *, name: str, uri: str, actor: str) -> HostRef:
@@ -70,11 +73,11 @@ def register(ctx: Context, *, name: str, uri: str, actor: str) -> HostRef:
     with session_scope(ctx.engine) as session:
         if repo.get_by_name(session=session, name=name) is not None:
             raise Conflict(f"name: host {name!r} is already registered", field="name")
-        if session.exec(select(Host).where(Host.uri == uri)).first() is not None:
+        if repo.get_by_uri(session=session, uri=uri) is not None:
             raise Conflict(f"uri: {uri} is already registered", field="uri")
         host = repo.create(session=session, host=Host(name=name, uri=uri, mode_since=ctx.clock.now()))
         audit.append(session=session, actor=actor, action="host.register", target=name, uri=uri)
-        return HostRef(host.id or 0, host.name, host.uri, HostMode(host.mode))
+        return _ref(host)
 
 
 def set_mode(ctx: Context, *, name: str, mode: HostMode, actor: str) -> HostRef:
@@ -85,7 +88,7 @@ def set_mode(ctx: Context, *, name: str, mode: HostMode, actor: str) -> HostRef:
         if host.mode != mode:
             repo.set_mode(session=session, host=host, mode=mode, now=ctx.clock.now())
             audit.append(session=session, actor=actor, action=f"host.{mode.value}", target=name)
-        return HostRef(host.id or 0, host.name, host.uri, HostMode(host.mode))
+        return _ref(host)
 
 
 def parse_mode(text: str) -> HostMode:

@@ -205,16 +205,16 @@ class Reconciler:
         """Take or renew the lease; take it over at once from a dead process on this host."""
         now = self.ctx.clock.now()
         with session_scope(self.ctx.engine) as session:
-            held = leases.acquire(session=session, name=LEASE, holder=self.holder, now=now, ttl=self.lease_ttl)
-            if not held:
+            epoch = leases.acquire(session=session, name=LEASE, holder=self.holder, now=now, ttl=self.lease_ttl)
+            if epoch is None:
                 other = leases.holder_of(session=session, name=LEASE)
                 if other is not None and _dead_local_holder(other):
                     log.warning("reconciler lease of %s: that process is gone, taking over", other)
-                    held = leases.take_over(session=session, name=LEASE, stale_holder=other, holder=self.holder,
-                                            now=now, ttl=self.lease_ttl)
-            self.epoch = leases.epoch_of(session=session, name=LEASE, holder=self.holder) if held else None
-        self._renewed_at = now if held else None
-        return held
+                    epoch = leases.take_over(session=session, name=LEASE, stale_holder=other, holder=self.holder,
+                                             now=now, ttl=self.lease_ttl)
+        self.epoch = epoch
+        self._renewed_at = now if epoch is not None else None
+        return epoch is not None
 
     def release_lease(self) -> None:
         self._renewed_at = None

@@ -294,9 +294,7 @@ def _schedule_logoffs(session: Any, rows: list[Any], in_use: list[Any], rostered
 def hold_lease(ctx: Context, holder: str, ttl: timedelta) -> int | None:
     """Take or renew the scheduler lease: the epoch at which HOLDER holds it (at least 1), or None."""
     with session_scope(ctx.engine) as session:
-        if not leases.acquire(session=session, name=SCHEDULER_LEASE, holder=holder, now=ctx.clock.now(), ttl=ttl):
-            return None
-        return leases.epoch_of(session=session, name=SCHEDULER_LEASE, holder=holder)
+        return leases.acquire(session=session, name=SCHEDULER_LEASE, holder=holder, now=ctx.clock.now(), ttl=ttl)
 
 
 def as_scheduler(epoch: int) -> AbstractContextManager[None]:
