@@ -80,6 +80,25 @@ def changed_share(a: bytes, b: bytes) -> float:
     return diff.histogram()[255] / (one.size[0] * one.size[1])
 
 
+SEARCH_FIELD = (32, 240, 752, 287)  # knowledge.html's search field at 1280x800: left, top, right, bottom
+
+
+def changed_box(a: bytes, b: bytes) -> tuple[int, int, int, int] | None:
+    """The smallest box holding every pixel that differs between two frames, None if none does."""
+    from PIL import Image, ImageChops  # noqa: PLC0415 - only the e2e tests need Pillow
+
+    one, two = (Image.open(io.BytesIO(x)).convert("RGB") for x in (a, b))
+    if one.size != two.size:
+        return (0, 0, *max(one.size, two.size))
+    return ImageChops.difference(one, two).getbbox()
+
+
+def inside(box: tuple[int, int, int, int], area: tuple[int, int, int, int], margin: int = 4) -> bool:
+    """Whether BOX lies within AREA grown by MARGIN pixels (a focus ring is drawn just outside)."""
+    return (box[0] >= area[0] - margin and box[1] >= area[1] - margin
+            and box[2] <= area[2] + margin and box[3] <= area[3] + margin)
+
+
 CARET = 0.0005  # the text field's blinking caret: a few dozen pixels of a 1280x800 screen
 TYPED = 0.0009  # "refund policy" in the search field: about 0.12 % of the screen (measured)
 
@@ -189,7 +208,10 @@ def test_an_agent_works_in_a_cloned_browser_desktop_that_shortcuts_cannot_escape
         page.wait_for_timeout(1500)
     after_shortcuts = settled(page, quiet_ms=4000)
     (tmp_path / "after-shortcuts.png").write_bytes(after_shortcuts)
-    assert changed_share(after_shortcuts, after_typing) < CARET, "a shortcut changed what is on the screen"
+    # A shell, a run dialog or another console would change the screen outside the search field;
+    # the field itself may lose its caret or focus ring (CI once saw 817 pixels change there)
+    moved = changed_box(after_typing, after_shortcuts)
+    assert moved is None or inside(moved, SEARCH_FIELD), f"a shortcut changed the screen at {moved}"
     assert share_of(page, GREEN) >= 0.02
 
 
