@@ -36,6 +36,16 @@ def list_all(*, session: Session, pool_id: int | None = None) -> list[Desktop]:
     return list(session.exec(query))
 
 
+def planning_rows(*, session: Session) -> list:
+    """Every desktop's columns a reconcile pass plans from, as plain rows (id, name, pool_id,
+    host_id, image_id, state, state_since, generation, grace_until, retry_at): a pass over
+    thousands of desktops must not build (and JSON-decode) a whole ORM object for each."""
+    return list(session.exec(select(  # type: ignore[call-overload]
+        Desktop.id, Desktop.name, Desktop.pool_id, Desktop.host_id, Desktop.image_id, Desktop.state,
+        Desktop.state_since, Desktop.generation, Desktop.grace_until, Desktop.retry_at,
+    ).order_by(Desktop.pool_id, Desktop.id)).all())
+
+
 def list_with_pool(*, session: Session, pool_id: int | None = None) -> list[tuple[Desktop, Pool]]:
     query = select(Desktop, Pool).join(Pool).order_by(Pool.name, Desktop.id)  # type: ignore[arg-type]
     if pool_id is not None:

@@ -7,7 +7,7 @@ line and simply run again.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -129,6 +129,17 @@ class HostCapacity:
 
 
 @dataclass(frozen=True)
+class HostObservation:
+    """Everything a reconcile pass needs of one host, from one look at its domains: a pass that
+    asked for desktops and templates separately would read every domain's metadata twice."""
+
+    desktops: Mapping[str, ObservedDomain]
+    templates: Mapping[TemplateKey, ObservedTemplate]
+    overlays: frozenset[str]
+    capacity: HostCapacity
+
+
+@dataclass(frozen=True)
 class AppDenial:
     """A guest's enforcer refused to run PATH, COUNT times, since the last report."""
 
@@ -138,6 +149,9 @@ class AppDenial:
 
 
 class Hypervisor(Protocol):
+    def observe(self) -> HostObservation:
+        """Desktops, templates, overlays and capacity at once (TemporaryError if unreachable)."""
+
     def list_desktops(self) -> dict[str, ObservedDomain]:
         """Domains tagged as this installation's desktops, by name. Untagged ones are never seen."""
 

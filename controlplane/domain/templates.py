@@ -9,6 +9,8 @@ was quarantined, is removed and built again on a later pass. Pure, like planning
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from controlplane.domain.ports import ObservedTemplate, TemplateKey
@@ -36,8 +38,8 @@ class RemoveTemplate:
 TemplateAction = BuildTemplate | SaveTemplate | RemoveTemplate
 
 
-def plan_templates(host_id: int, wanted: set[TemplateKey], images_in_use: set[int],
-                   observed: dict[TemplateKey, ObservedTemplate], now: int, timeout_s: int) -> list[TemplateAction]:
+def plan_templates(host_id: int, wanted: AbstractSet[TemplateKey], images_in_use: AbstractSet[int],
+                   observed: Mapping[TemplateKey, ObservedTemplate], now: int, timeout_s: int) -> list[TemplateAction]:
     """Steps towards WANTED templates on HOST_ID. IMAGES_IN_USE: image ids of its desktops' rows."""
     out: list[TemplateAction] = []
     for key in sorted(wanted - set(observed), key=lambda k: k.slug):

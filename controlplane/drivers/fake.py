@@ -33,6 +33,7 @@ from controlplane.domain.ports import (
     BootImage,
     DesktopSpec,
     HostCapacity,
+    HostObservation,
     Identity,
     ObservedDomain,
     ObservedTemplate,
@@ -87,6 +88,10 @@ class FakeHypervisor:
         if self.flaky > 0:
             self.flaky -= 1
             raise TemporaryError(f"{verb} {name}: simulated libvirt hiccup", delay=0.0)
+
+    def observe(self) -> HostObservation:
+        return HostObservation(desktops=self.list_desktops(), templates=self.list_templates(),
+                               overlays=frozenset(self.list_overlays()), capacity=self.capacity())
 
     def list_desktops(self) -> dict[str, ObservedDomain]:
         self._reach()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy.engine import Engine
@@ -21,7 +22,7 @@ from controlplane.db.engine import session_scope
 from controlplane.db.models import Desktop, Host, Pool
 from controlplane.domain.placement import HostMode
 from controlplane.domain.planning import HostView
-from controlplane.domain.ports import HostCapacity
+from controlplane.domain.ports import HostCapacity, ObservedTemplate, TemplateKey
 from controlplane.errors import Conflict, InvalidInput, ShiftDeskError
 from controlplane.services import host_agent
 from controlplane.services.context import Context
@@ -99,19 +100,30 @@ def parse_mode(text: str) -> HostMode:
                            field="mode") from None
 
 
-def observe(ctx: Context, host: HostRef) -> HostView:
-    """What HOST's hypervisor says now. A host that does not answer is a view without domains,
-    fenced once its host agent's lease ran out a further TTL ago (see services/host_agent.py: by
-    then the agent has powered its desktops off, or the host is dead). Reads only: the active
-    reconciler records fencing and recovery (`note_fencing`)."""
+@dataclass(frozen=True)
+class ObservedHost:
+    """One host as a pass found it: the planner's view of it and its templates (None while it
+    does not answer)."""
+
+    ref: HostRef
+    view: HostView
+    templates: Mapping[TemplateKey, ObservedTemplate] | None = None
+
+
+def observe(ctx: Context, host: HostRef) -> ObservedHost:
+    """What HOST's hypervisor says now, from one look at its domains. A host that does not answer
+    is a view without domains, fenced once its host agent's lease ran out a further TTL ago (see
+    services/host_agent.py: by then the agent has powered its desktops off, or the host is dead).
+    Reads only: the active reconciler records fencing and recovery (`note_fencing`)."""
     try:
-        driver = ctx.driver(host.id)
-        domains, overlays, capacity = driver.list_desktops(), driver.list_overlays(), driver.capacity()
-        saved = frozenset(k for k, t in driver.list_templates().items() if t.saved)
+        seen = ctx.driver(host.id).observe()
     except ShiftDeskError as err:
-        return HostView(id=host.id, name=host.name, mode=host.mode, down_reason=str(err), fenced=_dead(ctx, host))
-    return HostView(id=host.id, name=host.name, mode=host.mode, domains=domains, overlays=frozenset(overlays),
-                    capacity=capacity, templates=saved)
+        return ObservedHost(host, HostView(id=host.id, name=host.name, mode=host.mode, down_reason=str(err),
+                                           fenced=_dead(ctx, host)))
+    saved = frozenset(k for k, t in seen.templates.items() if t.saved)
+    return ObservedHost(host, HostView(id=host.id, name=host.name, mode=host.mode, domains=seen.desktops,
+                                       overlays=seen.overlays, capacity=seen.capacity, templates=saved),
+                        seen.templates)
 
 
 def _dead(ctx: Context, host: HostRef) -> bool:
@@ -124,11 +136,11 @@ def _dead(ctx: Context, host: HostRef) -> bool:
     return lease is not None and lease.expires_at + ctx.limits.host_lease_ttl <= ctx.clock.now()
 
 
-def note_fencing(ctx: Context, seen: list[tuple[HostRef, HostView]]) -> None:
+def note_fencing(ctx: Context, seen: Sequence[ObservedHost]) -> None:
     """Record what this pass found (the active reconciler's job): hosts fenced now (`fenced_at`,
     audited once) and fenced hosts that answer again (recovered; what they still hold is removed
     as orphans)."""
-    for ref, view in seen:
+    for ref, view in ((h.ref, h.view) for h in seen):
         if view.fenced == ref.fenced:
             continue
         with session_scope(ctx.engine) as session:

@@ -24,15 +24,15 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime, timedelta
 
-from controlplane.db import desktops, leases, pools
+from controlplane.db import leases
 from controlplane.db.engine import fenced, session_scope
-from controlplane.domain.planning import Action, DesktopView, HostView, Plan, PoolView, backoff, plan
-from controlplane.domain.ports import CloneMode
+from controlplane.domain.planning import Action, Plan, backoff, plan
 from controlplane.domain.templates import TemplateAction
 from controlplane.errors import PermanentError, TemporaryError
-from controlplane.services import apps, hosts, network, policies, provisioning, rollouts, telemetry, templates
+from controlplane.services import apps, hosts, network, observation, provisioning, rollouts, telemetry, templates
 from controlplane.services import pools as pools_service
 from controlplane.services.context import Context
+from controlplane.services.observation import Observation
 
 log = logging.getLogger(__name__)
 LEASE = "reconciler"
@@ -49,38 +49,29 @@ class Reconciler:
         self._lease_lock = threading.Lock()
         self._renewed_at: datetime | None = None  # when this reconciler last took or renewed the lease
         self.epoch: int | None = None  # the lease's epoch when this reconciler took it (its fencing token)
-        self._seen: list[tuple[hosts.HostRef, HostView]] = []  # the last observation, host by host
         self._lost = False
         # steps of no desktop (orphans, templates) backing off
         self._held: dict[Action | TemplateAction, tuple[int, datetime]] = {}
 
     # --- one pass -----------------------------------------------------------------------------
 
-    def observe_and_plan(self) -> Plan:
-        """Plan from the database and a fresh look at every host. TemporaryError when no host
+    def observe(self) -> Observation:
+        """The database and a fresh look at every host, in parallel. TemporaryError when no host
         answers (nothing can be done then; one host down leaves the others' work going)."""
-        rules = policies.active(self.ctx)
-        with session_scope(self.ctx.engine) as session:
-            pool_views = [PoolView(id=p.id or 0, name=p.name, target=p.target_size, min_size=p.min_size,
-                                   max_size=p.max_size, deleting=p.deleting, memory_mib=p.memory_mib,
-                                   vcpus=p.vcpus,
-                                   template=templates.key_of(p, rules) if p.clone == CloneMode.INSTANT else None)
-                          for p in pools.list_all(session=session)]
-            desktop_views = [DesktopView(id=d.id or 0, name=d.name, pool_id=d.pool_id, state=d.state,
-                                         since=d.state_since, host_id=d.host_id, generation=d.generation,
-                                         grace_until=d.grace_until, retry_at=d.retry_at)
-                             for d in desktops.list_all(session=session)]
-            registered = hosts.registered(session)
-        # in parallel: a host that died holds its calls until keepalive gives up (~15 s), not the others'
-        host_views = list(self._pool.map(lambda host: hosts.observe(self.ctx, host), registered))
-        self._seen = list(zip(registered, host_views, strict=True))
-        down = [h for h in host_views if h.domains is None]
-        if down and len(down) == len(host_views):
-            raise TemporaryError(f"no host answers: {'; '.join(f'{h.name}: {h.down_reason}' for h in down)}",
-                                 delay=5)
+        seen = observation.observe(self.ctx, self._pool.map)
+        if seen.hosts and not seen.answering:
+            down = "; ".join(f"{h.ref.name}: {h.view.down_reason}" for h in seen.hosts)
+            raise TemporaryError(f"no host answers: {down}", delay=5)
+        return seen
+
+    def observe_and_plan(self) -> Plan:
+        """The plan for the world as it is now (what a standby shows, and what a pass acts on)."""
+        return self._plan(self.observe())
+
+    def _plan(self, seen: Observation) -> Plan:
         directory = self.ctx.directory
         computers = directory.list_computers() if directory is not None and directory.manages_computers else None
-        return plan(pool_views, desktop_views, host_views, self.ctx.clock.now(), self.ctx.limits, computers)
+        return plan(seen.pools, seen.desktops, seen.host_views, self.ctx.clock.now(), self.ctx.limits, computers)
 
     @telemetry.RECONCILE_PASS.time()
     def pass_once(self) -> Plan:
@@ -97,17 +88,18 @@ class Reconciler:
             return self._plan_and_act(rolling)
 
     def _plan_and_act(self, rolling: int) -> Plan:
-        try:
-            template_steps = templates.plan(self.ctx)
-        except TemporaryError as err:
-            log.warning("templates not looked at this pass: %s", err)
-            template_steps = []
+        """Template steps first (clones wait for them), then the desktops' steps, both planned
+        from one look at the world; a pass whose template steps changed a host looks again."""
+        seen = self.observe()
+        template_steps = templates.plan(self.ctx, seen.hosts, seen.wanted_templates, seen.images_in_use)
         now = self.ctx.clock.now()
-        for step in template_steps:
-            if step not in self._held or self._held[step][1] <= now:
-                self._perform(step)  # type: ignore[arg-type]
-        current = self.observe_and_plan()
-        self._record(hosts.note_fencing, self._seen)
+        due_templates = [s for s in template_steps if s not in self._held or self._held[s][1] <= now]
+        for step in due_templates:
+            self._perform(step)
+        if due_templates:
+            seen = self.observe()
+        current = self._plan(seen)
+        self._record(hosts.note_fencing, seen.hosts)
         self._record(pools_service.note_unplaceable, current.unplaceable)
         current.template_steps = len(template_steps)
         current.rollouts = rolling

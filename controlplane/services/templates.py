@@ -8,18 +8,17 @@ pools (instant-clone pools, by image and machine shape); which may go follows fr
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from controlplane.db import audit, desktops, images, pools
+from controlplane.db import audit, images
 from controlplane.db.engine import session_scope
 from controlplane.domain import templates as t
 from controlplane.domain.placement import HostMode
 from controlplane.domain.policy import Policy, sharing_allowed
-from controlplane.domain.ports import BootImage, CloneMode, Readiness, TemplateKey
-from controlplane.errors import TemporaryError
-from controlplane.services import hosts, policies
+from controlplane.domain.ports import BootImage, Readiness, TemplateKey
+from controlplane.services import hosts
 from controlplane.services.context import Context
 
 ACTOR = "reconciler"
@@ -43,28 +42,20 @@ def boot_image(image: Any) -> BootImage:
                      readiness=Readiness(image.manifest.get("readiness", Readiness.SERIAL.value)))
 
 
-def plan(ctx: Context) -> list[t.TemplateAction]:
-    """Template steps for every host that answers. An active host keeps a template of every
-    instant-clone pool (so a shift's first clones need no boot wherever they are placed); a host
-    in maintenance gets none new, and keeps those its desktops' disks are backed by."""
-    rules = policies.active(ctx)
-    with session_scope(ctx.engine) as session:
-        wanted = {key_of(p, rules) for p in pools.list_all(session=session)
-                  if p.clone == CloneMode.INSTANT and not p.deleting}
-        in_use: dict[int, set[int]] = {}
-        for d in desktops.list_all(session=session):
-            in_use.setdefault(d.host_id, set()).add(d.image_id)
-        refs = hosts.registered(session)
+def plan(ctx: Context, seen: Sequence[hosts.ObservedHost], wanted: frozenset[TemplateKey],
+         images_in_use: Mapping[int, frozenset[int]]) -> list[t.TemplateAction]:
+    """Template steps for every host that answered (SEEN: this pass's look at them). An active
+    host keeps a template of every WANTED one (so a shift's first clones need no boot wherever
+    they are placed); a host in maintenance gets none new, and keeps those its desktops' disks
+    are backed by (IMAGES_IN_USE: host id to the images of its desktops' rows)."""
+    now, timeout = int(ctx.clock.now().timestamp()), int(ctx.limits.boot_timeout.total_seconds())
     steps: list[t.TemplateAction] = []
-    for host in refs:
-        try:
-            observed = ctx.driver(host.id).list_templates()
-        except TemporaryError as err:
-            log.warning("templates of host %s not looked at this pass: %s", host.name, err)
+    for host in seen:
+        if host.templates is None:
+            log.warning("templates of host %s not looked at this pass: %s", host.ref.name, host.view.down_reason)
             continue
-        steps += t.plan_templates(host.id, wanted if host.mode == HostMode.ACTIVE else set(),
-                                  in_use.get(host.id, set()), observed, int(ctx.clock.now().timestamp()),
-                                  int(ctx.limits.boot_timeout.total_seconds()))
+        steps += t.plan_templates(host.ref.id, wanted if host.ref.mode == HostMode.ACTIVE else frozenset(),
+                                  images_in_use.get(host.ref.id, frozenset()), host.templates, now, timeout)
     return steps
 
 

@@ -22,7 +22,7 @@ NS = "https://shiftdesk.dev/xmlns/desktop/1"
 ET.register_namespace("shiftdesk", NS)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Tag:
     """The ShiftDesk tag in <metadata>: which installation, pool and desktop row owns the domain.
 

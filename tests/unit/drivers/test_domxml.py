@@ -123,7 +123,8 @@ def test_test_driver_accepts_define_start_destroy():
     dom.undefine()
 
 
-def test_driver_lists_only_its_own_tagged_domains():
+def two_installations() -> tuple[LibvirtHypervisor, LibvirtHypervisor, DesktopSpec, DesktopSpec]:
+    """Ours ("main") and another installation ("other") on one host, a desktop defined by each."""
     hv = hypervisor()
     other = LibvirtHypervisor(uri="test:///default", instance="other", storage_pool="default-pool",
                               overlay_dir=Path("/default-pool"), run_dir=Path("/tmp/shiftdesk-unit-run"),
@@ -132,6 +133,11 @@ def test_driver_lists_only_its_own_tagged_domains():
     theirs = DesktopSpec(name="sd-other-sales-000001", pool="sales", desktop_id=1, image=mine.image)
     hv.define(mine)
     other.define(theirs)
+    return hv, other, mine, theirs
+
+
+def test_driver_lists_only_its_own_tagged_domains():
+    hv, other, mine, theirs = two_installations()
     hv.start(mine.name)
     try:
         seen = hv.list_desktops()
@@ -143,6 +149,28 @@ def test_driver_lists_only_its_own_tagged_domains():
     assert mine.name not in hv.list_desktops()
     hv.undefine(mine.name)  # undefining twice is success
     hv.destroy(mine.name)
+
+
+def test_one_observation_reads_each_of_our_domains_once_and_no_one_elses(monkeypatch):
+    """A pass over a host with thousands of desktops reads each one's metadata once: not once
+    for desktops and again for templates, and not at all for other installations' domains."""
+    hv, other, mine, theirs = two_installations()
+    read: list[str] = []
+    tag = LibvirtHypervisor._tag
+
+    def counted(self, dom):
+        read.append(dom.name())
+        return tag(self, dom)
+
+    monkeypatch.setattr(LibvirtHypervisor, "_tag", counted)
+    try:
+        seen = hv.observe()
+        assert set(seen.desktops) == {mine.name} and not seen.templates
+        assert read == [mine.name]
+        assert seen.capacity.vcpus > 0
+    finally:
+        hv.undefine(mine.name)
+        other.undefine(theirs.name)
 
 
 def test_redefine_keeps_uuid_and_generation_updates():
