@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select, text, update
 from sqlmodel import Session, col
 
 from controlplane.db.models import DisplaySession
@@ -33,6 +33,22 @@ def count_fresh(*, session: Session, desktop_id: int, since: datetime) -> int:
     """Sessions on DESKTOP_ID whose gateway has refreshed them since SINCE."""
     query = select(func.count()).select_from(DisplaySession).where(
         col(DisplaySession.desktop_id) == desktop_id, col(DisplaySession.seen_at) >= since)
+    return int(session.execute(query).scalar_one())
+
+
+def lock_user(*, session: Session, user: str) -> None:
+    """Hold USER's lock until the transaction ends, so counting their sessions and adding one is
+    a single step for every replica. PostgreSQL: a transaction-scoped advisory lock on the name.
+    SQLite has one writer at a time: call this after the transaction's first write (it holds the
+    database's write lock from then on) and it needs nothing more."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+                        {"key": f"display-sessions:{user}"})
+
+
+def count_user(*, session: Session, user: str) -> int:
+    """USER's display sessions (call after `remove_stale`: every row left is live)."""
+    query = select(func.count()).select_from(DisplaySession).where(col(DisplaySession.username) == user)
     return int(session.execute(query).scalar_one())
 
 

@@ -9,7 +9,6 @@ import functools
 import logging
 import os
 import socket
-from collections import Counter
 from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,7 +25,6 @@ from controlplane.gateway.relay import Disconnected, Outcome, Pace, Watchdog, re
 from controlplane.services import broker, identity, sessions, telemetry
 from controlplane.services.context import Context
 from controlplane.services.identity import SESSION_COOKIE
-from controlplane.services.tokens import Claims
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -57,12 +55,10 @@ class BrowserSocket:
 
 
 class LiveSessions:
-    """This gateway process's live sessions: per-user counts (no lock: check-and-count has no
-    await in between, and the event loop runs one coroutine at a time), the session tasks, and
-    the shutdown signal every watchdog listens to."""
+    """This gateway process's live sessions: the session tasks, and the shutdown signal every
+    watchdog listens to. (How many sessions a user has is counted in the database, across replicas.)"""
 
     def __init__(self) -> None:
-        self.open: Counter[str] = Counter()
         self.tasks: set[asyncio.Task[Any]] = set()
         self.stopping = asyncio.Event()
         self._directory: DirectoryVerdicts | None = None
@@ -114,35 +110,33 @@ async def gateway(ws: WebSocket) -> None:
                                 source=source)
         await ws.close(code=POLICY_VIOLATION)
         return
-    if live.open[user.sub] >= settings.max_connections_per_user:
-        await ws.close(code=POLICY_VIOLATION)
-        await run_in_threadpool(sessions.refused, ctx, user=user.sub, reason="connection cap", source=source)
-        return
-    live.open[user.sub] += 1
-    try:
-        await _serve(ws, ctx, settings, live, user, target, source)
-    finally:
-        live.open[user.sub] -= 1
-
-
-async def _serve(ws: WebSocket, ctx: Context, settings: GatewaySettings, live: LiveSessions, user: Claims,
-                 target: broker.Target, source: str) -> None:
-    """Accept, register the display session, relay through the filter, and close it: audited and
-    with the desktop's grace started only if no other session of it is live."""
-    outcome = Outcome(reason="cancelled")
     period = settings.watchdog_period_s
     limits = await run_in_threadpool(sessions.limits_for, ctx, user=user.sub, groups=frozenset(user.groups),
                                      pool=target.pool)
     limits = replace(limits, idle_s=min(limits.idle_s, settings.idle_timeout_s))
-    offered = ws.headers.get("sec-websocket-protocol", "")
-    await ws.accept(subprotocol="binary" if "binary" in offered else None)
-    display = await run_in_threadpool(sessions.open_display, ctx, desktop_id=target.desktop_id, user=user.sub,
-                                      jti=user.jti, source=source, gateway=GATEWAY_ID, limits=limits,
-                                      period_s=period)
+    try:  # the cap counts the user's sessions on every replica (their rows), not this process's
+        display = await run_in_threadpool(sessions.open_display, ctx, desktop_id=target.desktop_id, user=user.sub,
+                                          jti=user.jti, source=source, gateway=GATEWAY_ID, limits=limits,
+                                          period_s=period, cap=settings.max_connections_per_user)
+    except sessions.CapReached:
+        await ws.close(code=POLICY_VIOLATION)
+        await run_in_threadpool(sessions.refused, ctx, user=user.sub, reason="connection cap", source=source)
+        return
+    await _serve(ws, ctx, settings, live, target, display, limits)
+
+
+async def _serve(ws: WebSocket, ctx: Context, settings: GatewaySettings, live: LiveSessions, target: broker.Target,
+                 display: sessions.Display, limits: sessions.Limits) -> None:
+    """Accept, relay through the filter, and close the display session: audited and with the
+    desktop's grace started only if no other session of it is live."""
+    outcome = Outcome(reason="cancelled")
+    period = settings.watchdog_period_s
     task = asyncio.current_task()
     if task is not None:
         live.tasks.add(task)
     try:
+        offered = ws.headers.get("sec-websocket-protocol", "")
+        await ws.accept(subprotocol="binary" if "binary" in offered else None)
         endpoint = ctx.driver(target.host_id).vnc_socket(target.desktop)  # through the desktop's own host
         await relay(BrowserSocket(ws, settings.max_frame_bytes), endpoint,
                     handshake_timeout=settings.handshake_timeout_s, idle_timeout=limits.idle_s, outcome=outcome,

@@ -19,7 +19,7 @@ from controlplane.domain.desktop import DesktopState
 from controlplane.domain.planning import HOST_FAILED, QUARANTINE
 from controlplane.domain.rfb.stream import Event
 from controlplane.domain.session import NEEDS_SIGN_IN, EndReason
-from controlplane.errors import TemporaryError
+from controlplane.errors import Conflict, TemporaryError
 from controlplane.services import identity, policies, rollouts
 from controlplane.services.context import Context
 from controlplane.services.views import SessionPublic
@@ -91,12 +91,24 @@ def live(ctx: Context, period_s: float) -> list[SessionPublic]:
         return out
 
 
+class CapReached(Conflict):
+    """The agent already has as many live display sessions as one agent may (on any replica)."""
+
+
 def open_display(ctx: Context, *, desktop_id: int, user: str, jti: str, source: str, gateway: str,
-                 limits: Limits, period_s: float) -> Display:
-    """A display session is open: the desktop is held for as long as its heartbeats continue."""
+                 limits: Limits, period_s: float, cap: int | None = None) -> Display:
+    """A display session is open: the desktop is held for as long as its heartbeats continue.
+
+    CapReached, and nothing written, when USER already has CAP live sessions on any gateway of
+    any replica (the rows are the count, so every replica sees the others' sessions; the user's
+    lock makes the count and the insert one step, so two replicas at once cannot both pass)."""
     now = ctx.clock.now()
     with session_scope(ctx.engine) as session:
         display_sessions.remove_stale(session=session, before=now - _stale_after(period_s))
+        display_sessions.lock_user(session=session, user=user)
+        if cap is not None and display_sessions.count_user(session=session, user=user) >= cap:
+            raise CapReached(f"user: {user} already has {cap} live display sessions (the most one agent may have)",
+                             field="user")
         row = display_sessions.create(session=session, row=DisplaySession(
             desktop_id=desktop_id, username=user, source=source, gateway=gateway, started_at=now, seen_at=now))
         desktop = desktops.get(session=session, desktop_id=desktop_id)

@@ -151,6 +151,21 @@ def test_per_user_connection_cap(world, settings):
             assert refused(world, f"/gateway?ticket={tickets[2]}", {**ORIGIN, **cookie}) == 1008
 
 
+def test_the_connection_cap_holds_across_replicas(world, settings, ctx):
+    """Two replicas (two apps, one database): a session on each is the cap, a third on either is
+    refused, and the refusal is audited."""
+    api, cookie = login(world, "alice")
+    tickets = [connect(world, api)["ticket"] for _ in range(3)]
+    with TestClient(create_app(settings, ctx)) as other, \
+            world.websocket_connect(f"/gateway?ticket={tickets[0]}", headers={**ORIGIN, **cookie}) as a:
+        rfb_handshake(a)
+        with other.websocket_connect(f"/gateway?ticket={tickets[1]}", headers={**ORIGIN, **cookie}) as b:
+            rfb_handshake(b)
+            assert refused(world, f"/gateway?ticket={tickets[2]}", {**ORIGIN, **cookie}) == 1008
+    reasons = [e["detail"]["reason"] for e in audit.recent(ctx, action="session.refused", limit=10)]
+    assert reasons == ["connection cap"]
+
+
 def test_filter_violation_ends_the_session_and_is_audited(world, ctx):
     api, cookie = login(world, "alice")
     c = connect(world, api)
