@@ -268,12 +268,22 @@ def plan(
         out.actions.extend(_desktop_steps(desktop, by_pool.get(desktop.pool_id), host.domains, host.overlays,
                                           now, limits, computers))
     out.booting = sum(1 for d in desktops if d.state == S.PROVISIONING)
-    adopted = _orphan_steps(pools, desktops, hosts, computers or set(), out)
-    loads = _loads(hosts, desktops, by_pool)
+    of_pool, of_host = _grouped(desktops, "pool_id"), _grouped(desktops, "host_id")
+    adopted = _orphan_steps(pools, desktops, of_pool, hosts, of_host, computers or set(), out)
+    loads = _loads(hosts, of_host, by_pool)
     leaving = _leaving(desktops, by_host)
     for pool in pools:
-        out.actions.extend(_size_steps(pool, [d for d in desktops if d.pool_id == pool.id],
-                                       adopted.get(pool.id, 0), limits, loads, leaving, out))
+        out.actions.extend(_size_steps(pool, of_pool.get(pool.id, []), adopted.get(pool.id, 0), limits, loads,
+                                       leaving, out))
+    return out
+
+
+def _grouped(desktops: list[DesktopView], key: str) -> dict[int, list[DesktopView]]:
+    """DESKTOPS by their pool or host id, in their order (one pass: a plan over 10,000 desktops
+    must not scan them once per pool and once per host)."""
+    out: dict[int, list[DesktopView]] = {}
+    for d in desktops:
+        out.setdefault(getattr(d, key), []).append(d)
     return out
 
 
@@ -343,20 +353,21 @@ def _quarantine(d: DesktopView, why: str) -> Action:
     return Recycle(d.id, reason)
 
 
-def _orphan_steps(pools: list[PoolView], desktops: list[DesktopView], hosts: Sequence[HostView],
-                  computers: set[str], out: Plan) -> dict[int, int]:
+def _orphan_steps(pools: list[PoolView], desktops: list[DesktopView], of_pool: Mapping[int, list[DesktopView]],
+                  hosts: Sequence[HostView], of_host: Mapping[int, list[DesktopView]], computers: set[str],
+                  out: Plan) -> dict[int, int]:
     """Adopt tagged domains a live pool still needs; remove every other unknown trace. A domain
     named like a desktop of another host is a stray copy: removed, never adopted (a desktop
     runs on one host)."""
     by_name = {p.name: p for p in pools}
-    active = {p.id: sum(1 for d in desktops if d.pool_id == p.id and d.state in ACTIVE) for p in pools}
+    active = {p.id: sum(1 for d in of_pool.get(p.id, []) if d.state in ACTIVE) for p in pools}
     known = {d.name for d in desktops}
     seen: set[str] = set()
     adopted: dict[int, int] = {}
     for host in sorted(hosts, key=lambda h: h.id):
         if host.domains is None:
             continue
-        mine = {d.name for d in desktops if d.host_id == host.id}
+        mine = {d.name for d in of_host.get(host.id, [])}
         seen |= set(host.domains)
         for name in sorted(set(host.domains) - mine):
             pool = by_name.get(host.domains[name].pool)
@@ -376,13 +387,13 @@ def _orphan_steps(pools: list[PoolView], desktops: list[DesktopView], hosts: Seq
     return adopted
 
 
-def _loads(hosts: Sequence[HostView], desktops: list[DesktopView],
+def _loads(hosts: Sequence[HostView], of_host: Mapping[int, list[DesktopView]],
            pools: Mapping[int, PoolView]) -> dict[int, HostLoad]:
     """What placement sees of each host: what it has, and what its desktops are given (a failed
     desktop's domain is off, so it takes nothing)."""
     loads: dict[int, HostLoad] = {}
     for host in hosts:
-        on_host = [d for d in desktops if d.host_id == host.id and d.state != S.FAILED and d.pool_id in pools]
+        on_host = [d for d in of_host.get(host.id, []) if d.state != S.FAILED and d.pool_id in pools]
         per_pool: dict[int, int] = {}
         for d in on_host:
             if d.state in ACTIVE:
