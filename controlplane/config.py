@@ -36,6 +36,10 @@ class DatabaseSettings(BaseModel):
 
 class LibvirtSettings(BaseModel):
     uri: str = Field("qemu:///system", description="libvirt connection URI")
+    host_name: str | None = Field(
+        None, description="The name this control plane's own libvirt host is registered under; default the "
+        "machine's hostname. Replicas that share one host's libvirt give the same name",
+    )
     readiness: Literal["serial", "running"] = Field(
         "serial",
         description="How a desktop proves it is ready: its serial line says so (real guests), "

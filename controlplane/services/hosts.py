@@ -45,8 +45,15 @@ class HostRef:
 
 
 def ensure(engine: Engine, *, name: str, uri: str) -> int:
-    """The row of this control plane's own host (made at start; its URI follows the settings)."""
+    """The row of this control plane's own host (made at start; its URI follows the settings).
+    Refused, naming the setting, when another host has that URI: one libvirt registered under two
+    names would have each host's desktops taken for copies on the other and removed."""
     with session_scope(engine) as session:
+        other = repo.get_by_uri(session=session, uri=uri)
+        if other is not None and other.name != name:
+            raise InvalidInput(f"libvirt.host_name: {uri} is registered as host {other.name!r}, not {name!r}; "
+                               f"set SHIFTDESK_LIBVIRT__HOST_NAME={other.name} (replicas sharing a host use its name)",
+                               field="libvirt.host_name")
         host = repo.get_by_name(session=session, name=name)
         if host is None:
             host = repo.create(session=session, host=Host(name=name, uri=uri))

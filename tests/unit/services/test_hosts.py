@@ -50,6 +50,17 @@ def test_registering_a_host_checks_every_field_and_is_audited(ctx, fleet):
     assert sorted(events) == [("host.register", "b"), ("host.register", "c")]
 
 
+def test_a_replica_cannot_register_its_hosts_libvirt_again_under_another_name(ctx, settings):
+    """A second control plane whose hostname differs but whose libvirt is the same host's must not
+    make that host a second row (each row's desktops would be the other's orphans)."""
+    before = [h.name for h in hosts.views(ctx)]
+    with pytest.raises(InvalidInput) as err:
+        hosts.ensure(ctx.engine, name="replica-b", uri=settings.libvirt.uri)
+    assert err.value.field == "libvirt.host_name" and f"SHIFTDESK_LIBVIRT__HOST_NAME={before[0]}" in str(err.value)
+    assert [h.name for h in hosts.views(ctx)] == before
+    assert hosts.ensure(ctx.engine, name=before[0], uri=settings.libvirt.uri) == ctx.host_id
+
+
 def test_a_pool_spreads_across_hosts_and_each_step_goes_to_the_desktops_host(ctx, hv, fleet, image):
     fakes, ids = fleet
     pools.create(ctx, name="sales", image="busybox-desktop", size=6, groups=[SALES], actor="t")
