@@ -189,10 +189,10 @@ def on_desktops(ctx: Context, *where: Any) -> list[DesktopRules]:
     nobody is, what every policy naming its pool allows (an idle desktop has no agent whose groups
     could widen it). The egress resolver and the app allowlists both follow this one rule."""
     rules = active(ctx)
-    with session_scope(ctx.engine) as session:
-        rows = session.exec(select(Desktop, Pool).join(Pool).where(  # type: ignore[arg-type]
-            Desktop.host_id == ctx.host_id, *where)).all()
-        found = [(d.name, d.ipv4, d.assigned_to, d.assigned_groups, p.name) for d, p in rows]
+    with session_scope(ctx.engine) as session:  # columns, not objects: every pass reads every desktop
+        found = session.exec(select(  # type: ignore[call-overload]
+            Desktop.name, Desktop.ipv4, Desktop.assigned_to, Desktop.assigned_groups, Pool.name,
+        ).join(Pool).where(Desktop.host_id == ctx.host_id, *where)).all()
     result = []
     for name, ipv4, user, groups, pool in found:
         if user is not None and groups is not None:

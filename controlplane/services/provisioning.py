@@ -57,7 +57,7 @@ def create_desktop(ctx: Context, a: p.CreateDesktop) -> None:
             return
         now = ctx.clock.now()
         row = desktops.create(session=session, desktop=Desktop(
-            name=naming.desktop_name(ctx.instance, pool.name), pool_id=pool.id or 0, host_id=a.host_id,
+            name=_free_name(session, ctx.instance, pool.name), pool_id=pool.id or 0, host_id=a.host_id,
             image_id=pool.image_id, created_at=now, state_since=now))
         audit.append(session=session, actor=ACTOR, action="desktop.create", target=row.name, pool=pool.name,
                      host=a.host_id)
@@ -67,6 +67,17 @@ def create_desktop(ctx: Context, a: p.CreateDesktop) -> None:
         provision(ctx, p.Provision(desktop_id))
     except TemporaryError as err:  # the row exists now: it backs off like any desktop
         retry_later(ctx, desktop_id, err.delay, str(err))
+
+
+def _free_name(session: Session, instance: str, pool: str) -> str:
+    """A new desktop's name that no row has. Names end in 24 random bits (they become guest host
+    names, kept short), so among thousands of desktops a repeat is likely (measured: two in a
+    setup of 10,000): draw again instead of failing the step on the unique index."""
+    for _ in range(8):
+        name = naming.desktop_name(instance, pool)
+        if desktops.get_by_name(session=session, name=name) is None:
+            return name
+    raise TemporaryError(f"pool {pool}: no free desktop name in 8 draws", delay=1)
 
 
 def provision(ctx: Context, a: p.Provision) -> None:

@@ -151,7 +151,7 @@ class LibvirtHypervisor:
         Only names of ours (`sd-<instance>`: desktops and templates alike) have their metadata read,
         so other installations and other software on the host cost a name each."""
         mine = f"{naming.PREFIX}-{self.instance}"
-        found: dict[str, ObservedDomain] = {}
+        seen: list[tuple[str, Tag, bool, bool]] = []  # desktops: name, tag, running, ready
         kept: dict[TemplateKey, ObservedTemplate] = {}
         for dom in self.conn.listAllDomains(0):
             name = dom.name()
@@ -159,18 +159,18 @@ class LibvirtHypervisor:
             if tag is None or tag.instance != self.instance:
                 continue
             if tag.role == "desktop" and desktops:
-                found[name] = self._observe_desktop(name, dom, tag)
+                running = bool(dom.isActive())
+                seen.append((name, tag, running, running and self._signalled(name, tag, dom)))
             elif tag.role == "template" and templates and (key := TemplateKey.parse(tag.template)) is not None:
                 kept[key] = self._observe_template(key, dom, tag)
         if templates:
             self._saved_templates(kept)
+        guests = self.links.states([name for name, *_ in seen])  # after readiness: it may quarantine
+        found = {name: ObservedDomain(name=name, pool=tag.pool, desktop_id=tag.desktop_id, running=running,
+                                      ready=ready, generation=tag.generation, cloned=bool(tag.template),
+                                      quarantined=guests[name].quarantined)
+                 for name, tag, running, ready in seen}
         return found, kept
-
-    def _observe_desktop(self, name: str, dom: libvirt.virDomain, tag: Tag) -> ObservedDomain:
-        running = bool(dom.isActive())
-        return ObservedDomain(name=name, pool=tag.pool, desktop_id=tag.desktop_id, running=running,
-                              ready=running and self._signalled(name, tag, dom), generation=tag.generation,
-                              cloned=bool(tag.template), quarantined=self.links.state(name).quarantined)
 
     def _tag(self, dom: libvirt.virDomain) -> Tag | None:
         try:

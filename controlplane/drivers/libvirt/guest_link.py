@@ -144,6 +144,26 @@ class GuestLinks:
         self.quarantine(name, why)
         return self.state(name)
 
+    def states(self, names: list[str]) -> dict[str, GuestState]:
+        """`state()` of each of NAMES under one lock (a host's observation asks for every desktop)."""
+        out: dict[str, GuestState] = {}
+        overdue: list[tuple[str, str]] = []
+        with self._lock:
+            for name in names:
+                link = self._links.get(name)
+                if name in self._quarantined:
+                    out[name] = GuestState(quarantined=self._quarantined[name])
+                elif link is None:
+                    out[name] = GuestState()
+                elif (why := self._overdue(link)) is None:
+                    out[name] = link.state
+                else:
+                    overdue.append((name, why))
+        for name, why in overdue:
+            self.quarantine(name, why)
+            out[name] = self.state(name)
+        return out
+
     def _overdue(self, link: _Link) -> str | None:
         """Why a confirmed guest is no longer trusted by now, if it is not: silence, or an app
         allowlist it has not applied in APPLY_S (called with the lock held)."""

@@ -80,6 +80,23 @@ def test_pool_grows_and_shrinks(ctx, hv, image):
     assert_consistent(ctx, hv)
 
 
+def test_a_new_desktop_never_takes_a_name_already_used(ctx, hv, image, monkeypatch):
+    """Names end in 24 random bits: among thousands a repeat comes up, and must cost a second
+    draw, not a crashed step."""
+    from controlplane.domain import naming
+
+    pools.create(ctx, name="sales", image="busybox-desktop", size=1, actor="t")
+    settle(ctx)
+    (taken,) = [d.name for d, _ in desktops.list_all(ctx)]
+    draws = iter([taken, "sd-unit-sales-00beef"])
+    monkeypatch.setattr(naming, "desktop_name", lambda instance, pool, suffix=None: next(draws))
+    pools.scale(ctx, "sales", 2, actor="t")
+    rec = Reconciler(ctx)
+    rec.pass_once()
+    rec.close()
+    assert sorted(d.name for d, _ in desktops.list_all(ctx)) == sorted([taken, "sd-unit-sales-00beef"])
+
+
 def test_pool_delete_removes_every_trace(ctx, hv, image):
     pools.create(ctx, name="sales", image="busybox-desktop", size=2, actor="t")
     settle(ctx)
