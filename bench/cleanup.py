@@ -67,8 +67,34 @@ def purge(instance: str) -> None:
         subprocess.run([*VIRSH, "pool-undefine", pool], capture_output=True, check=False)
     for leftover in Path(tempfile.gettempdir()).glob(f"{data_dir_prefix(instance)}*"):
         restore_ksm(leftover)
+        stop_processes_of(leftover)
         shutil.rmtree(leftover, ignore_errors=True)
     netlab.purge(instance)  # namespaces, bridge, nftables tables, DHCP server, /run/shiftdesk/INSTANCE
+
+
+def stop_processes_of(data: Path) -> None:
+    """What a run started and left running when it was killed: PostgreSQL clusters inside DATA
+    (tests/postgres.py puts a benchmark's there), then processes whose command line or
+    environment names DATA (replicas, storm servers)."""
+    for pid_file in data.glob("shiftdesk-pg-*/data/postmaster.pid"):
+        subprocess.run(["runuser", "-u", "postgres", "--", *_pg_ctl(), "-D", str(pid_file.parent), "-m",
+                        "immediate", "stop"], capture_output=True, check=False, timeout=60)
+    marker = str(data).encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            seen = (proc / "cmdline").read_bytes() + (proc / "environ").read_bytes()
+        except OSError:
+            continue  # gone meanwhile, or a kernel thread
+        if marker in seen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(proc.name), signal.SIGKILL)
+
+
+def _pg_ctl() -> list[str]:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+    return [str(found[-1])] if found else ["pg_ctl"]
 
 
 @contextlib.contextmanager

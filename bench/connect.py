@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,8 +95,9 @@ async def raw_frame(r: Reader, bpp: int = 4) -> int:
 
 
 async def gateway_session(base: str, ca: ssl.SSLContext, http: httpx.AsyncClient, token: str, pool: str,
-                          frames: int = 1) -> tuple[float, int]:
-    """connect -> WSS -> handshakes -> FRAMES raw updates. Returns (seconds to first update, bytes)."""
+                          frames: int = 1) -> tuple[float, int, str]:
+    """connect -> WSS -> handshakes -> FRAMES raw updates. Returns (seconds to first update, bytes,
+    the desktop it was given)."""
     began = time.perf_counter()
     r = await http.post(f"/api/v1/me/pools/{pool}/connect", headers={"Authorization": f"Bearer {token}"})
     r.raise_for_status()
@@ -110,7 +112,7 @@ async def gateway_session(base: str, ca: ssl.SSLContext, http: httpx.AsyncClient
         for _ in range(frames - 1):
             await ws.send(struct.pack(">BBHHHH", 3, 0, 0, 0, w, h))
             total += await raw_frame(reader)
-    return first, total
+    return first, total, r.json()["desktop"]
 
 
 async def login(http: httpx.AsyncClient, user: str, password: str) -> str:
@@ -140,7 +142,7 @@ async def real_desktop_figures(connects: int, frames: int) -> tuple[list[float],
                     token = await login(http, "agent", "Bench-pw-1")
                     latencies = []
                     for _ in range(connects):
-                        first, _ = await gateway_session(server.url, ca, http, token, "bench")
+                        first, _, _ = await gateway_session(server.url, ca, http, token, "bench")
                         latencies.append(first)
                     gw_bps = await throughput_gateway(server.url, ca, http, token, frames)
             (name,) = ctx.hypervisor.list_desktops()
@@ -159,7 +161,7 @@ async def real_desktop_figures(connects: int, frames: int) -> tuple[list[float],
 
 async def throughput_gateway(base, ca, http, token, frames) -> float:
     began = time.perf_counter()
-    _, total = await gateway_session(base, ca, http, token, "bench", frames=frames)
+    _, total, _ = await gateway_session(base, ca, http, token, "bench", frames=frames)
     return total / (time.perf_counter() - began)
 
 
@@ -184,41 +186,66 @@ async def throughput_direct(path: str, frames: int) -> float:
 # --- 2: the storm -----------------------------------------------------------------------------------
 
 
+@dataclass
+class Storm:
+    latencies: list[float]  # of the agents that got pixels
+    failures: int
+    desktops: list[str]  # the desktop each agent that got pixels was given
+
+
+def start_storm_server(data: Path, agents: int, *extra: str) -> tuple[subprocess.Popen, str, str]:
+    """bench/storm_server.py in its own process: (the process, its base URL, its CA file)."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "storm_server.py"), str(data), str(agents), *extra],
+                            stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    line = proc.stdout.readline().split() if proc.stdout else []
+    if not line or line[0] != "READY":
+        proc.kill()
+        raise SystemExit("bench: storm server did not start")
+    return proc, f"https://127.0.0.1:{line[1]}", line[2]
+
+
+async def run_storm(servers: list[tuple[str, str]], agents: int, window: float) -> Storm:
+    """AGENTS agents arrive uniformly within WINDOW seconds, agent i at server i mod len(SERVERS)
+    (base URL, CA file), each signing in, connecting and receiving pixels there."""
+    limits = httpx.Limits(max_connections=agents, max_keepalive_connections=agents)
+    clients = [httpx.AsyncClient(base_url=base, verify=ssl.create_default_context(cafile=ca), limits=limits,
+                                 timeout=30) for base, ca in servers]
+    rnd = random.Random(7)
+    offsets = sorted(rnd.uniform(0, window) for _ in range(agents))
+    t0 = time.perf_counter()
+
+    async def agent(i: int, at: float) -> tuple[float, str] | None:
+        (base, ca_file), http = servers[i % len(servers)], clients[i % len(servers)]
+        await asyncio.sleep(max(0.0, t0 + at - time.perf_counter()))
+        began = time.perf_counter()
+        try:
+            token = await login(http, f"agent{i:03d}", f"Pw-{i:03d}-storm")
+            _, _, desktop = await gateway_session(base, ssl.create_default_context(cafile=ca_file), http, token,
+                                                  "storm")
+            return time.perf_counter() - began, desktop
+        except Exception as err:  # noqa: BLE001 - every failure counts, whatever it is
+            print(f"agent{i:03d}: {type(err).__name__}: {err}", file=sys.stderr)
+            return None
+
+    try:
+        results = await asyncio.gather(*(agent(i, at) for i, at in enumerate(offsets)))
+    finally:
+        for http in clients:
+            await http.aclose()
+    ok = [r for r in results if r is not None]
+    return Storm([t for t, _ in ok], len(results) - len(ok), [d for _, d in ok])
+
+
 async def storm(agents: int, window: float) -> tuple[list[float], int]:
     with tempfile.TemporaryDirectory(prefix="shiftdesk-storm-") as tmp:
-        proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "storm_server.py"), tmp, str(agents)],
-                                stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        proc, base, ca_file = start_storm_server(Path(tmp), agents)
         try:
-            line = proc.stdout.readline().split() if proc.stdout else []
-            if not line or line[0] != "READY":
-                raise SystemExit("bench: storm server did not start")
-            port, ca_file = int(line[1]), line[2]
             await asyncio.sleep(0.5)
-            base = f"https://127.0.0.1:{port}"
-            ca = ssl.create_default_context(cafile=ca_file)
-            limits = httpx.Limits(max_connections=agents, max_keepalive_connections=agents)
-            async with httpx.AsyncClient(base_url=base, verify=ca, limits=limits, timeout=30) as http:
-                rnd = random.Random(7)
-                offsets = sorted(rnd.uniform(0, window) for _ in range(agents))
-                t0 = time.perf_counter()
-
-                async def agent(i: int, at: float) -> float | None:
-                    await asyncio.sleep(max(0.0, t0 + at - time.perf_counter()))
-                    began = time.perf_counter()
-                    try:
-                        token = await login(http, f"agent{i:03d}", f"Pw-{i:03d}-storm")
-                        await gateway_session(base, ca, http, token, "storm")
-                        return time.perf_counter() - began
-                    except Exception as err:  # noqa: BLE001 - every failure counts, whatever it is
-                        print(f"agent{i:03d}: {type(err).__name__}: {err}", file=sys.stderr)
-                        return None
-
-                results = await asyncio.gather(*(agent(i, at) for i, at in enumerate(offsets)))
+            result = await run_storm([(base, ca_file)], agents, window)
         finally:
             proc.terminate()
             proc.wait(timeout=20)
-    ok = [r for r in results if r is not None]
-    return ok, len(results) - len(ok)
+    return result.latencies, result.failures
 
 
 def main() -> int:

@@ -14,9 +14,11 @@ grown to DESKTOPS desktops, placed over the hosts by the real placement. Then:
 The floor measured in the same run: `plan_s`, the pure planning of the idle pass alone (the rest
 of a pass is observing the hosts and the database).
 
-Not measured yet (issue 11, Deliver 5): the 400-agent logon storm across two replicas and the
-leader failover; their keys are printed as null. The last line printed is one JSON object.
-Everything lives in a temporary directory and in this process: nothing is left behind.
+Then bench/replicas.py (skipped with --no-replicas): the 400-agent logon storm across two
+replicas on PostgreSQL (storm_*, duplicates) and the leader's failover with real processes
+(failover_s, beside its peer lease_ttl_s). The last line printed is one JSON object. The pass
+figures live in a temporary directory and in this process; bench/replicas.py cleans up after
+itself, also when killed.
 """
 
 from __future__ import annotations
@@ -129,8 +131,7 @@ def run(n_hosts: int, n_desktops: int, changes: int, passes: int) -> dict:
     return {"hosts": n_hosts, "desktops": n_desktops,
             "idle_pass_s": round(statistics.median(s for s, _ in idle), 3), "busy_pass_s": round(busy_s, 3),
             "busy_steps": busy_steps, "observe_and_plan_s": round(observe_and_plan_s, 3), "plan_s": plan_s,
-            "setup_s": round(setup_s, 1), "storm_agents": None, "storm_failures": None,
-            "storm_p99_s": None, "failover_s": None, "duplicates": None}
+            "setup_s": round(setup_s, 1)}
 
 
 def _plan_only(rec: Reconciler) -> float:
@@ -160,10 +161,19 @@ def main() -> int:
     parser.add_argument("--desktops", type=int, default=10000)
     parser.add_argument("--changes", type=int, default=500)
     parser.add_argument("--passes", type=int, default=5)
+    parser.add_argument("--storm", type=int, default=400)
+    parser.add_argument("--lease-ttl", type=float, default=15.0)
+    parser.add_argument("--no-replicas", action="store_true", help="only the reconcile passes")
     args = parser.parse_args()
     if args.hosts < 1 or args.desktops < POOLS or args.changes < POOLS or args.passes < 1:
         parser.error(f"--hosts and --passes at least 1, --desktops and --changes at least {POOLS}")
-    print(json.dumps(run(args.hosts, args.desktops, args.changes, args.passes)))
+    result = run(args.hosts, args.desktops, args.changes, args.passes)
+    print(json.dumps(result), file=sys.stderr)  # the passes' figures, in case the replicas fail
+    if not args.no_replicas:
+        from bench import replicas  # noqa: PLC0415 - needs PostgreSQL and libvirt, the passes do not
+
+        result |= replicas.run(args.storm, 10.0, args.lease_ttl)
+    print(json.dumps(result))
     return 0
 
 

@@ -34,8 +34,10 @@ def _as_postgres(*cmd: str) -> None:
 
 
 class Postgres:
-    def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="shiftdesk-pg-", dir="/var/tmp"))
+    def __init__(self, parent: Path | None = None) -> None:
+        """A cluster in a new directory under PARENT (default /var/tmp; a benchmark puts it in its
+        own data directory, where its sweep finds it after a kill: bench/cleanup.py)."""
+        self.dir = Path(tempfile.mkdtemp(prefix="shiftdesk-pg-", dir=parent or "/var/tmp"))
         self.data = self.dir / "data"
 
     def start(self) -> Postgres:
