@@ -45,10 +45,12 @@ def database(pg: Postgres) -> dict[str, str]:
     return {"url": pg.url(name, APP), "migrate_url": pg.url(name, OWNER)}
 
 
-def storm(data: Path, pg: Postgres, agents: int, window: float, replicas: int = 2) -> Storm:
-    """AGENTS agents against REPLICAS storm servers (1 or 2) on a fresh database of PG."""
-    db = database(pg)
-    extra = ["--db", db["url"], "--migrate-url", db["migrate_url"]]
+def storm(data: Path, pg: Postgres, agents: int, window: float, replicas: int = 2,
+          desktops: int | None = None, db: dict[str, str] | None = None) -> Storm:
+    """AGENTS agents against REPLICAS storm servers (1 or 2) on DB (default a fresh database of
+    PG), with a pool of DESKTOPS (default one per agent)."""
+    db = db or database(pg)
+    extra = ["--db", db["url"], "--migrate-url", db["migrate_url"], "--desktops", str(desktops or agents)]
     servers = [start_storm_server(data, agents, *extra)]
     if replicas == 2:
         servers.append(start_storm_server(data, agents, *extra, "--follower"))

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """The control plane for the logon storms of bench/connect.py and bench/replicas.py, in its own
 process: real API, broker, gateway and RFB filter over HTTPS/WSS; synthetic directory and desktops
-(N tiny RFB servers), because N real TCG desktops do not fit on a 2-core machine. Prints
+(N agents, N or M tiny RFB servers), because N real TCG desktops do not fit on a 2-core machine. Prints
 "READY <port> <ca>" when up.
 
-    python bench/storm_server.py DATA_DIR N [--db URL --migrate-url URL] [--follower]
+    python bench/storm_server.py DATA_DIR N [--desktops M] [--db URL --migrate-url URL] [--follower]
 
 With --db, the database is that PostgreSQL; a second process started with --follower on the same
 database and DATA_DIR is another replica: it makes nothing, and its fake hypervisor shows the
@@ -57,6 +57,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("data", type=Path)
     parser.add_argument("n", type=int)
+    parser.add_argument("--desktops", type=int, help="desktops in the pool (default: one per agent)")
     parser.add_argument("--db")
     parser.add_argument("--migrate-url")
     parser.add_argument("--follower", action="store_true")
@@ -71,7 +72,7 @@ def main() -> int:
     users = {f"agent{i:03d}": (f"Pw-{i:03d}-storm", {AGENTS}) for i in range(args.n)}
     ctx = build_context(settings, hypervisor=hv, directory=FakeDirectory(users))
     ctx.builder = FakeBuilder()
-    servers = [] if args.follower else make_desktops(ctx, hv, args.n)
+    servers = [] if args.follower else make_desktops(ctx, hv, args.desktops or args.n)
     if args.follower:
         mirror(ctx, hv)
     cert, key = tls_files(settings)

@@ -5,7 +5,8 @@ hostname (its own UTS namespace), as on another machine, so it cannot tell that 
 only the lease running out hands the work over. Then the pool converges with no duplicate desktop
 and no orphan, every desktop is created and made ready exactly once in the audit log, nothing the
 dead leader audited is lost, and an agent works on a desktop through the surviving replica's API
-and gateway. Always on PostgreSQL (several replicas need it), whatever SHIFTDESK_TEST_DB says."""
+and gateway. Then 200 agents connect at once across two replicas and no desktop is given twice.
+Always on PostgreSQL (several replicas need it), whatever SHIFTDESK_TEST_DB says."""
 
 from __future__ import annotations
 
@@ -22,11 +23,13 @@ from pathlib import Path
 import httpx
 import pytest
 import websockets.sync.client as ws_client
+from sqlmodel import select
 
+from bench.replicas import storm
 from controlplane.config import Settings
 from controlplane.db import sessions as api_sessions
-from controlplane.db.engine import session_scope
-from controlplane.db.models import ApiSession
+from controlplane.db.engine import make_engine, session_scope
+from controlplane.db.models import ApiSession, Desktop
 from controlplane.domain.groups import group_ref
 from controlplane.main import build_context
 from controlplane.services import audit, desktops, images, pools, tokens
@@ -142,3 +145,25 @@ def test_the_leader_killed_mid_provisioning_hands_over_with_nothing_lost_or_doub
         a.kill()
         if b is not None:
             b.kill(signal.SIGTERM)
+
+
+def test_200_simultaneous_connects_across_two_replicas_never_share_a_desktop(postgres, pg_database, tmp_path):
+    """200 agents click at the same instant, each at one of two replicas (real API, broker and
+    gateway processes on one PostgreSQL; synthetic directory and desktops: bench/storm_server.py),
+    for 150 desktops: 150 agents get pixels, each on a desktop of their own, the other 50 are
+    refused, and the database agrees."""
+    from tests.postgres import APP, OWNER  # noqa: PLC0415
+
+    db = {"url": postgres.url(pg_database, APP), "migrate_url": postgres.url(pg_database, OWNER)}
+    result = storm(tmp_path / "storm", postgres, 200, 0.0, desktops=150, db=db)
+    assert len(result.desktops) == 150 and result.failures == 50
+    assert len(set(result.desktops)) == 150, "an agent got a desktop another agent had"
+    engine = make_engine(db["url"])
+    try:
+        with session_scope(engine) as session:
+            held = session.exec(select(Desktop.name, Desktop.assigned_to)  # type: ignore[call-overload]
+                                .where(Desktop.assigned_to != None)).all()  # noqa: E711 - SQL IS NOT NULL
+    finally:
+        engine.dispose()
+    assert len(held) == 150 and len({user for _, user in held}) == 150
+    assert {name for name, _ in held} == set(result.desktops)
