@@ -107,7 +107,9 @@ def test_two_clones_of_the_agent_desktop_are_two_machines_that_run_only_allowed_
                                      memory_mib=key.memory_mib, vcpus=key.vcpus, template=key,
                                      join_secret=f"join-secret-of-{name}"))
     try:
-        wait(lambda: all(ready_with_apps(hv, real_ctx.app_signer, n) for n in names), 90, "")
+        # every clone looked at on every poll, as the reconciler does (a generator would stop at the
+        # first clone not ready, and the second would not even be sent its identity meanwhile)
+        wait(lambda: all([ready_with_apps(hv, real_ctx.app_signer, n) for n in names]), 90, "")
     except AssertionError:
         raise AssertionError("a clone never confirmed its identity and applied its app allowlist in 90 s "
                              f"(the reconciler's deadline): {[hv.links.state(n) for n in names]}") from None
