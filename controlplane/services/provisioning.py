@@ -72,7 +72,7 @@ def create_desktop(ctx: Context, a: p.CreateDesktop) -> None:
 def _free_name(session: Session, instance: str, pool: str) -> str:
     """A new desktop's name that no row has. Names end in 24 random bits (they become guest host
     names, kept short), so among thousands of desktops a repeat is likely (measured: two in a
-    setup of 10,000): draw again instead of failing the step on the unique index."""
+    setup of 4,000): draw again instead of failing the step on the unique index."""
     for _ in range(8):
         name = naming.desktop_name(instance, pool)
         if desktops.get_by_name(session=session, name=name) is None:

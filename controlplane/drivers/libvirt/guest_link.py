@@ -132,19 +132,9 @@ class GuestLinks:
         """NAME's state. With HEARTBEATS, a guest that confirmed its identity and then fell silent
         for SILENCE_S (its agent heartbeats every 5 s) is quarantined now: its agent died or was
         stopped. (A template is paused while it is saved: its silence means nothing.)"""
-        with self._lock:
-            if name in self._quarantined:
-                return GuestState(quarantined=self._quarantined[name])
-            link = self._links.get(name)
-            if link is None:
-                return GuestState()
-            why = self._overdue(link) if heartbeats else None
-            if why is None:
-                return link.state
-        self.quarantine(name, why)
-        return self.state(name)
+        return self.states([name], heartbeats=heartbeats)[name]
 
-    def states(self, names: list[str]) -> dict[str, GuestState]:
+    def states(self, names: list[str], *, heartbeats: bool = True) -> dict[str, GuestState]:
         """`state()` of each of NAMES under one lock (a host's observation asks for every desktop)."""
         out: dict[str, GuestState] = {}
         overdue: list[tuple[str, str]] = []
@@ -155,7 +145,7 @@ class GuestLinks:
                     out[name] = GuestState(quarantined=self._quarantined[name])
                 elif link is None:
                     out[name] = GuestState()
-                elif (why := self._overdue(link)) is None:
+                elif (why := self._overdue(link) if heartbeats else None) is None:
                     out[name] = link.state
                 else:
                     overdue.append((name, why))
