@@ -37,6 +37,7 @@ from controlplane.domain.rollout import RolloutState, Thresholds
 from controlplane.drivers.local_ca import CLIENT_NAME, ensure_libvirt_client, ensure_libvirt_server
 from controlplane.errors import ExpectedError, InvalidInput, NotFound, ShiftDeskError
 from controlplane.main import (
+    build_console_relay,
     build_context,
     build_host_agent,
     build_reconciler,
@@ -245,11 +246,15 @@ def token() -> None:
 @app.command("host-agent")
 def host_agent(name: Annotated[str, typer.Argument(help="this host's name, as registered with `host add`")]) -> None:
     """Run on each libvirt host beside libvirtd: keep the host's lease, and power its desktops off
-    if the lease cannot be kept (so the control plane may replace them elsewhere). Until SIGTERM."""
+    if the lease cannot be kept (so the control plane may replace them elsewhere); with
+    SHIFTDESK_CONSOLE__LISTEN, relay its desktops' consoles to the gateways over mutual TLS. Until SIGTERM."""
     with handled():
         settings = Settings()
         configure_logging(settings)
         agent = build_host_agent(settings, name)
+        relay = build_console_relay(settings, agent.hypervisor)
+        if relay is not None:  # the consoles of this host's desktops, for the gateways of other hosts
+            relay.run_in_thread(settings.console.listen, settings.console.port)
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         with suppress(KeyboardInterrupt):

@@ -54,6 +54,20 @@ class LibvirtSettings(BaseModel):
     )
 
 
+class ConsoleSettings(BaseModel):
+    """Consoles of desktops on other hosts: each host agent relays them over mutual TLS
+    (gateway/console_server.py); the gateway never opens plain VNC over a network."""
+
+    port: int = Field(16600, ge=1, le=65535, description="The port of every host's console relay")
+    listen: str | None = Field(None, description="The host agent relays its host's consoles on this address "
+                               "(the one the control plane reaches the host's libvirtd at); unset: no relay")
+    pki_dir: Path = Field(Path("/etc/pki/libvirt"), description="The relay's TLS identity: servercert.pem, "
+                          "serverkey.pem and cacert.pem (ShiftDesk's local CA), as the host's libvirtd has them")
+    allowed_clients: list[str] = Field(default_factory=lambda: ["shiftdesk-control-plane"],
+                                       description="Common names of the client certificates the relay admits")
+    max_consoles: int = Field(256, ge=1, le=4096, description="Consoles one host relays at once")
+
+
 class ReconcilerSettings(BaseModel):
     period_s: float = Field(2.0, gt=0, description="Seconds between passes when nothing is pending")
     busy_period_s: float = Field(0.25, gt=0, description="Seconds between passes while work is pending")
@@ -198,6 +212,7 @@ class Settings(BaseSettings):
     ldap: LdapSettings = LdapSettings()
     auth: AuthSettings = AuthSettings()
     gateway: GatewaySettings = GatewaySettings()
+    console: ConsoleSettings = ConsoleSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
     network: NetworkSettings = NetworkSettings()
     log: LogSettings = LogSettings()

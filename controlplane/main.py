@@ -8,9 +8,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import ssl
 import stat
 from datetime import timedelta
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,7 @@ def host_hypervisor(settings: Settings, host: str | None, uri: str) -> Hyperviso
         overlay_dir=overlays, run_dir=run, readiness=settings.libvirt.readiness,
         domain_type=settings.libvirt.domain_type, probe_cache=cache, data_dir=settings.data_dir,
         policy_key=public_bytes(apps.load_signing_key(apps_key_file(settings))),
+        console_port=settings.console.port,
     )
 
 
@@ -69,10 +71,36 @@ def with_client_certificate(settings: Settings, uri: str) -> str:
     from the local CA (DATA_DIR/tls/libvirt-client), which the host's libvirtd is set to admit."""
     if not uri.startswith("qemu+tls://") or "pkipath=" in uri:
         return uri
+    pki = client_pki(settings)
+    return f"{uri}{'&' if '?' in uri else '?'}pkipath={pki}"
+
+
+def client_pki(settings: Settings) -> Path:
+    """The control plane's client certificate from the local CA (DATA_DIR/tls/libvirt-client), in
+    libvirt's pkipath layout: what its hosts' libvirtd and console relays admit."""
     from controlplane.drivers.local_ca import ensure_libvirt_client
 
-    pki = ensure_libvirt_client(settings.data_dir / "tls", settings.data_dir / "tls" / "libvirt-client")
-    return f"{uri}{'&' if '?' in uri else '?'}pkipath={pki}"
+    return ensure_libvirt_client(settings.data_dir / "tls", settings.data_dir / "tls" / "libvirt-client")
+
+
+def console_client_tls(settings: Settings) -> ssl.SSLContext:
+    """How the gateway reaches the console relays of other hosts: as the control plane's client."""
+    from controlplane.gateway.console_server import client_context
+
+    pki = client_pki(settings)
+    return client_context(cert=pki / "clientcert.pem", key=pki / "clientkey.pem", ca=pki / "cacert.pem")
+
+
+def build_console_relay(settings: Settings, hypervisor: Hypervisor) -> Any:
+    """The host agent's console relay (a ConsoleServer), or None when `console.listen` is unset."""
+    if not settings.console.listen:
+        return None
+    from controlplane.gateway.console_server import ConsoleServer, server_context
+
+    pki = settings.console.pki_dir
+    tls = server_context(cert=pki / "servercert.pem", key=pki / "serverkey.pem", ca=pki / "cacert.pem")
+    return ConsoleServer(hypervisor.running_console, tls, allowed_clients=frozenset(settings.console.allowed_clients),
+                         max_consoles=settings.console.max_consoles)
 
 
 def apps_key_file(settings: Settings) -> Path:
@@ -190,6 +218,7 @@ def build_context(settings: Settings, hypervisor: Hypervisor | None = None,
         network=make_network(settings),
         app_signer=apps.load_signing_key(apps_key_file(settings)),
         fleet=Fleet(engine, partial(host_hypervisor, settings)),
+        console_tls=cache(partial(console_client_tls, settings)),
     )
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Protocol
 
 from controlplane.domain.app_policy import SignedAppPolicy
+from controlplane.domain.console import Console
 from controlplane.domain.network import DesktopNetwork, DesktopNic
 
 
@@ -198,6 +199,16 @@ class Hypervisor(Protocol):
 
     def vnc_socket(self, name: str) -> Path:
         """The Unix socket of the desktop's VNC server (reachable by root only)."""
+
+    def console(self, name: str) -> Console:
+        """Where the gateway reaches the desktop's VNC server: its socket when this host is the
+        gateway's own, else the console relay of the host it runs on (never plain VNC over a
+        network)."""
+
+    def running_console(self, name: str) -> Path:
+        """On the desktop's own host (the console relay's question): the VNC socket of NAME, read
+        from its running definition. PermanentError unless NAME is a running desktop of this
+        installation."""
 
     def capacity(self) -> HostCapacity:
         """This host's CPUs, memory and desktop storage (TemporaryError if it cannot be reached)."""

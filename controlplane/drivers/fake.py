@@ -27,6 +27,7 @@ from pathlib import Path
 from PIL import Image
 
 from controlplane.domain.app_policy import SignedAppPolicy
+from controlplane.domain.console import Console, LocalConsole, RemoteConsole
 from controlplane.domain.network import DesktopNetwork, DesktopNic
 from controlplane.domain.ports import (
     AppDenial,
@@ -76,6 +77,7 @@ class FakeHypervisor:
         self.saved: set[TemplateKey] = set()
         self.host = HostCapacity(vcpus=8, memory_mib=32768, disk_bytes=500 << 30, disk_free_bytes=400 << 30)
         self.unreachable = False  # True: every call fails as if this host's libvirtd were gone
+        self.remote: tuple[str, int] | None = None  # a console relay's address and port, for remote hosts
         self._lock = threading.Lock()
 
     def _reach(self) -> None:
@@ -173,6 +175,19 @@ class FakeHypervisor:
 
     def vnc_socket(self, name: str) -> Path:
         return self.root / f"{name}.vnc"
+
+    def console(self, name: str) -> Console:
+        """The socket here, unless `remote` names a relay (address, port) the tests run."""
+        if self.remote is not None:
+            return RemoteConsole(self.remote[0], self.remote[1], name)
+        return LocalConsole(self.vnc_socket(name))
+
+    def running_console(self, name: str) -> Path:
+        with self._lock:
+            dom = self.domains.get(name)
+            if dom is None or not dom.running:
+                raise PermanentError(f"console: {name!r} is not a running desktop of this host")
+        return self.vnc_socket(name)
 
     def screenshot(self, name: str) -> bytes:
         """A 64x48 PNG in a colour of the desktop's own (tests tell two apart)."""

@@ -17,6 +17,7 @@ from fastapi import APIRouter, FastAPI, WebSocket, WebSocketDisconnect
 from starlette.concurrency import run_in_threadpool
 
 from controlplane.config import GatewaySettings
+from controlplane.domain.console import RemoteConsole
 from controlplane.domain.rfb.filter import Policy, RfbFilter
 from controlplane.domain.rfb.stream import FilterClosed
 from controlplane.domain.session import NEEDS_SIGN_IN, EndReason
@@ -137,8 +138,9 @@ async def _serve(ws: WebSocket, ctx: Context, settings: GatewaySettings, live: L
     try:
         offered = ws.headers.get("sec-websocket-protocol", "")
         await ws.accept(subprotocol="binary" if "binary" in offered else None)
-        endpoint = ctx.driver(target.host_id).vnc_socket(target.desktop)  # through the desktop's own host
-        await relay(BrowserSocket(ws, settings.max_frame_bytes), endpoint,
+        endpoint = ctx.driver(target.host_id).console(target.desktop)  # through the desktop's own host
+        tls = await run_in_threadpool(ctx.console_tls) if isinstance(endpoint, RemoteConsole) else None
+        await relay(BrowserSocket(ws, settings.max_frame_bytes), endpoint, tls=tls,
                     handshake_timeout=settings.handshake_timeout_s, idle_timeout=limits.idle_s, outcome=outcome,
                     watchdog=_watchdog(ctx, display, target.pool, limits, period, live.stopping,
                                        live.directory(ctx)),

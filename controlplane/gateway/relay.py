@@ -1,4 +1,8 @@
-"""The pixel-only relay: browser WebSocket <-> desktop VNC socket, through the RFB filter.
+"""The pixel-only relay: browser WebSocket <-> desktop VNC server, through the RFB filter.
+
+The desktop's VNC server is its Unix socket on this host, or, for a desktop on another host, that
+host's console relay over mutual TLS (domain/console.py, console_server.py): either way the
+filter runs here, in front of the session.
 
 Both handshakes are performed by the gateway itself (it is the server to the browser and the
 client to QEMU), then every byte each way goes through the filter's state machine. Back-pressure
@@ -15,15 +19,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
+from controlplane.domain import console
+from controlplane.domain.console import Console, LocalConsole
 from controlplane.domain.rfb.filter import Policy, RfbFilter
 from controlplane.domain.rfb.handshake import BrowserHandshake, UpstreamHandshake
 from controlplane.domain.rfb.stream import Event, FilterClosed
 from controlplane.domain.token_bucket import TokenBucket
+from controlplane.errors import TemporaryError
 
 CHUNK = 64 * 1024
 SLICE = 4 * 1024  # browser input is filtered this much at a time between yields to the event loop
@@ -59,12 +66,39 @@ class Pace:
     burst: float = 256 * 1024
 
 
-async def relay(browser: Browser, socket_path: Path, *, handshake_timeout: float, idle_timeout: float,
+async def open_console(endpoint: Console, tls: ssl.SSLContext | None) -> tuple[asyncio.StreamReader,
+                                                                                 asyncio.StreamWriter]:
+    """A stream to the desktop's VNC server: its socket here, or through its host's console relay
+    (TemporaryError when the relay refuses, or no client certificate is configured for it)."""
+    if isinstance(endpoint, LocalConsole):
+        return await asyncio.open_unix_connection(str(endpoint.socket))
+    if tls is None:
+        raise TemporaryError(f"console of {endpoint.desktop}: no client certificate for console relays", delay=60)
+    reader, writer = await asyncio.open_connection(endpoint.address, endpoint.port, ssl=tls,
+                                                   server_hostname=endpoint.address)
+    try:
+        writer.write(console.request(endpoint.desktop))
+        await writer.drain()
+        line = await reader.readuntil(b"\n")
+        if len(line) > console.MAX_LINE:
+            raise TemporaryError("console relay: reply too long", delay=5)
+        console.check_reply(line)
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError) as err:
+        writer.close()
+        raise TemporaryError(f"console relay of {endpoint.address}: {type(err).__name__}", delay=5) from err
+    except BaseException:
+        writer.close()
+        raise
+    return reader, writer
+
+
+async def relay(browser: Browser, endpoint: Console, *, handshake_timeout: float, idle_timeout: float,
                 policy: Policy | None = None, outcome: Outcome | None = None, watchdog: Watchdog | None = None,
-                pace: Pace = Pace()) -> Outcome:
-    """Relay until either side ends. OUTCOME (if given) is kept current even if this is cancelled."""
+                pace: Pace = Pace(), tls: ssl.SSLContext | None = None) -> Outcome:
+    """Relay until either side ends. OUTCOME (if given) is kept current even if this is cancelled.
+    TLS is the client context for console relays of other hosts."""
     outcome = outcome or Outcome(reason="?")
-    reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(socket_path)), handshake_timeout)
+    reader, writer = await asyncio.wait_for(open_console(endpoint, tls), handshake_timeout)
     filt: RfbFilter | None = None
     try:
         filt = await asyncio.wait_for(_handshakes(browser, reader, writer, policy), handshake_timeout)
@@ -156,8 +190,13 @@ async def _pump(browser: Browser, reader: asyncio.StreamReader, writer: asyncio.
         except (ConnectionError, Disconnected):
             return "connection lost"
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(BaseException):
-                await task
+        await cancel_all(tasks)
+
+
+async def cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
+    """Cancel TASKS and wait until each has ended, whatever it raised."""
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(BaseException):
+            await task

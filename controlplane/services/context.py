@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,8 @@ class Context:
     app_signer: Ed25519PrivateKey | None = field(default=None, repr=False)  # signs app allowlists; None: none sent
     app_revisions: Revisions = field(default_factory=Revisions)  # in-process: what each desktop was last sent
     fleet: Fleet | None = None  # the other hosts' hypervisors; None: this control plane drives its own host only
+    # the gateway's client identity for the console relays of other hosts (made on first use); None: none
+    console_tls: Callable[[], ssl.SSLContext | None] = field(default=lambda: None, repr=False)
 
     def driver(self, host_id: int) -> Hypervisor:
         """The hypervisor of HOST_ID: `hypervisor` for this control plane's own host, else the

@@ -8,16 +8,25 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
+import struct
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
+import websockets.sync.client as ws_client
 
 from controlplane.config import Settings
 from controlplane.db import leases
+from controlplane.db import sessions as api_sessions
 from controlplane.db.engine import session_scope
+from controlplane.db.models import ApiSession
+from controlplane.domain.groups import group_ref
+from controlplane.services import tokens
+from controlplane.services.identity import AGENT
 from tests.conftest import database_env
 
 
@@ -95,3 +104,44 @@ def wait_for(what: str, check, timeout: float, every: float = 0.2):
             return found
         time.sleep(every)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def agent_token(ctx, user: str, groups: list[str]) -> str:
+    """A signed-in agent (what a directory sign-in leaves: a token with its canonical groups and its
+    session row)."""
+    now = ctx.clock.now()
+    token, claims = tokens.issue(ctx.auth.key, sub=user, role=AGENT, groups=[group_ref(g) for g in groups], now=now,
+                                 ttl_s=600)
+    with session_scope(ctx.engine) as session:
+        api_sessions.create(session=session, api_session=ApiSession(
+            jti=claims.jti, username=user, role=AGENT, issued_at=now, expires_at=now + timedelta(seconds=600)))
+    return token
+
+
+def first_update_through_gateway(replica: Replica, token: str, ticket: str, ca: Path) -> tuple[int, int]:
+    """The RFB handshake through REPLICA's gateway and the first framebuffer update: the screen's size."""
+    context = ssl.create_default_context(cafile=str(ca))
+    buffer = bytearray()
+    with ws_client.connect(f"wss://127.0.0.1:{replica.port}/gateway?ticket={ticket}", ssl=context,
+                           origin=replica.url, additional_headers={"Cookie": f"sd_session={token}"},
+                           open_timeout=10) as ws:
+
+        def read(n: int) -> bytes:
+            while len(buffer) < n:
+                buffer.extend(ws.recv(timeout=30))
+            out = bytes(buffer[:n])
+            del buffer[:n]
+            return out
+
+        assert read(12) == b"RFB 003.008\n"
+        ws.send(b"RFB 003.008\n")
+        assert read(2) == b"\x01\x01"  # security None only
+        ws.send(b"\x01")
+        assert read(4) == b"\0\0\0\0"
+        ws.send(b"\x01")
+        width, height = struct.unpack(">HH", read(4))
+        read(16)
+        read(struct.unpack(">I", read(4))[0])
+        ws.send(struct.pack(">BxHi", 2, 1, 0) + struct.pack(">BBHHHH", 3, 0, 0, 0, width, height))  # Raw, then a frame
+        assert read(1) == b"\x00", "the first message was not a framebuffer update"
+    return width, height

@@ -11,11 +11,14 @@ out, and its desktops are recreated on the first.
 from __future__ import annotations
 
 import shutil
+import signal
+import ssl
 import tempfile
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
+import httpx
 import libvirt
 import pytest
 
@@ -26,9 +29,11 @@ from controlplane.drivers.local_ca import ensure_libvirt_client
 from controlplane.services import audit, desktops, hosts, pools
 from controlplane.services.reconciler import Reconciler
 from tests.conftest import database_env
-from tests.integration.second_host import SecondHost, agent_command, second_host
+from tests.integration.replicas import Replica, agent_token, first_update_through_gateway, wait_for
+from tests.integration.second_host import ADDRESS, SecondHost, agent_command, second_host
 
 LEASE_TTL_S = 6  # the host agent's; short, so the test waits seconds for fencing, not minutes
+SALES = "CN=cc-sales,OU=Groups,DC=hosts,DC=test"
 
 
 @pytest.fixture
@@ -38,6 +43,8 @@ def host_b(real_settings) -> SecondHost:
     root = Path(tempfile.mkdtemp(prefix="shiftdesk-host2-", dir="/var/tmp"))
     env = {"SHIFTDESK_DATA_DIR": str(real_settings.data_dir), "SHIFTDESK_INSTANCE": real_settings.instance,
            "SHIFTDESK_LIBVIRT__URI": "qemu:///system", "SHIFTDESK_RECONCILER__HOST_LEASE_TTL_S": str(LEASE_TTL_S),
+           # its consoles, relayed over TLS with the host's own certificate (the one its libvirtd has)
+           "SHIFTDESK_CONSOLE__LISTEN": ADDRESS, "SHIFTDESK_CONSOLE__PKI_DIR": str(root / "pki"),
            **database_env(real_settings)}
     try:
         with second_host(root, real_settings.data_dir / "tls", agent_command("host-b", env, root / "agent.log")) as h:
@@ -125,6 +132,48 @@ def test_a_dead_host_is_fenced_and_its_desktops_are_recreated_on_the_other(real_
         assert fenced["target"] == "host-b"
         assert [e["target"] for e in audit.recent(real_ctx, action="desktop.evacuate")] == sorted(lost)
         pools.delete(real_ctx, "agents", actor="test")
+        assert rec.run_until_converged(timeout=180)
+    finally:
+        rec.close()
+
+
+def test_an_agent_works_on_a_desktop_of_the_second_host_through_another_replica_and_that_hosts_relay(
+        real_ctx, real_settings, golden, host_b, tmp_path):
+    """The desktop runs on the second host; the agent connects through a `shiftdesk serve` replica
+    that did not place it. Its gateway reaches the desktop's VNC server only through the second
+    host's console relay (mutual TLS), never by a path of its own."""
+    b = hosts.register(real_ctx, name="host-b", uri=host_b.uri, actor="test")
+    (home,) = [h.name for h in hosts.views(real_ctx) if h.name != "host-b"]
+    hosts.set_mode(real_ctx, name=home, mode=HostMode.MAINTENANCE, actor="test")  # so the desktop goes to host-b
+    pools.create(real_ctx, name="agents", image="busybox-desktop", size=1, clone="cold", groups=[SALES],
+                 actor="test")
+    rec = Reconciler(real_ctx)
+    try:
+        assert rec.run_until_converged(timeout=300)
+    finally:
+        rec.close()
+    (name,) = by_host(real_ctx)[b.id]
+    assert running(host_b.uri, real_settings.instance) == {name}
+    replica = Replica(real_settings, tmp_path / "replica.log", hostname="replica-b")
+    try:
+        replica.wait_up()
+        token, ca = agent_token(real_ctx, "alice", [SALES]), real_settings.data_dir / "tls" / "ca.pem"
+        connect = httpx.post(f"{replica.url}/api/v1/me/pools/agents/connect",
+                             headers={"Authorization": f"Bearer {token}"},
+                             verify=ssl.create_default_context(cafile=str(ca)), timeout=30)
+        assert connect.status_code == 200, connect.text
+        assert connect.json()["desktop"] == name
+        width, height = first_update_through_gateway(replica, token, connect.json()["ticket"], ca)
+        assert (width, height) != (0, 0)
+        relayed = wait_for("the second host's relay to log the console", lambda: [
+            line for line in (host_b.root / "agent.log").read_text().splitlines()
+            if f"console: {name} opened for shiftdesk-control-plane" in line], 10)
+        assert len(relayed) == 1
+    finally:
+        replica.kill(signal.SIGTERM)
+    pools.delete(real_ctx, "agents", actor="test")
+    rec = Reconciler(real_ctx)
+    try:
         assert rec.run_until_converged(timeout=180)
     finally:
         rec.close()

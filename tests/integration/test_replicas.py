@@ -14,28 +14,22 @@ import secrets
 import shutil
 import signal
 import ssl
-import struct
 import tempfile
 import time
-from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import pytest
-import websockets.sync.client as ws_client
 from sqlmodel import select
 
 from bench.replicas import storm
 from controlplane.config import Settings
-from controlplane.db import sessions as api_sessions
 from controlplane.db.engine import make_engine, session_scope
-from controlplane.db.models import ApiSession, Desktop
-from controlplane.domain.groups import group_ref
+from controlplane.db.models import Desktop
 from controlplane.main import build_context
-from controlplane.services import audit, desktops, images, pools, tokens
-from controlplane.services.identity import AGENT
+from controlplane.services import audit, desktops, images, pools
 from tests.integration.conftest import ROOT, libvirt_available, purge
-from tests.integration.replicas import Replica, wait_for
+from tests.integration.replicas import Replica, agent_token, first_update_through_gateway, wait_for
 from tests.integration.test_crash import assert_consistent
 
 LEASE_TTL_S = 6
@@ -57,47 +51,6 @@ def pg_settings(postgres, pg_database):
     yield settings
     purge(settings)
     shutil.rmtree(parent, ignore_errors=True)
-
-
-def agent_token(ctx, user: str, groups: list[str]) -> str:
-    """A signed-in agent (what a directory sign-in leaves: a token with its canonical groups and its
-    session row)."""
-    now = ctx.clock.now()
-    token, claims = tokens.issue(ctx.auth.key, sub=user, role=AGENT, groups=[group_ref(g) for g in groups], now=now,
-                                 ttl_s=600)
-    with session_scope(ctx.engine) as session:
-        api_sessions.create(session=session, api_session=ApiSession(
-            jti=claims.jti, username=user, role=AGENT, issued_at=now, expires_at=now + timedelta(seconds=600)))
-    return token
-
-
-def first_update_through_gateway(replica: Replica, token: str, ticket: str, ca: Path) -> tuple[int, int]:
-    """The RFB handshake through REPLICA's gateway and the first framebuffer update: the screen's size."""
-    context = ssl.create_default_context(cafile=str(ca))
-    buffer = bytearray()
-    with ws_client.connect(f"wss://127.0.0.1:{replica.port}/gateway?ticket={ticket}", ssl=context,
-                           origin=replica.url, additional_headers={"Cookie": f"sd_session={token}"},
-                           open_timeout=10) as ws:
-
-        def read(n: int) -> bytes:
-            while len(buffer) < n:
-                buffer.extend(ws.recv(timeout=30))
-            out = bytes(buffer[:n])
-            del buffer[:n]
-            return out
-
-        assert read(12) == b"RFB 003.008\n"
-        ws.send(b"RFB 003.008\n")
-        assert read(2) == b"\x01\x01"  # security None only
-        ws.send(b"\x01")
-        assert read(4) == b"\0\0\0\0"
-        ws.send(b"\x01")
-        width, height = struct.unpack(">HH", read(4))
-        read(16)
-        read(struct.unpack(">I", read(4))[0])
-        ws.send(struct.pack(">BxHi", 2, 1, 0) + struct.pack(">BBHHHH", 3, 0, 0, 0, width, height))  # Raw, then a frame
-        assert read(1) == b"\x00", "the first message was not a framebuffer update"
-    return width, height
 
 
 def test_the_leader_killed_mid_provisioning_hands_over_with_nothing_lost_or_doubled(pg_settings, tmp_path):

@@ -26,6 +26,7 @@ import libvirt
 
 from controlplane.domain import guest_channel, naming
 from controlplane.domain.app_policy import SignedAppPolicy
+from controlplane.domain.console import Console, LocalConsole, RemoteConsole
 from controlplane.domain.network import DesktopNic
 from controlplane.domain.ports import (
     AppDenial,
@@ -74,8 +75,9 @@ class LibvirtHypervisor:
                  run_dir: Path, readiness: str = "serial", domain_type: str = "qemu",
                  probe_cache: Path | None = None, data_dir: Path | None = None,
                  tb_cache_mib: int | None = 128, links: GuestLinks | None = None,
-                 policy_key: bytes | None = None) -> None:
+                 policy_key: bytes | None = None, console_port: int = 16600) -> None:
         self.uri = uri
+        self.console_port = console_port  # the console relays' (gateway/console_server.py), on remote hosts
         self.instance = instance
         self.pool_name = storage_pool
         self.overlay_dir = overlay_dir
@@ -255,6 +257,32 @@ class LibvirtHypervisor:
         if not isinstance(name, str) or not self._desktop_re.fullmatch(name) or "--" in name:
             raise PermanentError(f"vnc socket: {name!r} is not a desktop of installation {self.instance!r}")
         return self.run_dir / f"{name}.vnc"
+
+    def console(self, name: str) -> Console:
+        """The socket, on a libvirt of this machine; else the relay of the host the URI names."""
+        socket = self.vnc_socket(name)
+        address = events.remote_address(self.uri)
+        if address is None:
+            return LocalConsole(socket)
+        return RemoteConsole(address, self.console_port, name)
+
+    def running_console(self, name: str) -> Path:
+        """The socket the running domain's definition names. Not `vnc_socket`: the control plane
+        that defined the domain chose the path (its directory for this host), not this process."""
+        self.vnc_socket(name)  # the same check: a desktop name of this installation
+        dom = self._lookup(name)
+        try:
+            active = dom is not None and dom.isActive() and self._tag(dom) is not None
+            xml = dom.XMLDesc(0) if dom is not None and active else ""
+        except libvirt.libvirtError as err:
+            raise translate(err, f"console of {name}") from err
+        if not xml:
+            raise PermanentError(f"console: {name} is not a running desktop of this host")
+        graphics = ET.fromstring(xml).find("devices/graphics[@type='vnc']")  # noqa: S314 - our own libvirtd
+        socket = graphics.get("socket") if graphics is not None else None
+        if not socket:
+            raise PermanentError(f"console: {name} has no VNC socket")
+        return Path(socket)
 
     def join_file(self, name: str) -> Path:
         return self.run_dir / f"{name}.join"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from urllib.parse import urlsplit
 
 import libvirt
 
@@ -43,6 +44,16 @@ def _run() -> None:
 def remote(uri: str) -> bool:
     """A URI that reaches libvirtd over the network (a transport in its scheme: qemu+tls, qemu+ssh)."""
     return "+" in uri.partition(":")[0]
+
+
+def remote_address(uri: str) -> str | None:
+    """The host a network URI names (qemu+tls://10.0.0.2/system: 10.0.0.2); None for a libvirt
+    of this machine (qemu:///system, qemu+unix:///system, test:///default)."""
+    scheme = uri.partition(":")[0]
+    if not remote(uri) or scheme.endswith("+unix"):
+        return None
+    host = urlsplit(uri).hostname
+    return host or None
 
 
 def keep_alive(conn: libvirt.virConnect) -> None:

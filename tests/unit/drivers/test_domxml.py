@@ -13,10 +13,12 @@ from pathlib import Path
 import libvirt
 import pytest
 
+from controlplane.domain.console import LocalConsole, RemoteConsole
 from controlplane.domain.network import DesktopNetwork
 from controlplane.domain.ports import BootImage, DesktopSpec, Readiness
 from controlplane.drivers.libvirt.domxml import Domain, read_tag
 from controlplane.drivers.libvirt.driver import LibvirtHypervisor
+from controlplane.errors import PermanentError
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "domxml"
 
@@ -224,3 +226,47 @@ def test_a_discarded_join_secret_leaves_a_definition_that_can_start_again(tmp_pa
         assert "opt/org.shiftdesk/join" not in conn.lookupByName(spec.name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
     finally:
         hv.undefine(spec.name)
+
+
+@pytest.mark.parametrize("uri, remote", [
+    ("qemu:///system", None),
+    ("qemu+unix:///system", None),
+    ("test:///default", None),
+    ("qemu+tls://10.254.2.2/system?pkipath=/x", "10.254.2.2"),
+    ("qemu+ssh://root@host-b.example/system", "host-b.example"),
+    ("qemu+tls://[fd00::2]:16514/system", "fd00::2"),
+])
+def test_the_gateway_opens_a_local_socket_only_on_this_machine_and_else_the_hosts_relay(uri, remote):
+    hv = hypervisor(uri)
+    hv.console_port = 16600
+    name = CASES["desktop-basic"].name
+    if remote is None:
+        assert hv.console(name) == LocalConsole(Path("/tmp/shiftdesk-unit-run") / f"{name}.vnc")
+    else:
+        assert hv.console(name) == RemoteConsole(remote, 16600, name)
+    with pytest.raises(PermanentError):
+        hv.console("../../etc/shadow")
+
+
+def test_the_relay_finds_a_running_desktops_socket_in_its_definition_and_nothing_else():
+    hv, other, mine, theirs = two_installations()
+    try:
+        with pytest.raises(PermanentError, match="not a running desktop"):
+            hv.running_console(mine.name)  # defined, not running
+        hv.start(mine.name)
+        other.start(theirs.name)
+        assert hv.running_console(mine.name) == Path("/tmp/shiftdesk-unit-run") / f"{mine.name}.vnc"
+        with pytest.raises(PermanentError):
+            hv.running_console(theirs.name)  # another installation's desktop
+        with pytest.raises(PermanentError):
+            hv.running_console("test")  # the test driver's own domain
+        untagged = hv.conn.defineXML(  # named like ours, but nobody's desktop
+            "<domain type='test'><name>sd-main-sales-0a1b99</name><memory>65536</memory>"
+            "<os><type>hvm</type></os><devices><graphics type='vnc' socket='/run/x.vnc'/></devices></domain>")
+        untagged.create()
+        with pytest.raises(PermanentError, match="not a running desktop"):
+            hv.running_console("sd-main-sales-0a1b99")
+    finally:
+        hv.undefine(mine.name)
+        hv.undefine("sd-main-sales-0a1b99")
+        other.undefine(theirs.name)

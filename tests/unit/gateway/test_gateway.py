@@ -166,6 +166,48 @@ def test_the_connection_cap_holds_across_replicas(world, settings, ctx):
     assert reasons == ["connection cap"]
 
 
+@pytest.fixture
+def relayed(world, ctx, hv, pki):
+    """The desktops as if on another host: reached only through that host's console relay."""
+    from controlplane.gateway.console_server import ConsoleServer, client_context, server_context
+    from tests.unit.gateway.test_console_server import free_port
+
+    host, cp = pki["server"], pki["control-plane"]
+    relay = ConsoleServer(hv.running_console, server_context(cert=host.cert, key=host.key, ca=host.ca_cert),
+                          allowed_clients=frozenset({"shiftdesk-control-plane"}))
+    port = free_port()
+    relay.run_in_thread("127.0.0.1", port)
+    hv.remote = ("127.0.0.1", port)
+    tls = client_context(cert=cp / "clientcert.pem", key=cp / "clientkey.pem", ca=cp / "cacert.pem")
+    ctx.console_tls = lambda: tls
+    return relay
+
+
+def test_a_desktop_on_another_host_is_reached_through_its_console_relay_behind_the_filter(world, ctx, relayed):
+    api, cookie = login(world, "alice")
+    c = connect(world, api)
+    with world.websocket_connect(f"/gateway?ticket={c['ticket']}", headers={**ORIGIN, **cookie}) as ws:
+        w, h, _ = rfb_handshake(ws)
+        assert relayed.live == 1  # this session is the relay's console
+        clip = struct.pack(">Bxxxi", 6, 17) + b"4111 1111 1111 11"
+        ws.send_bytes(struct.pack(">BxHi", 2, 1, 0) + clip + struct.pack(">BBHHHH", 3, 0, 0, 0, w, h))
+        assert ws.receive_bytes()[:4] == b"\x00\x00\x00\x01"
+    server = world.servers[c["desktop"]]
+    assert server.types == [0, 2, 3] and b"4111" not in server.received  # the filter ran before the relay
+
+
+def test_without_the_control_planes_certificate_no_console_of_another_host_opens(world, ctx, relayed):
+    ctx.console_tls = lambda: None
+    api, cookie = login(world, "alice")
+    c = connect(world, api)
+    with world.websocket_connect(f"/gateway?ticket={c['ticket']}", headers={**ORIGIN, **cookie}) as ws, \
+            pytest.raises(WebSocketDisconnect):
+        ws.receive_bytes()
+    end = wait_for(ctx, "session.drop")
+    assert "no client certificate for console relays" in end["detail"]["reason"]
+    assert world.servers[c["desktop"]].types == []
+
+
 def test_filter_violation_ends_the_session_and_is_audited(world, ctx):
     api, cookie = login(world, "alice")
     c = connect(world, api)

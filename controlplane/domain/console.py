@@ -1,0 +1,88 @@
+"""Where a desktop's console is, and the one-line protocol of the console relay on each host.
+
+A desktop's VNC server listens on a Unix socket of the host that runs it, reachable by root only.
+On the control plane's own host the gateway opens that socket. A desktop on another host is
+reached through that host's console relay (the host agent, gateway/console_server.py): mutual TLS
+with certificates from ShiftDesk's local CA, so plain VNC never crosses a network. Over the TLS
+stream the gateway sends one request line naming the desktop; the relay answers one line, `OK`
+or `NO <reason>`, and from then on carries bytes both ways, unchanged: the RFB filter stays in the
+gateway, in front of every session.
+
+    SHIFTDESK-CONSOLE/1 sd-main-sales-0a1b2c\\n    ->    OK\\n  (then RFB)
+
+Lines are bounded (MAX_LINE): a peer cannot make the other side buffer more.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from controlplane.errors import InvalidInput, TemporaryError
+
+PROTOCOL = "SHIFTDESK-CONSOLE/1"
+MAX_LINE = 128  # bytes, newline included: the longest desktop name fits three times over
+_NAME = re.compile(r"[a-z][a-z0-9-]{0,62}")
+_REASON = re.compile(r"[ -~]{1,100}")  # printable ASCII: a reason is logged and shown, never markup
+
+
+@dataclass(frozen=True)
+class LocalConsole:
+    """The desktop's VNC socket on this machine."""
+
+    socket: Path
+
+
+@dataclass(frozen=True)
+class RemoteConsole:
+    """The desktop's console through the relay of the host at ADDRESS:PORT."""
+
+    address: str
+    port: int
+    desktop: str
+
+
+Console = LocalConsole | RemoteConsole
+
+
+def request(desktop: str) -> bytes:
+    """The request line for DESKTOP."""
+    if not _NAME.fullmatch(desktop):
+        raise InvalidInput(f"desktop: {desktop!r} is not a desktop name", field="desktop")
+    return f"{PROTOCOL} {desktop}\n".encode()
+
+
+def parse_request(line: bytes) -> str:
+    """The desktop a request line names. InvalidInput (field `request`) for anything else."""
+    if len(line) > MAX_LINE or not line.endswith(b"\n"):
+        raise InvalidInput("request: not one line of at most 128 bytes", field="request")
+    try:
+        protocol, _, desktop = line[:-1].decode("ascii").partition(" ")
+    except UnicodeDecodeError:
+        raise InvalidInput("request: not ASCII", field="request") from None
+    if protocol != PROTOCOL:
+        raise InvalidInput(f"request: protocol {protocol[:32]!r} is not {PROTOCOL}", field="request")
+    if not _NAME.fullmatch(desktop):
+        raise InvalidInput(f"request: {desktop[:64]!r} is not a desktop name", field="request")
+    return desktop
+
+
+OK = b"OK\n"
+
+
+def refusal(reason: str) -> bytes:
+    """The answer that refuses a request, with REASON made printable and short."""
+    text = "".join(ch if " " <= ch <= "~" else "?" for ch in reason)[:100] or "refused"
+    return f"NO {text}\n".encode()
+
+
+def check_reply(line: bytes) -> None:
+    """Nothing if LINE accepts the request; TemporaryError with the relay's reason if it refuses
+    (the desktop may be starting or moving: the agent may try again), or if it is not a reply."""
+    if line == OK:
+        return
+    text = line[:-1].decode("ascii", "replace") if line.endswith(b"\n") else ""
+    if text.startswith("NO ") and _REASON.fullmatch(text[3:]):
+        raise TemporaryError(f"console relay refused: {text[3:]}", delay=5)
+    raise TemporaryError("console relay: no valid reply", delay=5)

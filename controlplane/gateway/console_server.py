@@ -1,0 +1,160 @@
+"""The console relay of a libvirt host: the far end of the gateway for desktops on other hosts.
+
+It runs in the host agent (`shiftdesk host-agent`), beside libvirtd, and listens on the host's
+address with TLS only. A client must present a certificate from ShiftDesk's local CA whose common
+name is allowed (the control plane's, the same one the host's libvirtd admits), else the TLS
+handshake fails and nothing is read. The client sends one request line naming a desktop
+(domain/console.py); the relay looks the desktop up in its own libvirt (a running desktop of this
+installation, its VNC socket from the live definition), answers OK and carries bytes both ways
+until either side closes. A refusal is one `NO <reason>` line, then the connection closes.
+
+What a client may cost is bounded: one request line of at most 128 bytes within the request
+timeout, a fixed number of consoles at once, and 64 KiB in flight each way per console (a side
+is read only after the other took the previous chunk). The bytes are RFB, filtered by the gateway
+that sent them: this relay adds no parsing a guest or a browser could reach.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from controlplane.domain import console
+from controlplane.errors import ShiftDeskError
+from controlplane.gateway.relay import cancel_all
+
+log = logging.getLogger(__name__)
+CHUNK = 64 * 1024
+Resolve = Callable[[str], Path]  # a desktop name -> its VNC socket on this host (raises if not ours)
+
+
+def server_context(*, cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
+    """TLS 1.3 server context that requires a client certificate signed by CA."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_cert_chain(cert, key)
+    ctx.load_verify_locations(cafile=str(ca))
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def client_context(*, cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
+    """TLS 1.3 client context that trusts CA alone (not the system's CAs) and presents CERT."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_verify_locations(cafile=str(ca))
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def _common_name(writer: asyncio.StreamWriter) -> str:
+    cert = writer.get_extra_info("peercert") or {}
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return ""
+
+
+class ConsoleServer:
+    def __init__(self, resolve: Resolve, tls: ssl.SSLContext, *, allowed_clients: frozenset[str],
+                 max_consoles: int = 256, request_timeout: float = 5.0) -> None:
+        self.resolve = resolve
+        self.tls = tls
+        self.allowed_clients = allowed_clients
+        self.max_consoles = max_consoles
+        self.request_timeout = request_timeout
+        self.live = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int) -> asyncio.Server:
+        self.server = await asyncio.start_server(
+            self._serve, host, port, ssl=self.tls, limit=console.MAX_LINE,
+            ssl_handshake_timeout=self.request_timeout)
+        return self.server
+
+    def run_in_thread(self, host: str, port: int) -> threading.Thread:
+        """Serve on HOST:PORT from a daemon thread of its own (the host agent's main thread keeps
+        the lease). Returns once listening; OSError if it cannot listen."""
+        ready, failed = threading.Event(), []
+
+        async def serve() -> None:
+            try:
+                server = await self.start(host, port)
+            except OSError as err:
+                failed.append(err)
+                return
+            finally:
+                ready.set()
+            log.info("console relay on %s:%d", host, port)
+            async with server:
+                await server.serve_forever()
+
+        thread = threading.Thread(target=asyncio.run, args=(serve(),), name="console-relay", daemon=True)
+        thread.start()
+        ready.wait()
+        if failed:
+            raise failed[0]
+        return thread
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        client = _common_name(writer)
+        try:
+            if client not in self.allowed_clients:
+                log.warning("console: refused a client named %r", client)
+                return  # before reading a byte: an unknown client is told nothing
+            if self.live >= self.max_consoles:
+                writer.write(console.refusal("too many consoles on this host"))
+                return
+            self.live += 1
+            try:
+                await self._relay(reader, writer, client)
+            finally:
+                self.live -= 1
+        except (ConnectionError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: str) -> None:
+        async with asyncio.timeout(self.request_timeout):
+            line = await reader.readuntil(b"\n")  # LimitOverrunError past MAX_LINE: nothing more is read
+        try:
+            desktop = console.parse_request(line)
+            socket = await asyncio.to_thread(self.resolve, desktop)  # asks libvirt: off the event loop
+            async with asyncio.timeout(self.request_timeout):
+                vnc_reader, vnc_writer = await asyncio.open_unix_connection(str(socket), limit=CHUNK)
+        except (ShiftDeskError, OSError, TimeoutError) as err:
+            log.info("console: refused %s: %s", client, err)
+            writer.write(console.refusal(str(err)))
+            return
+        log.info("console: %s opened for %s", desktop, client)
+        writer.write(console.OK)
+        try:
+            await _splice(reader, writer, vnc_reader, vnc_writer)
+        finally:
+            vnc_writer.close()
+            log.info("console: %s closed for %s", desktop, client)
+
+
+async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while data := await reader.read(CHUNK):
+        writer.write(data)
+        await writer.drain()  # the next chunk is read only once this one is on its way
+
+
+async def _splice(a_reader: asyncio.StreamReader, a_writer: asyncio.StreamWriter,
+                  b_reader: asyncio.StreamReader, b_writer: asyncio.StreamWriter) -> None:
+    """Both directions until either ends."""
+    tasks = [asyncio.create_task(_copy(a_reader, b_writer)), asyncio.create_task(_copy(b_reader, a_writer))]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        await cancel_all(tasks)

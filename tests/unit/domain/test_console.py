@@ -1,0 +1,53 @@
+"""The console relay's one-line protocol: what the gateway sends, what the relay accepts."""
+
+from __future__ import annotations
+
+import pytest
+
+from controlplane.domain import console
+from controlplane.errors import InvalidInput, TemporaryError
+
+NAME = "sd-main-sales-0a1b2c"
+
+
+def test_a_request_names_one_desktop_and_parses_back():
+    line = console.request(NAME)
+    assert line == b"SHIFTDESK-CONSOLE/1 sd-main-sales-0a1b2c\n"
+    assert console.parse_request(line) == NAME
+
+
+@pytest.mark.parametrize("line", [
+    b"SHIFTDESK-CONSOLE/1 sd-main-sales-0a1b2c",  # no newline
+    b"SHIFTDESK-CONSOLE/2 sd-main-sales-0a1b2c\n",  # another protocol
+    b"RFB 003.008\n",
+    b"SHIFTDESK-CONSOLE/1 ../../etc/passwd\n",  # a path, not a name
+    b"SHIFTDESK-CONSOLE/1 sd-main-sales-0a1b2c extra\n",
+    b"SHIFTDESK-CONSOLE/1 Sd-Main\n",
+    b"SHIFTDESK-CONSOLE/1 \xff\xfe\n",
+    b"SHIFTDESK-CONSOLE/1 " + b"a" * 200 + b"\n",  # longer than a line may be
+    b"\n",
+])
+def test_anything_else_is_refused_naming_the_request(line):
+    with pytest.raises(InvalidInput) as err:
+        console.parse_request(line)
+    assert err.value.field == "request"
+
+
+def test_the_gateway_never_sends_a_name_that_is_not_a_desktop_name():
+    with pytest.raises(InvalidInput) as err:
+        console.request("sd main\nSHIFTDESK-CONSOLE/1 other")
+    assert err.value.field == "desktop"
+
+
+def test_a_refusal_is_one_printable_line_the_gateway_reports():
+    line = console.refusal("no such desktop\n\x1b[31mred")
+    assert line.count(b"\n") == 1 and line.endswith(b"\n")
+    with pytest.raises(TemporaryError, match="refused: no such desktop"):
+        console.check_reply(line)
+    assert console.check_reply(console.OK) is None
+
+
+@pytest.mark.parametrize("line", [b"", b"OK", b"YES\n", b"NO \n", b"NO " + b"x" * 300 + b"\n"])
+def test_a_reply_that_is_neither_ok_nor_a_refusal_is_an_error(line):
+    with pytest.raises(TemporaryError, match="no valid reply"):
+        console.check_reply(line)
