@@ -100,9 +100,13 @@ def note_failure(*, session: Session, desktop: Desktop, retry_at: datetime) -> D
 
 
 def clear_failures(*, session: Session, desktop_id: int) -> None:
-    """A step succeeded: no more back-off (one UPDATE that touches nothing when there was none)."""
-    session.execute(update(Desktop).where(col(Desktop.id) == desktop_id, col(Desktop.failures) > 0)
-                    .values(failures=0, retry_at=None))
+    """A step succeeded: no more back-off. Looked at first, so that the usual case (no failures)
+    stays a read: an UPDATE, even of no row, makes the transaction a writer (SQLite's one write
+    lock, and the fencing check of the reconciler's lease)."""
+    failed = session.exec(select(Desktop.failures).where(Desktop.id == desktop_id)).first()
+    if failed:
+        session.execute(update(Desktop).where(col(Desktop.id) == desktop_id, col(Desktop.failures) > 0)
+                        .values(failures=0, retry_at=None))
 
 
 def unassign(*, session: Session, desktop: Desktop) -> Desktop:
