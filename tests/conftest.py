@@ -54,7 +54,8 @@ class FakeBuilder:
         import hashlib
 
         manifest = {"recipe": recipe, "cmdline": "root=/dev/vda", "packages": {"busybox-static": "1"},
-                    "sha256": {"disk.qcow2": hashlib.sha256((out_dir / "disk.qcow2").read_bytes()).hexdigest()}}
+                    "sha256": {"disk.qcow2": hashlib.sha256((out_dir / "disk.qcow2").read_bytes()).hexdigest()},
+                    **({"memory_mib": 1024, "vcpus": 2} if recipe == "agent-desktop" else {})}  # as the recipes ask
         (out_dir / "manifest.json").write_text(json.dumps(manifest))
         return manifest
 

@@ -27,8 +27,8 @@ class PoolCreate(Strict):
     size: int = Field(ge=0, le=500)
     min_size: int = Field(0, ge=0, le=500)
     max_size: int = Field(50, ge=0, le=500)
-    memory_mib: int = Field(256, ge=128, le=65536)
-    vcpus: int = Field(1, ge=1, le=16)
+    memory_mib: int | None = Field(None, ge=128, le=65536, description="default: what the image asks for")
+    vcpus: int | None = Field(None, ge=1, le=16, description="default: what the image asks for")
     groups: list[str] = Field(default_factory=list, max_length=100, description="AD groups entitled to the pool")
     clone: str = Field("instant", max_length=16, description="instant (restore from a template) or cold (boot)")
     memory_sharing: bool = Field(True, description="the host may merge identical memory pages of these desktops "

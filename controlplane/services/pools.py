@@ -49,22 +49,21 @@ def check_clone(value: str) -> CloneMode:
 
 
 def create(ctx: Context, *, name: str, image: str, size: int, min_size: int = 0, max_size: int = 50,
-           memory_mib: int = 256, vcpus: int = 1, groups: list[str] | None = None, clone: str = "instant",
-           memory_sharing: bool = True, actor: str) -> Pool:
+           memory_mib: int | None = None, vcpus: int | None = None, groups: list[str] | None = None,
+           clone: str = "instant", memory_sharing: bool = True, actor: str) -> Pool:
+    """A pool of SIZE desktops of IMAGE. Memory and vCPUs default to what the image's recipe asks
+    for (an agent desktop needs 1 GiB and two vCPUs for Firefox; busybox, 256 MiB and one)."""
     try:
         check_name("name", name)
     except InvalidName as err:
         raise InvalidInput(str(err), field="name") from err
     check_sizes(size=size, min_size=min_size, max_size=max_size)
-    if not 128 <= memory_mib <= 65536:
-        raise InvalidInput("memory_mib: must be from 128 to 65536", field="memory_mib")
-    if not 1 <= vcpus <= 16:
-        raise InvalidInput("vcpus: must be from 1 to 16", field="vcpus")
     mode = check_clone(clone)
     with session_scope(ctx.engine) as session:
         if pools.get_by_name(session=session, name=name) is not None:
             raise Conflict(f"name: pool {name!r} already exists", field="name")
         img = images.resolve(session=session, ref=image)
+        memory_mib, vcpus = shape_of(img.manifest, memory_mib, vcpus)
         pool = pools.create(session=session, pool=Pool(
             name=name, image_id=img.id or 0, target_size=size, min_size=min_size, max_size=max_size,
             memory_mib=memory_mib, vcpus=vcpus, clone=mode, memory_sharing=bool(memory_sharing),
@@ -74,6 +73,18 @@ def create(ctx: Context, *, name: str, image: str, size: int, min_size: int = 0,
                      image=f"{img.name}:{img.version}", size=size, min_size=min_size, max_size=max_size,
                      groups=pool.groups, clone=mode.value, memory_sharing=pool.memory_sharing)
         return pool
+
+
+def shape_of(manifest: dict, memory_mib: int | None, vcpus: int | None) -> tuple[int, int]:
+    """Memory and vCPUs per desktop: as given, else the image manifest's, else 256 MiB and one;
+    InvalidInput naming the field when out of range."""
+    memory_mib = memory_mib if memory_mib is not None else int(manifest.get("memory_mib", 256))
+    vcpus = vcpus if vcpus is not None else int(manifest.get("vcpus", 1))
+    if not 128 <= memory_mib <= 65536:
+        raise InvalidInput("memory_mib: must be from 128 to 65536", field="memory_mib")
+    if not 1 <= vcpus <= 16:
+        raise InvalidInput("vcpus: must be from 1 to 16", field="vcpus")
+    return memory_mib, vcpus
 
 
 def list_all(ctx: Context) -> list[Pool]:
