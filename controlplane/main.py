@@ -62,7 +62,7 @@ def host_hypervisor(settings: Settings, host: str | None, uri: str) -> Hyperviso
         overlay_dir=overlays, run_dir=run, readiness=settings.libvirt.readiness,
         domain_type=settings.libvirt.domain_type, probe_cache=cache, data_dir=settings.data_dir,
         policy_key=public_bytes(apps.load_signing_key(apps_key_file(settings))),
-        console_port=settings.console.port,
+        console_port=settings.console.port, console_tls=partial(console_client_tls, settings),
     )
 
 
@@ -99,7 +99,7 @@ def build_console_relay(settings: Settings, hypervisor: Hypervisor) -> Any:
 
     pki = settings.console.pki_dir
     tls = server_context(cert=pki / "servercert.pem", key=pki / "serverkey.pem", ca=pki / "cacert.pem")
-    return ConsoleServer(hypervisor.running_console, tls, allowed_clients=frozenset(settings.console.allowed_clients),
+    return ConsoleServer(hypervisor.running_socket, tls, allowed_clients=frozenset(settings.console.allowed_clients),
                          max_consoles=settings.console.max_consoles)
 
 
@@ -223,10 +223,21 @@ def build_context(settings: Settings, hypervisor: Hypervisor | None = None,
 
 
 def build_host_agent(settings: Settings, name: str) -> HostAgent:
-    """The host agent of host NAME: this machine's libvirt, and the control plane's database."""
+    """The host agent of host NAME: this machine's libvirt, and the control plane's database; with
+    desktop networks on, this host's desktop network, and (once the host is registered) its
+    enforcing resolver, serving this host's desktops."""
     engine = make_engine(settings.database_url, settings.db.busy_timeout_ms)
-    return HostAgent(engine, name, make_hypervisor(settings), SystemClock(),
-                     ttl=timedelta(seconds=settings.reconciler.host_lease_ttl_s))
+    hypervisor, host_network = make_hypervisor(settings), make_network(settings)
+
+    def start_resolver(host_id: int) -> None:
+        ctx = Context(engine=engine, hypervisor=hypervisor, clock=SystemClock(), builder=None,
+                      instance=settings.instance, host_id=host_id, image_store=settings.image_store,
+                      network=host_network)
+        make_resolver(ctx, settings).start()
+
+    return HostAgent(engine, name, hypervisor, SystemClock(),
+                     ttl=timedelta(seconds=settings.reconciler.host_lease_ttl_s), network=host_network,
+                     on_registered=start_resolver if host_network is not None else None)
 
 
 def _private_dir(path: Path) -> None:

@@ -1,14 +1,16 @@
 """Where a desktop's console is, and the one-line protocol of the console relay on each host.
 
-A desktop's VNC server listens on a Unix socket of the host that runs it, reachable by root only.
-On the control plane's own host the gateway opens that socket. A desktop on another host is
-reached through that host's console relay (the host agent, gateway/console_server.py): mutual TLS
-with certificates from ShiftDesk's local CA, so plain VNC never crosses a network. Over the TLS
-stream the gateway sends one request line naming the desktop; the relay answers one line, `OK`
-or `NO <reason>`, and from then on carries bytes both ways, unchanged: the RFB filter stays in the
-gateway, in front of every session.
+A desktop's VNC server and its host channel listen on Unix sockets of the host that runs it,
+reachable by root only. On the control plane's own host the gateway and the driver open those
+sockets. A desktop on another host is reached through that host's console relay (the host agent,
+gateway/console_server.py): mutual TLS with certificates from ShiftDesk's local CA, so neither
+plain VNC nor the guest's channel ever crosses a network. Over the TLS stream the client sends one
+request line naming the stream and the desktop; the relay answers one line, `OK` or `NO <reason>`,
+and from then on carries bytes both ways, unchanged: the RFB filter stays in the gateway, in front
+of every session, and the guest's messages are checked by the control plane's driver as ever.
 
     SHIFTDESK-CONSOLE/1 sd-main-sales-0a1b2c\\n    ->    OK\\n  (then RFB)
+    SHIFTDESK-CHANNEL/1 sd-main-sales-0a1b2c\\n    ->    OK\\n  (then the host channel's frames)
 
 Lines are bounded (MAX_LINE): a peer cannot make the other side buffer more.
 """
@@ -17,11 +19,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from controlplane.errors import InvalidInput, TemporaryError
 
-PROTOCOL = "SHIFTDESK-CONSOLE/1"
 MAX_LINE = 128  # bytes, newline included: the longest desktop name fits three times over
 _NAME = re.compile(r"[a-z][a-z0-9-]{0,62}")
 _REASON = re.compile(r"[ -~]{1,100}")  # printable ASCII: a reason is logged and shown, never markup
@@ -46,26 +48,36 @@ class RemoteConsole:
 Console = LocalConsole | RemoteConsole
 
 
-def request(desktop: str) -> bytes:
-    """The request line for DESKTOP."""
+class Stream(StrEnum):
+    """What a request asks the relay for (the value is the request's protocol word)."""
+
+    VNC = "SHIFTDESK-CONSOLE/1"  # the desktop's VNC server
+    CHANNEL = "SHIFTDESK-CHANNEL/1"  # the host end of its host channel
+
+
+def request(desktop: str, stream: Stream = Stream.VNC) -> bytes:
+    """The request line for STREAM of DESKTOP."""
     if not _NAME.fullmatch(desktop):
         raise InvalidInput(f"desktop: {desktop!r} is not a desktop name", field="desktop")
-    return f"{PROTOCOL} {desktop}\n".encode()
+    return f"{stream.value} {desktop}\n".encode()
 
 
-def parse_request(line: bytes) -> str:
-    """The desktop a request line names. InvalidInput (field `request`) for anything else."""
+def parse_request(line: bytes) -> tuple[Stream, str]:
+    """The stream and desktop a request line names. InvalidInput (field `request`) for anything else."""
     if len(line) > MAX_LINE or not line.endswith(b"\n"):
         raise InvalidInput("request: not one line of at most 128 bytes", field="request")
     try:
         protocol, _, desktop = line[:-1].decode("ascii").partition(" ")
     except UnicodeDecodeError:
         raise InvalidInput("request: not ASCII", field="request") from None
-    if protocol != PROTOCOL:
-        raise InvalidInput(f"request: protocol {protocol[:32]!r} is not {PROTOCOL}", field="request")
+    try:
+        stream = Stream(protocol)
+    except ValueError:
+        raise InvalidInput(f"request: protocol {protocol[:32]!r} is none of "
+                           f"{', '.join(s.value for s in Stream)}", field="request") from None
     if not _NAME.fullmatch(desktop):
         raise InvalidInput(f"request: {desktop[:64]!r} is not a desktop name", field="request")
-    return desktop
+    return stream, desktop
 
 
 OK = b"OK\n"

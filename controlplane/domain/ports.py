@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Protocol
 
 from controlplane.domain.app_policy import SignedAppPolicy
-from controlplane.domain.console import Console
+from controlplane.domain.console import Console, Stream
 from controlplane.domain.network import DesktopNetwork, DesktopNic
 
 
@@ -205,10 +205,10 @@ class Hypervisor(Protocol):
         gateway's own, else the console relay of the host it runs on (never plain VNC over a
         network)."""
 
-    def running_console(self, name: str) -> Path:
-        """On the desktop's own host (the console relay's question): the VNC socket of NAME, read
-        from its running definition. PermanentError unless NAME is a running desktop of this
-        installation."""
+    def running_socket(self, name: str, stream: Stream) -> Path:
+        """On the desktop's own host (the console relay's question): the socket of NAME's STREAM
+        (its VNC server or its host channel), read from its running definition. PermanentError
+        unless NAME is a running desktop of this installation and has that socket."""
 
     def capacity(self) -> HostCapacity:
         """This host's CPUs, memory and desktop storage (TemporaryError if it cannot be reached)."""

@@ -27,7 +27,7 @@ from pathlib import Path
 from PIL import Image
 
 from controlplane.domain.app_policy import SignedAppPolicy
-from controlplane.domain.console import Console, LocalConsole, RemoteConsole
+from controlplane.domain.console import Console, LocalConsole, RemoteConsole, Stream
 from controlplane.domain.network import DesktopNetwork, DesktopNic
 from controlplane.domain.ports import (
     AppDenial,
@@ -182,12 +182,12 @@ class FakeHypervisor:
             return RemoteConsole(self.remote[0], self.remote[1], name)
         return LocalConsole(self.vnc_socket(name))
 
-    def running_console(self, name: str) -> Path:
+    def running_socket(self, name: str, stream: Stream) -> Path:
         with self._lock:
             dom = self.domains.get(name)
             if dom is None or not dom.running:
                 raise PermanentError(f"console: {name!r} is not a running desktop of this host")
-        return self.vnc_socket(name)
+        return self.vnc_socket(name) if stream == Stream.VNC else self.root / f"{name}.chan"
 
     def screenshot(self, name: str) -> bytes:
         """A 64x48 PNG in a colour of the desktop's own (tests tell two apart)."""

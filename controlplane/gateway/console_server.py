@@ -25,12 +25,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from controlplane.domain import console
+from controlplane.drivers.console_relay import CHUNK, splice
 from controlplane.errors import ShiftDeskError
-from controlplane.gateway.relay import cancel_all
 
 log = logging.getLogger(__name__)
-CHUNK = 64 * 1024
-Resolve = Callable[[str], Path]  # a desktop name -> its VNC socket on this host (raises if not ours)
+Resolve = Callable[[str, console.Stream], Path]  # desktop, stream -> its socket here (raises if not ours)
 
 
 def server_context(*, cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
@@ -127,34 +126,18 @@ class ConsoleServer:
         async with asyncio.timeout(self.request_timeout):
             line = await reader.readuntil(b"\n")  # LimitOverrunError past MAX_LINE: nothing more is read
         try:
-            desktop = console.parse_request(line)
-            socket = await asyncio.to_thread(self.resolve, desktop)  # asks libvirt: off the event loop
+            stream, desktop = console.parse_request(line)
+            socket = await asyncio.to_thread(self.resolve, desktop, stream)  # asks libvirt: off the event loop
             async with asyncio.timeout(self.request_timeout):
                 vnc_reader, vnc_writer = await asyncio.open_unix_connection(str(socket), limit=CHUNK)
         except (ShiftDeskError, OSError, TimeoutError) as err:
             log.info("console: refused %s: %s", client, err)
             writer.write(console.refusal(str(err)))
             return
-        log.info("console: %s opened for %s", desktop, client)
+        log.info("console: %s %s opened for %s", desktop, stream.name.lower(), client)
         writer.write(console.OK)
         try:
-            await _splice(reader, writer, vnc_reader, vnc_writer)
+            await splice((reader, writer), (vnc_reader, vnc_writer))
         finally:
-            vnc_writer.close()
-            log.info("console: %s closed for %s", desktop, client)
+            log.info("console: %s %s closed for %s", desktop, stream.name.lower(), client)
 
-
-async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    while data := await reader.read(CHUNK):
-        writer.write(data)
-        await writer.drain()  # the next chunk is read only once this one is on its way
-
-
-async def _splice(a_reader: asyncio.StreamReader, a_writer: asyncio.StreamWriter,
-                  b_reader: asyncio.StreamReader, b_writer: asyncio.StreamWriter) -> None:
-    """Both directions until either ends."""
-    tasks = [asyncio.create_task(_copy(a_reader, b_writer)), asyncio.create_task(_copy(b_reader, a_writer))]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        await cancel_all(tasks)

@@ -24,12 +24,12 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from controlplane.domain import console
-from controlplane.domain.console import Console, LocalConsole
+from controlplane.domain.console import Console, LocalConsole, Stream
 from controlplane.domain.rfb.filter import Policy, RfbFilter
 from controlplane.domain.rfb.handshake import BrowserHandshake, UpstreamHandshake
 from controlplane.domain.rfb.stream import Event, FilterClosed
 from controlplane.domain.token_bucket import TokenBucket
+from controlplane.drivers.console_relay import cancel_all, open_relayed
 from controlplane.errors import TemporaryError
 
 CHUNK = 64 * 1024
@@ -74,22 +74,7 @@ async def open_console(endpoint: Console, tls: ssl.SSLContext | None) -> tuple[a
         return await asyncio.open_unix_connection(str(endpoint.socket))
     if tls is None:
         raise TemporaryError(f"console of {endpoint.desktop}: no client certificate for console relays", delay=60)
-    reader, writer = await asyncio.open_connection(endpoint.address, endpoint.port, ssl=tls,
-                                                   server_hostname=endpoint.address)
-    try:
-        writer.write(console.request(endpoint.desktop))
-        await writer.drain()
-        line = await reader.readuntil(b"\n")
-        if len(line) > console.MAX_LINE:
-            raise TemporaryError("console relay: reply too long", delay=5)
-        console.check_reply(line)
-    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError) as err:
-        writer.close()
-        raise TemporaryError(f"console relay of {endpoint.address}: {type(err).__name__}", delay=5) from err
-    except BaseException:
-        writer.close()
-        raise
-    return reader, writer
+    return await open_relayed(endpoint.address, endpoint.port, tls, endpoint.desktop, Stream.VNC)
 
 
 async def relay(browser: Browser, endpoint: Console, *, handshake_timeout: float, idle_timeout: float,
@@ -192,11 +177,3 @@ async def _pump(browser: Browser, reader: asyncio.StreamReader, writer: asyncio.
     finally:
         await cancel_all(tasks)
 
-
-async def cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
-    """Cancel TASKS and wait until each has ended, whatever it raised."""
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        with contextlib.suppress(BaseException):
-            await task

@@ -13,6 +13,7 @@ sent, and one that refuses it or does not apply it in time is quarantined and re
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 from pathlib import Path
 
@@ -24,10 +25,13 @@ from controlplane.db.engine import session_scope
 from controlplane.db.models import Desktop
 from controlplane.domain.app_policy import sign
 from controlplane.domain.desktop import DesktopState as S
+from controlplane.domain.ports import AppDenial
+from controlplane.errors import TemporaryError
 from controlplane.services import policies
 from controlplane.services.context import Context
 from controlplane.services.tokens import load_or_create_key
 
+log = logging.getLogger(__name__)
 ACTOR = "guest"  # who denied an execution nobody was signed in for
 DELIVER_TO = (S.PROVISIONING, S.READY, S.IN_USE, S.DRAINING)  # desktops whose guest may run
 
@@ -37,28 +41,38 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
     return Ed25519PrivateKey.from_private_bytes(load_or_create_key(path)[:32])
 
 
-def wanted(ctx: Context) -> dict[str, frozenset[str]]:
-    """Each running desktop of this host -> the apps it may run now."""
-    return {d.name: d.apps for d in policies.on_desktops(ctx, Desktop.state.in_(DELIVER_TO))}  # type: ignore[attr-defined]
+def wanted(ctx: Context) -> dict[int, dict[str, frozenset[str]]]:
+    """Each host -> its running desktops -> the apps each may run now."""
+    lists: dict[int, dict[str, frozenset[str]]] = {}
+    for d in policies.on_desktops(ctx, Desktop.state.in_(DELIVER_TO), every_host=True):  # type: ignore[attr-defined]
+        lists.setdefault(d.host_id, {})[d.name] = d.apps
+    return lists
 
 
 def sync(ctx: Context) -> None:
-    """Send every desktop the allowlist it should enforce now; audit what guests denied."""
+    """Send every desktop, on every host, the allowlist it should enforce now (through its host's
+    driver: another host's guests are reached through that host's console relay); audit what
+    guests denied. A host that cannot be driven now is skipped: its guests keep what they have."""
     if ctx.app_signer is None:
         return
     signer = partial(sign, ctx.app_signer)
     now_ms = int(ctx.clock.now().timestamp() * 1000)
     lists = wanted(ctx)
-    for name, apps in lists.items():
-        signed = ctx.app_revisions.current(name, apps, now_ms, signer)
-        ctx.hypervisor.deliver_apps(name, signed)
-    ctx.app_revisions.keep_only(set(lists))
-    record_denials(ctx)
+    denials: list[AppDenial] = []
+    for host_id in {ctx.host_id, *lists}:
+        try:
+            hv = ctx.driver(host_id)
+            for name, apps in lists.get(host_id, {}).items():
+                hv.deliver_apps(name, ctx.app_revisions.current(name, apps, now_ms, signer))
+            denials += hv.app_denials()
+        except TemporaryError as err:
+            log.info("app allowlists of host %d not delivered this pass: %s", host_id, err)
+    ctx.app_revisions.keep_only({name for desktops in lists.values() for name in desktops})
+    record_denials(ctx, denials)
 
 
-def record_denials(ctx: Context) -> None:
+def record_denials(ctx: Context, denials: list[AppDenial]) -> None:
     """One audit event per desktop and path the guests reported, with the user signed in to it."""
-    denials = ctx.hypervisor.app_denials()
     if not denials:
         return
     with session_scope(ctx.engine) as session:

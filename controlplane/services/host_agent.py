@@ -11,20 +11,29 @@ clocks agree to better than a TTL (NTP keeps them within milliseconds).
 
 The price: a database outage longer than the TTL stops every desktop of every host. Keep the
 TTL (`SHIFTDESK_RECONCILER__HOST_LEASE_TTL_S`, 30 s) above the database's failover time.
+
+With desktop networks on, the agent also keeps its host's desktop network (bridge, firewall, DHCP
+server) admitting exactly the desktops of its host that have an address, every SYNC_S: the control
+plane assigns the addresses, but only the host can open its own ports. Once the host is
+registered (its row names its id) it calls ON_REGISTERED once, with the id: `shiftdesk host-agent`
+starts the host's enforcing resolver there.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy.engine import Engine
 
-from controlplane.db import leases
+from controlplane.db import hosts, leases
 from controlplane.db.engine import session_scope
-from controlplane.domain.ports import Clock, Hypervisor
+from controlplane.domain.ports import Clock, HostNetwork, Hypervisor
 from controlplane.errors import ShiftDeskError
+from controlplane.services import network
 
 log = logging.getLogger(__name__)
 PREFIX = "host:"
@@ -34,14 +43,21 @@ def lease_name(host: str) -> str:
     return f"{PREFIX}{host}"
 
 
+SYNC_S = 2.0  # how often the host's desktop network is synced (a new desktop waits at most this)
+
+
 class HostAgent:
     def __init__(self, engine: Engine, name: str, hypervisor: Hypervisor, clock: Clock,
-                 ttl: timedelta = timedelta(seconds=30)) -> None:
+                 ttl: timedelta = timedelta(seconds=30), network: HostNetwork | None = None,
+                 on_registered: Callable[[int], None] | None = None) -> None:
         self.engine = engine
         self.name = name
         self.hypervisor = hypervisor
         self.clock = clock
         self.ttl = ttl
+        self.network = network
+        self.on_registered = on_registered
+        self.host_id: int | None = None  # known once the host is registered
         self.renewed_at: datetime | None = None
         self.fenced = False  # it powered its desktops off since its last renewal
 
@@ -77,7 +93,35 @@ class HostAgent:
         log.error("host %s: lease not renewed for %s: fenced itself, %d desktops powered off", self.name,
                   self.ttl, len(names))
 
+    def registered(self) -> int | None:
+        """This host's id, looked up until the host is registered (then ON_REGISTERED runs once)."""
+        if self.host_id is None:
+            try:
+                with session_scope(self.engine) as session:
+                    row = hosts.get_by_name(session=session, name=self.name)
+                    self.host_id = row.id if row is not None else None
+            except Exception as err:  # the database is away: the lease's own problem
+                log.warning("host %s: registration not looked up: %s", self.name, err)
+            if self.host_id is not None and self.on_registered is not None:
+                self.on_registered(self.host_id)
+        return self.host_id
+
+    def sync_network(self) -> None:
+        """Admit exactly this host's desktops that have an address (nothing before registration)."""
+        host_id = self.registered()
+        if self.network is None or host_id is None:
+            return
+        try:
+            network.sync_host(self.engine, self.network, host_id)
+        except Exception as err:  # the database is away: the ports admitted stay as they are
+            log.warning("host %s: desktop network not synced: %s", self.name, err)
+
     def run(self, stop: threading.Event) -> None:
+        beat_every = self.ttl.total_seconds() / 3
+        next_beat = 0.0
         while not stop.is_set():
-            self.beat()
-            stop.wait(self.ttl.total_seconds() / 3)
+            if time.monotonic() >= next_beat:
+                self.beat()
+                next_beat = time.monotonic() + beat_every
+            self.sync_network()
+            stop.wait(min(SYNC_S, beat_every))

@@ -181,26 +181,30 @@ class DesktopRules:
     apps: frozenset[str]
     domains: frozenset[str]
     policies: tuple[str, ...]
+    host_id: int = 0
 
 
-def on_desktops(ctx: Context, *where: Any) -> list[DesktopRules]:
-    """Each desktop of this host matching WHERE (SQL conditions), with the rules in force on it:
-    the effective policy of the agent signed in (from the groups their sign-in carried), or while
-    nobody is, what every policy naming its pool allows (an idle desktop has no agent whose groups
-    could widen it). The egress resolver and the app allowlists both follow this one rule."""
+def on_desktops(ctx: Context, *where: Any, every_host: bool = False) -> list[DesktopRules]:
+    """Each desktop of this host (of every host with EVERY_HOST) matching WHERE (SQL conditions),
+    with the rules in force on it: the effective policy of the agent signed in (from the groups
+    their sign-in carried), or while nobody is, what every policy naming its pool allows (an idle
+    desktop has no agent whose groups could widen it). The egress resolver and the app allowlists
+    both follow this one rule."""
     rules = active(ctx)
     with session_scope(ctx.engine) as session:  # columns, not objects: every pass reads every desktop
+        here = () if every_host else (Desktop.host_id == ctx.host_id,)
         found = session.exec(select(  # type: ignore[call-overload]
-            Desktop.name, Desktop.ipv4, Desktop.assigned_to, Desktop.assigned_groups, Pool.name,
-        ).join(Pool).where(Desktop.host_id == ctx.host_id, *where)).all()
+            Desktop.name, Desktop.ipv4, Desktop.assigned_to, Desktop.assigned_groups, Pool.name, Desktop.host_id,
+        ).join(Pool).where(*here, *where)).all()
     result = []
-    for name, ipv4, user, groups, pool in found:
+    for name, ipv4, user, groups, pool, host_id in found:
         if user is not None and groups is not None:
             eff = effective(rules, frozenset(groups), pool)
-            result.append(DesktopRules(name, ipv4, user, eff.apps, eff.domains, eff.applied))
+            result.append(DesktopRules(name, ipv4, user, eff.apps, eff.domains, eff.applied, host_id))
         else:
             naming = tuple(sorted(p.name for p in rules if pool in p.pools))
-            result.append(DesktopRules(name, ipv4, None, idle_apps(rules, pool), idle_domains(rules, pool), naming))
+            result.append(DesktopRules(name, ipv4, None, idle_apps(rules, pool), idle_domains(rules, pool), naming,
+                                       host_id))
     return result
 
 

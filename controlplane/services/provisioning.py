@@ -94,14 +94,15 @@ def provision(ctx: Context, a: p.Provision) -> None:
             return
         spec = spec_for(session, row, rules)
         age = ctx.clock.now() - row.state_since
-        hv = ctx.driver(row.host_id)
+        hv, own_host = ctx.driver(row.host_id), row.host_id == ctx.host_id
     try:
         spec = replace(spec, nic=network.nic_for(ctx, a.desktop_id))
     except AddressPoolExhausted as err:
         mark_failed(ctx, p.MarkFailed(a.desktop_id, str(err)))
         return
-    if spec.nic is not None and ctx.network is not None:
-        ctx.network.admit(spec.nic)  # its port is known before its NIC asks for an address
+    if spec.nic is not None and ctx.network is not None and own_host:
+        # its port is known before its NIC asks for an address (another host's agent admits it there)
+        ctx.network.admit(spec.nic)
     needs_identity = ctx.directory is not None and ctx.directory.manages_computers
     if spec.template is not None and spec.image.readiness != Readiness.CHANNEL and needs_identity:
         spec = replace(spec, template=None)  # its join secret could only reach it at boot (fw_cfg)

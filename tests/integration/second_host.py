@@ -2,7 +2,9 @@
 
 It has its own network namespace (10.254.2.2, behind a veth pair whose host end is 10.254.2.1),
 its own mount namespace (its own /etc/libvirt, /var/lib/libvirt, /var/cache/libvirt,
-/var/log/libvirt and a tmpfs /run/libvirt), and its own virtlogd and libvirtd, listening for TLS
+/var/log/libvirt, a tmpfs /run/libvirt, and /run/shiftdesk, where its desktop network keeps its
+DHCP and proxy state: ROOT/run-shiftdesk, which tests read), and its own virtlogd and libvirtd,
+listening for TLS
 only. Certificates come from ShiftDesk's local CA: the daemon's for 10.254.2.2, and a client
 certificate for the control plane; the daemon admits only clients whose certificate names the
 control plane (`tls_allowed_dn_list`). Stopping it (or `kill()`, a power cut) ends every
@@ -123,7 +125,10 @@ def second_host(root: Path, ca_dir: Path, agent: str = "") -> Iterator[SecondHos
         for cmd in (["ip", "addr", "add", f"{ADDRESS}/24", "dev", NS_END], ["ip", "link", "set", NS_END, "up"],
                     ["ip", "link", "set", "lo", "up"]):
             _run("ip", "netns", "exec", NS, *cmd)
-        mounts = "\n".join(f"mount --bind {root / name} {target}" for name, target in STATE_DIRS.items())
+        (root / "run-shiftdesk").mkdir(mode=0o755, exist_ok=True)
+        Path("/run/shiftdesk").mkdir(mode=0o755, exist_ok=True)  # the mount point
+        mounts = "\n".join(f"mount --bind {root / name} {target}" for name, target in
+                           [*STATE_DIRS.items(), ("run-shiftdesk", "/run/shiftdesk")])
         script = (f"set -e\n{mounts}\nmount -t tmpfs -o mode=0755 tmpfs /run/libvirt\n"
                   "virtlogd -d -p /run/libvirt/virtlogd.pid\nlibvirtd -d --listen -p /run/libvirt/libvirtd.pid\n"
                   f"{agent}\n")

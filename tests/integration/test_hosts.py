@@ -10,47 +10,61 @@ out, and its desktops are recreated on the first.
 
 from __future__ import annotations
 
+import contextlib
+import secrets
 import shutil
 import signal
 import ssl
+import subprocess
 import tempfile
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import httpx
 import libvirt
 import pytest
 
+from controlplane.config import NetworkSettings
 from controlplane.db import leases
 from controlplane.db.engine import session_scope
 from controlplane.domain.placement import HostMode
 from controlplane.drivers.local_ca import ensure_libvirt_client
-from controlplane.services import audit, desktops, hosts, pools
+from controlplane.main import build_context
+from controlplane.services import audit, desktops, hosts, images, policies, pools
 from controlplane.services.reconciler import Reconciler
 from tests.conftest import database_env
+from tests.integration.conftest import purge
 from tests.integration.replicas import Replica, agent_token, first_update_through_gateway, wait_for
-from tests.integration.second_host import ADDRESS, SecondHost, agent_command, second_host
+from tests.integration.second_host import ADDRESS, NS, SecondHost, agent_command, second_host
 
 LEASE_TTL_S = 6  # the host agent's; short, so the test waits seconds for fencing, not minutes
 SALES = "CN=cc-sales,OU=Groups,DC=hosts,DC=test"
 
 
-@pytest.fixture
-def host_b(real_settings) -> SecondHost:
-    """The second host, with its host agent running beside its libvirtd (on the control plane's
-    database)."""
+@contextlib.contextmanager
+def second_host_with_agent(settings, **env: str) -> Iterator[SecondHost]:
+    """The second host, with its host agent running beside its libvirtd (on SETTINGS' database,
+    with ENV added to its environment)."""
     root = Path(tempfile.mkdtemp(prefix="shiftdesk-host2-", dir="/var/tmp"))
-    env = {"SHIFTDESK_DATA_DIR": str(real_settings.data_dir), "SHIFTDESK_INSTANCE": real_settings.instance,
+    env = {"SHIFTDESK_DATA_DIR": str(settings.data_dir), "SHIFTDESK_INSTANCE": settings.instance,
            "SHIFTDESK_LIBVIRT__URI": "qemu:///system", "SHIFTDESK_RECONCILER__HOST_LEASE_TTL_S": str(LEASE_TTL_S),
            # its consoles, relayed over TLS with the host's own certificate (the one its libvirtd has)
            "SHIFTDESK_CONSOLE__LISTEN": ADDRESS, "SHIFTDESK_CONSOLE__PKI_DIR": str(root / "pki"),
-           **database_env(real_settings)}
+           **database_env(settings), **env}
     try:
-        with second_host(root, real_settings.data_dir / "tls", agent_command("host-b", env, root / "agent.log")) as h:
+        with second_host(root, settings.data_dir / "tls", agent_command("host-b", env, root / "agent.log")) as h:
             yield h
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def host_b(real_settings) -> Iterator[SecondHost]:
+    with second_host_with_agent(real_settings) as h:
+        yield h
 
 
 def running(uri: str, instance: str) -> set[str]:
@@ -167,13 +181,86 @@ def test_an_agent_works_on_a_desktop_of_the_second_host_through_another_replica_
         assert (width, height) != (0, 0)
         relayed = wait_for("the second host's relay to log the console", lambda: [
             line for line in (host_b.root / "agent.log").read_text().splitlines()
-            if f"console: {name} opened for shiftdesk-control-plane" in line], 10)
+            if f"console: {name} vnc opened for shiftdesk-control-plane" in line], 10)
         assert len(relayed) == 1
     finally:
         replica.kill(signal.SIGTERM)
     pools.delete(real_ctx, "agents", actor="test")
     rec = Reconciler(real_ctx)
     try:
+        assert rec.run_until_converged(timeout=180)
+    finally:
+        rec.close()
+
+
+def test_a_desktop_of_the_second_host_gets_its_address_from_that_hosts_own_network(real_settings, tmp_path):
+    """Desktop networks on: the control plane assigns the address, the second host's agent admits
+    the desktop on the second host's own bridge, firewall and DHCP server, and runs its resolver
+    there; the guest leases its address from that DHCP server, never from the first host's."""
+    subnet = IPv4Network(f"10.236.{secrets.randbelow(200) + 20}.0/24")
+    settings = real_settings.model_copy(update={"network": NetworkSettings(enabled=True, subnet=subnet)})
+    ctx = build_context(settings)
+    try:
+        with second_host_with_agent(settings, SHIFTDESK_NETWORK__ENABLED="true",
+                                    SHIFTDESK_NETWORK__SUBNET=str(subnet)) as b_host:
+            images.build(ctx, "busybox-desktop", actor="test")
+            b = hosts.register(ctx, name="host-b", uri=b_host.uri, actor="test")
+            (home,) = [h.name for h in hosts.views(ctx) if h.name != "host-b"]
+            hosts.set_mode(ctx, name=home, mode=HostMode.MAINTENANCE, actor="test")
+            pools.create(ctx, name="agents", image="busybox-desktop", size=1, clone="cold", actor="test")
+            rec = Reconciler(ctx)
+            try:
+                assert rec.run_until_converged(timeout=300)
+                ((row, _),) = desktops.list_all(ctx)
+                assert row.host_id == b.id and row.ipv4 is not None
+                nic = ctx.network.network.nic(row.name, IPv4Address(row.ipv4))
+                there = b_host.root / "run-shiftdesk" / settings.instance / "net" / "dhcp" / "leases"
+                wait_for(f"{row.name} to lease {nic.ipv4} from the second host", lambda: f"{nic.mac} {nic.ipv4}" in (
+                    there.read_text() if there.exists() else ""), 120, every=1)
+                here = ctx.network.state_dir / "dhcp" / "leases"
+                assert nic.mac not in (here.read_text() if here.exists() else "")  # not the first host's
+                bridge = ctx.network.network.bridge
+                fdb = subprocess.run(["ip", "netns", "exec", NS, "bridge", "fdb", "show", "br", bridge],
+                                     capture_output=True, text=True, check=True).stdout
+                assert f"{nic.mac} dev {nic.tap}" in fdb  # it sends with its own MAC on its own port there
+                listening = subprocess.run(["ip", "netns", "exec", NS, "ss", "-lnu"], capture_output=True,
+                                           text=True, check=True).stdout
+                assert f"{ctx.network.network.host}:53 " in listening  # the second host's resolver serves it
+                pools.delete(ctx, "agents", actor="test")
+                assert rec.run_until_converged(timeout=180)
+            finally:
+                rec.close()
+    finally:
+        purge(settings)
+        ctx.network.remove()
+        shutil.rmtree(Path("/run/shiftdesk") / settings.instance, ignore_errors=True)
+
+
+@pytest.mark.timeout(1500)
+def test_an_agent_desktop_on_the_second_host_is_confirmed_and_enforces_its_apps_through_the_relay(
+        real_ctx, real_settings, host_b):
+    """The agent desktop's host channel is a socket of the second host: the control plane reaches
+    it only through that host's console relay, sends the clone its identity and its signed app
+    allowlist there, and the desktop becomes ready only once the guest confirmed both."""
+    images.build(real_ctx, "agent-desktop", actor="test")
+    policies.apply(real_ctx, {"agents.yaml": f'name: agents\nbind:\n  groups: ["{SALES}"]\n  pools: [agents]\n'
+                                             'apps:\n  allow: [firefox-esr]\n'}, actor="test")
+    b = hosts.register(real_ctx, name="host-b", uri=host_b.uri, actor="test")
+    (home,) = [h.name for h in hosts.views(real_ctx) if h.name != "host-b"]
+    hosts.set_mode(real_ctx, name=home, mode=HostMode.MAINTENANCE, actor="test")
+    pools.create(real_ctx, name="agents", image="agent-desktop", size=1, clone="cold", actor="test")
+    rec = Reconciler(real_ctx)
+    try:
+        assert rec.run_until_converged(timeout=1200), "the agent desktop on host-b never became ready"
+        ((row, _),) = desktops.list_all(real_ctx)
+        assert row.host_id == b.id and str(row.state) == "ready"
+        hv = real_ctx.driver(b.id)
+        state = hv.links.state(row.name)
+        assert state.confirmed and state.apps_applied is not None  # its identity, then its allowlist
+        assert audit.recent(real_ctx, action="app.denied") == []  # firefox, allowed, ran
+        log = (host_b.root / "agent.log").read_text()
+        assert f"console: {row.name} channel opened for shiftdesk-control-plane" in log
+        pools.delete(real_ctx, "agents", actor="test")
         assert rec.run_until_converged(timeout=180)
     finally:
         rec.close()

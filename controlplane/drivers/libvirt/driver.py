@@ -15,6 +15,7 @@ import functools
 import os
 import pwd
 import re
+import ssl
 import threading
 import time
 import uuid as uuidlib
@@ -26,7 +27,7 @@ import libvirt
 
 from controlplane.domain import guest_channel, naming
 from controlplane.domain.app_policy import SignedAppPolicy
-from controlplane.domain.console import Console, LocalConsole, RemoteConsole
+from controlplane.domain.console import Console, LocalConsole, RemoteConsole, Stream
 from controlplane.domain.network import DesktopNic
 from controlplane.domain.ports import (
     AppDenial,
@@ -39,6 +40,7 @@ from controlplane.domain.ports import (
     Readiness,
     TemplateKey,
 )
+from controlplane.drivers.console_relay import RelayedChannels
 from controlplane.drivers.libvirt import events, host_access, kvm_probe, linked_clone, save_image
 from controlplane.drivers.libvirt.domxml import (
     NS,
@@ -75,7 +77,8 @@ class LibvirtHypervisor:
                  run_dir: Path, readiness: str = "serial", domain_type: str = "qemu",
                  probe_cache: Path | None = None, data_dir: Path | None = None,
                  tb_cache_mib: int | None = 128, links: GuestLinks | None = None,
-                 policy_key: bytes | None = None, console_port: int = 16600) -> None:
+                 policy_key: bytes | None = None, console_port: int = 16600,
+                 console_tls: Callable[[], ssl.SSLContext | None] = lambda: None) -> None:
         self.uri = uri
         self.console_port = console_port  # the console relays' (gateway/console_server.py), on remote hosts
         self.instance = instance
@@ -91,7 +94,10 @@ class LibvirtHypervisor:
         # With POLICY_KEY (the app-allowlist signer's public key, pinned by each guest with its
         # identity) a channel desktop is ready only once it applies the allowlist sent to it.
         self.enforce_apps = policy_key is not None
-        self.links = links or GuestLinks(policy_key=policy_key or bytes(32))
+        address = events.remote_address(uri)
+        # another host's channels are its sockets: reached through its console relay, never by path
+        dial = RelayedChannels(address, console_port, console_tls).dial if address is not None else None
+        self.links = links or GuestLinks(policy_key=policy_key or bytes(32), dial=dial)
         self.templates_dir = overlay_dir.parent / "templates"  # saved template memory, root only
         self._desktop_re = re.compile(rf"{naming.PREFIX}-{re.escape(instance)}-[a-z][a-z0-9-]{{0,22}}[a-z0-9]"
                                       r"-[0-9a-f]{6}")
@@ -266,9 +272,10 @@ class LibvirtHypervisor:
             return LocalConsole(socket)
         return RemoteConsole(address, self.console_port, name)
 
-    def running_console(self, name: str) -> Path:
-        """The socket the running domain's definition names. Not `vnc_socket`: the control plane
-        that defined the domain chose the path (its directory for this host), not this process."""
+    def running_socket(self, name: str, stream: Stream) -> Path:
+        """The socket the running domain's definition names. Not `vnc_socket` or `channel_socket`:
+        the control plane that defined the domain chose the path (its directory for this host),
+        not this process."""
         self.vnc_socket(name)  # the same check: a desktop name of this installation
         dom = self._lookup(name)
         try:
@@ -278,10 +285,18 @@ class LibvirtHypervisor:
             raise translate(err, f"console of {name}") from err
         if not xml:
             raise PermanentError(f"console: {name} is not a running desktop of this host")
-        graphics = ET.fromstring(xml).find("devices/graphics[@type='vnc']")  # noqa: S314 - our own libvirtd
-        socket = graphics.get("socket") if graphics is not None else None
+        devices = ET.fromstring(xml).find("devices")  # noqa: S314 - our own libvirtd
+        socket = None
+        if devices is not None and stream == Stream.VNC:
+            graphics = devices.find("graphics[@type='vnc']")
+            socket = graphics.get("socket") if graphics is not None else None
+        elif devices is not None:
+            for channel in devices.findall("channel[@type='unix']"):
+                target, source = channel.find("target"), channel.find("source")
+                if target is not None and target.get("name") == guest_channel.PORT_NAME and source is not None:
+                    socket = source.get("path")
         if not socket:
-            raise PermanentError(f"console: {name} has no VNC socket")
+            raise PermanentError(f"console: {name} has no {'VNC socket' if stream == Stream.VNC else 'host channel'}")
         return Path(socket)
 
     def join_file(self, name: str) -> Path:

@@ -87,12 +87,28 @@ class _Link:
         self.denials: dict[str, int] = {}  # path -> executions denied since the last drain
 
 
+Dial = Callable[[str, Path], socket.socket]  # a desktop and its channel's path -> a connected socket
+
+
+def dial_unix(_name: str, path: Path) -> socket.socket:
+    """The channel's Unix socket on this machine (OSError if it cannot be connected)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(2.0)
+        sock.connect(str(path))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class GuestLinks:
     """Every host-channel connection of one hypervisor, read by one background thread."""
 
     def __init__(self, budget: Budget = Budget(), clock: Callable[[], float] = time.monotonic,
-                 policy_key: bytes = bytes(32)) -> None:
+                 policy_key: bytes = bytes(32), dial: Dial | None = None) -> None:
         self.budget = budget
+        self.dial = dial or dial_unix  # another host's channels: through its relay (drivers/console_relay.py)
         self.policy_key = policy_key  # the public key guests pin to check app allowlists
         self.clock = clock
         self._links: dict[str, _Link] = {}
@@ -113,11 +129,8 @@ class GuestLinks:
             if link is not None:
                 return link.state
         try:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(2.0)
-            sock.connect(str(path))
+            sock = self.dial(name, path)
         except OSError:
-            sock.close()
             return GuestState()
         with self._lock:
             if name in self._links:  # another thread connected meanwhile

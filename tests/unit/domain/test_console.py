@@ -13,7 +13,10 @@ NAME = "sd-main-sales-0a1b2c"
 def test_a_request_names_one_desktop_and_parses_back():
     line = console.request(NAME)
     assert line == b"SHIFTDESK-CONSOLE/1 sd-main-sales-0a1b2c\n"
-    assert console.parse_request(line) == NAME
+    assert console.parse_request(line) == (console.Stream.VNC, NAME)
+    line = console.request(NAME, console.Stream.CHANNEL)
+    assert line == b"SHIFTDESK-CHANNEL/1 sd-main-sales-0a1b2c\n"
+    assert console.parse_request(line) == (console.Stream.CHANNEL, NAME)
 
 
 @pytest.mark.parametrize("line", [

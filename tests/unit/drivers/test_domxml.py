@@ -13,7 +13,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from controlplane.domain.console import LocalConsole, RemoteConsole
+from controlplane.domain.console import LocalConsole, RemoteConsole, Stream
 from controlplane.domain.network import DesktopNetwork
 from controlplane.domain.ports import BootImage, DesktopSpec, Readiness
 from controlplane.drivers.libvirt.domxml import Domain, read_tag
@@ -248,25 +248,33 @@ def test_the_gateway_opens_a_local_socket_only_on_this_machine_and_else_the_host
         hv.console("../../etc/shadow")
 
 
-def test_the_relay_finds_a_running_desktops_socket_in_its_definition_and_nothing_else():
+def test_the_relay_finds_a_running_desktops_sockets_in_its_definition_and_nothing_else():
     hv, other, mine, theirs = two_installations()
+    agent = CASES["desktop-agent"]
+    hv.define(agent)
     try:
         with pytest.raises(PermanentError, match="not a running desktop"):
-            hv.running_console(mine.name)  # defined, not running
+            hv.running_socket(mine.name, Stream.VNC)  # defined, not running
         hv.start(mine.name)
+        hv.start(agent.name)
         other.start(theirs.name)
-        assert hv.running_console(mine.name) == Path("/tmp/shiftdesk-unit-run") / f"{mine.name}.vnc"
+        run = Path("/tmp/shiftdesk-unit-run")
+        assert hv.running_socket(mine.name, Stream.VNC) == run / f"{mine.name}.vnc"
+        assert hv.running_socket(agent.name, Stream.CHANNEL) == run / f"{agent.name}.chan"
+        with pytest.raises(PermanentError, match="no host channel"):
+            hv.running_socket(mine.name, Stream.CHANNEL)  # a busybox desktop has none
         with pytest.raises(PermanentError):
-            hv.running_console(theirs.name)  # another installation's desktop
+            hv.running_socket(theirs.name, Stream.VNC)  # another installation's desktop
         with pytest.raises(PermanentError):
-            hv.running_console("test")  # the test driver's own domain
+            hv.running_socket("test", Stream.VNC)  # the test driver's own domain
         untagged = hv.conn.defineXML(  # named like ours, but nobody's desktop
             "<domain type='test'><name>sd-main-sales-0a1b99</name><memory>65536</memory>"
             "<os><type>hvm</type></os><devices><graphics type='vnc' socket='/run/x.vnc'/></devices></domain>")
         untagged.create()
         with pytest.raises(PermanentError, match="not a running desktop"):
-            hv.running_console("sd-main-sales-0a1b99")
+            hv.running_socket("sd-main-sales-0a1b99", Stream.VNC)
     finally:
         hv.undefine(mine.name)
+        hv.undefine(agent.name)
         hv.undefine("sd-main-sales-0a1b99")
         other.undefine(theirs.name)

@@ -28,13 +28,14 @@ def free_port() -> int:
 @pytest.fixture
 def relay(pki, tmp_path):
     desktop = FakeVnc(tmp_path / "desktop.vnc")
+    channel = FakeVnc(tmp_path / "desktop.chan", width=800)  # anything that answers will do
     asked: list[str] = []
 
-    def resolve(name: str) -> Path:
-        asked.append(name)
+    def resolve(name: str, stream: console.Stream) -> Path:
+        asked.append(name if stream == console.Stream.VNC else f"{name} channel")
         if name != DESKTOP:
             raise PermanentError(f"console: {name} is not a running desktop of this host")
-        return desktop.path
+        return desktop.path if stream == console.Stream.VNC else channel.path
 
     s = pki["server"]
     server = ConsoleServer(resolve, server_context(cert=s.cert, key=s.key, ca=s.ca_cert),
@@ -45,6 +46,7 @@ def relay(pki, tmp_path):
     server.port, server.asked = port, asked
     yield server
     desktop.close()
+    channel.close()
 
 
 def client(pki, who: str | None) -> ssl.SSLContext:
@@ -79,6 +81,14 @@ def test_the_control_plane_gets_its_desktops_console_both_ways(relay, pki):
         conn.sendall(b"RFB 003.008\n")
         assert conn.recv(2) == b"\x01\x01"  # it heard the answer: security types
     assert relay.asked == [DESKTOP]
+
+
+def test_the_host_channel_of_a_desktop_is_relayed_on_request(relay, pki):
+    with dial(relay, client(pki, "control-plane")) as conn:
+        conn.sendall(console.request(DESKTOP, console.Stream.CHANNEL))
+        assert read_line(conn) == console.OK
+        assert read_line(conn) == b"RFB 003.008\n"
+    assert relay.asked == [f"{DESKTOP} channel"]
 
 
 @pytest.mark.parametrize("who", [None, "other-ca"])

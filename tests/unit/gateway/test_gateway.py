@@ -173,7 +173,7 @@ def relayed(world, ctx, hv, pki):
     from tests.unit.gateway.test_console_server import free_port
 
     host, cp = pki["server"], pki["control-plane"]
-    relay = ConsoleServer(hv.running_console, server_context(cert=host.cert, key=host.key, ca=host.ca_cert),
+    relay = ConsoleServer(hv.running_socket, server_context(cert=host.cert, key=host.key, ca=host.ca_cert),
                           allowed_clients=frozenset({"shiftdesk-control-plane"}))
     port = free_port()
     relay.run_in_thread("127.0.0.1", port)

@@ -23,13 +23,15 @@ FILES = {
 }
 
 
-def add_desktop(ctx, image, name, user=None, groups=None, state=None):
+def add_desktop(ctx, image, name, user=None, groups=None, state=None, host=None):
+    """A desktop row and its running fake domain, on this host or on HOST (a host id, hypervisor)."""
+    host_id, hv = host or (ctx.host_id, ctx.hypervisor)
     with session_scope(ctx.engine) as session:
         pool = session.exec(select(Pool).where(Pool.name == "floor")).one()
-        session.add(Desktop(name=name, pool_id=pool.id, host_id=ctx.host_id, image_id=image.id,
+        session.add(Desktop(name=name, pool_id=pool.id, host_id=host_id, image_id=image.id,
                             state=state or ("in_use" if user else "ready"), assigned_to=user, assigned_groups=groups))
     spec = DesktopSpec(name=name, pool="floor", desktop_id=0, image=None)  # type: ignore[arg-type]
-    ctx.hypervisor.domains[name] = FakeDomain(spec, running=True)
+    hv.domains[name] = FakeDomain(spec, running=True)
 
 
 def delivered(ctx, name):
@@ -80,3 +82,22 @@ def test_denials_are_audited_with_the_user_signed_in(ctx, image):
     assert sorted((e.actor, e.target, e.detail["path"], e.detail["count"]) for e in events) == [
         ("alice", "sd-unit-floor-000001", "/usr/bin/galculator", 3),
         ("guest", "sd-unit-floor-000002", "/home/agent/x", 1)]
+
+
+def test_desktops_of_other_hosts_get_their_lists_through_their_hosts_driver(ctx, image, fleet):
+    fakes, ids = fleet
+    pools.create(ctx, name="floor", image="busybox-desktop", size=0, actor="t")
+    policies.apply(ctx, FILES, actor="admin")
+    add_desktop(ctx, image, "sd-unit-floor-00000b", "alice", [SALES], host=(ids["b"], fakes["b"]))
+    add_desktop(ctx, image, "sd-unit-floor-00000c", host=(ids["c"], fakes["c"]))
+    fakes["c"].unreachable = True  # its guests keep what they have; the others still get theirs
+    add_desktop(ctx, image, "sd-unit-floor-000001")
+    fakes["b"].denials.append(AppDenial("sd-unit-floor-00000b", "/usr/bin/xterm", 2))
+    apps.sync(ctx)
+    signed = fakes["b"].apps["sd-unit-floor-00000b"]
+    assert verify(public_bytes(ctx.app_signer), signed.document, signed.signature).apps == ("firefox-esr", "mousepad")
+    assert delivered(ctx, "sd-unit-floor-000001").apps == ("firefox-esr",)
+    assert "sd-unit-floor-00000b" not in ctx.hypervisor.apps and fakes["c"].apps == {}
+    with session_scope(ctx.engine) as session:
+        (denied,) = [e for e in audit.list_recent(session=session, limit=20) if e.action == "app.denied"]
+    assert (denied.actor, denied.target, denied.detail["path"]) == ("alice", "sd-unit-floor-00000b", "/usr/bin/xterm")

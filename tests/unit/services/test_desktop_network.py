@@ -10,8 +10,10 @@ import pytest
 
 from controlplane.domain import network
 from controlplane.domain.network import DesktopNetwork
-from controlplane.drivers.fake import FakeHostNetwork
-from controlplane.services import desktops, pools
+from controlplane.domain.placement import HostMode
+from controlplane.drivers.fake import FakeHostNetwork, FakeHypervisor
+from controlplane.services import desktops, hosts, pools
+from controlplane.services.host_agent import HostAgent
 from controlplane.services.reconciler import Reconciler
 from tests.unit.services.test_reconciler import Crash, assert_consistent, crash_once_at, settle, states
 
@@ -104,3 +106,44 @@ def test_a_full_subnet_fails_the_desktop_with_the_setting_named(ctx, hv, image, 
     failed = [d for d in rows if d.state == "failed"]
     assert failed and all("network.subnet" in (d.reason or "") and d.ipv4 is None for d in failed)
     assert all(dom.spec.nic is not None for dom in hv.domains.values())
+
+
+def test_desktops_of_another_host_get_addresses_there_and_that_hosts_agent_admits_them(ctx, hv, net, fleet, image,
+                                                                                     clock):
+    """Addresses are per host; the control plane's own network never admits another host's
+    desktop; the other host's agent does, every few seconds, on that host's own network."""
+    fakes, ids = fleet
+    own = [h.name for h in hosts.views(ctx) if h.id == ctx.host_id][0]
+    hosts.set_mode(ctx, name=own, mode=HostMode.MAINTENANCE, actor="admin")
+    hosts.set_mode(ctx, name="c", mode=HostMode.MAINTENANCE, actor="admin")
+    pools.create(ctx, name="sales", image="busybox-desktop", size=2, clone="cold", actor="t")
+    settle(ctx)
+    given = nics(fakes["b"])
+    assert len(given) == 2 and all(nic is not None for nic in given.values())
+    assert {nic.ipv4 for nic in given.values()} == {IPv4Address("10.77.0.10"), IPv4Address("10.77.0.11")}
+    assert net.admitted == {}  # not on the control plane's host: its ports are not there
+    assert not any(call == "admit" for call, _ in hv.calls)
+
+    there = FakeHostNetwork(net.network)
+    started: list[int] = []
+    agent = HostAgent(ctx.engine, "b", fakes["b"], clock, network=there, on_registered=started.append)
+    agent.sync_network()
+    agent.sync_network()
+    assert there.admitted == given and started == [ids["b"]]  # the resolver starts once
+
+    desktops.delete(ctx, sorted(given)[0], actor="admin")
+    pools.scale(ctx, "sales", 1, actor="t")
+    settle(ctx)
+    agent.sync_network()
+    assert set(there.admitted) == set(nics(fakes["b"])) and len(there.admitted) == 1
+
+
+def test_a_host_agent_admits_nothing_before_its_host_is_registered(ctx, clock, net):
+    there = FakeHostNetwork(net.network)
+    started: list[int] = []
+    agent = HostAgent(ctx.engine, "d", FakeHypervisor(), clock, network=there, on_registered=started.append)
+    agent.sync_network()
+    assert there.syncs == 0 and started == []
+    registered = hosts.register(ctx, name="d", uri="fake://d", actor="admin")
+    agent.sync_network()
+    assert there.syncs == 1 and there.admitted == {} and started == [registered.id]
