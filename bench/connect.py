@@ -191,6 +191,7 @@ class Storm:
     latencies: list[float]  # of the agents that got pixels
     failures: int
     desktops: list[str]  # the desktop each agent that got pixels was given
+    cpu_s: float = 0.0  # the machine's busy CPU seconds during the storm, where measured
 
 
 def start_storm_server(data: Path, agents: int, *extra: str) -> tuple[subprocess.Popen, str, str]:

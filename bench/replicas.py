@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 import time
@@ -56,18 +57,34 @@ def storm(data: Path, pg: Postgres, agents: int, window: float, replicas: int = 
         servers.append(start_storm_server(data, agents, *extra, "--follower"))
     try:
         time.sleep(0.5)
-        return asyncio.run(run_storm([(base, ca) for _, base, ca in servers], agents, window))
+        busy = cpu_busy_s()
+        result = asyncio.run(run_storm([(base, ca) for _, base, ca in servers], agents, window))
+        result.cpu_s = cpu_busy_s() - busy
+        return result
     finally:
         for proc, _, _ in servers:
             proc.terminate()
             proc.wait(timeout=20)
 
 
+def cpu_busy_s() -> float:
+    """CPU seconds this machine has spent busy (every core, every process) since boot: /proc/stat."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def storm_figures(data: Path, pg: Postgres, agents: int, window: float) -> dict:
-    """The storm across two replicas, and its peer: the same storm against one."""
+    """The storm across two replicas, and its peer: the same storm against one. Its floor: the CPU
+    the storm took (clients, servers and PostgreSQL together) per agent, and so how many agents a
+    second this machine's cores can serve at all; arrivals faster than that queue, whatever the design."""
     two = storm(data / "two", pg, agents, window)
     one = storm(data / "one", pg, agents, window, replicas=1)
+    per_agent = two.cpu_s / agents
     return {"storm_agents": agents, "storm_failures": two.failures,
+            "storm_arrivals_per_s": round(agents / window, 1),
+            "storm_cpu_ms_per_agent": round(1000 * per_agent, 1),
+            "storm_capacity_per_s": round((os.cpu_count() or 1) / per_agent, 1) if per_agent else None,
             "storm_p50_s": round(percentile(two.latencies, 0.5), 4) if two.latencies else None,
             "storm_p99_s": round(percentile(two.latencies, 0.99), 4) if two.latencies else None,
             "duplicates": len(two.desktops) - len(set(two.desktops)),

@@ -5,7 +5,9 @@ Placement spreads a pool over both; each desktop runs on its own host only (aske
 libvirtd directly); maintenance moves the idle desktops of the second host to the first; the
 second host admits only the control plane's certificate; when the second host dies (its
 libvirtd, its host agent and its QEMUs killed at once), it is fenced once its agent's lease ran
-out, and its desktops are recreated on the first.
+out, and its desktops are recreated on the first. A desktop of the second host is reached only
+through that host: its console and its host channel through the host's console relay, its
+network on the host's own bridge, DHCP server and resolver, which the host's agent runs.
 """
 
 from __future__ import annotations
@@ -193,39 +195,51 @@ def test_an_agent_works_on_a_desktop_of_the_second_host_through_another_replica_
         rec.close()
 
 
-def test_a_desktop_of_the_second_host_gets_its_address_from_that_hosts_own_network(real_settings, tmp_path):
-    """Desktop networks on: the control plane assigns the address, the second host's agent admits
-    the desktop on the second host's own bridge, firewall and DHCP server, and runs its resolver
-    there; the guest leases its address from that DHCP server, never from the first host's."""
+@pytest.mark.timeout(1500)
+def test_an_agent_desktop_of_the_second_host_gets_its_network_and_its_app_allowlist_there(real_settings):
+    """Desktop networks on, an agent desktop placed on the second host. The control plane assigns
+    its address; the second host's agent admits it on that host's own bridge, firewall and DHCP
+    server and runs its resolver there, and the guest leases its address from that DHCP server,
+    never from the first host's. Its host channel is a socket of the second host: the control plane
+    reaches it only through that host's console relay, sends the desktop its identity and its
+    signed app allowlist there, and the desktop is ready only once the guest confirmed both."""
     subnet = IPv4Network(f"10.236.{secrets.randbelow(200) + 20}.0/24")
     settings = real_settings.model_copy(update={"network": NetworkSettings(enabled=True, subnet=subnet)})
     ctx = build_context(settings)
     try:
         with second_host_with_agent(settings, SHIFTDESK_NETWORK__ENABLED="true",
                                     SHIFTDESK_NETWORK__SUBNET=str(subnet)) as b_host:
-            images.build(ctx, "busybox-desktop", actor="test")
+            images.build(ctx, "agent-desktop", actor="test")
+            policies.apply(ctx, {"agents.yaml": f'name: agents\nbind:\n  groups: ["{SALES}"]\n  pools: [agents]\n'
+                                                'apps:\n  allow: [firefox-esr]\n'}, actor="test")
             b = hosts.register(ctx, name="host-b", uri=b_host.uri, actor="test")
             (home,) = [h.name for h in hosts.views(ctx) if h.name != "host-b"]
             hosts.set_mode(ctx, name=home, mode=HostMode.MAINTENANCE, actor="test")
-            pools.create(ctx, name="agents", image="busybox-desktop", size=1, clone="cold", actor="test")
+            pools.create(ctx, name="agents", image="agent-desktop", size=1, clone="cold", actor="test")
             rec = Reconciler(ctx)
             try:
-                assert rec.run_until_converged(timeout=300)
+                assert rec.run_until_converged(timeout=1200), "the agent desktop on host-b never became ready"
                 ((row, _),) = desktops.list_all(ctx)
-                assert row.host_id == b.id and row.ipv4 is not None
-                nic = ctx.network.network.nic(row.name, IPv4Address(row.ipv4))
+                assert row.host_id == b.id and str(row.state) == "ready" and row.ipv4 is not None
+                state = ctx.driver(b.id).links.state(row.name)
+                assert state.confirmed and state.apps_applied is not None  # its identity, then its allowlist
+                assert audit.recent(ctx, action="app.denied") == []  # firefox, allowed, ran
+                log = (b_host.root / "agent.log").read_text()
+                assert f"console: {row.name} channel opened for shiftdesk-control-plane" in log
+
+                net = ctx.network.network
+                nic = net.nic(row.name, IPv4Address(row.ipv4))
                 there = b_host.root / "run-shiftdesk" / settings.instance / "net" / "dhcp" / "leases"
                 wait_for(f"{row.name} to lease {nic.ipv4} from the second host", lambda: f"{nic.mac} {nic.ipv4}" in (
                     there.read_text() if there.exists() else ""), 120, every=1)
                 here = ctx.network.state_dir / "dhcp" / "leases"
                 assert nic.mac not in (here.read_text() if here.exists() else "")  # not the first host's
-                bridge = ctx.network.network.bridge
-                fdb = subprocess.run(["ip", "netns", "exec", NS, "bridge", "fdb", "show", "br", bridge],
+                fdb = subprocess.run(["ip", "netns", "exec", NS, "bridge", "fdb", "show", "br", net.bridge],
                                      capture_output=True, text=True, check=True).stdout
                 assert f"{nic.mac} dev {nic.tap}" in fdb  # it sends with its own MAC on its own port there
                 listening = subprocess.run(["ip", "netns", "exec", NS, "ss", "-lnu"], capture_output=True,
                                            text=True, check=True).stdout
-                assert f"{ctx.network.network.host}:53 " in listening  # the second host's resolver serves it
+                assert f"{net.host}:53 " in listening  # the second host's resolver serves it
                 pools.delete(ctx, "agents", actor="test")
                 assert rec.run_until_converged(timeout=180)
             finally:
@@ -234,33 +248,3 @@ def test_a_desktop_of_the_second_host_gets_its_address_from_that_hosts_own_netwo
         purge(settings)
         ctx.network.remove()
         shutil.rmtree(Path("/run/shiftdesk") / settings.instance, ignore_errors=True)
-
-
-@pytest.mark.timeout(1500)
-def test_an_agent_desktop_on_the_second_host_is_confirmed_and_enforces_its_apps_through_the_relay(
-        real_ctx, real_settings, host_b):
-    """The agent desktop's host channel is a socket of the second host: the control plane reaches
-    it only through that host's console relay, sends the clone its identity and its signed app
-    allowlist there, and the desktop becomes ready only once the guest confirmed both."""
-    images.build(real_ctx, "agent-desktop", actor="test")
-    policies.apply(real_ctx, {"agents.yaml": f'name: agents\nbind:\n  groups: ["{SALES}"]\n  pools: [agents]\n'
-                                             'apps:\n  allow: [firefox-esr]\n'}, actor="test")
-    b = hosts.register(real_ctx, name="host-b", uri=host_b.uri, actor="test")
-    (home,) = [h.name for h in hosts.views(real_ctx) if h.name != "host-b"]
-    hosts.set_mode(real_ctx, name=home, mode=HostMode.MAINTENANCE, actor="test")
-    pools.create(real_ctx, name="agents", image="agent-desktop", size=1, clone="cold", actor="test")
-    rec = Reconciler(real_ctx)
-    try:
-        assert rec.run_until_converged(timeout=1200), "the agent desktop on host-b never became ready"
-        ((row, _),) = desktops.list_all(real_ctx)
-        assert row.host_id == b.id and str(row.state) == "ready"
-        hv = real_ctx.driver(b.id)
-        state = hv.links.state(row.name)
-        assert state.confirmed and state.apps_applied is not None  # its identity, then its allowlist
-        assert audit.recent(real_ctx, action="app.denied") == []  # firefox, allowed, ran
-        log = (host_b.root / "agent.log").read_text()
-        assert f"console: {row.name} channel opened for shiftdesk-control-plane" in log
-        pools.delete(real_ctx, "agents", actor="test")
-        assert rec.run_until_converged(timeout=180)
-    finally:
-        rec.close()
