@@ -89,6 +89,10 @@ def refusal(reason: str) -> bytes:
     return f"NO {text}\n".encode()
 
 
+class Refused(TemporaryError):
+    """The relay refused the request: about that desktop only (not running there, say), not the relay."""
+
+
 def check_reply(line: bytes) -> None:
     """Nothing if LINE accepts the request; TemporaryError with the relay's reason if it refuses
     (the desktop may be starting or moving: the agent may try again), or if it is not a reply."""
@@ -96,5 +100,5 @@ def check_reply(line: bytes) -> None:
         return
     text = line[:-1].decode("ascii", "replace") if line.endswith(b"\n") else ""
     if text.startswith("NO ") and _REASON.fullmatch(text[3:]):
-        raise TemporaryError(f"console relay refused: {text[3:]}", delay=5)
+        raise Refused(f"console relay refused: {text[3:]}", delay=5)
     raise TemporaryError("console relay: no valid reply", delay=5)

@@ -96,7 +96,7 @@ class RelayedChannels:
         try:
             return asyncio.run_coroutine_threadsafe(self._open(name), self._running()).result(self.timeout + 1)
         except Exception as err:
-            if not (isinstance(err, TemporaryError) and "refused" in str(err)):  # a refusal is about NAME only
+            if not isinstance(err, console.Refused):  # a refusal is about NAME only, not the relay
                 self._down_until = time.monotonic() + self.retry_s
             raise OSError(f"host channel of {name} through {self.address}: {err}") from err
 

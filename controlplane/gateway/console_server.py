@@ -140,4 +140,3 @@ class ConsoleServer:
             await splice((reader, writer), (vnc_reader, vnc_writer))
         finally:
             log.info("console: %s %s closed for %s", desktop, stream.name.lower(), client)
-

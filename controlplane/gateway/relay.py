@@ -176,4 +176,3 @@ async def _pump(browser: Browser, reader: asyncio.StreamReader, writer: asyncio.
             return "connection lost"
     finally:
         await cancel_all(tasks)
-
