@@ -94,9 +94,10 @@ class LibvirtHypervisor:
         # With POLICY_KEY (the app-allowlist signer's public key, pinned by each guest with its
         # identity) a channel desktop is ready only once it applies the allowlist sent to it.
         self.enforce_apps = policy_key is not None
-        address = events.remote_address(uri)
+        self.remote_address = events.remote_address(uri)  # None: a libvirt of this machine
         # another host's channels are its sockets: reached through its console relay, never by path
-        dial = RelayedChannels(address, console_port, console_tls).dial if address is not None else None
+        dial = (RelayedChannels(self.remote_address, console_port, console_tls).dial
+                if self.remote_address is not None else None)
         self.links = links or GuestLinks(policy_key=policy_key or bytes(32), dial=dial)
         self.templates_dir = overlay_dir.parent / "templates"  # saved template memory, root only
         self._desktop_re = re.compile(rf"{naming.PREFIX}-{re.escape(instance)}-[a-z][a-z0-9-]{{0,22}}[a-z0-9]"
@@ -267,10 +268,9 @@ class LibvirtHypervisor:
     def console(self, name: str) -> Console:
         """The socket, on a libvirt of this machine; else the relay of the host the URI names."""
         socket = self.vnc_socket(name)
-        address = events.remote_address(self.uri)
-        if address is None:
+        if self.remote_address is None:
             return LocalConsole(socket)
-        return RemoteConsole(address, self.console_port, name)
+        return RemoteConsole(self.remote_address, self.console_port, name)
 
     def running_socket(self, name: str, stream: Stream) -> Path:
         """The socket the running domain's definition names. Not `vnc_socket` or `channel_socket`:
