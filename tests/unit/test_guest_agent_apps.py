@@ -9,6 +9,7 @@ import importlib.util
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -60,9 +61,7 @@ def test_a_widened_list_is_refused_and_no_pinned_key_refuses_everything(agent, t
 
 def test_the_launcher_offers_the_allowed_apps_only():
     rootfs = AGENT.parents[1] / "recipes/agent-desktop/rootfs"
-    loader = importlib.machinery.SourceFileLoader("apply_apps", str(rootfs / "usr/lib/shiftdesk/apply-apps"))
-    apply_apps = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
-    loader.exec_module(apply_apps)
+    apply_apps = load_apply_apps()
     apply_apps.TINT2_BASE = rootfs / "etc/shiftdesk/tint2rc"
     catalogue = {k: v for k, v in json.loads((rootfs / "usr/share/shiftdesk/apps.json").read_text()).items()
                  if not k.startswith("_")}
@@ -131,3 +130,41 @@ def test_a_list_written_while_the_last_apply_finishes_is_written_again_until_ans
     agent.hand_over(link, {"doc": signed.document, "sig": signed.signature}, 3)
     assert link.messages == [("apps_applied", {"revision": 3})]
     assert len(seen) == 2 and all(seen)
+
+
+def test_the_agent_says_ready_only_once_the_app_enforcer_is_active(agent, tmp_path, monkeypatch):
+    """A template is saved when it says `ready`: saved with fapolicyd still starting (or failed),
+    none of its clones could apply an allowlist."""
+    monkeypatch.setattr(agent, "READY_FILE", tmp_path / "ready")
+    (tmp_path / "ready").write_text("firefox-esr\n")
+    states = iter([1, 3, 0])  # systemctl is-active: inactive, unknown, active
+    monkeypatch.setattr(agent.subprocess, "run", lambda *a, **k: SimpleNamespace(returncode=next(states)))
+    link = Sent()
+    assert not agent.tell_ready(link) and not agent.tell_ready(link) and link.messages == []
+    assert agent.tell_ready(link)
+    assert link.messages == [("ready", {"window": "firefox-esr"})]
+
+
+def load_apply_apps():
+    rootfs = AGENT.parents[1] / "recipes/agent-desktop/rootfs"
+    loader = importlib.machinery.SourceFileLoader("apply_apps", str(rootfs / "usr/lib/shiftdesk/apply-apps"))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(("states", "up"), [
+    (["activating", "activating", "active"], True),  # a restart is waited out
+    (["failed"], False),
+    (["inactive"], False),
+])
+def test_apply_apps_answers_enforcer_down_instead_of_staying_silent(monkeypatch, states, up):
+    apply_apps = load_apply_apps()
+    answers = iter(states)
+    monkeypatch.setattr(apply_apps.subprocess, "run", lambda *a, **k: SimpleNamespace(stdout=next(answers) + "\n"))
+    monkeypatch.setattr(apply_apps.time, "sleep", lambda s: None)
+    assert apply_apps.enforcer_up() is up
+    if not up:
+        with pytest.raises(apply_apps.Refused, match="enforcer-down"):
+            answers = iter(states)
+            apply_apps.reload_trust()
