@@ -26,6 +26,8 @@ from controlplane.errors import InvalidInput, TemporaryError
 
 MAX_LINE = 128  # bytes, newline included: the longest desktop name fits three times over
 _NAME = re.compile(r"[a-z][a-z0-9-]{0,62}")
+# an instant-clone template (`sd-<instance>.tpl-<key>`): its host channel only, never a console
+_TEMPLATE = re.compile(r"[a-z][a-z0-9-]{0,30}\.tpl-[a-z0-9-]{1,40}")
 _REASON = re.compile(r"[ -~]{1,100}")  # printable ASCII: a reason is logged and shown, never markup
 
 
@@ -55,9 +57,15 @@ class Stream(StrEnum):
     CHANNEL = "SHIFTDESK-CHANNEL/1"  # the host end of its host channel
 
 
+def nameable(desktop: str, stream: Stream) -> bool:
+    """Whether a request may name DESKTOP for STREAM: a desktop's name for either, a template's
+    for its host channel (a template on another host says it is ready over the relay too)."""
+    return bool(_NAME.fullmatch(desktop) or (stream == Stream.CHANNEL and _TEMPLATE.fullmatch(desktop)))
+
+
 def request(desktop: str, stream: Stream = Stream.VNC) -> bytes:
     """The request line for STREAM of DESKTOP."""
-    if not _NAME.fullmatch(desktop):
+    if not nameable(desktop, stream):
         raise InvalidInput(f"desktop: {desktop!r} is not a desktop name", field="desktop")
     return f"{stream.value} {desktop}\n".encode()
 
@@ -75,7 +83,7 @@ def parse_request(line: bytes) -> tuple[Stream, str]:
     except ValueError:
         raise InvalidInput(f"request: protocol {protocol[:32]!r} is none of "
                            f"{', '.join(s.value for s in Stream)}", field="request") from None
-    if not _NAME.fullmatch(desktop):
+    if not nameable(desktop, stream):
         raise InvalidInput(f"request: {desktop[:64]!r} is not a desktop name", field="request")
     return stream, desktop
 

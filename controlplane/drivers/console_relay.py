@@ -17,7 +17,7 @@ from typing import Any
 
 from controlplane.domain import console
 from controlplane.domain.console import Stream
-from controlplane.errors import TemporaryError
+from controlplane.errors import InvalidInput, TemporaryError
 
 CHUNK = 64 * 1024
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
@@ -96,7 +96,7 @@ class RelayedChannels:
         try:
             return asyncio.run_coroutine_threadsafe(self._open(name), self._running()).result(self.timeout + 1)
         except Exception as err:
-            if not isinstance(err, console.Refused):  # a refusal is about NAME only, not the relay
+            if not isinstance(err, console.Refused | InvalidInput):  # about NAME only, not the relay
                 self._down_until = time.monotonic() + self.retry_s
             raise OSError(f"host channel of {name} through {self.address}: {err}") from err
 

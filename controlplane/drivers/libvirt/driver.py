@@ -275,8 +275,9 @@ class LibvirtHypervisor:
     def running_socket(self, name: str, stream: Stream) -> Path:
         """The socket the running domain's definition names. Not `vnc_socket` or `channel_socket`:
         the control plane that defined the domain chose the path (its directory for this host),
-        not this process."""
-        self.vnc_socket(name)  # the same check: a desktop name of this installation
+        not this process. A template of this installation has its host channel found too."""
+        if not (stream == Stream.CHANNEL and self._template_key(name) is not None):
+            self.vnc_socket(name)  # the same check: a desktop name of this installation
         dom = self._lookup(name)
         try:
             active = dom is not None and dom.isActive() and self._tag(dom) is not None
@@ -452,6 +453,11 @@ class LibvirtHypervisor:
     def template_name(self, key: TemplateKey) -> str:
         """`sd-<instance>.tpl-<key>`: never a desktop name (the dot), never one of our overlays."""
         return f"{naming.PREFIX}-{self.instance}.tpl-{key.slug}"
+
+    def _template_key(self, name: str) -> TemplateKey | None:
+        """The key of NAME if it is a template name of this installation."""
+        prefix = f"{naming.PREFIX}-{self.instance}.tpl-"
+        return TemplateKey.parse(name[len(prefix):]) if name.startswith(prefix) else None
 
     def template_file(self, key: TemplateKey) -> Path:
         return self.templates_dir / f"{self.template_name(key)}.save"

@@ -8,6 +8,7 @@ from controlplane.domain import console
 from controlplane.errors import InvalidInput, TemporaryError
 
 NAME = "sd-main-sales-0a1b2c"
+TEMPLATE = "sd-main.tpl-i3-m1024-c2"
 
 
 def test_a_request_names_one_desktop_and_parses_back():
@@ -19,6 +20,16 @@ def test_a_request_names_one_desktop_and_parses_back():
     assert console.parse_request(line) == (console.Stream.CHANNEL, NAME)
 
 
+def test_a_templates_host_channel_may_be_asked_for_but_never_its_console():
+    """A template on another host says it is ready over its host channel, through the relay."""
+    line = console.request(TEMPLATE, console.Stream.CHANNEL)
+    assert console.parse_request(line) == (console.Stream.CHANNEL, TEMPLATE)
+    with pytest.raises(InvalidInput):
+        console.request(TEMPLATE, console.Stream.VNC)
+    with pytest.raises(InvalidInput):
+        console.parse_request(f"SHIFTDESK-CONSOLE/1 {TEMPLATE}\n".encode())
+
+
 @pytest.mark.parametrize("line", [
     b"SHIFTDESK-CONSOLE/1 sd-main-sales-0a1b2c",  # no newline
     b"SHIFTDESK-CONSOLE/2 sd-main-sales-0a1b2c\n",  # another protocol
@@ -27,6 +38,8 @@ def test_a_request_names_one_desktop_and_parses_back():
     b"SHIFTDESK-CONSOLE/1 sd-main-sales-0a1b2c extra\n",
     b"SHIFTDESK-CONSOLE/1 Sd-Main\n",
     b"SHIFTDESK-CONSOLE/1 \xff\xfe\n",
+    b"SHIFTDESK-CHANNEL/1 sd-main.tpl-../../x\n",
+    b"SHIFTDESK-CHANNEL/1 sd-main.tpl-i3.tpl-i4\n",
     b"SHIFTDESK-CONSOLE/1 " + b"a" * 200 + b"\n",  # longer than a line may be
     b"\n",
 ])

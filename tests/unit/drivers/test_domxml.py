@@ -7,6 +7,7 @@ the diff before committing it.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
@@ -15,8 +16,8 @@ import pytest
 
 from controlplane.domain.console import LocalConsole, RemoteConsole, Stream
 from controlplane.domain.network import DesktopNetwork
-from controlplane.domain.ports import BootImage, DesktopSpec, Readiness
-from controlplane.drivers.libvirt.domxml import Domain, read_tag
+from controlplane.domain.ports import BootImage, DesktopSpec, Readiness, TemplateKey
+from controlplane.drivers.libvirt.domxml import Domain, Tag, read_tag
 from controlplane.drivers.libvirt.driver import LibvirtHypervisor
 from controlplane.errors import PermanentError
 
@@ -273,8 +274,20 @@ def test_the_relay_finds_a_running_desktops_sockets_in_its_definition_and_nothin
         untagged.create()
         with pytest.raises(PermanentError, match="not a running desktop"):
             hv.running_socket("sd-main-sales-0a1b99", Stream.VNC)
+        template = hv.template_name(TemplateKey(1, 1024, 2))
+        with pytest.raises(PermanentError, match="not a running desktop"):
+            hv.running_socket(template, Stream.CHANNEL)  # none is running
+        model = hv.domain_model(replace(agent, name=template, pool="", desktop_id=0))
+        model.tag = Tag(instance="main", pool="", desktop_id=0, role="template", template="i1-m1024-c2",
+                        readiness="channel")
+        hv.conn.defineXML(model.to_xml()).create()
+        # a template on another host says it is ready over its host channel, through the relay
+        assert hv.running_socket(template, Stream.CHANNEL) == run / f"{template}.chan"
+        with pytest.raises(PermanentError, match="is not a desktop"):
+            hv.running_socket(template, Stream.VNC)  # a template has no console for anyone
     finally:
         hv.undefine(mine.name)
         hv.undefine(agent.name)
         hv.undefine("sd-main-sales-0a1b99")
+        hv.undefine(hv.template_name(TemplateKey(1, 1024, 2)))
         other.undefine(theirs.name)

@@ -72,6 +72,14 @@ def test_a_refused_desktop_is_not_connected_and_does_not_mark_the_relay_down(rem
     assert [name for name, _ in asked] == ["sd-main-sales-ffffff", NAME]
 
 
+def test_a_name_no_relay_may_be_asked_for_does_not_mark_the_relay_down(remote, tmp_path):
+    _, port, tls, asked = remote
+    links = GuestLinks(dial=RelayedChannels("127.0.0.1", port, lambda: tls).dial)
+    assert not links.ensure("Not A Name", tmp_path / "x.chan").connected  # refused before any byte is sent
+    assert links.ensure(NAME, tmp_path / "x.chan").connected
+    assert asked == [(NAME, Stream.CHANNEL)]
+
+
 def test_a_relay_that_does_not_answer_is_not_asked_again_at_once(pki, tmp_path, monkeypatch):
     cp = pki["control-plane"]
     tls = client_context(cert=cp / "clientcert.pem", key=cp / "clientkey.pem", ca=cp / "cacert.pem")
