@@ -21,15 +21,18 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from controlplane.drivers.local_ca import CLIENT_NAME, ensure_libvirt_client, ensure_libvirt_server
+from tests.conftest import database_env
 
 ROOT = Path(__file__).resolve().parents[2]
 NS = "sd-host2"
+HOST_LEASE_TTL_S = 6  # its host agent's; short, so tests wait seconds for fencing, not minutes
 HOST_END, NS_END = "sd-h2-host", "sd-h2-ns"
 HOST_IP, ADDRESS = "10.254.2.1", "10.254.2.2"
 STATE_DIRS = {"etc": "/etc/libvirt", "lib": "/var/lib/libvirt", "cache": "/var/cache/libvirt",
@@ -137,3 +140,20 @@ def second_host(root: Path, ca_dir: Path, agent: str = "") -> Iterator[SecondHos
         yield host
     finally:
         _teardown()
+
+
+@contextlib.contextmanager
+def second_host_with_agent(settings, **env: str) -> Iterator[SecondHost]:
+    """The second host, with its host agent running beside its libvirtd (on SETTINGS' database,
+    with ENV added to its environment)."""
+    root = Path(tempfile.mkdtemp(prefix="shiftdesk-host2-", dir="/var/tmp"))
+    env = {"SHIFTDESK_DATA_DIR": str(settings.data_dir), "SHIFTDESK_INSTANCE": settings.instance,
+           "SHIFTDESK_LIBVIRT__URI": "qemu:///system", "SHIFTDESK_RECONCILER__HOST_LEASE_TTL_S": str(HOST_LEASE_TTL_S),
+           # its consoles, relayed over TLS with the host's own certificate (the one its libvirtd has)
+           "SHIFTDESK_CONSOLE__LISTEN": ADDRESS, "SHIFTDESK_CONSOLE__PKI_DIR": str(root / "pki"),
+           **database_env(settings), **env}
+    try:
+        with second_host(root, settings.data_dir / "tls", agent_command("host-b", env, root / "agent.log")) as h:
+            yield h
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -1,49 +1,43 @@
-"""The agent desktop on real QEMU: a template boots Firefox once and is saved; two clones restored
-from it become two desktops (names, machine-ids, random state, disks), confirmed over the host
-channel by the in-guest agent, each applying the app allowlist sent to it. On one of them the app
-allowlist is then enforced by the image's fapolicyd and apply-apps: an app outside the list does
-not start when the agent asks for it (the keyboard's calculator key) and the denial reaches the
-host; a new list lets it start; a list with a broken signature is refused and the desktop
-quarantined. One test, because the template's boot is the expensive part (minutes under TCG)."""
+"""The agent desktop on real QEMU, on the second libvirt host (second_host.py), driven by the real
+reconciler: the host boots a template until Firefox shows and saves it; two clones restored from
+it become two machines (names, machine-ids, random state, directory secrets, MACs, addresses),
+confirmed over the host channel by the in-guest agent, each applying the signed app allowlist the
+control plane sends it. Their host channels are sockets of the second host, reached only through
+its console relay; their network is that host's own bridge, DHCP server and resolver, which its
+host agent runs. On one clone the allowlist is then enforced by the image's fapolicyd and
+apply-apps: an app outside the list does not start when the agent asks for it (the keyboard's
+calculator key) and the denial reaches the host; a new list lets it start; a list with a broken
+signature is refused and the desktop quarantined.
+
+One test, because an agent desktop's boot is the expensive part (minutes under TCG)."""
 
 from __future__ import annotations
 
 import dataclasses
+import secrets
+import shutil
 import subprocess
 import time
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import libvirt
 import pytest
 
+from controlplane.config import NetworkSettings
 from controlplane.domain.app_policy import AppPolicy, sign
-from controlplane.domain.ports import DesktopSpec, TemplateKey
-from controlplane.services import images
-from controlplane.services.templates import boot_image
+from controlplane.domain.placement import HostMode
+from controlplane.drivers.fake import FakeDirectory
+from controlplane.main import build_context
+from controlplane.services import audit, desktops, hosts, images, policies, pools
+from controlplane.services.reconciler import Reconciler
+from tests.integration.conftest import purge
+from tests.integration.replicas import wait_for
+from tests.integration.second_host import NS, second_host_with_agent
 
 KEY_CALC = 140  # Linux input keycode of a keyboard's calculator key (X: XF86Calculator)
 GALCULATOR = "/usr/bin/galculator"
-
-
-def wait(check, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.5)
-
-
-def ready_with_apps(hv, key, name: str) -> bool:
-    """Ready as the reconciler sees it: identity confirmed (is_ready sends it), session up, and
-    the app allowlist sent to it applied (services/apps.py sends one every pass)."""
-    if hv.is_ready(name):
-        return True
-    hv.deliver_apps(name, sign(key, AppPolicy.of(name, 1, {"firefox-esr"})))
-    return False
-
-
-def screenshot(name: str, out: Path) -> bytes:
-    subprocess.run(["virsh", "-c", "qemu:///system", "screenshot", name, str(out)], check=True, capture_output=True)
-    return out.read_bytes()
+SALES = "CN=cc-sales,OU=Groups,DC=agents,DC=test"
 
 
 def press_calculator_key(hv, name: str) -> None:
@@ -55,25 +49,29 @@ def denials_of(hv, path: str, seen: list) -> int:
     return sum(d.count for d in seen if d.path == path)
 
 
-def runs_exactly_the_apps_its_signed_list_allows(hv, key, name: str, scratch: Path) -> None:
-    """NAME applies revision 1 (Firefox only) when this starts."""
+def runs_exactly_the_apps_its_signed_list_allows(hv, key, name: str) -> None:
+    """NAME applies the pool's list (Firefox only) when this starts; the reconciler is not running,
+    so the lists sent here are the only ones."""
     seen: list = []
+    applied = hv.links.state(name).apps_applied
     press_calculator_key(hv, name)
-    wait(lambda: denials_of(hv, GALCULATOR, seen) > 0, 60, "the calculator was not denied (or not reported)")
+    wait_for("the calculator to be denied (and reported)", lambda: denials_of(hv, GALCULATOR, seen) > 0, 60, every=0.5)
 
-    before = screenshot(name, scratch / "before.ppm")
-    assert hv.deliver_apps(name, sign(key, AppPolicy.of(name, 2, {"firefox-esr", "galculator"})))
-    wait(lambda: hv.links.state(name).apps_applied == 2 or hv.links.state(name).quarantined, 120, "list 2 not applied")
+    before = hv.screenshot(name)
+    assert hv.deliver_apps(name, sign(key, AppPolicy.of(name, applied + 1, {"firefox-esr", "galculator"})))
+    wait_for("the list that allows the calculator to be applied", lambda: hv.links.state(name).apps_applied ==
+             applied + 1 or hv.links.state(name).quarantined, 120, every=0.5)
+    assert hv.links.state(name).quarantined is None
     denied_so_far = denials_of(hv, GALCULATOR, seen)
     press_calculator_key(hv, name)
-    wait(lambda: screenshot(name, scratch / "after.ppm") != before, 90, "the calculator never showed up")
+    wait_for("the calculator to show up", lambda: hv.screenshot(name) != before, 90, every=1)
     time.sleep(6)  # the guest reports denials every 5 s
     assert denials_of(hv, GALCULATOR, seen) == denied_so_far
 
-    third = sign(key, AppPolicy.of(name, 3, {"firefox-esr"}))
+    third = sign(key, AppPolicy.of(name, applied + 2, {"firefox-esr"}))
     broken = dataclasses.replace(third, signature=bytes([third.signature[0] ^ 1]) + third.signature[1:])
     assert hv.deliver_apps(name, broken)
-    wait(lambda: hv.links.state(name).quarantined is not None, 60, "a broken signature was not refused")
+    wait_for("a broken signature to be refused", lambda: hv.links.state(name).quarantined is not None, 60, every=0.5)
     assert "bad-signature" in (hv.links.state(name).quarantined or "")
     assert hv.list_desktops()[name].quarantined and not hv.is_ready(name)
 
@@ -82,7 +80,7 @@ def file_in_overlay(hv, name: str, path: str, scratch: Path) -> str | None:
     """Read PATH from the desktop's disk, offline (debugfs on a raw copy of its whole chain)."""
     overlay = hv._pool().storageVolLookupByName(f"{name}.qcow2").path()
     raw = scratch / f"{name}.raw"
-    subprocess.run(["qemu-img", "convert", "-O", "raw", overlay, str(raw)], check=True, capture_output=True)
+    subprocess.run(["qemu-img", "convert", "-U", "-O", "raw", overlay, str(raw)], check=True, capture_output=True)
     try:  # the guest's last writes may sit in the ext4 journal only: replay it as a mount would
         subprocess.run(["e2fsck", "-y", "-E", "journal_only", str(raw)], capture_output=True, check=False)
         done = subprocess.run(["debugfs", "-R", f"cat {path}", str(raw)], capture_output=True, text=True, check=False)
@@ -91,45 +89,73 @@ def file_in_overlay(hv, name: str, path: str, scratch: Path) -> str | None:
     return done.stdout if done.returncode == 0 and "not found" not in done.stderr else None
 
 
-@pytest.mark.timeout(1500)
-def test_two_clones_of_the_agent_desktop_are_two_machines_that_run_only_allowed_apps(real_ctx, tmp_path):
-    hv = real_ctx.hypervisor
-    agent_image = images.build(real_ctx, "agent-desktop", actor="test")
-    image = boot_image(agent_image)
-    key = TemplateKey(agent_image.id, agent_image.manifest["memory_mib"], agent_image.manifest["vcpus"])
-    hv.build_template(key, image)
-    wait(lambda: hv.list_templates()[key].ready, 600, "the template never showed its browser")  # as boot_timeout_s
-    hv.save_template(key)
+def leased_from_the_second_host(ctx, b_root: Path, instance: str, rows) -> None:
+    """Each clone leases its own address, with its own MAC, from the second host's DHCP server
+    (never the first host's), and sends with that MAC on its own port of that host's bridge."""
+    net = ctx.network.network
+    nics = [net.nic(r.name, IPv4Address(r.ipv4)) for r in rows]
+    assert len({n.mac for n in nics}) == len({n.ipv4 for n in nics}) == len(rows)
+    there = b_root / "run-shiftdesk" / instance / "net" / "dhcp" / "leases"
+    for nic in nics:
+        wait_for(f"{nic.name} to lease {nic.ipv4} from the second host", lambda nic=nic: f"{nic.mac} {nic.ipv4}" in (
+            there.read_text() if there.exists() else ""), 120, every=1)
+    here = ctx.network.state_dir / "dhcp" / "leases"
+    assert not any(n.mac in (here.read_text() if here.exists() else "") for n in nics)  # not the first host's
+    fdb = subprocess.run(["ip", "netns", "exec", NS, "bridge", "fdb", "show", "br", net.bridge],
+                         capture_output=True, text=True, check=True).stdout
+    assert all(f"{n.mac} dev {n.tap}" in fdb for n in nics)
+    listening = subprocess.run(["ip", "netns", "exec", NS, "ss", "-lnu"], capture_output=True, text=True,
+                               check=True).stdout
+    assert f"{net.host}:53 " in listening  # the second host's resolver serves them
 
-    names = [f"sd-{real_ctx.instance}-floor-00000{i}" for i in (1, 2)]
-    for i, name in enumerate(names):
-        hv.restore_clone(DesktopSpec(name=name, pool="floor", desktop_id=i + 1, image=image,
-                                     memory_mib=key.memory_mib, vcpus=key.vcpus, template=key,
-                                     join_secret=f"join-secret-of-{name}"))
+
+@pytest.mark.timeout(1800)
+def test_two_clones_on_the_second_host_are_two_machines_on_its_network_that_run_only_allowed_apps(
+        real_settings, tmp_path):
+    subnet = IPv4Network(f"10.236.{secrets.randbelow(200) + 20}.0/24")
+    settings = real_settings.model_copy(update={"network": NetworkSettings(enabled=True, subnet=subnet)})
+    ctx = build_context(settings)
+    ctx.directory = FakeDirectory()  # computer accounts: each clone gets its own secret over the channel
     try:
-        # every clone looked at on every poll, as the reconciler does (a generator would stop at the
-        # first clone not ready, and the second would not even be sent its identity meanwhile)
-        wait(lambda: all([ready_with_apps(hv, real_ctx.app_signer, n) for n in names]), 90, "")
-    except AssertionError:
-        raise AssertionError("a clone never confirmed its identity and applied its app allowlist in 90 s "
-                             f"(the reconciler's deadline): {[hv.links.state(n) for n in names]}") from None
-    states = [hv.links.state(n) for n in names]
-    assert all(s.confirmed and s.ready and s.quarantined is None for s in states)
-    assert states[0].rng_probe != states[1].rng_probe  # the template's random state is not shared
-    seen = hv.list_desktops()
-    assert all(seen[n].cloned and seen[n].ready for n in names)
-    runs_exactly_the_apps_its_signed_list_allows(hv, real_ctx.app_signer, names[1], tmp_path)
+        with second_host_with_agent(settings, SHIFTDESK_NETWORK__ENABLED="true",
+                                    SHIFTDESK_NETWORK__SUBNET=str(subnet)) as b_host:
+            images.build(ctx, "agent-desktop", actor="test")
+            policies.apply(ctx, {"agents.yaml": f'name: agents\nbind:\n  groups: ["{SALES}"]\n  pools: [agents]\n'
+                                                'apps:\n  allow: [firefox-esr]\n'}, actor="test")
+            b = hosts.register(ctx, name="host-b", uri=b_host.uri, actor="test")
+            (home,) = [h.name for h in hosts.views(ctx) if h.name != "host-b"]
+            hosts.set_mode(ctx, name=home, mode=HostMode.MAINTENANCE, actor="test")
+            pools.create(ctx, name="agents", image="agent-desktop", size=2, clone="instant", actor="test")
+            rec = Reconciler(ctx)
+            try:
+                assert rec.run_until_converged(timeout=1500), "the agent desktops on host-b never became ready"
+                rows = [r for r, _ in desktops.list_all(ctx) if str(r.state) == "ready"]
+                assert len(rows) == 2 and all(r.host_id == b.id and r.ipv4 is not None for r in rows)
+                assert len(audit.recent(ctx, action="desktop.restore")) >= 2  # clones, not boots
+                hv = ctx.driver(b.id)
+                states = [hv.links.state(r.name) for r in rows]
+                assert all(s.confirmed and s.apps_applied is not None for s in states)  # identity, then the list
+                assert states[0].rng_probe != states[1].rng_probe  # the template's random state is not shared
+                assert audit.recent(ctx, action="app.denied") == []  # firefox, allowed, ran
+                log = (b_host.root / "agent.log").read_text()
+                assert all(f"console: {r.name} channel opened for shiftdesk-control-plane" in log for r in rows)
+                leased_from_the_second_host(ctx, b_host.root, settings.instance, rows)
 
-    for name in names:
-        hv.destroy(name)  # the agent fsyncs the secret before it confirms
-    secrets = [file_in_overlay(hv, n, "/var/lib/shiftdesk-agent/join-secret", Path("/var/tmp")) for n in names]
-    assert secrets == [f"join-secret-of-{n}" for n in names]  # each wrote its own, in its own overlay
-    machine_ids = [file_in_overlay(hv, n, "/etc/machine-id", Path("/var/tmp")) for n in names]
-    assert machine_ids[0] and machine_ids[1] and machine_ids[0] != machine_ids[1]
+                names = sorted(r.name for r in rows)
+                runs_exactly_the_apps_its_signed_list_allows(hv, ctx.app_signer, names[1])
+                for name in names:
+                    hv.destroy(name)  # the agent fsyncs the secret before it confirms
+                secrets_seen = [file_in_overlay(hv, n, "/var/lib/shiftdesk-agent/join-secret", tmp_path)
+                                for n in names]
+                assert secrets_seen == [ctx.directory.computers[n] for n in names]  # each its own, on its own disk
+                machine_ids = [file_in_overlay(hv, n, "/etc/machine-id", tmp_path) for n in names]
+                assert machine_ids[0] and machine_ids[1] and machine_ids[0] != machine_ids[1]
 
-    hv.undefine(names[0])
-    hv.delete_overlay(names[0])
-    assert hv.list_templates()[key].saved and names[1] in hv.list_desktops()
-    hv.undefine(names[1])
-    hv.delete_overlay(names[1])
-    hv.remove_template(key)
+                pools.delete(ctx, "agents", actor="test")
+                assert rec.run_until_converged(timeout=180)
+            finally:
+                rec.close()
+    finally:
+        purge(settings)
+        ctx.network.remove()
+        shutil.rmtree(Path("/run/shiftdesk") / settings.instance, ignore_errors=True)
