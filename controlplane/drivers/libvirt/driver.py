@@ -231,7 +231,9 @@ class LibvirtHypervisor:
         return state.ready and (not apps or (state.apps_sent is not None and state.apps_current))
 
     def deliver_apps(self, name: str, signed: SignedAppPolicy) -> bool:
-        self.links.ensure(name, self.channel_socket(name))
+        """Over the link `is_ready` opened only: a list goes to a guest that confirmed its identity,
+        and dialling here would open a channel to every booting desktop in every pass (to another
+        host's, a TLS connection to its relay each)."""
         return self.links.send_apps(name, signed.policy.revision, signed.document, signed.signature)
 
     def app_denials(self) -> list[AppDenial]:

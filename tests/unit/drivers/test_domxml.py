@@ -13,12 +13,15 @@ from pathlib import Path
 
 import libvirt
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from controlplane.domain.app_policy import AppPolicy, sign
 from controlplane.domain.console import LocalConsole, RemoteConsole, Stream
 from controlplane.domain.network import DesktopNetwork
 from controlplane.domain.ports import BootImage, DesktopSpec, Readiness, TemplateKey
 from controlplane.drivers.libvirt.domxml import Domain, Tag, read_tag
 from controlplane.drivers.libvirt.driver import LibvirtHypervisor
+from controlplane.drivers.libvirt.guest_link import GuestLinks
 from controlplane.errors import PermanentError
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "domxml"
@@ -291,3 +294,19 @@ def test_the_relay_finds_a_running_desktops_sockets_in_its_definition_and_nothin
         hv.undefine("sd-main-sales-0a1b99")
         hv.undefine(hv.template_name(TemplateKey(1, 1024, 2)))
         other.undefine(theirs.name)
+
+
+def test_an_app_allowlist_goes_only_over_a_link_the_identity_opened():
+    """Every pass sends every desktop its list; a booting one has no confirmed guest yet."""
+    dialled = []
+
+    def dial(name: str, path: Path):
+        dialled.append(name)
+        raise OSError("nothing listens there")
+
+    hv = LibvirtHypervisor(uri="test:///default", instance="main", storage_pool="default-pool",
+                           overlay_dir=Path("/default-pool"), run_dir=Path("/tmp/shiftdesk-unit-run"),
+                           links=GuestLinks(dial=dial))
+    name = "sd-main-sales-000001"
+    assert not hv.deliver_apps(name, sign(Ed25519PrivateKey.generate(), AppPolicy.of(name, 1, {"firefox-esr"})))
+    assert dialled == []
