@@ -7,6 +7,10 @@ export SHIFTDESK_IMAGES_DIR ?= $(CURDIR)/images
 export SHIFTDESK_CACHE_DIR ?= $(CURDIR)/.cache
 RUN_DATA ?= $(CURDIR)/.cache/run-data
 RUN_INSTANCE ?= demo
+# the integration tests that also run on SQLite in `make test` (all of them run on PostgreSQL):
+# crash convergence, a host restart, the first desktops
+SQLITE_INTEGRATION := tests/integration/test_crash.py tests/integration/test_cold_start.py \
+	tests/integration/test_desktops.py
 
 .PHONY: run test setup host venv portal lint unit integration e2e bench clean
 
@@ -51,11 +55,14 @@ integration: setup
 e2e: setup
 	$(BIN)/pytest -q tests/e2e
 
+# e2e on SQLite (what `make run` uses); integration on PostgreSQL, then a subset of it on SQLite
 test: setup
 	$(BIN)/ruff check controlplane tests bench images
 	$(BIN)/lint-imports
 	$(BIN)/mypy
-	$(BIN)/pytest -q --durations=15 tests/e2e tests/integration
+	$(BIN)/pytest -q --durations=10 tests/e2e
+	SHIFTDESK_TEST_DB=postgresql $(BIN)/pytest -q --durations=15 tests/integration
+	$(BIN)/pytest -q $(SQLITE_INTEGRATION)
 	BIN=$(BIN) bash scripts/unit-suites.sh
 
 bench: setup
