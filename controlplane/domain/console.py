@@ -22,12 +22,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from controlplane.domain import naming
 from controlplane.errors import InvalidInput, TemporaryError
 
 MAX_LINE = 128  # bytes, newline included: the longest desktop name fits three times over
 _NAME = re.compile(r"[a-z][a-z0-9-]{0,62}")
 # an instant-clone template (`sd-<instance>.tpl-<key>`): its host channel only, never a console
-_TEMPLATE = re.compile(r"[a-z][a-z0-9-]{0,30}\.tpl-[a-z0-9-]{1,40}")
+_TEMPLATE = re.compile(rf"[a-z][a-z0-9-]{{0,30}}{re.escape(naming.TEMPLATE_MARK)}[a-z0-9-]{{1,40}}")
 _REASON = re.compile(r"[ -~]{1,100}")  # printable ASCII: a reason is logged and shown, never markup
 
 

@@ -33,6 +33,14 @@ def desktop_name(instance: str, pool: str, suffix: str | None = None) -> str:
     return f"{PREFIX}-{instance}-{pool}-{suffix or secrets.token_hex(3)}"
 
 
+TEMPLATE_MARK = ".tpl-"  # what sets a template's name apart: no desktop name has a dot
+
+
+def template_prefix(instance: str) -> str:
+    """`sd-<instance>.tpl-`: an instant-clone template's name is this and its key's slug."""
+    return f"{PREFIX}-{instance}{TEMPLATE_MARK}"
+
+
 def volume_name(desktop: str) -> str:
     return f"{desktop}.qcow2"
 

@@ -454,11 +454,11 @@ class LibvirtHypervisor:
 
     def template_name(self, key: TemplateKey) -> str:
         """`sd-<instance>.tpl-<key>`: never a desktop name (the dot), never one of our overlays."""
-        return f"{naming.PREFIX}-{self.instance}.tpl-{key.slug}"
+        return f"{naming.template_prefix(self.instance)}{key.slug}"
 
     def _template_key(self, name: str) -> TemplateKey | None:
         """The key of NAME if it is a template name of this installation."""
-        prefix = f"{naming.PREFIX}-{self.instance}.tpl-"
+        prefix = naming.template_prefix(self.instance)
         return TemplateKey.parse(name[len(prefix):]) if name.startswith(prefix) else None
 
     def template_file(self, key: TemplateKey) -> Path:
@@ -470,9 +470,8 @@ class LibvirtHypervisor:
     def _saved_templates(self, found: dict[TemplateKey, ObservedTemplate]) -> None:
         """Add to FOUND the templates that are only a finished save file (their domain is gone),
         and sweep restore files a crash left behind."""
-        prefix = f"{naming.PREFIX}-{self.instance}.tpl-"
-        for path in sorted(self.templates_dir.glob(f"{prefix}*.save")):
-            key = TemplateKey.parse(path.name[len(prefix):-len(".save")])
+        for path in sorted(self.templates_dir.glob(f"{naming.template_prefix(self.instance)}*.save")):
+            key = self._template_key(path.name[:-len(".save")])
             if key is not None and key not in found and self._saved(key):
                 found[key] = ObservedTemplate(key=key, defined=False, running=False, ready=False, saved=True)
         self._sweep_restores()
