@@ -55,19 +55,23 @@ NODE = """<node>
 
 
 class SimHost(LibvirtHypervisor):
-    """A test-driver host: ready once running, no disks (the test driver keeps names only)."""
+    """A test-driver host: ready once running, no disks (the test driver keeps names only). Its
+    overlays are names in a set, listed at once, as a real host's storage pool lists its volumes
+    (one call for all names)."""
 
     def __init__(self, **kw) -> None:
         super().__init__(readiness="running", **kw)
+        self.overlays: set[str] = set()
 
     def create_overlay(self, spec: DesktopSpec) -> Path:
+        self.overlays.add(spec.name)
         return Path(f"/sim/{spec.name}.qcow2")
 
-    def list_overlays(self) -> set[str]:  # an overlay per domain: their names, without parsing each domain again
-        return {d.name() for d in self.conn.listAllDomains(0) if d.name().startswith(f"sd-{self.instance}-")}
+    def list_overlays(self) -> set[str]:
+        return set(self.overlays)
 
     def delete_overlay(self, name: str) -> None:
-        pass
+        self.overlays.discard(name)
 
 
 def converge(rec: Reconciler, limit: int = 200) -> None:

@@ -37,12 +37,14 @@ def list_all(*, session: Session, pool_id: int | None = None) -> list[Desktop]:
 
 
 def planning_rows(*, session: Session) -> list:
-    """Every desktop's columns a reconcile pass plans from, as plain rows (id, name, pool_id,
-    host_id, image_id, state, state_since, generation, grace_until, retry_at): a pass over
-    thousands of desktops must not build (and JSON-decode) a whole ORM object for each."""
-    return list(session.exec(select(  # type: ignore[call-overload]
+    """Every desktop's columns a reconcile pass works from, as plain rows (id, name, pool_id,
+    host_id, image_id, state, state_since, generation, grace_until, retry_at; and who is on it,
+    for its app allowlist: assigned_to, assigned_groups, ipv4): a pass over thousands of desktops
+    must not build (and JSON-decode) a whole ORM object for each."""
+    return list(session.exec(select(  # type: ignore[call-overload, misc]
         Desktop.id, Desktop.name, Desktop.pool_id, Desktop.host_id, Desktop.image_id, Desktop.state,
         Desktop.state_since, Desktop.generation, Desktop.grace_until, Desktop.retry_at,
+        Desktop.assigned_to, Desktop.assigned_groups, Desktop.ipv4,
     ).order_by(Desktop.pool_id, Desktop.id)).all())
 
 

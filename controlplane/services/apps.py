@@ -14,6 +14,7 @@ sent, and one that refuses it or does not apply it in time is quarantined and re
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
 
@@ -41,23 +42,27 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
     return Ed25519PrivateKey.from_private_bytes(load_or_create_key(path)[:32])
 
 
-def wanted(ctx: Context) -> dict[int, dict[str, frozenset[str]]]:
-    """Each host -> its running desktops -> the apps each may run now."""
+def wanted(ctx: Context, occupancy: Iterable[policies.Occupancy] | None = None) -> dict[int, dict[str, frozenset[str]]]:
+    """Each host -> its running desktops -> the apps each may run now. From OCCUPANCY (those
+    desktops, as a reconcile pass read them) when given, else from the database."""
+    desktops = (policies.on_desktops(ctx, Desktop.state.in_(DELIVER_TO), every_host=True)  # type: ignore[attr-defined]
+                if occupancy is None else policies.rules_on(policies.active(ctx), occupancy))
     lists: dict[int, dict[str, frozenset[str]]] = {}
-    for d in policies.on_desktops(ctx, Desktop.state.in_(DELIVER_TO), every_host=True):  # type: ignore[attr-defined]
+    for d in desktops:
         lists.setdefault(d.host_id, {})[d.name] = d.apps
     return lists
 
 
-def sync(ctx: Context) -> None:
+def sync(ctx: Context, occupancy: Iterable[policies.Occupancy] | None = None) -> None:
     """Send every desktop, on every host, the allowlist it should enforce now (through its host's
     driver: another host's guests are reached through that host's console relay); audit what
-    guests denied. A host that cannot be driven now is skipped: its guests keep what they have."""
+    guests denied. A host that cannot be driven now is skipped: its guests keep what they have.
+    OCCUPANCY: the running desktops as a reconcile pass just read them (`wanted`)."""
     if ctx.app_signer is None:
         return
     signer = partial(sign, ctx.app_signer)
     now_ms = int(ctx.clock.now().timestamp() * 1000)
-    lists = wanted(ctx)
+    lists = wanted(ctx, occupancy)
     denials: list[AppDenial] = []
     for host_id in {ctx.host_id, *lists}:
         try:

@@ -1,8 +1,8 @@
 """One look at the world for a reconcile pass: the database's pools and desktops, and every host.
 
-A pass plans its templates and its desktops from the same look, so each host's domains are read
-once per pass and each desktop row once (as plain columns: a pass over 10,000 desktops must not
-build an ORM object for each).
+A pass plans its templates and its desktops, and sends app allowlists, from the same look, so each
+host's domains are read once per pass and each desktop row once (as plain columns: a pass over
+10,000 desktops must not build an ORM object for each).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from controlplane.db import desktops, pools
 from controlplane.db.engine import session_scope
 from controlplane.domain.planning import DesktopView, HostView, PoolView
 from controlplane.domain.ports import CloneMode, TemplateKey
-from controlplane.services import hosts, policies, templates
+from controlplane.services import apps, hosts, policies, templates
 from controlplane.services.context import Context
 
 T = TypeVar("T")
@@ -29,6 +29,7 @@ class Observation:
     desktops: list[DesktopView]
     hosts: list[hosts.ObservedHost]
     images_in_use: Mapping[int, frozenset[int]] = field(default_factory=dict)  # host id: its desktops' images
+    occupancy: list[policies.Occupancy] = field(default_factory=list)  # who is on each desktop whose guest may run
 
     @property
     def host_views(self) -> list[HostView]:
@@ -57,11 +58,16 @@ def observe(ctx: Context, mapper: Mapper = map) -> Observation:
         rows = desktops.planning_rows(session=session)
         registered = hosts.registered(session)
     in_use: dict[int, set[int]] = {}
-    desktop_views = []
+    desktop_views, occupancy = [], []
+    pool_names = {p.id: p.name for p in pool_views}
     for d in rows:
         in_use.setdefault(d.host_id, set()).add(d.image_id)
         desktop_views.append(DesktopView(id=d.id, name=d.name, pool_id=d.pool_id, state=d.state, since=d.state_since,
                                          host_id=d.host_id, generation=d.generation, grace_until=d.grace_until,
                                          retry_at=d.retry_at))
+        if d.state in apps.DELIVER_TO:
+            groups = frozenset(d.assigned_groups) if d.assigned_groups is not None else None
+            occupancy.append(policies.Occupancy(d.name, pool_names[d.pool_id], d.assigned_to, groups, d.ipv4,
+                                                d.host_id))
     seen = list(mapper(lambda host: hosts.observe(ctx, host), registered))
-    return Observation(pool_views, desktop_views, seen, {h: frozenset(i) for h, i in in_use.items()})
+    return Observation(pool_views, desktop_views, seen, {h: frozenset(i) for h, i in in_use.items()}, occupancy)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -172,6 +172,18 @@ def active(ctx: Context) -> list[Policy]:
 
 
 @dataclass(frozen=True)
+class Occupancy:
+    """Who is on a desktop now, which is what its rules follow."""
+
+    name: str
+    pool: str
+    user: str | None = None  # the agent signed in to it; None while nobody is
+    groups: frozenset[str] | None = None  # the groups their sign-in carried
+    ipv4: str | None = None
+    host_id: int = 0
+
+
+@dataclass(frozen=True)
 class DesktopRules:
     """What one desktop may reach and run now, and which policies decided it."""
 
@@ -186,25 +198,35 @@ class DesktopRules:
 
 def on_desktops(ctx: Context, *where: Any, every_host: bool = False) -> list[DesktopRules]:
     """Each desktop of this host (of every host with EVERY_HOST) matching WHERE (SQL conditions),
-    with the rules in force on it: the effective policy of the agent signed in (from the groups
-    their sign-in carried), or while nobody is, what every policy naming its pool allows (an idle
-    desktop has no agent whose groups could widen it). The egress resolver and the app allowlists
-    both follow this one rule."""
-    rules = active(ctx)
+    with the rules in force on it (`rules_on`)."""
     with session_scope(ctx.engine) as session:  # columns, not objects: every pass reads every desktop
         here = () if every_host else (Desktop.host_id == ctx.host_id,)
         found = session.exec(select(  # type: ignore[call-overload]
-            Desktop.name, Desktop.ipv4, Desktop.assigned_to, Desktop.assigned_groups, Pool.name, Desktop.host_id,
+            Desktop.name, Pool.name, Desktop.assigned_to, Desktop.assigned_groups, Desktop.ipv4, Desktop.host_id,
         ).join(Pool).where(*here, *where)).all()
+    return rules_on(active(ctx), [Occupancy(name, pool, user, frozenset(groups) if groups is not None else None,
+                                            ipv4, host_id) for name, pool, user, groups, ipv4, host_id in found])
+
+
+def rules_on(rules: list[Policy], desktops: Iterable[Occupancy]) -> list[DesktopRules]:
+    """The rules in force on each of DESKTOPS: the effective policy of the agent signed in (from
+    the groups their sign-in carried), or while nobody is, what every policy naming its pool
+    allows (an idle desktop has no agent whose groups could widen it). The egress resolver and
+    the app allowlists both follow this one rule. Worked out once per pool and groups: thousands
+    of desktops share a few."""
+    decided: dict[tuple[str, frozenset[str] | None], tuple[frozenset[str], frozenset[str], tuple[str, ...]]] = {}
     result = []
-    for name, ipv4, user, groups, pool, host_id in found:
-        if user is not None and groups is not None:
-            eff = effective(rules, frozenset(groups), pool)
-            result.append(DesktopRules(name, ipv4, user, eff.apps, eff.domains, eff.applied, host_id))
-        else:
-            naming = tuple(sorted(p.name for p in rules if pool in p.pools))
-            result.append(DesktopRules(name, ipv4, None, idle_apps(rules, pool), idle_domains(rules, pool), naming,
-                                       host_id))
+    for d in desktops:
+        groups = d.groups if d.user is not None else None
+        if (key := (d.pool, groups)) not in decided:
+            if groups is not None:
+                eff = effective(rules, groups, d.pool)
+                decided[key] = (eff.apps, eff.domains, eff.applied)
+            else:
+                naming = tuple(sorted(p.name for p in rules if d.pool in p.pools))
+                decided[key] = (idle_apps(rules, d.pool), idle_domains(rules, d.pool), naming)
+        apps, domains, applied = decided[key]
+        result.append(DesktopRules(d.name, d.ipv4, d.user, apps, domains, applied, d.host_id))
     return result
 
 

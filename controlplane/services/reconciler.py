@@ -83,13 +83,13 @@ class Reconciler:
         with self._fenced():
             if kept:
                 network.sync(self.ctx)  # before any desktop step: each finds its port admitted
-                self._deliver_apps()
                 rolling = self._advance_rollouts()
-            return self._plan_and_act(rolling)
+            return self._plan_and_act(rolling, deliver=kept)
 
-    def _plan_and_act(self, rolling: int) -> Plan:
+    def _plan_and_act(self, rolling: int, *, deliver: bool) -> Plan:
         """Template steps first (clones wait for them), then the desktops' steps, both planned
-        from one look at the world; a pass whose template steps changed a host looks again."""
+        from one look at the world; a pass whose template steps changed a host looks again. With
+        DELIVER, app allowlists go out from that look before any step."""
         seen = self.observe()
         template_steps = templates.plan(self.ctx, seen.hosts, seen.wanted_templates, seen.images_in_use)
         now = self.ctx.clock.now()
@@ -98,6 +98,8 @@ class Reconciler:
             self._perform(step)
         if due_templates:
             seen = self.observe()
+        if deliver:
+            self._deliver_apps(seen)
         current = self._plan(seen)
         self._record(hosts.note_fencing, seen.hosts)
         self._record(pools_service.note_unplaceable, current.unplaceable)
@@ -118,10 +120,11 @@ class Reconciler:
             log.exception("rollouts not advanced this pass")
             return 0
 
-    def _deliver_apps(self) -> None:
-        """App allowlists to the guests (before observing: a desktop is ready once it applies one)."""
+    def _deliver_apps(self, seen: Observation) -> None:
+        """App allowlists to the guests SEEN running (a desktop is ready once it applies one: the
+        next pass sees that)."""
         try:
-            apps.sync(self.ctx)
+            apps.sync(self.ctx, seen.occupancy)
         except Exception:  # provisioning goes on; a desktop is not ready until its list is applied
             log.exception("app allowlists not delivered this pass")
 

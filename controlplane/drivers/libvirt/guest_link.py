@@ -205,19 +205,33 @@ class GuestLinks:
 
     def send_apps(self, name: str, revision: int, document: str, signature: bytes) -> bool:
         """Send a signed app allowlist to a confirmed guest, unless it is the one last sent on this
-        connection. True once the guest has it (then `state().apps_applied` follows)."""
+        connection. True once the guest has it (then `state().apps_applied` follows).
+
+        Encoded only when it is to be sent: a pass offers every desktop its list, and most have
+        it already (or no link)."""
+        with self._lock:
+            if (answer := self._apps_due(name, revision)) is not None:
+                return answer
         frame = ch.encode("apps", ch.Side.HOST, doc=document, sig=signature)
         with self._lock:
-            link = self._links.get(name)
-            if link is None or not link.state.confirmed:
-                return False
-            if link.state.apps_sent == revision:
-                return True
+            if (answer := self._apps_due(name, revision)) is not None:
+                return answer
+            link = self._links[name]
             link.apps_sent[revision] = self.clock()
             while len(link.apps_sent) > 8:
                 del link.apps_sent[min(link.apps_sent)]
             link.state = replace(link.state, apps_sent=revision)
         return self._send(name, link, frame)
+
+    def _apps_due(self, name: str, revision: int) -> bool | None:
+        """None when REVISION is to be sent to NAME; else what `send_apps` answers: True when it
+        was sent already, False when there is no confirmed guest to send it to (lock held)."""
+        link = self._links.get(name)
+        if link is None or not link.state.confirmed:
+            return False
+        if link.state.apps_sent == revision:
+            return True
+        return None
 
     def drain_denials(self) -> dict[str, dict[str, int]]:
         """Executions each guest's enforcer denied since the last call: desktop -> path -> count."""

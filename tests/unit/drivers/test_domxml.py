@@ -179,6 +179,51 @@ def test_one_observation_reads_each_of_our_domains_once_and_no_one_elses(monkeyp
         other.undefine(theirs.name)
 
 
+def test_a_running_domain_has_its_tag_read_once_per_boot_and_a_stopped_one_every_time(monkeypatch):
+    """Every pass observes every domain: a running one's tag (an RPC to its host) is read once
+    per boot, found again after a restart, and a stopped one's, which can change, every time."""
+    hv, other, mine, theirs = two_installations()
+    read: list[str] = []
+    tag = LibvirtHypervisor._tag
+    monkeypatch.setattr(LibvirtHypervisor, "_tag", lambda self, dom: read.append(dom.name()) or tag(self, dom))
+    try:
+        hv.observe(), hv.observe()
+        assert read == [mine.name] * 2  # stopped: read each time
+        hv.start(mine.name)
+        read.clear()
+        assert hv.observe().desktops[mine.name].running and hv.observe().desktops[mine.name].running
+        assert read == [mine.name]
+        hv.destroy(mine.name)
+        hv.start(mine.name)  # a new boot, a new ID
+        read.clear()
+        hv.observe(), hv.observe()
+        assert read == [mine.name]
+    finally:
+        hv.undefine(mine.name)
+        other.undefine(theirs.name)
+
+
+def test_a_serial_desktop_is_ready_for_the_rest_of_the_boot_its_line_said_so(tmp_path):
+    """The serial log is read until it says ready, then not again in that boot; the next boot
+    must say it again."""
+    hv = LibvirtHypervisor(uri="test:///default", instance="main", storage_pool="default-pool",
+                           overlay_dir=tmp_path, run_dir=tmp_path, readiness="serial")
+    spec = CASES["desktop-basic"]
+    hv.define(spec)
+    try:
+        hv.start(spec.name)
+        assert not hv.observe().desktops[spec.name].ready
+        hv.serial_log(spec.name).write_text(f"boot\nSHIFTDESK-READY name={spec.name}\n")
+        assert hv.observe().desktops[spec.name].ready
+        hv.serial_log(spec.name).write_text("rotated away\n")
+        assert hv.observe().desktops[spec.name].ready  # this boot said so
+        hv.destroy(spec.name)
+        hv.start(spec.name)
+        assert not hv.observe().desktops[spec.name].ready
+    finally:
+        hv.undefine(spec.name)
+
+
 def test_redefine_keeps_uuid_and_generation_updates():
     hv = hypervisor()
     spec = CASES["desktop-basic"]

@@ -12,7 +12,7 @@ from controlplane.db.models import Desktop, Pool
 from controlplane.domain.app_policy import public_bytes, verify
 from controlplane.domain.ports import AppDenial, DesktopSpec
 from controlplane.drivers.fake import FakeDomain
-from controlplane.services import apps, policies, pools
+from controlplane.services import apps, observation, policies, pools
 from tests.conftest import SALES, SUPPORT
 
 FILES = {
@@ -52,6 +52,21 @@ def test_each_desktop_is_sent_its_agents_apps_or_its_pools(ctx, image):
     assert delivered(ctx, "sd-unit-floor-000003").apps == ("firefox-esr",)  # what both policies allow
     assert delivered(ctx, "sd-unit-floor-000001").desktop == "sd-unit-floor-000001"
     assert "sd-unit-floor-000004" not in ctx.hypervisor.apps
+
+
+def test_a_reconcile_pass_sends_from_its_own_look_what_the_database_says(ctx, image):
+    """The reconciler sends lists from the desktop rows its observation read (one read of every
+    desktop a pass, not two): the same lists, for the same desktops, as read afresh."""
+    pools.create(ctx, name="floor", image="busybox-desktop", size=0, actor="t")
+    policies.apply(ctx, FILES, actor="admin")
+    add_desktop(ctx, image, "sd-unit-floor-000001", "alice", [SALES])
+    add_desktop(ctx, image, "sd-unit-floor-000002", "bob", [SUPPORT])
+    add_desktop(ctx, image, "sd-unit-floor-000003")
+    add_desktop(ctx, image, "sd-unit-floor-000004", "carol", [SALES, SUPPORT], state="draining")
+    add_desktop(ctx, image, "sd-unit-floor-000005", state="deleting")
+    seen = observation.observe(ctx)
+    assert apps.wanted(ctx, seen.occupancy) == apps.wanted(ctx)
+    assert set(apps.wanted(ctx)[ctx.host_id]) == {f"sd-unit-floor-00000{i}" for i in range(1, 5)}
 
 
 def test_a_policy_apply_sends_a_higher_revision_and_an_unchanged_list_is_not_resent(ctx, image, clock):
