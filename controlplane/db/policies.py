@@ -12,6 +12,13 @@ def current(*, session: Session) -> PolicyRevision | None:
     return session.exec(select(PolicyRevision).order_by(PolicyRevision.id.desc())).first()  # type: ignore[union-attr]
 
 
+def head(*, session: Session) -> tuple[int, str] | None:
+    """The current revision's id and sha256 (of its documents), without reading them."""
+    row = session.exec(select(PolicyRevision.id, PolicyRevision.sha256)  # type: ignore[call-overload]
+                       .order_by(PolicyRevision.id.desc()).limit(1)).first()  # type: ignore[union-attr]
+    return (row[0] or 0, row[1]) if row is not None else None
+
+
 def get_or_raise(*, session: Session, revision: int) -> PolicyRevision:
     found = session.get(PolicyRevision, revision)
     if found is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -166,9 +167,30 @@ def history(ctx: Context) -> list[PolicyRevision]:
         return repo.history(session=session)
 
 
+_PARSED: dict[str, tuple[Policy, ...]] = {}  # documents' sha256 -> the policies they hold
+_PARSED_MAX = 16
+_PARSED_LOCK = threading.Lock()  # the reconciler's workers ask at once
+
+
 def active(ctx: Context) -> list[Policy]:
-    _, documents = current_documents(ctx)
-    return [to_policy(doc) for doc in documents.values()]
+    """The policies in force. Every reconcile step that places a desktop asks, so the current
+    revision's documents are read and parsed once: a revision never changes, and its sha256 (of
+    the documents) names what they hold in any database."""
+    with session_scope(ctx.engine) as session:
+        head = repo.head(session=session)
+        if head is None:
+            return []
+        revision, sha = head
+        with _PARSED_LOCK:
+            parsed = _PARSED.get(sha)
+        if parsed is None:
+            documents = repo.get_or_raise(session=session, revision=revision).documents
+            parsed = tuple(to_policy(doc) for doc in documents.values())
+            with _PARSED_LOCK:
+                while len(_PARSED) >= _PARSED_MAX:
+                    _PARSED.pop(next(iter(_PARSED)))
+                _PARSED[sha] = parsed
+        return list(parsed)
 
 
 @dataclass(frozen=True)

@@ -159,3 +159,21 @@ def test_parallel_writers_of_different_policies_lose_nothing(ctx):
     _, docs = policies.current_documents(ctx)
     assert set(docs) == set(names)
     assert [r.id for r in policies.history(ctx)] == list(range(8, 0, -1))
+
+
+def test_the_policies_in_force_are_parsed_once_per_revision_and_follow_each_apply(ctx, monkeypatch):
+    """Every placement step asks for the policies in force: a revision's documents are parsed
+    once (revisions never change), and an apply or a rollback is seen at once."""
+    parsed: list[str] = []
+    to_policy = policies.to_policy
+    monkeypatch.setattr(policies, "_PARSED", {})  # what other tests' databases held
+    monkeypatch.setattr(policies, "to_policy", lambda doc: parsed.append(doc["name"]) or to_policy(doc))
+    assert policies.active(ctx) == []
+    policies.apply(ctx, {"good.yaml": GOOD}, actor="carol")
+    assert [p.name for p in policies.active(ctx)] == ["good"] == [p.name for p in policies.active(ctx)]
+    assert parsed == ["good"]
+    policies.apply(ctx, {"good.yaml": GOOD.replace("crm-client", "calculator")}, actor="carol")
+    assert [p.apps for p in policies.active(ctx)] == [frozenset({"calculator"})]
+    policies.rollback(ctx, 1, actor="carol")  # the same documents as revision 1: parsed already
+    assert [p.apps for p in policies.active(ctx)] == [frozenset({"crm-client"})]
+    assert parsed == ["good", "good"]
