@@ -31,12 +31,78 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import unquote
 
 EPOCH = 1_700_000_000  # pinned mtime for every file: reproducible bytes
 NAMESPACE = uuid.UUID("6f1c1f0e-5d1a-4a8e-9a57-5d35c1e0c0de")
+
+
+WORK_PREFIX = "shiftdesk-build-"
+OWNER_FILE = ".owner-pid"  # the building process, so a later build can tell a dead one's leftovers
+UNCLAIMED_S = 3600  # a work directory with no owner file yet is left alone this long
+
+
+@contextmanager
+def work_dir(parent: Path | None = None) -> Iterator[Path]:
+    """A build's scratch directory, removed afterwards without ever deleting through a mount.
+
+    mmdebstrap mounts /proc, /sys and device trees inside the root it builds and unmounts them
+    when it ends; a build killed with SIGKILL leaves them mounted and its directory behind, and a
+    plain recursive delete would then walk into the host's /dev. So each build first sweeps the
+    leftovers of dead builds (`sweep_dead_builds`), and every removal unmounts first."""
+    parent = Path(parent or tempfile.gettempdir())
+    sweep_dead_builds(parent)
+    work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=parent))
+    try:
+        (work / OWNER_FILE).write_text(str(os.getpid()))
+        yield work
+    finally:
+        release(work)
+
+
+def sweep_dead_builds(parent: Path) -> list[Path]:
+    """Release the work directories under PARENT whose build is gone; returns them."""
+    swept = []
+    for work in sorted(parent.glob(f"{WORK_PREFIX}*")):
+        if work.is_dir() and not work.is_symlink() and not _owner_alive(work):
+            release(work)
+            swept.append(work)
+    return swept
+
+
+def _owner_alive(work: Path) -> bool:
+    try:
+        owner = (work / OWNER_FILE).read_text().strip()
+    except FileNotFoundError:
+        return time.time() - work.stat().st_mtime < UNCLAIMED_S  # just made, or from before owner files
+    return owner.isdigit() and Path(f"/proc/{owner}").exists()
+
+
+def mounts_under(path: Path) -> list[Path]:
+    """Mount points at or below PATH, deepest first (from /proc/self/mountinfo)."""
+    base = str(path.resolve())
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split(" ")[4])
+        if point == base or point.startswith(base + "/"):
+            found.append(Path(point))
+    return sorted(found, key=lambda p: len(p.parts), reverse=True)
+
+
+def release(work: Path) -> None:
+    """Unmount everything below WORK (lazily: a dead build's mounts may still be busy), then
+    delete it; refused, leaving it in place, if anything is still mounted there."""
+    for point in mounts_under(work):
+        subprocess.run(["umount", "--lazy", str(point)], capture_output=True, check=False)
+    left = mounts_under(work)
+    if left:
+        raise RuntimeError(f"build work directory {work}: still mounted at {', '.join(map(str, left))}; not removed")
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def run(*cmd: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> str:
@@ -366,8 +432,7 @@ def build_debian(recipe_dir: Path, recipe: dict, out_dir: Path, cache: Path) -> 
     initramfs and kernel layout as the busybox image. Returns every installed package's version."""
     cache.mkdir(parents=True, exist_ok=True)
     busybox = fetch_deb("busybox-static", cache)  # for the initramfs only, as in the busybox image
-    with tempfile.TemporaryDirectory(prefix="shiftdesk-build-", dir="/var/tmp") as tmp:
-        work = Path(tmp)
+    with work_dir(Path("/var/tmp")) as work:
         root = work / "rootfs"
         env = dict(os.environ, SOURCE_DATE_EPOCH=str(EPOCH))
         subprocess.run(mmdebstrap_command(recipe, root, cache), check=True, env=env)
@@ -635,8 +700,7 @@ def build_busybox(recipe_dir: Path, recipe: dict, out_dir: Path, cache: Path) ->
     kpkg = kernel_package(recipe["kernel_package"])
     debs = {name: fetch_deb(name, cache) for name in [kpkg, *recipe["packages"]]}
     out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="shiftdesk-build-") as tmp:
-        work = Path(tmp)
+    with work_dir() as work:
         kernel_tree, busybox_tree = work / "kernel", work / "busybox"
         extract(debs[kpkg], kernel_tree)
         extract(debs["busybox-static"], busybox_tree)
