@@ -86,6 +86,10 @@ class ObservedTemplate:
     saved: bool
     created: int = 0  # Unix time the template domain was defined (0: unknown)
     quarantined: str | None = None
+    # Retired: its memory could not be restored, so it clones no more; its disk stays while any
+    # desktop's disk is still backed by it (BACKS_DESKTOPS), and only then may it go and be rebuilt.
+    retired: bool = False
+    backs_desktops: bool = False
 
 
 @dataclass(frozen=True)
@@ -249,7 +253,13 @@ class Hypervisor(Protocol):
         where a finished one is expected."""
 
     def remove_template(self, key: TemplateKey) -> None:
-        """Domain, save file and disk of KEY's template, whatever of them exists. Missing: success."""
+        """Domain, save file and disk of KEY's template, whatever of them exists. Missing: success.
+        Only for a template no desktop's disk is backed by: a template of the same key built
+        again later would put other bytes under their overlays."""
+
+    def retire_template(self, key: TemplateKey) -> None:
+        """KEY's template clones no more (its save file goes; `saved` is False and `retired` True
+        from now on) but keeps its disk, which clones made from it are backed by. Idempotent."""
 
     def restore_clone(self, spec: DesktopSpec) -> Path:
         """Create SPEC's desktop from its saved template (`spec.template`) and return its overlay's

@@ -4,7 +4,9 @@ A template is wanted for every (image, memory, vCPUs) an instant-clone pool asks
 built by a cold boot, saved once its guest is ready, and removed when no pool wants it and no
 desktop of its image is left (a clone's disk is an overlay on the template's disk, so the
 template outlives its last clone). A template stuck booting past the timeout, or whose guest
-was quarantined, is removed and built again on a later pass. Pure, like planning.plan().
+was quarantined, is removed and built again on a later pass. A saved template whose memory could
+not be restored is retired (provisioning does it: its desktops boot instead); it is removed once
+no desktop's disk is backed by it any more, and then built again. Pure, like planning.plan().
 """
 
 from __future__ import annotations
@@ -45,6 +47,10 @@ def plan_templates(host_id: int, wanted: AbstractSet[TemplateKey], images_in_use
     for key in sorted(wanted - set(observed), key=lambda k: k.slug):
         out.append(BuildTemplate(key, host_id))
     for key, tpl in sorted(observed.items(), key=lambda kv: kv[0].slug):
+        if tpl.retired:
+            if not tpl.backs_desktops:
+                out.append(RemoveTemplate(key, host_id, "retired, and no desktop's disk is backed by it any more"))
+            continue
         if key not in wanted:
             if key.image_id not in images_in_use:
                 out.append(RemoveTemplate(key, host_id, "no pool uses it"))

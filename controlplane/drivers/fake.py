@@ -75,6 +75,8 @@ class FakeHypervisor:
         self.denials: list[AppDenial] = []  # what tests make the "guests" report
         self.templates: dict[TemplateKey, FakeDomain] = {}  # booting templates
         self.saved: set[TemplateKey] = set()
+        self.retired: set[TemplateKey] = set()
+        self.backed_by: dict[str, TemplateKey] = {}  # a restored clone's overlay -> the template under it
         self.host = HostCapacity(vcpus=8, memory_mib=32768, disk_bytes=500 << 30, disk_free_bytes=400 << 30)
         self.unreachable = False  # True: every call fails as if this host's libvirtd were gone
         self.remote: tuple[str, int] | None = None  # a console relay's address and port, for remote hosts
@@ -172,6 +174,7 @@ class FakeHypervisor:
         with self._lock:
             self._call("delete_overlay", name)
             self.overlays.pop(name, None)
+            self.backed_by.pop(name, None)
 
     def vnc_socket(self, name: str) -> Path:
         return self.root / f"{name}.vnc"
@@ -243,6 +246,9 @@ class FakeHypervisor:
                                               saved=key in self.saved)
             for key in self.saved - set(self.templates):
                 found[key] = ObservedTemplate(key, defined=False, running=False, ready=False, saved=True)
+            for key in self.retired:
+                found[key] = ObservedTemplate(key, defined=False, running=False, ready=False, saved=False,
+                                              retired=True, backs_desktops=key in self.backed_by.values())
             return found
 
     def template(self, key: TemplateKey) -> ObservedTemplate | None:
@@ -267,6 +273,14 @@ class FakeHypervisor:
             self._call("remove_template", key.slug)
             self.templates.pop(key, None)
             self.saved.discard(key)
+            self.retired.discard(key)
+
+    def retire_template(self, key: TemplateKey) -> None:
+        with self._lock:
+            self._call("retire_template", key.slug)
+            self.templates.pop(key, None)
+            self.saved.discard(key)
+            self.retired.add(key)
 
     def restore_clone(self, spec: DesktopSpec) -> Path:
         with self._lock:
@@ -276,6 +290,7 @@ class FakeHypervisor:
             if spec.join_secret:
                 self.join_secrets[spec.name] = spec.join_secret
             self.domains.setdefault(spec.name, FakeDomain(spec, running=True, cloned=True))
+            self.backed_by[spec.name] = spec.template
             return self.overlays.setdefault(spec.name, self.root / f"{spec.name}.qcow2")
 
 

@@ -134,14 +134,17 @@ def provision(ctx: Context, a: p.Provision) -> None:
 
 def _instant(ctx: Context, hv: Hypervisor, spec: DesktopSpec, age: timedelta) -> str:
     """Try the instant path: "restored", "waiting" (its template is on its way), or "cold" (boot
-    it instead: no template came within `template_wait`, or the restore failed; a failed template
-    is rebuilt). A template that is booting is waited for as long as a boot may take: booting the
-    desktop beside it would only slow both down on a busy host."""
+    it instead: no template came within `template_wait`, or the restore failed; a template whose
+    restore failed is retired, and rebuilt once nothing is backed by it). A template that is
+    booting is waited for as long as a boot may take: booting the desktop beside it would only
+    slow both down on a busy host."""
     key = spec.template
     assert key is not None
     template = hv.template(key)
     if template is not None and template.running and not template.quarantined:
         return "waiting" if age < ctx.limits.boot_timeout else "cold"
+    if template is not None and template.retired:
+        return "cold"  # its memory could not be restored: boot until it is rebuilt
     if template is None or not template.saved:
         return "waiting" if age < ctx.limits.template_wait else "cold"
     if ctx.directory is not None and ctx.directory.manages_computers:
@@ -155,7 +158,7 @@ def _instant(ctx: Context, hv: Hypervisor, spec: DesktopSpec, age: timedelta) ->
             audit.append(session=session, actor=ACTOR, action="desktop.restore_failed", target=spec.name,
                          template=key.slug, reason=str(err)[:500])
         hv.delete_overlay(spec.name)  # its overlay is backed by the template: start afresh
-        hv.remove_template(key)
+        hv.retire_template(key)  # not removed: the clones made from it are backed by its disk
         return "cold"
     ctx.crashpoint("provision.after-restore")
     with session_scope(ctx.engine) as session:

@@ -79,9 +79,13 @@ def test_two_clones_of_one_template_are_separate_desktops(real_ctx, golden):
     assert not template_file.exists()
 
 
-def test_a_restore_that_fails_leaves_no_domain(real_ctx, golden):
+def test_a_restore_that_fails_leaves_no_domain_and_its_retired_template_keeps_backing_a_clone(real_ctx, golden):
+    """A template whose memory can no longer be restored is retired: its clone made before runs
+    on, on the disk it is backed by, and the host reports that disk in use until the clone goes."""
     hv = real_ctx.hypervisor
     key = saved_template(hv, golden)
+    first = clone_spec(golden, key, f"sd-{real_ctx.instance}-sales-00000b", 2)
+    hv.restore_clone(first)
     spec = clone_spec(golden, key, f"sd-{real_ctx.instance}-sales-00000a", 1)
     header = save_image.read_header(hv.template_file(key))
     # a template file cut short: libvirt refuses it, and no half-clone stays defined
@@ -92,4 +96,14 @@ def test_a_restore_that_fails_leaves_no_domain(real_ctx, golden):
         hv.restore_clone(spec)
     assert spec.name not in hv.list_desktops()
     assert not list(hv.run_dir.glob("*.restore"))
+    hv.delete_overlay(spec.name)
+
+    hv.retire_template(key)
+    seen = hv.list_templates()[key]
+    assert seen.retired and seen.backs_desktops and not seen.saved
+    assert hv.is_ready(first.name) and virsh("domstate", first.name).strip() == "running"
+    hv.undefine(first.name)
+    hv.delete_overlay(first.name)
+    assert not hv.template(key).backs_desktops
     hv.remove_template(key)
+    assert key not in hv.list_templates()

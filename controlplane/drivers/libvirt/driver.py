@@ -495,6 +495,10 @@ class LibvirtHypervisor:
     def template_file(self, key: TemplateKey) -> Path:
         return self.templates_dir / f"{self.template_name(key)}.save"
 
+    def retired_file(self, key: TemplateKey) -> Path:
+        """The mark of a retired template (see `retire_template`)."""
+        return self.templates_dir / f"{self.template_name(key)}.retired"
+
     def list_templates(self) -> dict[TemplateKey, ObservedTemplate]:
         return self._scan(desktops=False, templates=True)[1]
 
@@ -505,9 +509,26 @@ class LibvirtHypervisor:
             key = self._template_key(path.name[:-len(".save")])
             if key is not None and key not in found and self._saved(key):
                 found[key] = ObservedTemplate(key=key, defined=False, running=False, ready=False, saved=True)
+        for path in sorted(self.templates_dir.glob(f"{naming.template_prefix(self.instance)}*.retired")):
+            if (key := self._template_key(path.name[:-len(".retired")])) is not None:
+                found[key] = self._retired(key)
         self._sweep_restores()
 
+    def _retired(self, key: TemplateKey) -> ObservedTemplate:
+        try:
+            disk = Path(self._pool().storageVolLookupByName(naming.volume_name(self.template_name(key))).path())
+        except libvirt.libvirtError as err:
+            if not is_not_found(err):
+                raise translate(err, f"look up the disk of template {key.slug}") from err
+            backs = False
+        else:
+            backs = bool(linked_clone.backed_by(self._pool(), disk))
+        return ObservedTemplate(key=key, defined=False, running=False, ready=False, saved=False, retired=True,
+                                backs_desktops=backs)
+
     def template(self, key: TemplateKey) -> ObservedTemplate | None:
+        if self.retired_file(key).exists():
+            return self._retired(key)
         dom = self._lookup(self.template_name(key))
         tag = self._tag(dom) if dom is not None else None
         if dom is not None and tag is not None:
@@ -525,6 +546,8 @@ class LibvirtHypervisor:
                                 quarantined=self.links.state(name, heartbeats=False).quarantined)
 
     def _saved(self, key: TemplateKey) -> bool:
+        if self.retired_file(key).exists():
+            return False  # retired while its save file went: never restored from again
         try:
             save_image.read_header(self.template_file(key))
         except (FileNotFoundError, PermanentError):
@@ -580,6 +603,15 @@ class LibvirtHypervisor:
         path.with_suffix(".partial").unlink(missing_ok=True)
         path.unlink(missing_ok=True)
         linked_clone.delete_overlay(self._pool(), naming.volume_name(name))
+        self.retired_file(key).unlink(missing_ok=True)  # last: a crash before it leaves it retired, not built anew
+
+    def retire_template(self, key: TemplateKey) -> None:
+        name, path = self.template_name(key), self.template_file(key)
+        self.undefine(name)
+        self.templates_dir.mkdir(mode=host_access.PRIVATE, parents=True, exist_ok=True)
+        self.retired_file(key).touch()  # first: from here on nothing restores from it or builds over it
+        path.with_suffix(".partial").unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
 
     def restore_clone(self, spec: DesktopSpec) -> Path:
         if spec.template is None:

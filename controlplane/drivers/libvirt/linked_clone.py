@@ -60,6 +60,25 @@ def create_overlay(pool: libvirt.virStoragePool, name: str, backing: Path, capac
     return Path(vol.path())
 
 
+def backed_by(pool: libvirt.virStoragePool, backing: Path) -> list[str]:
+    """Names of POOL's volumes whose backing file is BACKING. A call per volume: for the rare
+    question whether a retired template's disk may go, not for every pass."""
+    try:
+        pool.refresh(0)
+        volumes = pool.listAllVolumes(0)
+    except libvirt.libvirtError as err:
+        raise translate(err, "list volumes") from err
+    found = []
+    for vol in volumes:
+        try:
+            path = ET.fromstring(vol.XMLDesc(0)).findtext("backingStore/path")  # noqa: S314 - our libvirtd
+        except libvirt.libvirtError:
+            continue  # deleted meanwhile
+        if path is not None and Path(path) == backing:
+            found.append(vol.name())
+    return found
+
+
 def delete_overlay(pool: libvirt.virStoragePool, name: str) -> None:
     """Delete volume NAME; a missing volume is success."""
     try:

@@ -42,6 +42,19 @@ def test_an_unwanted_template_stays_while_desktops_of_its_image_exist():
     assert plan_templates(H, set(), {2}, {B: booting}, 1010, 120) == [RemoveTemplate(B, H, "no pool wants it any more")]
 
 
+def test_a_retired_template_is_neither_rebuilt_nor_removed_while_a_desktop_is_backed_by_it():
+    """Building it again would put other bytes under its clones' overlays: it waits, wanted or
+    not, until no desktop's disk is backed by it; then it goes (and a later pass builds it)."""
+    backing = ObservedTemplate(A, defined=False, running=False, ready=False, saved=False, retired=True,
+                               backs_desktops=True)
+    assert plan_templates(H, {A}, {1}, {A: backing}, 1010, 120) == []
+    assert plan_templates(H, set(), set(), {A: backing}, 1010, 120) == []
+    free = ObservedTemplate(A, defined=False, running=False, ready=False, saved=False, retired=True)
+    assert plan_templates(H, {A}, {1}, {A: free}, 1010, 120) == [
+        RemoveTemplate(A, H, "retired, and no desktop's disk is backed by it any more")]
+    assert plan_templates(H, {A}, {1}, {}, 1020, 120) == [BuildTemplate(A, H)]
+
+
 def test_template_keys_survive_their_names():
     for key in (A, TemplateKey(3, 256, 1, shared=False)):
         assert TemplateKey.parse(key.slug) == key

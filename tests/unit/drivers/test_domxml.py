@@ -15,10 +15,12 @@ import libvirt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from controlplane.domain import naming
 from controlplane.domain.app_policy import AppPolicy, sign
 from controlplane.domain.console import LocalConsole, RemoteConsole, Stream
 from controlplane.domain.network import DesktopNetwork
 from controlplane.domain.ports import BootImage, DesktopSpec, Readiness, TemplateKey
+from controlplane.drivers.libvirt import linked_clone
 from controlplane.drivers.libvirt.domxml import Domain, Tag, read_tag
 from controlplane.drivers.libvirt.driver import LibvirtHypervisor
 from controlplane.drivers.libvirt.guest_link import GuestLinks
@@ -222,6 +224,34 @@ def test_a_serial_desktop_is_ready_for_the_rest_of_the_boot_its_line_said_so(tmp
         assert not hv.observe().desktops[spec.name].ready
     finally:
         hv.undefine(spec.name)
+
+
+def test_a_retired_template_keeps_its_disk_until_no_desktop_disk_is_backed_by_it(tmp_path):
+    """Its memory goes (nothing restores from it again), its disk stays while a clone's overlay
+    is backed by it, and the host says so; removing it then takes the disk and the mark."""
+    hv = LibvirtHypervisor(uri="test:///default", instance="main", storage_pool="default-pool",
+                           overlay_dir=tmp_path / "pool", run_dir=tmp_path / "run", readiness="running")
+    key, clone = TemplateKey(7, 256, 1), "sd-main-sales-0a0a0a"
+    disk_name = naming.volume_name(hv.template_name(key))
+    disk = linked_clone.create_overlay(hv._pool(), disk_name, Path("/img/disk.qcow2"), 1 << 30)
+    linked_clone.create_overlay(hv._pool(), naming.volume_name(clone), disk, 1 << 30)
+    hv.templates_dir.mkdir(parents=True)
+    hv.template_file(key).write_bytes(b"its memory")
+    try:
+        hv.retire_template(key)
+        seen = hv.observe().templates[key]
+        assert (seen.retired, seen.backs_desktops, seen.saved) == (True, True, False)
+        assert not hv.template_file(key).exists() and hv.template(key) == seen
+        hv.retire_template(key)  # again: nothing changes
+        assert hv.template(key) == seen
+        hv.delete_overlay(clone)
+        assert not hv.template(key).backs_desktops
+        hv.remove_template(key)
+        assert hv.template(key) is None and key not in hv.observe().templates
+        assert disk_name not in hv._pool().listVolumes()
+    finally:
+        hv.delete_overlay(clone)
+        linked_clone.delete_overlay(hv._pool(), disk_name)
 
 
 def test_redefine_keeps_uuid_and_generation_updates():

@@ -63,6 +63,38 @@ def test_a_failed_restore_boots_the_desktop_and_rebuilds_the_template(ctx, hv, i
     assert not hv.domains[row.name].cloned
 
 
+def test_a_template_that_cannot_be_restored_is_retired_not_removed_while_clones_are_backed_by_it(ctx, hv, image):
+    """Its clones' disks are overlays on its disk: removing it (and building the same key again)
+    would put other bytes under them. New desktops boot meanwhile, without trying it again; once
+    its last clone is gone it is removed and built again, and clones are restored again."""
+    key = TemplateKey(image.id, 256, 1)
+    pools.create(ctx, name="sales", image="busybox-desktop", size=2, actor="t")
+    settle(ctx)
+    clones = {d.name for d, _ in desktops.list_all(ctx)}
+    assert all(hv.domains[n].cloned for n in clones)
+    hv.fail_restore = True
+    pools.scale(ctx, "sales", 4, actor="t")
+    settle(ctx)
+    assert states(ctx) == ["ready"] * 4
+    verbs = [v for v, _ in hv.calls]
+    assert "retire_template" in verbs and "remove_template" not in verbs
+    assert verbs.count("restore_clone") == 4  # two clones, and both new desktops tried (in one pass)
+    assert key in hv.retired and all(hv.domains[n].running for n in clones)
+    pools.scale(ctx, "sales", 5, actor="t")
+    settle(ctx)
+    assert [v for v, _ in hv.calls].count("restore_clone") == 4  # a retired template is not tried again
+    assert states(ctx) == ["ready"] * 5 and ("remove_template", key.slug) not in hv.calls
+    hv.fail_restore = False
+    pools.scale(ctx, "sales", 0, actor="t")  # the clones go: nothing is backed by it any more
+    settle(ctx)
+    assert ("remove_template", key.slug) in hv.calls and key not in hv.retired
+    pools.scale(ctx, "sales", 2, actor="t")
+    settle(ctx)
+    verbs = [v for v, _ in hv.calls]
+    assert verbs.count("build_template") == 2 and verbs.count("restore_clone") == 6
+    assert all(hv.domains[d.name].cloned for d, _ in desktops.list_all(ctx))
+
+
 def test_a_desktop_waits_for_its_template_then_boots_if_it_never_comes(ctx, hv, image, clock):
     hv.boot_passes = 10_000  # the template never becomes ready
     pools.create(ctx, name="sales", image="busybox-desktop", size=1, actor="t")
