@@ -34,6 +34,7 @@ from types import FrameType
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script, too
 
 from bench import netlab  # noqa: E402
+from controlplane.domain import naming  # noqa: E402
 
 VIRSH = ["virsh", "-q", "-c", "qemu:///system"]
 KSM = Path("/sys/kernel/mm/ksm")
@@ -52,7 +53,7 @@ def data_dir_prefix(instance: str) -> str:
 def purge(instance: str) -> None:
     """Remove every domain, volume, storage pool and data directory of INSTANCE. Missing is fine."""
     for name in _virsh("list", "--all", "--name"):
-        if name.startswith((f"sd-{instance}-", f"sd-{instance}.tpl-")):
+        if name.startswith(naming.domain_prefixes(instance)):
             subprocess.run([*VIRSH, "destroy", name], capture_output=True, check=False)
             subprocess.run([*VIRSH, "undefine", name], capture_output=True, check=False)
     pool = f"shiftdesk-{instance}"
@@ -141,7 +142,7 @@ def _alive(pid: int) -> bool:
 def sweep(family: str) -> list[str]:
     """Purge the instances of FAMILY whose benchmark process is gone. Returns their names."""
     prefixes = rf"(?:sd-|shiftdesk-|{re.escape(data_dir_prefix(''))})?"  # none: namespaces, /run/shiftdesk
-    shape = re.compile(rf"^{prefixes}({re.escape(family)}(\d+))(?:-|\.tpl-|$)")
+    shape = re.compile(rf"^{prefixes}({re.escape(family)}(\d+))(?:-|{re.escape(naming.TEMPLATE_MARK)}|$)")
     seen: set[tuple[str, int]] = set()
     names = [*_virsh("list", "--all", "--name"), *_virsh("pool-list", "--all", "--name"),
              *(p.name for p in Path(tempfile.gettempdir()).glob(f"{data_dir_prefix(family)}*")),

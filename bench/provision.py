@@ -57,6 +57,7 @@ from bench.stats import percentile  # noqa: E402
 from controlplane.config import ReconcilerSettings, Settings  # noqa: E402
 from controlplane.db import audit  # noqa: E402
 from controlplane.db.engine import session_scope  # noqa: E402
+from controlplane.domain import naming  # noqa: E402
 from controlplane.domain.ports import BootImage, DesktopSpec  # noqa: E402
 from controlplane.drivers.libvirt import host_access  # noqa: E402
 from controlplane.drivers.libvirt.driver import LibvirtHypervisor  # noqa: E402
@@ -240,7 +241,7 @@ def qemu_pss_kib(names: list[str]) -> int:
 
 def foreign_running(instance: str) -> list[str]:
     names = subprocess.run([*VIRSH, "list", "--name"], capture_output=True, text=True, check=False).stdout.split()
-    return [name for name in names if not name.startswith((f"sd-{instance}-", f"sd-{instance}.tpl-"))]
+    return [name for name in names if not name.startswith(naming.domain_prefixes(instance))]
 
 
 def memory_run(ctx: Context, data: Path, name: str, n: int, baseline_kib: int, idle: float,

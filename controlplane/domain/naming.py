@@ -41,6 +41,11 @@ def template_prefix(instance: str) -> str:
     return f"{PREFIX}-{instance}{TEMPLATE_MARK}"
 
 
+def domain_prefixes(instance: str) -> tuple[str, str]:
+    """What every libvirt domain of INSTANCE's starts with: its desktops' prefix, its templates'."""
+    return f"{PREFIX}-{instance}-", template_prefix(instance)
+
+
 def volume_name(desktop: str) -> str:
     return f"{desktop}.qcow2"
 

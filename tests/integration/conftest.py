@@ -13,6 +13,7 @@ import ldap3
 import pytest
 
 from controlplane.config import Settings
+from controlplane.domain import naming
 from controlplane.drivers.ldap.directory import LdapDirectory
 from controlplane.main import build_context
 from controlplane.services import images
@@ -65,7 +66,7 @@ def golden(real_ctx):
 def tagged_domains(instance: str) -> list[str]:
     names = subprocess.run(["virsh", "-c", "qemu:///system", "list", "--all", "--name"],
                            capture_output=True, text=True, check=True).stdout.split()
-    return [n for n in names if n.startswith((f"sd-{instance}-", f"sd-{instance}.tpl-"))]
+    return [n for n in names if n.startswith(naming.domain_prefixes(instance))]
 
 
 def purge(settings: Settings) -> None:

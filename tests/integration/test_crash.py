@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+from controlplane.domain import naming
 from controlplane.services import desktops, pools
 from controlplane.services.context import CRASH_ENV
 from tests.conftest import database_env
@@ -27,7 +28,7 @@ def reconcile(settings, crash_at: str | None = None) -> int:
 
 def assert_consistent(ctx, settings):
     rows = {d.name for d, _ in desktops.list_all(ctx)}
-    assert {n for n in tagged_domains(settings.instance) if ".tpl-" not in n} == rows
+    assert {n for n in tagged_domains(settings.instance) if naming.TEMPLATE_MARK not in n} == rows
     assert ctx.hypervisor.list_overlays() == rows
     assert not list(ctx.hypervisor.run_dir.glob("*.restore"))
 
