@@ -126,6 +126,7 @@ def test_tickets_replayed_expired_or_foreign_are_refused(world):
     tokens = {}
     for user in ("alice", "bob"):
         r = client.post("/api/v1/auth/login", json={"username": user, "password": world.ad.passwords[user]})
+        assert "token" in r.json(), r.text
         tokens[user] = r.json()["token"]
     auth = {"Authorization": f"Bearer {tokens['alice']}"}
     ticket = client.post("/api/v1/me/pools/floor/connect", headers=auth).json()["ticket"]
