@@ -79,6 +79,8 @@ class FakeHypervisor:
         self.backed_by: dict[str, TemplateKey] = {}  # a restored clone's overlay -> the template under it
         self.host = HostCapacity(vcpus=8, memory_mib=32768, disk_bytes=500 << 30, disk_free_bytes=400 << 30)
         self.unreachable = False  # True: every call fails as if this host's libvirtd were gone
+        self.hang = threading.Event()  # capacity() waits for it: clear it to make this host hang
+        self.hang.set()
         self.remote: tuple[str, int] | None = None  # a console relay's address and port, for remote hosts
         self._lock = threading.Lock()
 
@@ -208,6 +210,7 @@ class FakeHypervisor:
 
     def capacity(self) -> HostCapacity:
         self._reach()
+        self.hang.wait()  # cleared: a libvirtd that takes the call and never answers
         return self.host
 
     def selftest(self) -> float:

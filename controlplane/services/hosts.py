@@ -11,6 +11,7 @@ import logging
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from sqlalchemy.engine import Engine
@@ -29,6 +30,10 @@ from controlplane.services.context import Context
 from controlplane.services.views import HostPublic, HostState
 
 log = logging.getLogger(__name__)
+# A host view asks every hypervisor at once and waits this long: a dead host holds a call until
+# libvirt's keepalive gives up (about 15 s), and the admin looks at the hosts page exactly then.
+ANSWER_S = 3.0
+_ASKING = ThreadPoolExecutor(max_workers=16, thread_name_prefix="host-view")
 NAME = re.compile(r"[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?")
 SCHEMES = ("qemu:///system", "qemu+tls://", "qemu+ssh://", "test:///", "fake://")
 
@@ -177,20 +182,31 @@ def views(ctx: Context, name: str | None = None) -> list[HostPublic]:
         rows = session.exec(select(Desktop.host_id, Desktop.state, Pool.vcpus, Pool.memory_mib)  # type: ignore[call-overload]
                             .join(Pool, col(Desktop.pool_id) == col(Pool.id))).all()
         refs = [h for h in registered(session) if name is None or h.name == name]
-    return [_view(ctx, host, [r for r in rows if r[0] == host.id]) for host in refs]
+    by_host: dict[int, list[tuple]] = {}
+    for row in rows:
+        by_host.setdefault(row[0], []).append(row)
+    asked = {host.id: _ASKING.submit(_capacity, ctx, host.id) for host in refs}
+    wait(asked.values(), timeout=ANSWER_S)
+    return [_view(host, asked[host.id], by_host.get(host.id, [])) for host in refs]
 
 
 def view(ctx: Context, name: str) -> HostPublic:
     return views(ctx, name)[0]
 
 
-def _view(ctx: Context, host: HostRef, rows: list[tuple]) -> HostPublic:
+def _capacity(ctx: Context, host_id: int) -> HostCapacity:
+    return ctx.driver(host_id).capacity()
+
+
+def _view(host: HostRef, asked: Future[HostCapacity], rows: list[tuple]) -> HostPublic:
     capacity: HostCapacity | None = None
     reason: str | None = None
-    try:
-        capacity, state = ctx.driver(host.id).capacity(), HostState.ACTIVE
-    except ShiftDeskError as err:
+    if not asked.done():
+        state, reason = HostState.DOWN, f"its hypervisor did not answer within {ANSWER_S:g} s"
+    elif isinstance(err := asked.exception(), ShiftDeskError):
         state, reason = HostState.DOWN, str(err)
+    else:
+        capacity, state = asked.result(), HostState.ACTIVE  # raises what is not a ShiftDeskError
     return HostPublic(id=host.id, name=host.name, uri=host.uri, mode=host.mode, state=state, reason=reason,
                       capacity=capacity, committed_vcpus=sum(r[2] for r in rows),
                       committed_memory_mib=sum(r[3] for r in rows),

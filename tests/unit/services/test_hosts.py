@@ -113,6 +113,25 @@ def test_a_host_that_stops_answering_keeps_its_desktops_and_the_others_go_on(ctx
     assert_each_desktop_on_its_host_only(ctx, hv, fakes, ids)
 
 
+@pytest.mark.timeout(60)
+def test_the_hosts_view_does_not_wait_for_hosts_that_hang(ctx, hv, fleet, monkeypatch):
+    """A dead host holds a call until keepalive gives up: the view asks every host at once, and
+    shows the ones that did not answer in time as down, saying so (two hanging hosts asked one
+    after the other would hold it until they answer: here, never)."""
+    fakes, _ = fleet
+    monkeypatch.setattr(hosts, "ANSWER_S", 0.2)
+    fakes["b"].hang.clear()
+    fakes["c"].hang.clear()
+    try:
+        got = {v.name: (str(v.state), v.reason) for v in hosts.views(ctx)}
+    finally:
+        fakes["b"].hang.set()
+        fakes["c"].hang.set()
+    assert got["b"] == got["c"] == ("down", "its hypervisor did not answer within 0.2 s")
+    own = next(v for v in hosts.views(ctx) if v.id == ctx.host_id)
+    assert own.state == "active" and own.capacity == hv.host
+
+
 def test_no_host_answering_postpones_the_pass(ctx, hv, fleet, image):
     fakes, _ = fleet
     hv.unreachable = fakes["b"].unreachable = fakes["c"].unreachable = True
