@@ -241,7 +241,8 @@ class Hypervisor(Protocol):
 
     def template(self, key: TemplateKey) -> ObservedTemplate | None:
         """KEY's template alone (what `list_templates` says of it), or None: for a step that needs
-        one template, without looking at every domain of the host."""
+        one template, without looking at every domain of the host. A retired one is said to back
+        desktops (asking would cost a call per volume; a step needs only to know it is retired)."""
 
     def build_template(self, key: TemplateKey, image: BootImage) -> None:
         """Define and start KEY's template domain (cold boot). Idempotent; running is success."""

@@ -104,6 +104,6 @@ def test_a_restore_that_fails_leaves_no_domain_and_its_retired_template_keeps_ba
     assert hv.is_ready(first.name) and virsh("domstate", first.name).strip() == "running"
     hv.undefine(first.name)
     hv.delete_overlay(first.name)
-    assert not hv.template(key).backs_desktops
+    assert not hv.list_templates()[key].backs_desktops
     hv.remove_template(key)
     assert key not in hv.list_templates()

@@ -527,8 +527,10 @@ class LibvirtHypervisor:
                                 backs_desktops=backs)
 
     def template(self, key: TemplateKey) -> ObservedTemplate | None:
-        if self.retired_file(key).exists():
-            return self._retired(key)
+        if self.retired_file(key).exists():  # whether it still backs a desktop costs a call per
+            # volume: a pass asks (`list_templates`); a step needs only to know it is retired
+            return ObservedTemplate(key=key, defined=False, running=False, ready=False, saved=False, retired=True,
+                                    backs_desktops=True)
         dom = self._lookup(self.template_name(key))
         tag = self._tag(dom) if dom is not None else None
         if dom is not None and tag is not None:
