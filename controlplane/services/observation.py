@@ -65,7 +65,7 @@ def observe(ctx: Context, mapper: Mapper = map) -> Observation:
         desktop_views.append(DesktopView(id=d.id, name=d.name, pool_id=d.pool_id, state=d.state, since=d.state_since,
                                          host_id=d.host_id, generation=d.generation, grace_until=d.grace_until,
                                          retry_at=d.retry_at))
-        if d.state in apps.DELIVER_TO:
+        if d.state in apps.DELIVER_TO and d.pool_id in pool_names:  # a pool made since it was read: next pass
             groups = frozenset(d.assigned_groups) if d.assigned_groups is not None else None
             occupancy.append(policies.Occupancy(d.name, pool_names[d.pool_id], d.assigned_to, groups, d.ipv4,
                                                 d.host_id))
