@@ -16,21 +16,38 @@ from controlplane.drivers.libvirt.errors import is_not_found, translate
 
 
 def ensure_pool(conn: libvirt.virConnect, name: str, path: Path) -> libvirt.virStoragePool:
-    """Our directory storage pool, defined, built and active. Idempotent."""
+    """Our directory storage pool, defined, built and active. Idempotent, also when another
+    thread or process (a control-plane replica, a host view asking capacity during a pass)
+    ensures it at the same moment: whoever defines or starts it second finds it done."""
     try:
         pool = conn.storagePoolLookupByName(name)
     except libvirt.libvirtError as err:
         if not is_not_found(err):
             raise translate(err, f"look up storage pool {name}") from err
-        root = ET.Element("pool", type="dir")
-        ET.SubElement(root, "name").text = name
-        target = ET.SubElement(root, "target")
-        ET.SubElement(target, "path").text = str(path)
-        path.mkdir(parents=True, exist_ok=True)
-        pool = conn.storagePoolDefineXML(ET.tostring(root, encoding="unicode"), 0)
-        pool.setAutostart(1)
+        pool = _define_pool(conn, name, path)
     if not pool.isActive():
-        pool.create(0)
+        try:
+            pool.create(0)
+        except libvirt.libvirtError as err:
+            if not pool.isActive():
+                raise translate(err, f"start storage pool {name}") from err
+    return pool
+
+
+def _define_pool(conn: libvirt.virConnect, name: str, path: Path) -> libvirt.virStoragePool:
+    root = ET.Element("pool", type="dir")
+    ET.SubElement(root, "name").text = name
+    target = ET.SubElement(root, "target")
+    ET.SubElement(target, "path").text = str(path)
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        pool = conn.storagePoolDefineXML(ET.tostring(root, encoding="unicode"), 0)
+    except libvirt.libvirtError as err:
+        try:
+            return conn.storagePoolLookupByName(name)  # defined by another meanwhile
+        except libvirt.libvirtError:
+            raise translate(err, f"define storage pool {name}") from err
+    pool.setAutostart(1)
     return pool
 
 
