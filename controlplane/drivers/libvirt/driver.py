@@ -505,32 +505,37 @@ class LibvirtHypervisor:
     def _saved_templates(self, found: dict[TemplateKey, ObservedTemplate]) -> None:
         """Add to FOUND the templates that are only a finished save file (their domain is gone),
         and sweep restore files a crash left behind."""
-        for path in sorted(self.templates_dir.glob(f"{naming.template_prefix(self.instance)}*.save")):
-            key = self._template_key(path.name[:-len(".save")])
-            if key is not None and key not in found and self._saved(key):
+        for key in self._templates_marked(".save"):
+            if key not in found and self._saved(key):
                 found[key] = ObservedTemplate(key=key, defined=False, running=False, ready=False, saved=True)
-        for path in sorted(self.templates_dir.glob(f"{naming.template_prefix(self.instance)}*.retired")):
-            if (key := self._template_key(path.name[:-len(".retired")])) is not None:
-                found[key] = self._retired(key)
+        for key in self._templates_marked(".retired"):
+            found[key] = self._retired(key, backs=self._backs_desktops(key))
         self._sweep_restores()
 
-    def _retired(self, key: TemplateKey) -> ObservedTemplate:
+    def _templates_marked(self, suffix: str) -> list[TemplateKey]:
+        """Keys of this installation's templates with a file ending in SUFFIX in templates_dir."""
+        files = sorted(self.templates_dir.glob(f"{naming.template_prefix(self.instance)}*{suffix}"))
+        return [key for path in files if (key := self._template_key(path.name[:-len(suffix)])) is not None]
+
+    @staticmethod
+    def _retired(key: TemplateKey, *, backs: bool) -> ObservedTemplate:
+        return ObservedTemplate(key=key, defined=False, running=False, ready=False, saved=False, retired=True,
+                                backs_desktops=backs)
+
+    def _backs_desktops(self, key: TemplateKey) -> bool:
+        """Whether any volume is backed by KEY's template disk (a call per volume: see backed_by)."""
         try:
             disk = Path(self._pool().storageVolLookupByName(naming.volume_name(self.template_name(key))).path())
         except libvirt.libvirtError as err:
             if not is_not_found(err):
                 raise translate(err, f"look up the disk of template {key.slug}") from err
-            backs = False
-        else:
-            backs = bool(linked_clone.backed_by(self._pool(), disk))
-        return ObservedTemplate(key=key, defined=False, running=False, ready=False, saved=False, retired=True,
-                                backs_desktops=backs)
+            return False
+        return bool(linked_clone.backed_by(self._pool(), disk))
 
     def template(self, key: TemplateKey) -> ObservedTemplate | None:
         if self.retired_file(key).exists():  # whether it still backs a desktop costs a call per
             # volume: a pass asks (`list_templates`); a step needs only to know it is retired
-            return ObservedTemplate(key=key, defined=False, running=False, ready=False, saved=False, retired=True,
-                                    backs_desktops=True)
+            return self._retired(key, backs=True)
         dom = self._lookup(self.template_name(key))
         tag = self._tag(dom) if dom is not None else None
         if dom is not None and tag is not None:
