@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from ipaddress import IPv4Address
 
-from sqlalchemy import func, update
+from sqlalchemy import func, or_, update
 from sqlmodel import Session, col, select
 
 from controlplane.db.models import Desktop, Host, Pool
@@ -90,6 +90,14 @@ def mark_rebuild(*, session: Session, desktop: Desktop, image_id: int, now: date
     desktop.state_since = now
     session.add(desktop)
     return desktop
+
+
+def note_disk(*, session: Session, desktop_id: int, path: str) -> None:
+    """Record where the desktop's overlay is (one statement: a step that just made it need not
+    read the row again; a row already saying so is not written)."""
+    session.execute(update(Desktop).where(col(Desktop.id) == desktop_id, or_(col(Desktop.disk_path).is_(None),
+                                                                               col(Desktop.disk_path) != path))
+                    .values(disk_path=path))
 
 
 def note_failure(*, session: Session, desktop: Desktop, retry_at: datetime) -> Desktop:

@@ -177,20 +177,25 @@ def active(ctx: Context) -> list[Policy]:
     revision's documents are read and parsed once: a revision never changes, and its sha256 (of
     the documents) names what they hold in any database."""
     with session_scope(ctx.engine) as session:
-        head = repo.head(session=session)
-        if head is None:
-            return []
-        revision, sha = head
+        return active_in(session)
+
+
+def active_in(session: Session) -> list[Policy]:
+    """`active`, read in SESSION's transaction (a step that reads its rows anyway asks here)."""
+    head = repo.head(session=session)
+    if head is None:
+        return []
+    revision, sha = head
+    with _PARSED_LOCK:
+        parsed = _PARSED.get(sha)
+    if parsed is None:
+        documents = repo.get_or_raise(session=session, revision=revision).documents
+        parsed = tuple(to_policy(doc) for doc in documents.values())
         with _PARSED_LOCK:
-            parsed = _PARSED.get(sha)
-        if parsed is None:
-            documents = repo.get_or_raise(session=session, revision=revision).documents
-            parsed = tuple(to_policy(doc) for doc in documents.values())
-            with _PARSED_LOCK:
-                while len(_PARSED) >= _PARSED_MAX:
-                    _PARSED.pop(next(iter(_PARSED)))
-                _PARSED[sha] = parsed
-        return list(parsed)
+            while len(_PARSED) >= _PARSED_MAX:
+                _PARSED.pop(next(iter(_PARSED)))
+            _PARSED[sha] = parsed
+    return list(parsed)
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ def spec_for(session: Session, desktop: Desktop, rules: list[Policy]) -> Desktop
 
 
 def create_desktop(ctx: Context, a: p.CreateDesktop) -> None:
+    """A new row, then its provisioning at once, from what the row's own transaction read."""
     with session_scope(ctx.engine) as session:
         pool = session.get(Pool, a.pool_id)
         if pool is None or pool.deleting:
@@ -62,9 +63,10 @@ def create_desktop(ctx: Context, a: p.CreateDesktop) -> None:
         audit.append(session=session, actor=ACTOR, action="desktop.create", target=row.name, pool=pool.name,
                      host=a.host_id)
         desktop_id = row.id or 0
+        spec = spec_for(session, row, policies.active_in(session))
     ctx.crashpoint("provision.after-row")
     try:
-        provision(ctx, p.Provision(desktop_id))
+        _bring_up(ctx, p.Provision(desktop_id), spec, timedelta(0), a.host_id)
     except TemporaryError as err:  # the row exists now: it backs off like any desktop
         retry_later(ctx, desktop_id, err.delay, str(err))
 
@@ -87,14 +89,18 @@ def provision(ctx: Context, a: p.Provision) -> None:
     A desktop whose domain already exists is only started: redefining it would drop the join
     secret it has not read yet. A crash between the computer account and the definition makes the
     next pass reset the account (a new secret): nothing stale is ever handed to a guest."""
-    rules = policies.active(ctx)
     with session_scope(ctx.engine) as session:
         row = desktops.get(session=session, desktop_id=a.desktop_id)
         if row is None or row.state != S.PROVISIONING:
             return
-        spec = spec_for(session, row, rules)
-        age = ctx.clock.now() - row.state_since
-        hv, own_host = ctx.driver(row.host_id), row.host_id == ctx.host_id
+        spec = spec_for(session, row, policies.active_in(session))
+        age, host_id = ctx.clock.now() - row.state_since, row.host_id
+    _bring_up(ctx, a, spec, age, host_id)
+
+
+def _bring_up(ctx: Context, a: p.Provision, spec: DesktopSpec, age: timedelta, host_id: int) -> None:
+    """`provision` once its row is read: SPEC on host HOST_ID, provisioning for AGE so far."""
+    hv, own_host = ctx.driver(host_id), host_id == ctx.host_id
     try:
         spec = replace(spec, nic=network.nic_for(ctx, a.desktop_id))
     except AddressPoolExhausted as err:
@@ -126,10 +132,7 @@ def provision(ctx: Context, a: p.Provision) -> None:
         mark_failed(ctx, p.MarkFailed(a.desktop_id, str(err)))
         return
     with session_scope(ctx.engine) as session:
-        row = desktops.get(session=session, desktop_id=a.desktop_id)
-        if row is not None and row.disk_path != str(path):
-            row.disk_path = str(path)
-            session.add(row)
+        desktops.note_disk(session=session, desktop_id=a.desktop_id, path=str(path))
 
 
 def _instant(ctx: Context, hv: Hypervisor, spec: DesktopSpec, age: timedelta) -> str:

@@ -19,7 +19,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime, timedelta
@@ -107,7 +107,8 @@ class Reconciler:
         current.rollouts = rolling
         now = self.ctx.clock.now()
         due = [a for a in current.actions if a not in self._held or self._held[a][1] <= now]
-        futures = [self._pool.submit(self._perform, action) for action in due]
+        backing_off = frozenset(d.id for d in seen.desktops if d.retry_at is not None)
+        futures = [self._pool.submit(self._perform, action, backing_off) for action in due]
         for future in futures:
             future.result()
         return current
@@ -133,13 +134,15 @@ class Reconciler:
         at the epoch it took it at (a successor raises the epoch: see db/leases.py)."""
         return fenced(LEASE, self.epoch) if self.epoch is not None else nullcontext()
 
-    def _perform(self, action: Action | TemplateAction) -> None:
+    def _perform(self, action: Action | TemplateAction, backing_off: Collection[int] | None = None) -> None:
+        """Carry out ACTION. BACKING_OFF: the desktops whose last step had failed when the pass
+        looked (only their success has a back-off to clear; None: any may have one)."""
         if not self._lease_kept():
             return  # another reconciler acts now: doing anything more could undo its work
         with self._fenced():
-            self._perform_fenced(action)
+            self._perform_fenced(action, backing_off)
 
-    def _perform_fenced(self, action: Action | TemplateAction) -> None:
+    def _perform_fenced(self, action: Action | TemplateAction, backing_off: Collection[int] | None) -> None:
         desktop_id: int | None = getattr(action, "desktop_id", None)
         try:
             STEPS[type(action)](self.ctx, action)
@@ -157,7 +160,7 @@ class Reconciler:
         else:
             if desktop_id is None:
                 self._held.pop(action, None)
-            else:
+            elif backing_off is None or desktop_id in backing_off:
                 self._record(provisioning.succeeded, desktop_id)
 
     def _retry_later(self, action: Action | TemplateAction, desktop_id: int | None, delay: float, reason: str) -> None:
