@@ -220,6 +220,9 @@ Action = (
     CreateDesktop | Provision | MarkReady | MarkFailed | StartDomain | Repair | Recycle | Recreate | Drain
     | Delete | Teardown | Evacuate | Adopt | RemoveOrphan | DropPool
 )
+# the steps that act on one desktop (each has its desktop_id)
+DESKTOP_STEPS = (Provision, MarkReady, MarkFailed, StartDomain, Repair, Recycle, Recreate, Drain, Delete, Teardown,
+                 Evacuate)
 
 
 @dataclass
@@ -272,10 +275,19 @@ def plan(
     adopted = _orphan_steps(pools, desktops, of_pool, hosts, of_host, computers or set(), out)
     loads = _loads(hosts, of_host, by_pool)
     leaving = _leaving(desktops, by_host)
+    claimed = _claimed(out.actions)
     for pool in pools:
         out.actions.extend(_size_steps(pool, of_pool.get(pool.id, []), adopted.get(pool.id, 0), limits, loads,
-                                       leaving, out))
+                                       leaving, claimed, out))
     return out
+
+
+def _claimed(actions: list[Action]) -> dict[int, bool]:
+    """The desktops that already have their step this pass, each with whether that step removes
+    it from its pool. A pass performs its steps at once, so sizing never gives one of these a
+    second step (two for one desktop would race), and shrinks by one fewer for each removed one."""
+    return {a.desktop_id: isinstance(a, (Delete, Recycle, Evacuate, MarkFailed))
+            for a in actions if isinstance(a, DESKTOP_STEPS)}
 
 
 def _grouped(desktops: list[DesktopView], key: str) -> dict[int, list[DesktopView]]:
@@ -415,11 +427,11 @@ def _leaving(desktops: list[DesktopView], hosts: Mapping[int, HostView]) -> set[
 
 
 def _size_steps(pool: PoolView, mine: list[DesktopView], adopted: int, limits: Limits,
-                loads: dict[int, HostLoad], leaving: set[int], out: Plan) -> list[Action]:
+                loads: dict[int, HostLoad], leaving: set[int], claimed: dict[int, bool], out: Plan) -> list[Action]:
     if pool.deleting:
         return [] if mine else [DropPool(pool.id)]
     active = [d for d in mine if d.state in ACTIVE and d.id not in leaving]
-    going = [d for d in mine if d.id in leaving]
+    going = [d for d in mine if d.id in leaving and d.id not in claimed]
     steps: list[Action] = [Delete(d.id) for d in _spare(going, active, pool.desired)]
     have = len(active) + adopted
     if have < pool.desired:
@@ -428,8 +440,10 @@ def _size_steps(pool: PoolView, mine: list[DesktopView], adopted: int, limits: L
             return steps  # something is wrong with the image or host: stop burning resources
         room = max(0, pool.max_size - len([d for d in mine if d.state != S.DELETING]) - adopted + len(going))
         return steps + _create(pool, min(pool.desired - have, room), limits, loads, out)
+    # a desktop removed by its own step this pass is replaced next pass, but spares a victim now
+    have -= sum(1 for d in active if claimed.get(d.id, False))
     if have > pool.desired:
-        return steps + [_shrink(d) for d in _victims(active)[: have - pool.desired]]
+        return steps + [_shrink(d) for d in _victims([d for d in active if d.id not in claimed])[: have - pool.desired]]
     return steps
 
 

@@ -251,6 +251,26 @@ def test_every_planned_action_is_an_allowed_lifecycle_edge(world):
             assert not hasattr(action, "desktop_id"), f"{action}: map it to the state it moves the desktop to"
 
 
+@settings(max_examples=400, deadline=None)
+@given(worlds())
+def test_no_desktop_gets_two_actions_in_one_plan(world):
+    """A pass performs its actions at once: two for one desktop (say the end of its agent's grace
+    and the pool's shrinking) would race, and one of them fail."""
+    pools, desktops, hosts, computers = world
+    ids = [a.desktop_id for a in p.plan(pools, desktops, hosts, NOW, computers=computers).actions
+           if hasattr(a, "desktop_id")]
+    assert len(ids) == len(set(ids)), ids
+
+
+def test_a_session_whose_grace_ended_is_deleted_once_while_its_pool_shrinks():
+    doms = {"d1": dom("d1"), "d2": dom("d2")}
+    expired = p.DesktopView(id=1, name="d1", pool_id=1, state=S.IN_USE, since=NOW, host_id=HOST,
+                            grace_until=NOW - timedelta(1))
+    idle = desk(2)
+    actions = p.plan([pool(target=0)], [expired, idle], on_host(doms, {"d1", "d2"}), NOW).actions
+    assert sorted(actions, key=str) == [p.Delete(1), p.Delete(2)]
+
+
 # --- many hosts: each desktop is compared with its own host; placement picks where new ones go ---
 
 
