@@ -11,10 +11,19 @@ from controlplane.db.models import AuditEvent
 
 
 def append(*, session: Session, actor: str, action: str, target: str, **detail: Any) -> AuditEvent:
-    event = AuditEvent(actor=actor, action=action, target=target, detail=detail)
-    session.add(event)
+    return append_all(session=session, events=[event(actor=actor, action=action, target=target, **detail)])[0]
+
+
+def event(*, actor: str, action: str, target: str, **detail: Any) -> AuditEvent:
+    """An event to append (with others: `append_all`)."""
+    return AuditEvent(actor=actor, action=action, target=target, detail=detail)
+
+
+def append_all(*, session: Session, events: list[AuditEvent]) -> list[AuditEvent]:
+    """EVENTS appended at once (one flush), in their order."""
+    session.add_all(events)
     session.flush()
-    return event
+    return events
 
 
 def list_recent(*, session: Session, limit: int = 100, action: str | None = None, target: str | None = None,

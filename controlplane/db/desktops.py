@@ -18,6 +18,16 @@ def get(*, session: Session, desktop_id: int) -> Desktop | None:
     return session.get(Desktop, desktop_id)
 
 
+def get_many(*, session: Session, ids: list[int]) -> dict[int, Desktop]:
+    """The rows of IDS that exist, by id, in one query."""
+    return {d.id or 0: d for d in session.exec(select(Desktop).where(col(Desktop.id).in_(ids)))} if ids else {}
+
+
+def names_taken(*, session: Session, names: list[str]) -> set[str]:
+    """Which of NAMES a row has, in one query."""
+    return set(session.exec(select(Desktop.name).where(col(Desktop.name).in_(names)))) if names else set()
+
+
 def get_by_name(*, session: Session, name: str) -> Desktop | None:
     return session.exec(select(Desktop).where(Desktop.name == name)).first()
 
@@ -65,19 +75,34 @@ def create(*, session: Session, desktop: Desktop) -> Desktop:
     return desktop
 
 
+def create_all(*, session: Session, desktops: list[Desktop]) -> list[Desktop]:
+    """DESKTOPS written at once (one flush), with their ids."""
+    session.add_all(desktops)
+    session.flush()
+    return desktops
+
+
 def set_state(*, session: Session, desktop: Desktop, state: DesktopState, now: datetime,
               reason: str | None = None) -> Desktop:
     """Move along an allowed lifecycle edge (refuses any other). A new state starts with a clean
     slate: failures of steps in the old one no longer hold it back."""
-    check_transition(desktop.state, state)
-    if desktop.state != state:
-        desktop.state_since = now
-        desktop.failures, desktop.retry_at = 0, None
-    desktop.state = state
-    desktop.reason = reason
-    session.add(desktop)
-    session.flush()
+    set_states(session=session, desktops=[desktop], state=state, now=now, reason=reason)
     return desktop
+
+
+def set_states(*, session: Session, desktops: list[Desktop], state: DesktopState, now: datetime,
+               reason: str | None = None) -> None:
+    """`set_state` for each of DESKTOPS, written at once (one flush); all or none move."""
+    for desktop in desktops:
+        check_transition(desktop.state, state)
+    for desktop in desktops:
+        if desktop.state != state:
+            desktop.state_since = now
+            desktop.failures, desktop.retry_at = 0, None
+        desktop.state = state
+        desktop.reason = reason
+    session.add_all(desktops)
+    session.flush()
 
 
 def mark_rebuild(*, session: Session, desktop: Desktop, image_id: int, now: datetime, reason: str) -> Desktop:

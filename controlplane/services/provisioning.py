@@ -8,8 +8,8 @@ at any of them leaves a state the next plan recognises and finishes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
@@ -50,36 +50,77 @@ def spec_for(session: Session, desktop: Desktop, rules: list[Policy]) -> Desktop
     )
 
 
-def create_desktop(ctx: Context, a: p.CreateDesktop) -> None:
-    """A new row, then its provisioning at once, from what the row's own transaction read."""
+@dataclass(frozen=True)
+class BringUp:
+    """A desktop whose row this pass just wrote: provisioned from the spec read with the row."""
+
+    desktop_id: int
+    spec: DesktopSpec
+    host_id: int
+
+
+@dataclass
+class Batch:
+    """What a batch of one kind of step did: FOLLOW_UP, steps to perform next (each on its own);
+    REFUSED, the actions that failed, each with its error (the rest succeeded or had nothing to do)."""
+
+    follow_up: list[BringUp] = field(default_factory=list)
+    refused: list[tuple[Any, Exception]] = field(default_factory=list)
+
+
+def create_desktops(ctx: Context, actions: Sequence[p.CreateDesktop]) -> Batch:
+    """The rows of ACTIONS' new desktops in one transaction (a pool deleted since gets none), each
+    audited; then each is brought up as its own step. Rows alone are a state the next pass
+    finishes (provisioning, no domain yet), so a crash after the commit loses nothing."""
     with session_scope(ctx.engine) as session:
-        pool = session.get(Pool, a.pool_id)
-        if pool is None or pool.deleting:
-            return
+        wanted = [(a, session.get(Pool, a.pool_id)) for a in actions]
+        placed = [(a, pool) for a, pool in wanted if pool is not None and not pool.deleting]
         now = ctx.clock.now()
-        row = desktops.create(session=session, desktop=Desktop(
-            name=_free_name(session, ctx.instance, pool.name), pool_id=pool.id or 0, host_id=a.host_id,
-            image_id=pool.image_id, created_at=now, state_since=now))
-        audit.append(session=session, actor=ACTOR, action="desktop.create", target=row.name, pool=pool.name,
-                     host=a.host_id)
-        desktop_id = row.id or 0
-        spec = spec_for(session, row, policies.active_in(session))
+        names = _free_names(session, ctx.instance, [pool.name for _, pool in placed])
+        rows = desktops.create_all(session=session, desktops=[Desktop(
+            name=name, pool_id=pool.id or 0, host_id=a.host_id, image_id=pool.image_id, created_at=now,
+            state_since=now) for (a, pool), name in zip(placed, names, strict=True)])
+        audit.append_all(session=session, events=[audit.event(
+            actor=ACTOR, action="desktop.create", target=row.name, pool=pool.name, host=row.host_id)
+            for row, (_, pool) in zip(rows, placed, strict=True)])
+        rules = policies.active_in(session)
+        ups = [BringUp(row.id or 0, spec_for(session, row, rules), row.host_id) for row in rows]
     ctx.crashpoint("provision.after-row")
-    try:
-        _bring_up(ctx, p.Provision(desktop_id), spec, timedelta(0), a.host_id)
-    except TemporaryError as err:  # the row exists now: it backs off like any desktop
-        retry_later(ctx, desktop_id, err.delay, str(err))
+    return Batch(follow_up=ups)
 
 
-def _free_name(session: Session, instance: str, pool: str) -> str:
-    """A new desktop's name that no row has. Names end in 24 random bits (they become guest host
-    names, kept short), so among thousands of desktops a repeat is likely (measured: two in a
-    setup of 4,000): draw again instead of failing the step on the unique index."""
+def bring_up(ctx: Context, a: BringUp) -> None:
+    _bring_up(ctx, p.Provision(a.desktop_id), a.spec, timedelta(0), a.host_id)
+
+
+def create_desktop(ctx: Context, a: p.CreateDesktop) -> None:
+    """One desktop: its row, then at once its provisioning (`create_desktops` for one)."""
+    for up in create_desktops(ctx, [a]).follow_up:
+        try:
+            bring_up(ctx, up)
+        except TemporaryError as err:  # the row exists now: it backs off like any desktop
+            retry_later(ctx, up.desktop_id, err.delay, str(err))
+
+
+def _free_names(session: Session, instance: str, pool_names: list[str]) -> list[str]:
+    """A new name for each of POOL_NAMES' new desktops that no row has and no other in the list.
+    Names end in 24 random bits (they become guest host names, kept short), so among thousands of
+    desktops a repeat is likely (measured: two in a setup of 4,000): those are drawn again
+    instead of failing the steps on the unique index."""
+    names = [naming.desktop_name(instance, pool) for pool in pool_names]
     for _ in range(8):
-        name = naming.desktop_name(instance, pool)
-        if desktops.get_by_name(session=session, name=name) is None:
-            return name
-    raise TemporaryError(f"pool {pool}: no free desktop name in 8 draws", delay=1)
+        taken = desktops.names_taken(session=session, names=names)
+        seen: set[str] = set()
+        clashes = []
+        for i, name in enumerate(names):
+            if name in taken or name in seen:
+                clashes.append(i)
+            seen.add(name)
+        if not clashes:
+            return names
+        for i in clashes:
+            names[i] = naming.desktop_name(instance, pool_names[i])
+    raise TemporaryError(f"pools {', '.join(sorted(set(pool_names)))}: no free desktop names in 8 draws", delay=1)
 
 
 def provision(ctx: Context, a: p.Provision) -> None:
@@ -313,17 +354,32 @@ def drain(ctx: Context, a: p.Drain) -> None:
 
 
 def delete(ctx: Context, a: p.Delete) -> None:
-    """Mark for teardown. The plan was made from a snapshot: an agent's desktop whose hold was renewed
-    since (a reconnect, a live session's heartbeat) is left alone, decided in this transaction."""
+    for _, err in delete_many(ctx, [a]).refused:
+        raise err
+
+
+def delete_many(ctx: Context, actions: Sequence[p.Delete]) -> Batch:
+    """Mark for teardown, in one transaction. The plan was made from a snapshot: an agent's desktop
+    whose hold was renewed since (a reconnect, a live session's heartbeat) is left alone (refused,
+    to be looked at again), decided in this transaction."""
+    refused: list[tuple[Any, Exception]] = []
     with session_scope(ctx.engine) as session:
-        row = desktops.get(session=session, desktop_id=a.desktop_id)
-        if row is None or row.state == S.DELETING:
-            return
+        rows = desktops.get_many(session=session, ids=[a.desktop_id for a in actions])
         now = ctx.clock.now()
-        if row.state in (S.IN_USE, S.DRAINING) and (row.grace_until is None or row.grace_until >= now):
-            raise TemporaryError(f"delete {row.name}: its agent is back or still connected", delay=5)
-        desktops.set_state(session=session, desktop=row, state=S.DELETING, now=now)
-        audit.append(session=session, actor=ACTOR, action="desktop.delete", target=row.name)
+        marked = []
+        for a in actions:
+            row = rows.get(a.desktop_id)
+            if row is None or row.state == S.DELETING:
+                continue
+            if row.state in (S.IN_USE, S.DRAINING) and (row.grace_until is None or row.grace_until >= now):
+                refused.append((a, TemporaryError(f"delete {row.name}: its agent is back or still connected",
+                                                  delay=5)))
+                continue
+            marked.append(row)
+        desktops.set_states(session=session, desktops=marked, state=S.DELETING, now=now)
+        audit.append_all(session=session, events=[audit.event(actor=ACTOR, action="desktop.delete", target=row.name)
+                                                  for row in marked])
+    return Batch(refused=refused)
 
 
 def _remove_traces(ctx: Context, name: str, host_id: int | None, *, computer: bool = True) -> None:
@@ -403,6 +459,7 @@ def drop_pool(ctx: Context, a: p.DropPool) -> None:
 
 STEPS: dict[type, Callable[[Context, Any], None]] = {
     p.CreateDesktop: create_desktop,
+    BringUp: bring_up,
     p.Provision: provision,
     p.MarkReady: mark_ready,
     p.MarkFailed: mark_failed,
@@ -417,4 +474,11 @@ STEPS: dict[type, Callable[[Context, Any], None]] = {
     p.Adopt: adopt,
     p.RemoveOrphan: remove_orphan,
     p.DropPool: drop_pool,
+}
+
+# Steps that write rows only, done for all of a pass's actions of their kind in one transaction:
+# at 500 changes a pass, a transaction per step cost more than the rest of the pass.
+BATCHES: dict[type, Callable[[Context, Sequence[Any]], Batch]] = {
+    p.CreateDesktop: create_desktops,
+    p.Delete: delete_many,
 }

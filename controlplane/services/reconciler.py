@@ -19,10 +19,11 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime, timedelta
+from typing import Any
 
 from controlplane.db import leases
 from controlplane.db.engine import fenced, session_scope
@@ -37,6 +38,8 @@ from controlplane.services.observation import Observation
 log = logging.getLogger(__name__)
 LEASE = "reconciler"
 STEPS = {**provisioning.STEPS, **templates.STEPS}
+BATCHES = provisioning.BATCHES  # kinds of step a pass does for all its actions at once
+Step = Action | TemplateAction | provisioning.BringUp
 
 
 class Reconciler:
@@ -51,7 +54,7 @@ class Reconciler:
         self.epoch: int | None = None  # the lease's epoch when this reconciler took it (its fencing token)
         self._lost = False
         # steps of no desktop (orphans, templates) backing off
-        self._held: dict[Action | TemplateAction, tuple[int, datetime]] = {}
+        self._held: dict[Step, tuple[int, datetime]] = {}
 
     # --- one pass -----------------------------------------------------------------------------
 
@@ -108,7 +111,10 @@ class Reconciler:
         now = self.ctx.clock.now()
         due = [a for a in current.actions if a not in self._held or self._held[a][1] <= now]
         backing_off = frozenset(d.id for d in seen.desktops if d.retry_at is not None)
-        futures = [self._pool.submit(self._perform, action, backing_off) for action in due]
+        steps: list[Action | provisioning.BringUp] = [a for a in due if type(a) not in BATCHES]
+        for kind, batch in BATCHES.items():
+            steps += self._perform_batch(batch, [a for a in due if type(a) is kind], backing_off)
+        futures = [self._pool.submit(self._perform, step, backing_off) for step in steps]
         for future in futures:
             future.result()
         return current
@@ -134,36 +140,61 @@ class Reconciler:
         at the epoch it took it at (a successor raises the epoch: see db/leases.py)."""
         return fenced(LEASE, self.epoch) if self.epoch is not None else nullcontext()
 
-    def _perform(self, action: Action | TemplateAction, backing_off: Collection[int] | None = None) -> None:
+    def _perform(self, action: Step, backing_off: Collection[int] | None = None) -> None:
         """Carry out ACTION. BACKING_OFF: the desktops whose last step had failed when the pass
         looked (only their success has a back-off to clear; None: any may have one)."""
         if not self._lease_kept():
             return  # another reconciler acts now: doing anything more could undo its work
         with self._fenced():
-            self._perform_fenced(action, backing_off)
-
-    def _perform_fenced(self, action: Action | TemplateAction, backing_off: Collection[int] | None) -> None:
-        desktop_id: int | None = getattr(action, "desktop_id", None)
-        try:
-            STEPS[type(action)](self.ctx, action)
-        except TemporaryError as err:
-            self._retry_later(action, desktop_id, err.delay, str(err))
-        except PermanentError as err:
-            if desktop_id is None:
-                log.error("step %s failed: %s", action, err)
-                self._retry_later(action, None, self.ctx.limits.max_retry_delay.total_seconds(), str(err))
+            try:
+                STEPS[type(action)](self.ctx, action)
+            except Exception as err:
+                self._failed(action, err)
             else:
-                self._record(provisioning.record_permanent, desktop_id, type(action).__name__, str(err))
-        except Exception as err:
-            log.exception("step %s crashed; backing off", action)
-            self._retry_later(action, desktop_id, self.ctx.limits.min_retry_delay.total_seconds(), repr(err))
-        else:
-            if desktop_id is None:
-                self._held.pop(action, None)
-            elif backing_off is None or desktop_id in backing_off:
-                self._record(provisioning.succeeded, desktop_id)
+                self._succeeded(action, backing_off)
 
-    def _retry_later(self, action: Action | TemplateAction, desktop_id: int | None, delay: float, reason: str) -> None:
+    def _perform_batch(self, batch: Callable[[Context, Sequence[Any]], provisioning.Batch], actions: list[Any],
+                       backing_off: Collection[int]) -> list[provisioning.BringUp]:
+        """ACTIONS of one kind in one transaction (BATCH); returns the steps each leaves to do."""
+        if not actions or not self._lease_kept():
+            return []
+        with self._fenced():
+            try:
+                done = batch(self.ctx, actions)
+            except Exception as err:
+                for action in dict.fromkeys(actions):  # equal actions (two desktops of a pool) fail once
+                    self._failed(action, err)
+                return []
+            refused = {id(action) for action, _ in done.refused}
+            for action, why in done.refused:
+                self._failed(action, why)
+            for action in actions:
+                if id(action) not in refused:
+                    self._succeeded(action, backing_off)
+        return done.follow_up
+
+    def _succeeded(self, action: Step, backing_off: Collection[int] | None) -> None:
+        desktop_id: int | None = getattr(action, "desktop_id", None)
+        if desktop_id is None:
+            self._held.pop(action, None)
+        elif backing_off is None or desktop_id in backing_off:
+            self._record(provisioning.succeeded, desktop_id)
+
+    def _failed(self, action: Step, err: Exception) -> None:
+        """A TemporaryError backs off, a PermanentError is recorded, anything else is a crash."""
+        desktop_id: int | None = getattr(action, "desktop_id", None)
+        if isinstance(err, TemporaryError):
+            self._retry_later(action, desktop_id, err.delay, str(err))
+        elif isinstance(err, PermanentError) and desktop_id is None:
+            log.error("step %s failed: %s", action, err)
+            self._retry_later(action, None, self.ctx.limits.max_retry_delay.total_seconds(), str(err))
+        elif isinstance(err, PermanentError):
+            self._record(provisioning.record_permanent, desktop_id, type(action).__name__, str(err))
+        else:
+            log.error("step %s crashed; backing off", action, exc_info=err)
+            self._retry_later(action, desktop_id, self.ctx.limits.min_retry_delay.total_seconds(), repr(err))
+
+    def _retry_later(self, action: Step, desktop_id: int | None, delay: float, reason: str) -> None:
         if desktop_id is not None:
             self._record(provisioning.retry_later, desktop_id, delay, reason)
             return

@@ -97,6 +97,47 @@ def test_a_new_desktop_never_takes_a_name_already_used(ctx, hv, image, monkeypat
     assert sorted(d.name for d, _ in desktops.list_all(ctx)) == sorted([taken, "sd-unit-sales-00beef"])
 
 
+def test_new_desktops_of_one_pass_never_share_a_name(ctx, hv, image, monkeypatch):
+    """A pass writes its new rows in one transaction: a name drawn twice within it is drawn again
+    too (the unique index would fail the whole batch)."""
+    from controlplane.domain import naming
+
+    draws = iter(["sd-unit-sales-000001", "sd-unit-sales-000001", "sd-unit-sales-000001", "sd-unit-sales-000002",
+                  "sd-unit-sales-000003"])
+    monkeypatch.setattr(naming, "desktop_name", lambda instance, pool, suffix=None: next(draws))
+    pools.create(ctx, name="sales", image="busybox-desktop", size=3, actor="t")
+    rec = Reconciler(ctx)
+    rec.pass_once()
+    rec.close()
+    assert sorted(d.name for d, _ in desktops.list_all(ctx)) == [
+        "sd-unit-sales-000001", "sd-unit-sales-000002", "sd-unit-sales-000003"]
+    assert sorted(name for verb, name in hv.calls if verb == "define") == [
+        "sd-unit-sales-000001", "sd-unit-sales-000002", "sd-unit-sales-000003"]
+
+
+def test_a_batch_that_fails_backs_off_each_of_its_steps_and_writes_nothing(ctx, hv, image, clock, monkeypatch):
+    """The new rows of a pass are one transaction: when it fails, no row, no domain, and the
+    creations are tried again after the back-off, not at the pass rate."""
+    from controlplane.db import audit as audit_repo
+
+    def broken(**_kw):
+        raise RuntimeError("simulated database error on the audit insert")
+
+    pools.create(ctx, name="sales", image="busybox-desktop", size=2, clone="cold", actor="t")
+    monkeypatch.setattr(audit_repo, "append_all", broken)
+    rec = Reconciler(ctx)
+    rec.pass_once()
+    assert desktops.list_all(ctx) == [] and not any(verb == "define" for verb, _ in hv.calls)
+    monkeypatch.undo()
+    clock.advance(0.5)
+    rec.pass_once()
+    assert desktops.list_all(ctx) == [], "a failed batch was retried at the pass rate"
+    clock.advance(ctx.limits.min_retry_delay.total_seconds())
+    rec.pass_once()
+    rec.close()
+    assert len(desktops.list_all(ctx)) == 2
+
+
 def test_pool_delete_removes_every_trace(ctx, hv, image):
     pools.create(ctx, name="sales", image="busybox-desktop", size=2, actor="t")
     settle(ctx)
@@ -457,7 +498,7 @@ def test_a_long_pass_renews_its_lease_so_nobody_else_can_act(ctx, image, clock):
     rivals = []
 
     def slow_step(point):
-        if point == "provision.after-row":
+        if point == "provision.after-overlay":  # each desktop's own step (their rows are one batch)
             clock.advance(a.lease_ttl.total_seconds() * 0.6)
             rivals.append(elsewhere(b.hold_lease))
 
@@ -467,20 +508,21 @@ def test_a_long_pass_renews_its_lease_so_nobody_else_can_act(ctx, image, clock):
     a.close(), b.close()
 
 
-def test_a_reconciler_that_lost_its_lease_stops_acting(ctx, image, clock):
+def test_a_reconciler_that_lost_its_lease_stops_acting(ctx, hv, image, clock):
     ctx.parallelism = 1
     a, b = Reconciler(ctx), Reconciler(ctx)
     pools.create(ctx, name="sales", image="busybox-desktop", size=3, actor="t")
     assert a.hold_lease()
 
-    def stalled(point):  # the first step stalls past the TTL and another reconciler takes over
-        if point == "provision.after-row" and not elsewhere(b.hold_lease):
+    def stalled(point):  # the first desktop's step stalls past the TTL and another reconciler takes over
+        if point == "provision.after-overlay" and not elsewhere(b.hold_lease):
             clock.advance(a.lease_ttl.total_seconds() + 1)
             assert elsewhere(b.hold_lease)
 
     ctx.crashpoint = stalled
     a.pass_once()
-    assert len(desktops.list_all(ctx)) == 1, "a reconciler without the lease went on acting"
+    assert len(desktops.list_all(ctx)) == 3  # their rows, in the one transaction before the stall
+    assert sum(verb == "create_overlay" for verb, _ in hv.calls) == 1, "a reconciler without the lease went on acting"
     a.close(), b.close()
 
 
@@ -507,6 +549,31 @@ def test_a_delete_planned_from_a_stale_look_spares_a_desktop_its_agent_came_back
     rec.close()
     row, _ = desktops.get(ctx, first.desktop)
     assert row.state == S.IN_USE and row.assigned_to == "alice"
+
+
+def test_a_batch_of_deletes_spares_only_the_desktop_its_agent_came_back_to(ctx, image, clock):
+    """Deletes of one pass are one transaction; the agent who came back between the plan and the
+    batch keeps their desktop (refused, backing off), the others are marked all the same."""
+    from controlplane.domain.planning import Delete
+    from controlplane.services import broker, provisioning
+    from controlplane.services.tokens import Claims
+    from tests.conftest import SALES
+
+    pools.create(ctx, name="sales", image="busybox-desktop", size=3, groups=[SALES], actor="t")
+    settle(ctx)
+    ctx.directory = None
+    agents = [Claims(user, "agent", (SALES,), "j", 0) for user in ("alice", "bob")]
+    held = [broker.connect(ctx, agent, "sales").desktop for agent in agents]
+    clock.advance(3600)  # both holds are long over
+    rec = Reconciler(ctx)
+    deletes = [a for a in rec.observe_and_plan().actions if isinstance(a, Delete)]
+    assert len(deletes) == 2
+    assert broker.connect(ctx, agents[0], "sales").desktop == held[0]  # alice is back just in time
+    assert rec._perform_batch(provisioning.delete_many, deletes, frozenset()) == []
+    rec.close()
+    rows = {row.name: row for row, _ in desktops.list_all(ctx)}
+    assert (rows[held[0]].state, rows[held[0]].failures) == (S.IN_USE, 1)
+    assert (rows[held[1]].state, rows[held[1]].failures) == (S.DELETING, 0)
 
 
 def test_a_writer_whose_lease_moved_on_commits_nothing_and_epochs_never_repeat(ctx, clock):
