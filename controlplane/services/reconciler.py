@@ -30,6 +30,7 @@ from controlplane.db.engine import fenced, session_scope
 from controlplane.domain.planning import Action, Plan, backoff, plan
 from controlplane.domain.templates import TemplateAction
 from controlplane.errors import PermanentError, TemporaryError
+from controlplane.heap import collector_paused
 from controlplane.services import apps, hosts, network, observation, provisioning, rollouts, telemetry, templates
 from controlplane.services import pools as pools_service
 from controlplane.services.context import Context
@@ -83,7 +84,7 @@ class Reconciler:
         self._lost = False
         rolling = 0
         kept = self._lease_kept()
-        with self._fenced():
+        with self._fenced(), collector_paused():
             if kept:
                 network.sync(self.ctx)  # before any desktop step: each finds its port admitted
                 rolling = self._advance_rollouts()
