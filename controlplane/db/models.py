@@ -84,7 +84,8 @@ class Desktop(SQLModel, table=True):
     disk_path: str | None = None
     assigned_to: str | None = Field(default=None, index=True)  # the agent whose session this is
     # that agent's groups as their sign-in carried them (the resolver applies their allowlist)
-    assigned_groups: list | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    # SQL NULL when nobody is on it (not JSON null: a pass reads every row, and NULL needs no decoding)
+    assigned_groups: list | None = Field(default=None, sa_column=Column(JSON(none_as_null=True), nullable=True))
     grace_until: datetime | None = None  # no live display session: recycled after this moment
     disconnect_requested: bool = False  # an admin asked the gateway to end the live session
     logoff_at: datetime | None = None  # ramp-down: the live session is ended at this moment

@@ -36,3 +36,33 @@ def test_migrated_schema_matches_models(url):
         diff = compare_metadata(context, SQLModel.metadata)
     engine.dispose()
     assert diff == [], f"models changed without a migration: {diff}"
+
+
+def test_assigned_groups_of_nobody_are_sql_null_and_0018_converts_json_null(ctx, settings, image):
+    """A pass reads every desktop's assigned groups: nobody's are SQL NULL (no JSON to decode),
+    and rows written before as the JSON text 'null' become NULL by the migration."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+
+    from controlplane.db.engine import MIGRATIONS
+    from controlplane.services import pools
+
+    pools.create(ctx, name="sales", image="busybox-desktop", size=1, clone="cold", actor="t")
+    from tests.unit.services.test_reconciler import settle
+
+    settle(ctx)
+    nulls = text("SELECT count(*) FROM desktops WHERE assigned_groups IS NULL")
+    with ctx.engine.begin() as conn:
+        assert conn.execute(nulls).scalar() == 1
+        conn.execute(text("UPDATE desktops SET assigned_groups = 'null'"))  # as stored before 0018
+        assert conn.execute(nulls).scalar() == 0
+    owner = make_engine(settings.db.migrate_url) if settings.db.migrate_url else ctx.engine  # PostgreSQL: the schema's
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with owner.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.stamp(cfg, "0017")
+    migrate(owner)
+    with ctx.engine.begin() as conn:
+        assert conn.execute(nulls).scalar() == 1
