@@ -92,14 +92,19 @@ APPEND_ONLY_GUARDS: dict[str, tuple[str, frozenset[str]]] = {
 def migrate(engine: Engine, app_role: str | None = None) -> None:
     """Bring the schema to the newest revision (idempotent), then check the audit log's guard.
     With APP_ROLE (PostgreSQL, ENGINE the owner's), grant that role what the application needs."""
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+        command.upgrade(alembic_config(conn), "head")
         check_append_only(conn)
         if app_role and conn.dialect.name == "postgresql":
             grant_app(conn, app_role)
+
+
+def alembic_config(conn: Connection) -> Config:
+    """Alembic's configuration for our migrations, run on CONN (in its transaction)."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = conn
+    return cfg
 
 
 def grant_app(conn: Connection, role: str) -> None:

@@ -42,10 +42,9 @@ def test_assigned_groups_of_nobody_are_sql_null_and_0018_converts_json_null(ctx,
     """A pass reads every desktop's assigned groups: nobody's are SQL NULL (no JSON to decode),
     and rows written before as the JSON text 'null' become NULL by the migration."""
     from alembic import command
-    from alembic.config import Config
     from sqlalchemy import text
 
-    from controlplane.db.engine import MIGRATIONS
+    from controlplane.db.engine import alembic_config
     from controlplane.services import pools
 
     pools.create(ctx, name="sales", image="busybox-desktop", size=1, clone="cold", actor="t")
@@ -58,11 +57,8 @@ def test_assigned_groups_of_nobody_are_sql_null_and_0018_converts_json_null(ctx,
         conn.execute(text("UPDATE desktops SET assigned_groups = 'null'"))  # as stored before 0018
         assert conn.execute(nulls).scalar() == 0
     owner = make_engine(settings.db.migrate_url) if settings.db.migrate_url else ctx.engine  # PostgreSQL: the schema's
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
     with owner.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.stamp(cfg, "0017")
+        command.stamp(alembic_config(conn), "0017")
     migrate(owner)
     with ctx.engine.begin() as conn:
         assert conn.execute(nulls).scalar() == 1
