@@ -182,9 +182,19 @@ def active(ctx: Context) -> list[Policy]:
 
 def active_in(session: Session) -> list[Policy]:
     """`active`, read in SESSION's transaction (a step that reads its rows anyway asks here)."""
+    return in_force_in(session)[1]
+
+
+def in_force(ctx: Context) -> tuple[int | None, list[Policy]]:
+    """The current revision's id (None before the first) and the policies it holds, in one read."""
+    with session_scope(ctx.engine) as session:
+        return in_force_in(session)
+
+
+def in_force_in(session: Session) -> tuple[int | None, list[Policy]]:
     head = repo.head(session=session)
     if head is None:
-        return []
+        return None, []
     revision, sha = head
     with _PARSED_LOCK:
         parsed = _PARSED.get(sha)
@@ -195,7 +205,7 @@ def active_in(session: Session) -> list[Policy]:
             while len(_PARSED) >= _PARSED_MAX:
                 _PARSED.pop(next(iter(_PARSED)))
             _PARSED[sha] = parsed
-    return list(parsed)
+    return revision, list(parsed)
 
 
 @dataclass(frozen=True)
@@ -283,8 +293,8 @@ def _checked_name(name: str) -> str:
 
 
 def effective_for(ctx: Context, username: str, groups: frozenset[str], pool: str | None) -> dict[str, Any]:
-    revision, _ = current_documents(ctx)
-    eff = effective(active(ctx), groups, pool)
+    revision, rules = in_force(ctx)
+    eff = effective(rules, groups, pool)
     return {
         "user": username, "pool": pool, "groups": sorted(groups), "revision": revision,
         "applied": list(eff.applied), "reasons": eff.reasons, "apps": sorted(eff.apps),

@@ -17,6 +17,7 @@ from controlplane.db.engine import session_scope
 from controlplane.db.models import DisplaySession, Pool
 from controlplane.domain.desktop import DesktopState
 from controlplane.domain.planning import HOST_FAILED, QUARANTINE
+from controlplane.domain.policy import effective
 from controlplane.domain.rfb.stream import Event
 from controlplane.domain.session import NEEDS_SIGN_IN, EndReason
 from controlplane.errors import Conflict, TemporaryError
@@ -35,10 +36,10 @@ class Limits:
 
 def limits_for(ctx: Context, *, user: str, groups: frozenset[str], pool: str) -> Limits:
     """The session rules of USER on a desktop of POOL, from the effective policy."""
-    eff = policies.effective_for(ctx, user, groups, pool)
-    session = eff["session"]
-    return Limits(idle_s=session["idle_timeout_minutes"] * 60.0, max_s=session["max_session_hours"] * 3600.0,
-                  grace_s=session["disconnect_grace_minutes"] * 60.0, start_page=eff["start_page"])
+    eff = effective(policies.active(ctx), groups, pool)
+    rules = eff.session
+    return Limits(idle_s=rules.idle_timeout_minutes * 60.0, max_s=rules.max_session_hours * 3600.0,
+                  grace_s=rules.disconnect_grace_minutes * 60.0, start_page=eff.start_page)
 
 
 @dataclass(frozen=True)
