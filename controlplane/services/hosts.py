@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
 
 from sqlalchemy.engine import Engine
@@ -33,7 +34,8 @@ log = logging.getLogger(__name__)
 # A host view asks every hypervisor at once and waits this long: a dead host holds a call until
 # libvirt's keepalive gives up (about 15 s), and the admin looks at the hosts page exactly then.
 ANSWER_S = 3.0
-_ASKING = ThreadPoolExecutor(max_workers=16, thread_name_prefix="host-view")
+_ASKING: dict[tuple[int, int], tuple[Context, Future[HostCapacity]]] = {}  # (context, host id): its ask
+_ASKING_LOCK = threading.Lock()
 NAME = re.compile(r"[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?")
 SCHEMES = ("qemu:///system", "qemu+tls://", "qemu+ssh://", "test:///", "fake://")
 
@@ -185,7 +187,7 @@ def views(ctx: Context, name: str | None = None) -> list[HostPublic]:
     by_host: dict[int, list[tuple]] = {}
     for row in rows:
         by_host.setdefault(row[0], []).append(row)
-    asked = {host.id: _ASKING.submit(_capacity, ctx, host.id) for host in refs}
+    asked = {host.id: _ask(ctx, host.id) for host in refs}
     wait(asked.values(), timeout=ANSWER_S)
     return [_view(host, asked[host.id], by_host.get(host.id, [])) for host in refs]
 
@@ -194,8 +196,30 @@ def view(ctx: Context, name: str) -> HostPublic:
     return views(ctx, name)[0]
 
 
-def _capacity(ctx: Context, host_id: int) -> HostCapacity:
-    return ctx.driver(host_id).capacity()
+def _ask(ctx: Context, host_id: int) -> Future[HostCapacity]:
+    """HOST_ID's capacity, asked in a daemon thread: a hung host must not keep a process (the CLI's
+    `host ls`) from exiting, as a thread pool's worker would (they are joined at exit). An ask
+    still under way is shared, so a dead host holds one thread however often the page reloads."""
+    key = (id(ctx), host_id)
+    with _ASKING_LOCK:
+        under_way = _ASKING.get(key)
+        if under_way is not None:
+            return under_way[1]
+        future: Future[HostCapacity] = Future()
+        _ASKING[key] = (ctx, future)  # holds CTX: its id is not reused while asked
+    threading.Thread(target=_answer, args=(ctx, host_id, key, future), name=f"host-view-{host_id}",
+                     daemon=True).start()
+    return future
+
+
+def _answer(ctx: Context, host_id: int, key: tuple[int, int], future: Future[HostCapacity]) -> None:
+    try:
+        future.set_result(ctx.driver(host_id).capacity())
+    except BaseException as err:  # noqa: BLE001 - handed to the view, which says what it was
+        future.set_exception(err)
+    finally:
+        with _ASKING_LOCK:
+            _ASKING.pop(key, None)
 
 
 def _view(host: HostRef, asked: Future[HostCapacity], rows: list[tuple]) -> HostPublic:

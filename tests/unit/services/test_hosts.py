@@ -132,6 +132,26 @@ def test_the_hosts_view_does_not_wait_for_hosts_that_hang(ctx, hv, fleet, monkey
     assert own.state == "active" and own.capacity == hv.host
 
 
+@pytest.mark.timeout(60)
+def test_a_host_that_hangs_never_keeps_the_process_from_exiting_and_holds_one_thread(ctx, fleet, monkeypatch):
+    """`shiftdesk host ls` printed its view after 3 s, then waited at exit for the hung call (a
+    worker of a thread pool is joined at exit). Asks run in daemon threads now, and a host whose
+    ask is still under way is not asked again: views every few seconds hold one thread for it."""
+    import threading
+
+    fakes, _ = fleet
+    monkeypatch.setattr(hosts, "ANSWER_S", 0.1)
+    fakes["b"].hang.clear()
+    try:
+        for _ in range(3):
+            assert {v.name: str(v.state) for v in hosts.views(ctx)}["b"] == "down"
+        asking = [t for t in threading.enumerate() if t.name.startswith("host-view") and t.is_alive()]
+        assert asking and all(t.daemon for t in asking), "a hung ask would hold the process at exit"
+        assert len(asking) == 1, [t.name for t in asking]
+    finally:
+        fakes["b"].hang.set()
+
+
 def test_no_host_answering_postpones_the_pass(ctx, hv, fleet, image):
     fakes, _ = fleet
     hv.unreachable = fakes["b"].unreachable = fakes["c"].unreachable = True
