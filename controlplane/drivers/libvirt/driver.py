@@ -114,6 +114,8 @@ class LibvirtHypervisor:
         self._conn: libvirt.virConnect | None = None
         self._lock = threading.Lock()
         self._boots = BootFacts()  # each running domain's tag and serial readiness, read once per boot
+        # each retired template's clones: the volumes its disk backed when first asked (see _backs_desktops)
+        self._backed: dict[TemplateKey, frozenset[str]] = {}
 
     # --- connection ---------------------------------------------------------------------------
 
@@ -125,6 +127,7 @@ class LibvirtHypervisor:
                 if remote:
                     events.ensure_running()  # before the connection opens: keepalive needs it
                 self._boots.clear()
+                self._backed.clear()
                 try:
                     self._conn = libvirt.open(self.uri)
                     if remote:
@@ -523,14 +526,27 @@ class LibvirtHypervisor:
                                 backs_desktops=backs)
 
     def _backs_desktops(self, key: TemplateKey) -> bool:
-        """Whether any volume is backed by KEY's template disk (a call per volume: see backed_by)."""
-        try:
-            disk = Path(self._pool().storageVolLookupByName(naming.volume_name(self.template_name(key))).path())
-        except libvirt.libvirtError as err:
-            if not is_not_found(err):
-                raise translate(err, f"look up the disk of template {key.slug}") from err
-            return False
-        return bool(linked_clone.backed_by(self._pool(), disk))
+        """Whether any volume is backed by KEY's template disk. Asked once per retirement (a call
+        per volume: see backed_by); then those volumes are only looked for by name in the pool's
+        listing (one call): a retired template backs no new clone, so its set only shrinks (a
+        desktop recreated under the same name keeps it a while longer, never too short)."""
+        pool = self._pool()
+        if (backed := self._backed.get(key)) is not None:
+            try:
+                pool.refresh(0)
+                backed &= frozenset(pool.listVolumes())
+            except libvirt.libvirtError as err:
+                raise translate(err, "list volumes") from err
+        else:
+            try:
+                disk = Path(pool.storageVolLookupByName(naming.volume_name(self.template_name(key))).path())
+            except libvirt.libvirtError as err:
+                if not is_not_found(err):
+                    raise translate(err, f"look up the disk of template {key.slug}") from err
+                return False
+            backed = frozenset(linked_clone.backed_by(pool, disk))
+        self._backed[key] = backed
+        return bool(backed)
 
     def template(self, key: TemplateKey) -> ObservedTemplate | None:
         if self.retired_file(key).exists():  # whether it still backs a desktop costs a call per
@@ -611,6 +627,7 @@ class LibvirtHypervisor:
         path.unlink(missing_ok=True)
         linked_clone.delete_overlay(self._pool(), naming.volume_name(name))
         self.retired_file(key).unlink(missing_ok=True)  # last: a crash before it leaves it retired, not built anew
+        self._backed.pop(key, None)
 
     def retire_template(self, key: TemplateKey) -> None:
         name, path = self.template_name(key), self.template_file(key)

@@ -385,3 +385,37 @@ def test_an_app_allowlist_goes_only_over_a_link_the_identity_opened():
     name = "sd-main-sales-000001"
     assert not hv.deliver_apps(name, sign(Ed25519PrivateKey.generate(), AppPolicy.of(name, 1, {"firefox-esr"})))
     assert dialled == []
+
+
+def test_a_retired_templates_clones_are_read_once_then_looked_for_by_name(tmp_path, monkeypatch):
+    """Whether a retired template still backs a clone costs a call per volume on a real host: it
+    is asked once per retirement; later passes look for those volumes in the pool's listing."""
+    hv = LibvirtHypervisor(uri="test:///default", instance="main", storage_pool="default-pool",
+                           overlay_dir=tmp_path / "pool", run_dir=tmp_path / "run", readiness="running")
+    key, clones = TemplateKey(8, 256, 1), ["sd-main-sales-0b0b0b", "sd-main-sales-0c0c0c"]
+    disk_name = naming.volume_name(hv.template_name(key))
+    disk = linked_clone.create_overlay(hv._pool(), disk_name, Path("/img/disk.qcow2"), 1 << 30)
+    for clone in clones:
+        linked_clone.create_overlay(hv._pool(), naming.volume_name(clone), disk, 1 << 30)
+    scans = []
+    real = linked_clone.backed_by
+    monkeypatch.setattr(linked_clone, "backed_by", lambda pool, path: scans.append(path) or real(pool, path))
+    try:
+        hv.retire_template(key)
+        for _ in range(3):
+            assert hv.list_templates()[key].backs_desktops
+        assert len(scans) == 1
+        hv.delete_overlay(clones[0])
+        assert hv.list_templates()[key].backs_desktops  # the other clone is still backed by it
+        hv.delete_overlay(clones[1])
+        assert not hv.list_templates()[key].backs_desktops and len(scans) == 1
+        hv.remove_template(key)
+        disk = linked_clone.create_overlay(hv._pool(), disk_name, Path("/img/disk.qcow2"), 1 << 30)  # built anew
+        linked_clone.create_overlay(hv._pool(), naming.volume_name(clones[0]), disk, 1 << 30)
+        hv.retire_template(key)  # retired again, later: asked afresh
+        assert hv.list_templates()[key].backs_desktops and len(scans) == 2
+    finally:
+        for clone in clones:
+            hv.delete_overlay(clone)
+        linked_clone.delete_overlay(hv._pool(), disk_name)
+        hv.remove_template(key)
