@@ -112,8 +112,7 @@ async def gateway(ws: WebSocket) -> None:
         await ws.close(code=POLICY_VIOLATION)
         return
     period = settings.watchdog_period_s
-    limits = await run_in_threadpool(sessions.limits_for, ctx, user=user.sub, groups=frozenset(user.groups),
-                                     pool=target.pool)
+    limits = await run_in_threadpool(sessions.limits_for, ctx, groups=frozenset(user.groups), pool=target.pool)
     limits = replace(limits, idle_s=min(limits.idle_s, settings.idle_timeout_s))
     try:  # the cap counts the user's sessions on every replica (their rows), not this process's
         display = await run_in_threadpool(sessions.open_display, ctx, desktop_id=target.desktop_id, user=user.sub,

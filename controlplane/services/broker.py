@@ -65,7 +65,7 @@ def connect(ctx: Context, user: Claims, pool_name: str) -> Connection:
     if verdict is not None:
         identity.revoke_user(ctx, user.sub, actor="broker")
         raise Forbidden(f"pool: {verdict}", field="pool")
-    limits = sessions.limits_for(ctx, user=user.sub, groups=frozenset(user.groups), pool=pool_name)
+    limits = sessions.limits_for(ctx, groups=frozenset(user.groups), pool=pool_name)
     now = ctx.clock.now()
     with session_scope(ctx.engine) as session:
         desktop = tickets.assigned(session=session, pool_id=pool.id or 0, username=user.sub)

@@ -34,8 +34,8 @@ class Limits:
     start_page: str | None = None  # what the browser shows when the desktop is handed to the agent
 
 
-def limits_for(ctx: Context, *, user: str, groups: frozenset[str], pool: str) -> Limits:
-    """The session rules of USER on a desktop of POOL, from the effective policy."""
+def limits_for(ctx: Context, *, groups: frozenset[str], pool: str) -> Limits:
+    """The session rules of an agent in GROUPS on a desktop of POOL, from the effective policy."""
     eff = effective(policies.active(ctx), groups, pool)
     rules = eff.session
     return Limits(idle_s=rules.idle_timeout_minutes * 60.0, max_s=rules.max_session_hours * 3600.0,

@@ -564,6 +564,6 @@ def test_a_shutdown_keeps_the_agents_hold_on_the_desktop(served, ctx, clock):
     assert asyncio.run(agent()) == 1001
     served.thread.join(timeout=15)
     (row, _), = desktops.list_all(ctx)
-    grace = sessions.limits_for(ctx, user="alice", groups=frozenset({SALES}), pool="sales").grace_s
+    grace = sessions.limits_for(ctx, groups=frozenset({SALES}), pool="sales").grace_s
     assert row.assigned_to == "alice"
     assert row.grace_until > clock.now() + timedelta(seconds=grace)  # the live hold, not a grace from now
