@@ -1,4 +1,5 @@
-"""The reconciler's steps: one small, idempotent function per planned action.
+"""The reconciler's steps: one small, idempotent function per kind of planned action (STEPS), or
+per pass for the kinds that only write rows (BATCHES).
 
 Each step re-reads its row and checks its precondition first (the plan may be a moment old),
 then does one thing. Crash points name the lines a crash test kills the process at; a crash
@@ -91,15 +92,6 @@ def create_desktops(ctx: Context, actions: Sequence[p.CreateDesktop]) -> Batch:
 
 def bring_up(ctx: Context, a: BringUp) -> None:
     _bring_up(ctx, p.Provision(a.desktop_id), a.spec, timedelta(0), a.host_id)
-
-
-def create_desktop(ctx: Context, a: p.CreateDesktop) -> None:
-    """One desktop: its row, then at once its provisioning (`create_desktops` for one)."""
-    for up in create_desktops(ctx, [a]).follow_up:
-        try:
-            bring_up(ctx, up)
-        except TemporaryError as err:  # the row exists now: it backs off like any desktop
-            retry_later(ctx, up.desktop_id, err.delay, str(err))
 
 
 def _free_names(session: Session, instance: str, pool_names: list[str]) -> list[str]:
@@ -353,11 +345,6 @@ def drain(ctx: Context, a: p.Drain) -> None:
     _transition(ctx, a.desktop_id, S.DRAINING, "desktop.drain")
 
 
-def delete(ctx: Context, a: p.Delete) -> None:
-    for _, err in delete_many(ctx, [a]).refused:
-        raise err
-
-
 def delete_many(ctx: Context, actions: Sequence[p.Delete]) -> Batch:
     """Mark for teardown, in one transaction. The plan was made from a snapshot: an agent's desktop
     whose hold was renewed since (a reconnect, a live session's heartbeat) is left alone (refused,
@@ -458,7 +445,6 @@ def drop_pool(ctx: Context, a: p.DropPool) -> None:
 
 
 STEPS: dict[type, Callable[[Context, Any], None]] = {
-    p.CreateDesktop: create_desktop,
     BringUp: bring_up,
     p.Provision: provision,
     p.MarkReady: mark_ready,
@@ -468,7 +454,6 @@ STEPS: dict[type, Callable[[Context, Any], None]] = {
     p.Recycle: recycle,
     p.Recreate: recreate,
     p.Drain: drain,
-    p.Delete: delete,
     p.Teardown: teardown,
     p.Evacuate: evacuate,
     p.Adopt: adopt,

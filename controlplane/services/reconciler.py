@@ -39,7 +39,7 @@ from controlplane.services.observation import Observation
 log = logging.getLogger(__name__)
 LEASE = "reconciler"
 STEPS = {**provisioning.STEPS, **templates.STEPS}
-BATCHES = provisioning.BATCHES  # kinds of step a pass does for all its actions at once
+BATCHES = provisioning.BATCHES  # kinds of action a pass does for all its actions at once (not in STEPS)
 Step = Action | TemplateAction | provisioning.BringUp
 
 
@@ -111,14 +111,18 @@ class Reconciler:
         current.rollouts = rolling
         now = self.ctx.clock.now()
         due = [a for a in current.actions if a not in self._held or self._held[a][1] <= now]
-        backing_off = frozenset(d.id for d in seen.desktops if d.retry_at is not None)
-        steps: list[Action | provisioning.BringUp] = [a for a in due if type(a) not in BATCHES]
+        self._act(due, frozenset(d.id for d in seen.desktops if d.retry_at is not None))
+        return current
+
+    def _act(self, due: list[Action], backing_off: Collection[int] | None = None) -> None:
+        """Carry out DUE: each kind in BATCHES in one transaction, then every step on its own, in
+        parallel. BACKING_OFF: see `_perform`."""
+        steps: list[Step] = [a for a in due if type(a) not in BATCHES]
         for kind, batch in BATCHES.items():
             steps += self._perform_batch(batch, [a for a in due if type(a) is kind], backing_off)
         futures = [self._pool.submit(self._perform, step, backing_off) for step in steps]
         for future in futures:
             future.result()
-        return current
 
     def _advance_rollouts(self) -> int:
         """Image rollouts take their next step (rebuilds marked here are carried out this pass)."""
@@ -155,7 +159,7 @@ class Reconciler:
                 self._succeeded(action, backing_off)
 
     def _perform_batch(self, batch: Callable[[Context, Sequence[Any]], provisioning.Batch], actions: list[Any],
-                       backing_off: Collection[int]) -> list[provisioning.BringUp]:
+                       backing_off: Collection[int] | None) -> list[provisioning.BringUp]:
         """ACTIONS of one kind in one transaction (BATCH); returns the steps each leaves to do."""
         if not actions or not self._lease_kept():
             return []

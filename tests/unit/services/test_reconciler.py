@@ -544,8 +544,7 @@ def test_a_delete_planned_from_a_stale_look_spares_a_desktop_its_agent_came_back
     planned = rec.observe_and_plan().actions
     assert any(isinstance(a, Delete) for a in planned)
     assert broker.connect(ctx, alice, "sales").desktop == first.desktop  # back just in time
-    for action in planned:
-        rec._perform(action)
+    rec._act(planned)
     rec.close()
     row, _ = desktops.get(ctx, first.desktop)
     assert row.state == S.IN_USE and row.assigned_to == "alice"
