@@ -173,11 +173,8 @@ _PARSED_LOCK = threading.Lock()  # the reconciler's workers ask at once
 
 
 def active(ctx: Context) -> list[Policy]:
-    """The policies in force. Every reconcile step that places a desktop asks, so the current
-    revision's documents are read and parsed once: a revision never changes, and its sha256 (of
-    the documents) names what they hold in any database."""
-    with session_scope(ctx.engine) as session:
-        return active_in(session)
+    """The policies in force."""
+    return in_force(ctx)[1]
 
 
 def active_in(session: Session) -> list[Policy]:
@@ -192,6 +189,9 @@ def in_force(ctx: Context) -> tuple[int | None, list[Policy]]:
 
 
 def in_force_in(session: Session) -> tuple[int | None, list[Policy]]:
+    """`in_force` in SESSION's transaction. Every step that places a desktop and every connect
+    asks, so only the head's id and sha256 are read; its documents are read and parsed once: a
+    revision never changes, and its sha256 (of the documents) names what they hold in any database."""
     head = repo.head(session=session)
     if head is None:
         return None, []
