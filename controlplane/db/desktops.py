@@ -70,9 +70,7 @@ def using_image(*, session: Session, image_id: int) -> list[Desktop]:
 
 
 def create(*, session: Session, desktop: Desktop) -> Desktop:
-    session.add(desktop)
-    session.flush()
-    return desktop
+    return create_all(session=session, desktops=[desktop])[0]
 
 
 def create_all(*, session: Session, desktops: list[Desktop]) -> list[Desktop]:
