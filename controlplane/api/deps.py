@@ -6,6 +6,7 @@ any logged-in user acting on their own objects (the services check ownership).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -38,7 +39,10 @@ def actor_of(user: Annotated[Claims, Depends(current_admin)]) -> str:
     return user.sub
 
 
-def wake_reconciler(request: Request) -> None:
+def wake_reconciler(request: Request) -> Iterator[None]:
+    """Wake the reconciler once the request's change is committed (after the handler: woken
+    before it, a pass would see the old world and the change would wait a whole period)."""
+    yield
     reconciler = getattr(request.app.state, "reconciler", None)
     if reconciler is not None:
         reconciler.wake.set()

@@ -150,6 +150,7 @@ class Reconciler:
         looked (only their success has a back-off to clear; None: any may have one)."""
         if not self._lease_kept():
             return  # another reconciler acts now: doing anything more could undo its work
+        log.debug("step %s", action)
         with self._fenced():
             try:
                 STEPS[type(action)](self.ctx, action)

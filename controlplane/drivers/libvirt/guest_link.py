@@ -265,6 +265,7 @@ class GuestLinks:
     # --- the reader ------------------------------------------------------------------------------
 
     def _send(self, name: str, link: _Link, frame: bytes) -> bool:
+        log.debug("guest %s is sent %d bytes", name, len(frame))
         try:
             with link.send_lock:
                 link.sock.sendall(frame)
@@ -305,6 +306,7 @@ class GuestLinks:
             return
         try:
             for msg in link.decoder.feed(data):
+                log.debug("guest %s says %s", name, msg.type)
                 if link.messages.delay(1) > 0:
                     raise ch.ProtocolError(f"flood: more than {int(self.budget.messages_per_s)} messages/s")
                 with self._lock:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 from fastapi.testclient import TestClient
 
 from controlplane.db import audit
+from controlplane.db import pools as pools_db
 from controlplane.db.engine import session_scope
 from controlplane.main import create_app
 from controlplane.services.reconciler import Reconciler
@@ -98,3 +101,22 @@ def test_unknown_objects_are_404_and_duplicates_409(client, image):
 def test_openapi_documents_the_api(client):
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/api/v1/images", "/api/v1/pools", "/api/v1/pools/{name}", "/api/v1/desktops/{name}/rebuild"} <= set(paths)
+
+
+def test_a_change_wakes_the_reconciler_once_it_is_committed(client, ctx):
+    """The reconciler is woken to act on an admin's change at once: woken before the change is
+    committed, its pass sees the old world and the change waits a whole period (2 s)."""
+    seen: list[int | None] = []
+
+    class Wake:
+        def set(self) -> None:
+            with session_scope(ctx.engine) as session:
+                pool = pools_db.get_by_name(session=session, name="sales")
+                seen.append(None if pool is None else pool.target_size)
+
+    client.app.state.reconciler = SimpleNamespace(wake=Wake())
+    assert client.post("/api/v1/images", json={"recipe": "busybox-desktop"}).status_code == 201
+    r = client.post("/api/v1/pools", json={"name": "sales", "image": "busybox-desktop", "size": 2})
+    assert r.status_code == 201
+    assert client.patch("/api/v1/pools/sales", json={"size": 3}).status_code == 200
+    assert seen == [2, 3]
