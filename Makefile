@@ -41,8 +41,11 @@ portal: agents/node_modules/.installed
 run: setup
 	SHIFTDESK_DATA_DIR=$(RUN_DATA) SHIFTDESK_INSTANCE=$(RUN_INSTANCE) bash scripts/demo.sh
 
+# Python programs of the agent-desktop image without a .py name (ruff lints them when named)
+GUEST_PROGRAMS = images/guest-agent/shiftdesk-guest-agent images/recipes/agent-desktop/rootfs/usr/lib/shiftdesk/apply-apps
+
 lint: venv
-	$(BIN)/ruff check controlplane tests bench images
+	$(BIN)/ruff check controlplane tests bench images $(GUEST_PROGRAMS)
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 
@@ -57,7 +60,7 @@ e2e: setup
 
 # e2e on SQLite (what `make run` uses); integration on PostgreSQL, then a subset of it on SQLite
 test: setup
-	$(BIN)/ruff check controlplane tests bench images
+	$(BIN)/ruff check controlplane tests bench images $(GUEST_PROGRAMS)
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 	$(BIN)/pytest -q --durations=10 tests/e2e

@@ -376,7 +376,7 @@ ENABLE = {  # unit -> target whose .wants/ pulls it in (the unit is ours in /etc
     # The app allowlist: fapolicyd enforces it, apply-apps sets it from the host's signed list;
     # the session's state lives on a noexec tmpfs (fapolicyd does not watch /run itself).
     "fapolicyd.service": "multi-user.target",
-    "shiftdesk-apps.path": "multi-user.target",
+    "shiftdesk-apps.service": "multi-user.target",
     "run-shiftdesk-session.mount": "local-fs.target",
     # The NIC: IPv4 by DHCP from the host (/etc/systemd/network), names by the DNS server it gives.
     "systemd-networkd.service": "multi-user.target",

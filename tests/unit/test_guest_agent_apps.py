@@ -4,10 +4,15 @@ and refuses what `domain.app_policy.verify` refuses, with the reason word the ho
 
 from __future__ import annotations
 
+import base64
 import importlib.machinery
 import importlib.util
 import json
+import os
+import queue
 import sys
+import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -102,47 +107,64 @@ class Sent:
         self.messages.append((kind, fields))
 
 
-def test_a_list_written_while_the_last_apply_finishes_is_written_again_until_answered(agent, tmp_path, monkeypatch):
-    """systemd drops a path event that comes while shiftdesk-apps.service is still active: the
-    first write goes unseen here, and a late answer about another revision is not ours."""
+def test_a_list_handed_over_while_apply_apps_is_away_is_handed_over_again_until_answered(agent, tmp_path,
+                                                                                        monkeypatch):
+    """apply-apps is restarting when the list comes: the first kick reaches nobody. It answers
+    the list once it listens; an earlier answer about another revision is not ours."""
     monkeypatch.setattr(agent, "APPS_DIR", tmp_path)
+    monkeypatch.setattr(agent, "KICK", tmp_path / "kick")
+    monkeypatch.setattr(agent, "RESULT", tmp_path / "result")
     monkeypatch.setattr(agent, "RETRIGGER_S", 0.3)
-    (tmp_path / "result").write_text("applied 2\n")  # the previous apply's answer
+    os.mkfifo(tmp_path / "kick", 0o600)
+    (tmp_path / "result").write_text("applied 2\n")  # the previous list's answer
     signed = sign(KEY, AppPolicy.of(NAME, 3, {"mousepad"}))
-    seen: list[int] = []
+    woken: list[bytes] = []
 
-    def systemd() -> None:  # starts apply-apps on the second write only
-        last = None
-        while len(seen) < 2:
-            try:
-                stamp = (tmp_path / "policy.json").stat().st_mtime_ns, (tmp_path / "policy.json").stat().st_ino
-            except FileNotFoundError:
-                continue
-            if stamp != last:
-                last = stamp
-                seen.append(json.loads((tmp_path / "policy.json").read_text())["doc"] == signed.document)
-        (tmp_path / "result").write_text("applied 3\n")
+    def apply_apps() -> None:  # comes up late, and answers what it finds after a kick
+        time.sleep(0.5)
+        fd = os.open(tmp_path / "kick", os.O_RDWR)
+        woken.append(os.read(fd, 64))
+        if json.loads((tmp_path / "policy.json").read_text())["doc"] == signed.document:
+            (tmp_path / "result").write_text("applied 3\n")
 
-    import threading  # noqa: PLC0415
-
-    threading.Thread(target=systemd, daemon=True).start()
+    threading.Thread(target=apply_apps, daemon=True).start()
     link = Sent()
     agent.hand_over(link, {"doc": signed.document, "sig": signed.signature}, 3)
     assert link.messages == [("apps_applied", {"revision": 3})]
-    assert len(seen) == 2 and all(seen)
+    assert woken and woken[0].startswith(b"\n")
 
 
 def test_the_agent_says_ready_only_once_the_app_enforcer_is_active(agent, tmp_path, monkeypatch):
     """A template is saved when it says `ready`: saved with fapolicyd still starting (or failed),
-    none of its clones could apply an allowlist."""
+    or before apply-apps listens, none of its clones could apply an allowlist."""
     monkeypatch.setattr(agent, "READY_FILE", tmp_path / "ready")
+    monkeypatch.setattr(agent, "KICK", tmp_path / "kick")
     (tmp_path / "ready").write_text("firefox-esr\n")
+    os.mkfifo(tmp_path / "kick", 0o600)
     states = iter([1, 3, 0])  # systemctl is-active: inactive, unknown, active
     monkeypatch.setattr(agent.subprocess, "run", lambda *a, **k: SimpleNamespace(returncode=next(states)))
     link = Sent()
-    assert not agent.tell_ready(link) and not agent.tell_ready(link) and link.messages == []
-    assert agent.tell_ready(link)
+    assert not agent.tell_ready(link)  # apply-apps does not listen yet
+    reader = os.open(tmp_path / "kick", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        assert not agent.tell_ready(link) and not agent.tell_ready(link) and link.messages == []
+        assert agent.tell_ready(link)
+    finally:
+        os.close(reader)
     assert link.messages == [("ready", {"window": "firefox-esr"})]
+
+
+def test_once_fapolicyd_is_active_its_process_is_watched_instead_of_asking_systemctl(agent, tmp_path, monkeypatch):
+    monkeypatch.setattr(agent, "ENFORCER_PIDFILE", tmp_path / "fapolicyd.pid")
+    monkeypatch.setattr(agent, "ENFORCER_PID", [])
+    (tmp_path / "fapolicyd.pid").write_text(f"{os.getpid()}\n")
+    asked: list[int] = []
+    monkeypatch.setattr(agent.subprocess, "run", lambda *a, **k: asked.append(1) or SimpleNamespace(returncode=0))
+    names = {os.getpid(): "fapolicyd"}
+    monkeypatch.setattr(agent, "process_name", lambda pid: names.get(pid))
+    assert agent.enforcer_active() and agent.enforcer_active() and len(asked) == 1
+    names.clear()  # it died: systemctl is asked again
+    assert agent.enforcer_active() and len(asked) == 2
 
 
 def load_apply_apps():
@@ -153,13 +175,116 @@ def load_apply_apps():
     return module
 
 
+class FakeFapolicyd:
+    """Reads its fifo as fapolicyd does and logs `Updated` for each reload it is asked for, but
+    the first IGNORE (as if our journal reader had not been attached yet)."""
+
+    def __init__(self, fifo: Path, ignore: int = 0) -> None:
+        os.mkfifo(fifo, 0o660)
+        self.fd = os.open(fifo, os.O_RDWR)
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.asked, self.ignore = 0, ignore
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            for _ in range(os.read(self.fd, 64).count(b"1\n")):
+                self.asked += 1
+                if self.asked > self.ignore:
+                    self.lines.put("Updated\n")
+
+    def journal(self):
+        yield "Starting to listen for events\n"
+        while True:
+            yield self.lines.get()
+
+
+@pytest.fixture
+def apply_apps(tmp_path, monkeypatch):
+    """apply-apps with every file it touches under TMP_PATH, on a two-app catalogue."""
+    module = load_apply_apps()
+    for name, where in {"POLICY": "apps/policy.json", "RESULT": "ours/result", "KICK": "ours/kick",
+                        "APPLIED": "lib/revision", "PINNED_KEY": "policy-key", "CATALOGUE": "apps.json",
+                        "TRUST": "fapolicyd/trust.d/shiftdesk-apps.trust", "TINT2": "launcher/tint2rc",
+                        "FAPOLICYD_FIFO": "fapolicyd.fifo"}.items():
+        monkeypatch.setattr(module, name, tmp_path / where)
+        (tmp_path / where).parent.mkdir(parents=True, exist_ok=True)
+    monkeypatch.setattr(module, "TINT2_BASE", AGENT.parents[1] / "recipes/agent-desktop/rootfs/etc/shiftdesk/tint2rc")
+    monkeypatch.setattr(module, "desktop_processes", lambda: [])
+    monkeypatch.setattr(module.socket, "gethostname", lambda: NAME)
+    (tmp_path / "apps.json").write_text(json.dumps({
+        "firefox-esr": {"launcher": "/usr/share/shiftdesk/applications/browser.desktop",
+                        "executables": ["/usr/lib/firefox-esr/firefox-esr"],
+                        "trust": ["/usr/lib/firefox-esr/firefox-esr 10 " + "a" * 64]},
+        "mousepad": {"launcher": "/usr/share/shiftdesk/applications/editor.desktop",
+                     "executables": ["/usr/bin/mousepad"], "trust": ["/usr/bin/mousepad 20 " + "b" * 64]}}))
+    (tmp_path / "policy-key").write_text(public_bytes(KEY).hex())
+    (tmp_path / "fapolicyd/trust.d/shiftdesk-apps.trust").write_text("/usr/lib/firefox-esr/firefox-esr 10 " + "a" * 64)
+    return module
+
+
+def hand(apply_apps, revision: int, apps: set[str], key: Ed25519PrivateKey = KEY) -> None:
+    """What the guest agent writes for apply-apps."""
+    signed = sign(key, AppPolicy.of(NAME, revision, apps))
+    apply_apps.POLICY.write_text(json.dumps({"doc": signed.document,
+                                             "sig": base64.b64encode(signed.signature).decode()}))
+
+
+def test_apply_apps_puts_a_signed_list_in_force_and_answers_the_same_list_at_once(apply_apps, tmp_path):
+    fapolicyd = FakeFapolicyd(tmp_path / "fapolicyd.fifo")
+    updates = apply_apps.Updates(fapolicyd.journal())
+    trust = tmp_path / "fapolicyd/trust.d/shiftdesk-apps.trust"
+    hand(apply_apps, 3, {"mousepad"})
+    apply_apps.answer(updates)
+    assert apply_apps.RESULT.read_text() == "applied 3\n"
+    assert trust.read_text() == "/usr/bin/mousepad 20 " + "b" * 64 + "\n" and fapolicyd.asked == 1
+    assert [line for line in apply_apps.TINT2.read_text().splitlines() if line.startswith("launcher_item_app")] \
+        == ["launcher_item_app = /usr/share/shiftdesk/applications/editor.desktop"]
+    apply_apps.answer(updates)  # handed over again while the agent waited: in force already
+    assert apply_apps.RESULT.read_text() == "applied 3\n" and fapolicyd.asked == 1
+
+    before = trust.read_text()
+    hand(apply_apps, 2, {"firefox-esr"})
+    apply_apps.answer(updates)
+    assert apply_apps.RESULT.read_text() == "refused 2 stale\n"
+    hand(apply_apps, 4, {"firefox-esr"}, key=Ed25519PrivateKey.generate())
+    apply_apps.answer(updates)
+    assert apply_apps.RESULT.read_text() == "refused 4 bad-signature\n"
+    assert trust.read_text() == before and fapolicyd.asked == 1
+
+
+def test_a_reload_fapolicyd_did_not_report_is_asked_for_again(apply_apps, tmp_path, monkeypatch):
+    monkeypatch.setattr(apply_apps, "REKICK_S", 0.2)
+    fapolicyd = FakeFapolicyd(tmp_path / "fapolicyd.fifo", ignore=1)
+    hand(apply_apps, 3, {"mousepad"})
+    apply_apps.answer(apply_apps.Updates(fapolicyd.journal()))
+    assert apply_apps.RESULT.read_text() == "applied 3\n" and fapolicyd.asked == 2
+
+
+def test_apply_apps_answers_each_list_it_is_woken_for(apply_apps, tmp_path):
+    fapolicyd = FakeFapolicyd(tmp_path / "fapolicyd.fifo")
+    os.mkfifo(apply_apps.KICK, 0o620)
+    threading.Thread(target=apply_apps.serve, args=(apply_apps.Updates(fapolicyd.journal()), apply_apps.kicks()),
+                     daemon=True).start()
+    for revision, apps in ((3, {"mousepad"}), (5, {"firefox-esr", "mousepad"})):
+        hand(apply_apps, revision, apps)
+        fd = os.open(apply_apps.KICK, os.O_WRONLY | os.O_NONBLOCK)
+        os.write(fd, b"\n")
+        os.close(fd)
+        deadline = time.monotonic() + 10
+        while not (apply_apps.RESULT.exists() and apply_apps.RESULT.read_text() == f"applied {revision}\n"):
+            assert time.monotonic() < deadline, f"no answer about revision {revision}"
+            time.sleep(0.02)
+    assert fapolicyd.asked == 2
+
+
 @pytest.mark.parametrize(("states", "up"), [
     (["activating", "activating", "active"], True),  # a restart is waited out
     (["failed"], False),
     (["inactive"], False),
 ])
-def test_apply_apps_answers_enforcer_down_instead_of_staying_silent(monkeypatch, states, up):
-    apply_apps = load_apply_apps()
+def test_apply_apps_answers_enforcer_down_instead_of_staying_silent(apply_apps, monkeypatch, states, up):
+    """fapolicyd does not listen on its fifo (no fifo here): its unit says whether it comes back."""
     answers = iter(states)
     monkeypatch.setattr(apply_apps.subprocess, "run", lambda *a, **k: SimpleNamespace(stdout=next(answers) + "\n"))
     monkeypatch.setattr(apply_apps.time, "sleep", lambda s: None)
@@ -167,4 +292,4 @@ def test_apply_apps_answers_enforcer_down_instead_of_staying_silent(monkeypatch,
     if not up:
         with pytest.raises(apply_apps.Refused, match="enforcer-down"):
             answers = iter(states)
-            apply_apps.reload_trust()
+            apply_apps.reload_trust(apply_apps.Updates(iter(()), on_end=lambda: None))
