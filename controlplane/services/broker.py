@@ -59,38 +59,48 @@ def digest(ticket: str) -> str:
 @telemetry.CONNECT.time()
 def connect(ctx: Context, user: Claims, pool_name: str) -> Connection:
     """Claim (or find again) the agent's desktop and issue a ticket, in one transaction with the
-    disconnect grace: a crash at any point leaves either nothing or an assignment that expires."""
-    pool = identity.require_entitled(ctx, user, pool_name)
-    verdict = sessions.standing(ctx, user=user.sub, pool=pool_name)
+    disconnect grace: a crash at any point leaves either nothing or an assignment that expires.
+    One unit of work: entitlement, the directory's verdict, the session rules and the claim are
+    read and written in that transaction (the directory is asked before it opens)."""
+    said = sessions.ask_directory(ctx, user.sub)
+    with session_scope(ctx.engine) as session:
+        pool = identity.require_entitled_in(session, user, pool_name)
+        verdict = sessions.standing_in(session, said, pool_name)
+        if verdict is None:
+            limits = sessions.limits_in(session, groups=frozenset(user.groups), pool=pool_name)
+            connection, reconnect, host_id = _assign(ctx, session, user, pool, limits)
     if verdict is not None:
         identity.revoke_user(ctx, user.sub, actor="broker")
         raise Forbidden(f"pool: {verdict}", field="pool")
-    limits = sessions.limits_for(ctx, groups=frozenset(user.groups), pool=pool_name)
-    now = ctx.clock.now()
-    with session_scope(ctx.engine) as session:
-        desktop = tickets.assigned(session=session, pool_id=pool.id or 0, username=user.sub)
-        reconnect = desktop is not None
-        if desktop is None:
-            desktop = _claim_running(ctx, session, pool.id or 0, user.sub)
-        if desktop is None:
-            raise TemporaryError(f"pool {pool_name}: no desktop is ready yet; try again in a moment", delay=5)
-        desktop.assigned_groups = sorted(user.groups)  # its egress follows this agent's policy from now on
-        ticket = secrets.token_urlsafe(32)
-        expires = now + timedelta(seconds=ctx.ticket_ttl_s)
-        tickets.create(session=session, ticket=ConnectTicket(digest=digest(ticket), username=user.sub,
-                                                             desktop_id=desktop.id or 0, expires_at=expires))
-        hold = expires + timedelta(seconds=limits.grace_s)  # an assignment nobody opens expires like a drop
-        if desktop.grace_until is None or desktop.grace_until < hold:
-            desktop.grace_until = hold
-            session.add(desktop)
-        ctx.crashpoint("broker.connect")
-        audit.append(session=session, actor=user.sub, action="session.assign" if not reconnect else "session.reconnect",
-                     target=desktop.name, pool=pool_name)
-        connection = Connection(ticket=ticket, desktop=desktop.name, expires_at=expires)
-        host_id = desktop.host_id
     if not reconnect and limits.start_page:  # a reconnect finds the agent's browser as it was left
         ctx.driver(host_id).show_page(connection.desktop, limits.start_page)
     return connection
+
+
+def _assign(ctx: Context, session: Session, user: Claims, pool: Pool,
+            limits: sessions.Limits) -> tuple[Connection, bool, int]:
+    """`connect`'s writes in SESSION: the agent's desktop (found again, or claimed), its ticket and
+    its hold. Returns the connection, whether it was a reconnect, and the desktop's host."""
+    now = ctx.clock.now()
+    desktop = tickets.assigned(session=session, pool_id=pool.id or 0, username=user.sub)
+    reconnect = desktop is not None
+    if desktop is None:
+        desktop = _claim_running(ctx, session, pool.id or 0, user.sub)
+    if desktop is None:
+        raise TemporaryError(f"pool {pool.name}: no desktop is ready yet; try again in a moment", delay=5)
+    desktop.assigned_groups = sorted(user.groups)  # its egress follows this agent's policy from now on
+    ticket = secrets.token_urlsafe(32)
+    expires = now + timedelta(seconds=ctx.ticket_ttl_s)
+    tickets.create(session=session, ticket=ConnectTicket(digest=digest(ticket), username=user.sub,
+                                                         desktop_id=desktop.id or 0, expires_at=expires))
+    hold = expires + timedelta(seconds=limits.grace_s)  # an assignment nobody opens expires like a drop
+    if desktop.grace_until is None or desktop.grace_until < hold:
+        desktop.grace_until = hold
+        session.add(desktop)
+    ctx.crashpoint("broker.connect")
+    audit.append(session=session, actor=user.sub, action="session.assign" if not reconnect else "session.reconnect",
+                 target=desktop.name, pool=pool.name)
+    return Connection(ticket=ticket, desktop=desktop.name, expires_at=expires), reconnect, desktop.host_id
 
 
 def _answers(ctx: Context, desktop: Desktop) -> bool:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from sqlmodel import Session
+
 from controlplane.db import audit, pools, sessions
 from controlplane.db.engine import session_scope
 from controlplane.db.models import ApiSession, Pool
@@ -124,14 +126,25 @@ def revoke_user(ctx: Context, username: str, *, actor: str) -> int:
 def entitled_pools(ctx: Context, groups: frozenset[str] | tuple[str, ...]) -> list[Pool]:
     """Pools naming one of GROUPS (canonical DNs or SIDs, as pools store them; a bare name stored
     before DN matching matches nothing)."""
-    mine = set(groups)
     with session_scope(ctx.engine) as session:
-        return [p for p in pools.list_all(session=session) if not p.deleting and mine & set(p.groups)]
+        return entitled_pools_in(session, groups)
+
+
+def entitled_pools_in(session: Session, groups: frozenset[str] | tuple[str, ...]) -> list[Pool]:
+    """`entitled_pools`, read in SESSION's transaction."""
+    mine = set(groups)
+    return [p for p in pools.list_all(session=session) if not p.deleting and mine & set(p.groups)]
 
 
 def require_entitled(ctx: Context, claims: Claims, pool: str) -> Pool:
     """The pool if CLAIMS' groups are entitled to it; otherwise Forbidden (same for unknown pools)."""
-    for p in entitled_pools(ctx, claims.groups):
+    with session_scope(ctx.engine) as session:
+        return require_entitled_in(session, claims, pool)
+
+
+def require_entitled_in(session: Session, claims: Claims, pool: str) -> Pool:
+    """`require_entitled`, read in SESSION's transaction."""
+    for p in entitled_pools_in(session, claims.groups):
         if p.name == pool:
             return p
     raise Forbidden(f"pool: you are not entitled to {pool!r}", field="pool")

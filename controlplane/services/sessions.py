@@ -11,13 +11,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlmodel import Session
+
 from controlplane.db import audit, desktops, display_sessions
 from controlplane.db import sessions as api_sessions
 from controlplane.db.engine import session_scope
 from controlplane.db.models import DisplaySession, Pool
 from controlplane.domain.desktop import DesktopState
 from controlplane.domain.planning import HOST_FAILED, QUARANTINE
-from controlplane.domain.policy import effective
+from controlplane.domain.policy import Policy, effective
+from controlplane.domain.ports import Identity
 from controlplane.domain.rfb.stream import Event
 from controlplane.domain.session import NEEDS_SIGN_IN, EndReason
 from controlplane.errors import Conflict, TemporaryError
@@ -36,7 +39,16 @@ class Limits:
 
 def limits_for(ctx: Context, *, groups: frozenset[str], pool: str) -> Limits:
     """The session rules of an agent in GROUPS on a desktop of POOL, from the effective policy."""
-    eff = effective(policies.active(ctx), groups, pool)
+    return _limits(policies.active(ctx), groups, pool)
+
+
+def limits_in(session: Session, *, groups: frozenset[str], pool: str) -> Limits:
+    """`limits_for`, read in SESSION's transaction."""
+    return _limits(policies.active_in(session), groups, pool)
+
+
+def _limits(rules_in_force: list[Policy], groups: frozenset[str], pool: str) -> Limits:
+    eff = effective(rules_in_force, groups, pool)
     rules = eff.session
     return Limits(idle_s=rules.idle_timeout_minutes * 60.0, max_s=rules.max_session_hours * 3600.0,
                   grace_s=rules.disconnect_grace_minutes * 60.0, start_page=eff.start_page)
@@ -165,18 +177,44 @@ def heartbeat(ctx: Context, display: Display, *, limits: Limits, period_s: float
     return None
 
 
+@dataclass(frozen=True)
+class DirectorySays:
+    """What the directory said of a user: nothing (KNOWN false: there is none, or it did not
+    answer), or their entry (None: no such user)."""
+
+    known: bool
+    entry: Identity | None = None
+
+
+def ask_directory(ctx: Context, user: str) -> DirectorySays:
+    """The directory's entry for USER now, asked before any transaction is open (a slow directory
+    then holds no database connection). One that cannot be reached says nothing."""
+    if ctx.directory is None:
+        return DirectorySays(known=False)
+    try:
+        return DirectorySays(known=True, entry=ctx.directory.lookup(user))
+    except TemporaryError:
+        return DirectorySays(known=False)
+
+
 def standing(ctx: Context, *, user: str, pool: str) -> EndReason | None:
     """What the directory says of USER now: None while they are enabled and entitled to POOL.
     A directory that cannot be reached says nothing (sessions go on while AD is down)."""
-    if ctx.directory is None:
+    said = ask_directory(ctx, user)
+    if not said.known:
         return None
-    try:
-        who = ctx.directory.lookup(user)
-    except TemporaryError:
+    with session_scope(ctx.engine) as session:
+        return standing_in(session, said, pool)
+
+
+def standing_in(session: Session, said: DirectorySays, pool: str) -> EndReason | None:
+    """What SAID means for the user on POOL: None while they are enabled and entitled to it (or
+    the directory said nothing: sessions go on while AD is down). Reads in SESSION's transaction."""
+    if not said.known:
         return None
-    if who is None or not who.enabled:
+    if said.entry is None or not said.entry.enabled:
         return EndReason.ACCOUNT_DISABLED
-    if not any(p.name == pool for p in identity.entitled_pools(ctx, who.groups)):
+    if not any(p.name == pool for p in identity.entitled_pools_in(session, said.entry.groups)):
         return EndReason.NOT_ENTITLED
     return None
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from controlplane.db.engine import session_scope
 from controlplane.errors import Forbidden, TemporaryError
@@ -129,6 +129,38 @@ def test_connect_is_one_transaction_claim_ticket_and_grace(ctx, ready_pool):
     c = broker.connect(ctx, ALICE, "sales")
     row = desktops.get(ctx, c.desktop)[0]
     assert row.state == "in_use" and row.grace_until is not None  # recycled if the ticket is never used
+
+
+@pytest.mark.with_directory
+def test_a_connect_is_one_unit_of_work_and_the_directory_is_asked_outside_it(ctx, ready_pool, directory):
+    """Entitlement, the directory's verdict, the session rules, the claim and the ticket: one
+    transaction (each opened its own: four per connect). The directory is asked while none is
+    open, so a slow directory holds no database connection."""
+    begun: list[str] = []
+    committed: list[str] = []
+    asked_while_open: list[int] = []
+    lookup = directory.lookup
+
+    def counting_lookup(user):
+        asked_while_open.append(len(begun) - len(committed))
+        return lookup(user)
+
+    def on_begin(conn):
+        begun.append("begin")
+
+    def on_commit(conn):
+        committed.append("commit")
+
+    directory.lookup = counting_lookup
+    event.listen(ctx.engine, "begin", on_begin)
+    event.listen(ctx.engine, "commit", on_commit)
+    try:
+        broker.connect(ctx, ALICE, "sales")
+    finally:
+        event.remove(ctx.engine, "begin", on_begin)
+        event.remove(ctx.engine, "commit", on_commit)
+    assert begun == ["begin"] and committed == ["commit"]
+    assert asked_while_open == [0]
 
 
 @pytest.mark.with_directory
