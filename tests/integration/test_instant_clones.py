@@ -59,7 +59,7 @@ def test_two_clones_of_one_template_are_separate_desktops(real_ctx, golden):
     disks = [virsh("domblklist", n) for n in names]
     assert names[0] in disks[0] and names[1] in disks[1] and names[1] not in disks[0]
     assert hv.vnc_socket(names[0]).exists() and hv.vnc_socket(names[1]).exists()
-    assert not list(hv.run_dir.glob("*.restore"))  # the per-clone copy is gone once restored
+    assert not list(hv.run_dir.glob("*.restore"))  # no restore fifo is left once restored
 
     # writes of one clone land in its own overlay only
     before = [Path(hv._pool().storageVolLookupByName(f"{n}.qcow2").path()).stat().st_size for n in names]

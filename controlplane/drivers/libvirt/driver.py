@@ -578,8 +578,8 @@ class LibvirtHypervisor:
         return True
 
     def _sweep_restores(self, older_than_s: float = 600) -> None:
-        """Per-clone restore files a crash left behind (a live restore takes seconds)."""
-        for path in self.run_dir.glob("*.restore"):
+        """Per-clone restore fifos a crash left behind (a live restore takes seconds)."""
+        for path in [*self.run_dir.glob("*.restore"), *self.run_dir.glob(".*.restore.new")]:
             try:
                 if time.time() - path.stat().st_mtime > older_than_s:
                     path.unlink()
@@ -662,10 +662,10 @@ class LibvirtHypervisor:
             _write_secret(self.join_file(spec.name), spec.join_secret)  # sent with its identity
         self.serial_log(spec.name).unlink(missing_ok=True)
         self.links.forget(spec.name)
-        staged = self.run_dir / f"{spec.name}.restore"
-        save_image.write_clone(self.template_file(spec.template), staged, xml)
+        feed = save_image.CloneFeed(self.template_file(spec.template), self.run_dir / f"{spec.name}.restore", xml)
         try:
-            self.conn.restoreFlags(str(staged), None, libvirt.VIR_DOMAIN_SAVE_RUNNING)
+            with feed:
+                self.conn.restoreFlags(str(feed.path), None, libvirt.VIR_DOMAIN_SAVE_RUNNING)
             dom = self.conn.lookupByName(spec.name)
             self.conn.defineXML(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE))
         except libvirt.libvirtError as err:
@@ -673,8 +673,6 @@ class LibvirtHypervisor:
             if not self.conn.isAlive():
                 raise translate(err, f"restore {spec.name} from {template}") from err
             raise PermanentError(f"restore {spec.name} from {template}: {err.get_error_message()}") from err
-        finally:
-            staged.unlink(missing_ok=True)
         self._close_sockets(spec.name)
         self._plug_nic(spec)
         return overlay

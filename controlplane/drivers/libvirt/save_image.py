@@ -10,7 +10,8 @@ domain XML and a cookie, then QEMU's migration stream:
     92 + data_len: QEMU's stream
 
 So a clone is: the same header, *its* XML (new name, UUID, generation ID, disk, sockets), the
-same cookie, then the template's stream copied in the kernel (`copy_file_range`). The XML is
+same cookie, then the template's stream, fed to libvirt through a fifo from the template's own
+file (`CloneFeed`): clones share the one save file and copy nothing. The XML is
 edited as libvirt wrote it (addresses, labels and all), not re-rendered from our model, so
 nothing the device state depends on changes beyond what a clone must change. This trick
 lives here and nowhere else; the rest of ShiftDesk sees "restore a clone".
@@ -18,8 +19,10 @@ lives here and nowhere else; the rest of ShiftDesk sees "restore a clone".
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
+import threading
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,38 +76,92 @@ def read_header(path: Path) -> SaveHeader:
                       data[:xml_end].decode(), cookie)
 
 
-def write_clone(template: Path, out: Path, xml: str) -> None:
-    """Write OUT: TEMPLATE's save file with XML in place of its own. Removes OUT on any error."""
+def clone_head(template: Path, xml: str) -> tuple[bytes, SaveHeader]:
+    """A clone's header, XML and cookie (what precedes QEMU's stream), and TEMPLATE's header."""
     head = read_header(template)
     if head.compressed:
         raise PermanentError(f"save file {template.name}: compressed save files are not supported")
-    xml_bytes = xml.encode() + b"\0"
-    data = bytearray(xml_bytes)
+    data = bytearray(xml.encode() + b"\0")
     cookie_offset = 0
     if head.cookie:
         cookie_offset = len(data)
         data += head.cookie
     data += b"\0" * (-len(data) % 4096)  # keep QEMU's stream page-aligned, as libvirt does
     header = HEADER.pack(MAGIC, head.version, len(data), head.was_running, head.compressed, cookie_offset)
-    try:
-        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as dst, template.open("rb") as src:
-            dst.write(header + data)
-            dst.flush()
-            _copy_rest(src.fileno(), head.stream_offset, dst.fileno(), HEADER.size + len(data))
-    except BaseException:
-        out.unlink(missing_ok=True)
-        raise
+    return header + bytes(data), head
 
 
-def _copy_rest(src: int, src_off: int, dst: int, dst_off: int) -> None:
-    """Copy SRC from SRC_OFF to its end into DST at DST_OFF, inside the kernel."""
-    remaining = os.fstat(src).st_size - src_off
-    while remaining > 0:
-        done = os.copy_file_range(src, dst, min(remaining, 1 << 30), src_off, dst_off)
-        if done == 0:
-            raise PermanentError("save file copy: template shrank while copying")
-        src_off, dst_off, remaining = src_off + done, dst_off + done, remaining - done
+class CloneFeed:
+    """A clone's save file, served at PATH while the block runs: its header and XML, then
+    TEMPLATE's stream read in the kernel (sendfile). Nothing is copied: a per-clone file held the
+    whole memory image (1 GiB guest: about 700 MB) once more on disk and in the page cache, for
+    each clone of a burst at once.
+
+    PATH is a fifo, and every open of it gets the file from the start: as soon as a reader has
+    opened one fifo, a fresh one takes its name for the next. libvirt 9.0 opens a save file once;
+    later versions read the header in one open and restore from another.
+
+        with CloneFeed(template, staged, xml) as feed:
+            conn.restoreFlags(str(feed.path), None, flags)
+    """
+
+    def __init__(self, template: Path, path: Path, xml: str) -> None:
+        self.head, saved = clone_head(template, xml)
+        self.template, self.path, self.stream_offset = template, path, saved.stream_offset
+        self.served = 0  # readers that read it to the end
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name=f"feed-{path.name}", daemon=True)
+
+    def __enter__(self) -> CloneFeed:
+        self._fresh_fifo()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        for _ in range(300):  # the writer waiting for a reader is let go: its write fails, it stops
+            with contextlib.suppress(OSError):
+                os.close(os.open(self.path, os.O_RDONLY | os.O_NONBLOCK))
+            self._thread.join(timeout=0.1)
+            if not self._thread.is_alive():
+                break
+        self.path.unlink(missing_ok=True)
+
+    def _fresh_fifo(self) -> None:
+        """A new fifo under PATH's name (a reader that opened the old one keeps it)."""
+        scratch = self.path.with_name(f".{self.path.name}.new")
+        scratch.unlink(missing_ok=True)
+        os.mkfifo(scratch, 0o600)
+        scratch.replace(self.path)
+
+    def _serve(self) -> None:
+        with self.template.open("rb") as src:
+            size = os.fstat(src.fileno()).st_size
+            while not self._stop.is_set():
+                try:
+                    fd = os.open(self.path, os.O_WRONLY)  # waits for a reader
+                except OSError:
+                    return  # the fifo is gone
+                try:
+                    self._fresh_fifo()  # for the next open, which must start from the start
+                    if not self._stop.is_set():
+                        self._feed(fd, src.fileno(), size)
+                        self.served += 1
+                except OSError:
+                    continue  # the reader closed early (it looked at the header only)
+                finally:
+                    os.close(fd)
+
+    def _feed(self, fd: int, src: int, size: int) -> None:
+        view = memoryview(self.head)
+        while view:
+            view = view[os.write(fd, view):]
+        offset = self.stream_offset
+        while offset < size:
+            sent = os.sendfile(fd, src, offset, min(size - offset, 1 << 30))
+            if sent == 0:
+                return  # the template shrank: libvirt finds the stream cut short and says so
+            offset += sent
 
 
 @dataclass(frozen=True)

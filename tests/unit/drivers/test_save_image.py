@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -63,15 +66,52 @@ def test_header_xml_and_cookie_are_read_back(tmp_path):
     assert head.stream_offset % 4096 == si.HEADER.size % 4096
 
 
-def test_the_clone_file_carries_the_new_xml_the_same_cookie_and_the_same_stream(tmp_path):
+def read_fifo(path: Path, limit: int | None = None) -> bytes:
+    """What libvirt reads from a clone's feed: everything, or its first LIMIT bytes."""
+    fd = os.open(path, os.O_RDONLY)
+    chunks: list[bytes] = []
+    try:
+        while limit is None or sum(map(len, chunks)) < limit:
+            chunk = os.read(fd, 65536 if limit is None else limit - sum(map(len, chunks)))
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
+def test_the_clone_feed_serves_the_new_xml_the_same_cookie_and_the_same_stream(tmp_path):
     src = template_file(tmp_path)
     xml = si.rewrite_for_clone(si.read_header(src).xml, NEW)
-    out = tmp_path / "clone.restore"
-    si.write_clone(src, out, xml)
+    with si.CloneFeed(src, tmp_path / "clone.restore", xml) as feed:
+        assert stat.S_ISFIFO(feed.path.stat().st_mode) and feed.path.stat().st_mode & 0o777 == 0o600
+        served = read_fifo(feed.path)
+    assert not feed.path.exists() and feed.served == 1
+    out = tmp_path / "as-read"
+    out.write_bytes(served)
     head = si.read_header(out)
     assert head.xml == xml and head.cookie == COOKIE + b"\0" and head.version == 2
-    assert out.read_bytes()[head.stream_offset:] == STREAM
-    assert out.stat().st_mode & 0o777 == 0o600
+    assert served[head.stream_offset:] == STREAM
+
+
+def test_a_reader_that_looks_at_the_header_only_is_followed_by_one_served_from_the_start(tmp_path):
+    """Later libvirts open the save file twice: once for its header, once to restore."""
+    src = template_file(tmp_path)
+    xml = si.rewrite_for_clone(si.read_header(src).xml, NEW)
+    with si.CloneFeed(src, tmp_path / "clone.restore", xml) as feed:
+        first = read_fifo(feed.path, limit=si.HEADER.size)
+        whole = read_fifo(feed.path)
+    assert whole.startswith(first) and whole.endswith(STREAM)
+
+
+def test_a_feed_nobody_reads_ends_with_its_block(tmp_path):
+    """A restore that fails before libvirt opens the file leaves no writer waiting, no fifo."""
+    src = template_file(tmp_path)
+    started = time.monotonic()
+    with si.CloneFeed(src, tmp_path / "clone.restore", TEMPLATE_XML) as feed:
+        pass
+    assert time.monotonic() - started < 5 and not feed._thread.is_alive() and not feed.path.exists()
 
 
 def test_the_rewrite_renames_everything_that_makes_a_domain_itself_and_nothing_else(tmp_path):
@@ -105,5 +145,5 @@ def test_a_damaged_template_file_is_refused(tmp_path, damage, message):
         si.read_header(path)
     out = tmp_path / "clone.restore"
     with pytest.raises(PermanentError):
-        si.write_clone(path, out, TEMPLATE_XML)
+        si.CloneFeed(path, out, TEMPLATE_XML)
     assert not out.exists()
