@@ -4,7 +4,10 @@
     .venv/bin/python bench/provision.py [--image busybox-desktop] [--n 10] [--skip PHASE,...]
 
 Phases (each can be skipped with --skip; the desktops of one are gone before the
-next starts; pools get the image manifest's memory_mib and vcpus):
+next starts; pools get the image manifest's memory_mib and vcpus). With --apps APP,... a policy
+binds the pools and allows those apps (what an idle desktop's guest enforces; without it, no
+app is allowed, so the agent desktop's first list always differs from the image's browser-only
+default and costs fapolicyd a reload):
 - cold (run first): `pools.create(size=N, clone="cold")` driven by the real reconciler
   (`run_until_converged`, parallelism 8, as in production). cold_seconds: from the pool's
   creation to the last desktop's `desktop.ready` audit event.
@@ -29,7 +32,7 @@ next starts; pools get the image manifest's memory_mib and vcpus):
   every 20 ms until the desktop is `ready` (that interval is one sample), then size 0 until it
   is gone. single_p50_s, single_p95_s over the samples.
 
-The last line printed is one JSON object: {"image", "n", "floor_seconds", "cold_seconds",
+The last line printed is one JSON object: {"image", "n", "apps", "floor_seconds", "cold_seconds",
 "instant_seconds", "template_seconds", "instant_ratio" (instant/floor), "single_p50_s",
 "single_p95_s", "host_mib_per_desktop", "guest_mib", "ksm_pages_sharing",
 "qemu_pss_mib_per_desktop"}; a skipped phase gives null.
@@ -62,11 +65,12 @@ from controlplane.domain.ports import BootImage, DesktopSpec  # noqa: E402
 from controlplane.drivers.libvirt import host_access  # noqa: E402
 from controlplane.drivers.libvirt.driver import LibvirtHypervisor  # noqa: E402
 from controlplane.main import build_context, build_reconciler, create_app  # noqa: E402
-from controlplane.services import desktops, identity, images, pools, templates  # noqa: E402
+from controlplane.services import desktops, identity, images, policies, pools, templates  # noqa: E402
 from controlplane.services.context import Context  # noqa: E402
 
 VIRSH = ["virsh", "-q", "-c", "qemu:///system"]
 PHASES = ("floor", "cold", "instant", "memory", "single")
+BENCH_GROUP = "CN=bench-agents,OU=Groups,DC=bench,DC=test"
 POLL_S = 0.02
 
 
@@ -342,7 +346,9 @@ def run(args: argparse.Namespace, settings: Settings, skip: set[str]) -> dict:
     shape = {"memory_mib": int(image.manifest.get("memory_mib", 256)), "vcpus": int(image.manifest.get("vcpus", 1))}
     say(f"image {image_ref} ready in {time.monotonic() - began:.1f} s; readiness {boot.readiness.value}, "
         f"{shape['memory_mib']} MiB, {shape['vcpus']} vCPU")
-    out: dict = {"image": args.image, "n": args.n, "floor_seconds": None, "cold_seconds": None,
+    if args.apps:
+        policies.apply(ctx, {"bench.yaml": bench_policy(args.apps)}, actor="bench")
+    out: dict = {"image": args.image, "n": args.n, "apps": args.apps, "floor_seconds": None, "cold_seconds": None,
                  "instant_seconds": None, "template_seconds": None, "instant_ratio": None, "single_p50_s": None,
                  "single_p95_s": None, "host_mib_per_desktop": None, "guest_mib": shape["memory_mib"],
                  "ksm_pages_sharing": None, "ksm_pages_to_scan": None, "qemu_pss_mib_per_desktop": None}
@@ -380,12 +386,20 @@ def run(args: argparse.Namespace, settings: Settings, skip: set[str]) -> dict:
     return out
 
 
+def bench_policy(apps: list[str]) -> str:
+    """A policy binding the bench's pools (no agent signs in: only its pools and apps matter)."""
+    return (f'name: bench\nbind:\n  groups: ["{BENCH_GROUP}"]\n  pools: [cold, instant, single]\n'
+            f"apps:\n  allow: [{', '.join(apps)}]\n")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image", default="busybox-desktop", help="recipe under images/recipes")
     parser.add_argument("--n", type=int, default=10, help="desktops per phase")
     parser.add_argument("--skip", default="", help=f"comma-separated phases to skip: {','.join(PHASES)}")
     parser.add_argument("--samples", type=int, default=20, help="one-at-a-time samples through the API")
+    parser.add_argument("--apps", type=lambda v: [a for a in v.split(",") if a], default=[],
+                        help="apps a policy on the pools allows (comma-separated; default: none)")
     parser.add_argument("--idle", type=float, default=60, help="seconds idle with KSM on before measuring memory")
     parser.add_argument("--ksm-pages-to-scan", type=int, default=1000,
                         help="KSM pages_to_scan for the memory phase (0: the host's own; kernel default 100)")

@@ -219,7 +219,8 @@ def apply_apps(tmp_path, monkeypatch):
         "mousepad": {"launcher": "/usr/share/shiftdesk/applications/editor.desktop",
                      "executables": ["/usr/bin/mousepad"], "trust": ["/usr/bin/mousepad 20 " + "b" * 64]}}))
     (tmp_path / "policy-key").write_text(public_bytes(KEY).hex())
-    (tmp_path / "fapolicyd/trust.d/shiftdesk-apps.trust").write_text("/usr/lib/firefox-esr/firefox-esr 10 " + "a" * 64)
+    (tmp_path / "fapolicyd/trust.d/shiftdesk-apps.trust").write_text("/usr/lib/firefox-esr/firefox-esr 10 " + "a" * 64
+                                                                      + "\n")  # as the build writes it
     return module
 
 
@@ -232,23 +233,23 @@ def hand(apply_apps, revision: int, apps: set[str], key: Ed25519PrivateKey = KEY
 
 def test_apply_apps_puts_a_signed_list_in_force_and_answers_the_same_list_at_once(apply_apps, tmp_path):
     fapolicyd = FakeFapolicyd(tmp_path / "fapolicyd.fifo")
-    updates = apply_apps.Updates(fapolicyd.journal())
+    enforcer = apply_apps.Trust(apply_apps.Updates(fapolicyd.journal()))
     trust = tmp_path / "fapolicyd/trust.d/shiftdesk-apps.trust"
     hand(apply_apps, 3, {"mousepad"})
-    apply_apps.answer(updates)
+    apply_apps.answer(enforcer)
     assert apply_apps.RESULT.read_text() == "applied 3\n"
     assert trust.read_text() == "/usr/bin/mousepad 20 " + "b" * 64 + "\n" and fapolicyd.asked == 1
     assert [line for line in apply_apps.TINT2.read_text().splitlines() if line.startswith("launcher_item_app")] \
         == ["launcher_item_app = /usr/share/shiftdesk/applications/editor.desktop"]
-    apply_apps.answer(updates)  # handed over again while the agent waited: in force already
+    apply_apps.answer(enforcer)  # handed over again while the agent waited: in force already
     assert apply_apps.RESULT.read_text() == "applied 3\n" and fapolicyd.asked == 1
 
     before = trust.read_text()
     hand(apply_apps, 2, {"firefox-esr"})
-    apply_apps.answer(updates)
+    apply_apps.answer(enforcer)
     assert apply_apps.RESULT.read_text() == "refused 2 stale\n"
     hand(apply_apps, 4, {"firefox-esr"}, key=Ed25519PrivateKey.generate())
-    apply_apps.answer(updates)
+    apply_apps.answer(enforcer)
     assert apply_apps.RESULT.read_text() == "refused 4 bad-signature\n"
     assert trust.read_text() == before and fapolicyd.asked == 1
 
@@ -257,15 +258,15 @@ def test_a_reload_fapolicyd_did_not_report_is_asked_for_again(apply_apps, tmp_pa
     monkeypatch.setattr(apply_apps, "REKICK_S", 0.2)
     fapolicyd = FakeFapolicyd(tmp_path / "fapolicyd.fifo", ignore=1)
     hand(apply_apps, 3, {"mousepad"})
-    apply_apps.answer(apply_apps.Updates(fapolicyd.journal()))
+    apply_apps.answer(apply_apps.Trust(apply_apps.Updates(fapolicyd.journal())))
     assert apply_apps.RESULT.read_text() == "applied 3\n" and fapolicyd.asked == 2
 
 
 def test_apply_apps_answers_each_list_it_is_woken_for(apply_apps, tmp_path):
     fapolicyd = FakeFapolicyd(tmp_path / "fapolicyd.fifo")
     os.mkfifo(apply_apps.KICK, 0o620)
-    threading.Thread(target=apply_apps.serve, args=(apply_apps.Updates(fapolicyd.journal()), apply_apps.kicks()),
-                     daemon=True).start()
+    trust = apply_apps.Trust(apply_apps.Updates(fapolicyd.journal()))
+    threading.Thread(target=apply_apps.serve, args=(trust, apply_apps.kicks()), daemon=True).start()
     for revision, apps in ((3, {"mousepad"}), (5, {"firefox-esr", "mousepad"})):
         hand(apply_apps, revision, apps)
         fd = os.open(apply_apps.KICK, os.O_WRONLY | os.O_NONBLOCK)
@@ -276,6 +277,25 @@ def test_apply_apps_answers_each_list_it_is_woken_for(apply_apps, tmp_path):
             assert time.monotonic() < deadline, f"no answer about revision {revision}"
             time.sleep(0.02)
     assert fapolicyd.asked == 2
+
+
+def test_a_list_that_needs_the_trust_fapolicyd_enforces_is_in_force_without_a_reload(apply_apps, tmp_path):
+    """At its start apply-apps has fapolicyd reload the file as it finds it; after that, a list
+    whose trust is the one enforced (the image's browser-only default, or the same apps under a
+    new revision) needs no reload, and one that differs does."""
+    fapolicyd = FakeFapolicyd(tmp_path / "fapolicyd.fifo")
+    trust = apply_apps.Trust(apply_apps.Updates(fapolicyd.journal()))
+    trust.load()
+    assert fapolicyd.asked == 1
+    hand(apply_apps, 3, {"firefox-esr"})  # the image's default
+    apply_apps.answer(trust)
+    assert apply_apps.RESULT.read_text() == "applied 3\n" and fapolicyd.asked == 1
+    hand(apply_apps, 4, {"mousepad"})
+    apply_apps.answer(trust)
+    assert apply_apps.RESULT.read_text() == "applied 4\n" and fapolicyd.asked == 2
+    hand(apply_apps, 5, {"mousepad"})  # another agent, the same apps
+    apply_apps.answer(trust)
+    assert apply_apps.RESULT.read_text() == "applied 5\n" and fapolicyd.asked == 2
 
 
 @pytest.mark.parametrize(("states", "up"), [
@@ -293,3 +313,8 @@ def test_apply_apps_answers_enforcer_down_instead_of_staying_silent(apply_apps, 
         with pytest.raises(apply_apps.Refused, match="enforcer-down"):
             answers = iter(states)
             apply_apps.reload_trust(apply_apps.Updates(iter(()), on_end=lambda: None))
+        trust = apply_apps.Trust(apply_apps.Updates(iter(()), on_end=lambda: None))
+        answers = iter(states)
+        with pytest.raises(apply_apps.Refused, match="enforcer-down"):
+            trust.enforce("/usr/bin/mousepad 20 " + "b" * 64 + "\n")
+        assert trust.in_force is None  # not known: the next list reloads whatever it needs
