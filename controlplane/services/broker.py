@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 
 from sqlmodel import Session
 
-from controlplane.db import audit, desktops, tickets
+from controlplane.db import audit, desktops, pools, tickets
 from controlplane.db.engine import session_scope
 from controlplane.db.models import ConnectTicket, Desktop, Pool
 from controlplane.domain.desktop import DesktopState
@@ -64,8 +64,9 @@ def connect(ctx: Context, user: Claims, pool_name: str) -> Connection:
     read and written in that transaction (the directory is asked before it opens)."""
     said = sessions.ask_directory(ctx, user.sub)
     with session_scope(ctx.engine) as session:
-        pool = identity.require_entitled_in(session, user, pool_name)
-        verdict = sessions.standing_in(session, said, pool_name)
+        every = pools.list_all(session=session)  # read once: entitlement and the directory's verdict
+        pool = identity.require_entitled_among(every, user, pool_name)
+        verdict = sessions.standing_among(said, every, pool_name)
         if verdict is None:
             limits = sessions.limits_in(session, groups=frozenset(user.groups), pool=pool_name)
             connection, reconnect, host_id = _assign(ctx, session, user, pool, limits)
@@ -80,14 +81,15 @@ def connect(ctx: Context, user: Claims, pool_name: str) -> Connection:
 def _assign(ctx: Context, session: Session, user: Claims, pool: Pool,
             limits: sessions.Limits) -> tuple[Connection, bool, int]:
     """`connect`'s writes in SESSION: the agent's desktop (found again, or claimed), its ticket and
-    its hold. Returns the connection, whether it was a reconnect, and the desktop's host."""
-    now = ctx.clock.now()
-    desktop = tickets.assigned(session=session, pool_id=pool.id or 0, username=user.sub)
+    its hold. Returns the connection, whether it was a reconnect, and the desktop's host. The
+    pool's id and name are taken first: a claim expires every object of SESSION."""
+    now, pool_id, pool_name = ctx.clock.now(), pool.id or 0, pool.name
+    desktop = tickets.assigned(session=session, pool_id=pool_id, username=user.sub)
     reconnect = desktop is not None
     if desktop is None:
-        desktop = _claim_running(ctx, session, pool.id or 0, user.sub)
+        desktop = _claim_running(ctx, session, pool_id, user.sub)
     if desktop is None:
-        raise TemporaryError(f"pool {pool.name}: no desktop is ready yet; try again in a moment", delay=5)
+        raise TemporaryError(f"pool {pool_name}: no desktop is ready yet; try again in a moment", delay=5)
     desktop.assigned_groups = sorted(user.groups)  # its egress follows this agent's policy from now on
     ticket = secrets.token_urlsafe(32)
     expires = now + timedelta(seconds=ctx.ticket_ttl_s)
@@ -99,7 +101,7 @@ def _assign(ctx: Context, session: Session, user: Claims, pool: Pool,
         session.add(desktop)
     ctx.crashpoint("broker.connect")
     audit.append(session=session, actor=user.sub, action="session.assign" if not reconnect else "session.reconnect",
-                 target=desktop.name, pool=pool.name)
+                 target=desktop.name, pool=pool_name)
     return Connection(ticket=ticket, desktop=desktop.name, expires_at=expires), reconnect, desktop.host_id
 
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlmodel import Session
-
 from controlplane.db import audit, pools, sessions
 from controlplane.db.engine import session_scope
 from controlplane.db.models import ApiSession, Pool
@@ -127,24 +125,24 @@ def entitled_pools(ctx: Context, groups: frozenset[str] | tuple[str, ...]) -> li
     """Pools naming one of GROUPS (canonical DNs or SIDs, as pools store them; a bare name stored
     before DN matching matches nothing)."""
     with session_scope(ctx.engine) as session:
-        return entitled_pools_in(session, groups)
+        return entitled_among(pools.list_all(session=session), groups)
 
 
-def entitled_pools_in(session: Session, groups: frozenset[str] | tuple[str, ...]) -> list[Pool]:
-    """`entitled_pools`, read in SESSION's transaction."""
+def entitled_among(every: list[Pool], groups: frozenset[str] | tuple[str, ...]) -> list[Pool]:
+    """`entitled_pools` among EVERY pool, read by the caller (a connect reads them once)."""
     mine = set(groups)
-    return [p for p in pools.list_all(session=session) if not p.deleting and mine & set(p.groups)]
+    return [p for p in every if not p.deleting and mine & set(p.groups)]
 
 
 def require_entitled(ctx: Context, claims: Claims, pool: str) -> Pool:
     """The pool if CLAIMS' groups are entitled to it; otherwise Forbidden (same for unknown pools)."""
     with session_scope(ctx.engine) as session:
-        return require_entitled_in(session, claims, pool)
+        return require_entitled_among(pools.list_all(session=session), claims, pool)
 
 
-def require_entitled_in(session: Session, claims: Claims, pool: str) -> Pool:
-    """`require_entitled`, read in SESSION's transaction."""
-    for p in entitled_pools_in(session, claims.groups):
+def require_entitled_among(every: list[Pool], claims: Claims, pool: str) -> Pool:
+    """`require_entitled` among EVERY pool, read by the caller."""
+    for p in entitled_among(every, claims.groups):
         if p.name == pool:
             return p
     raise Forbidden(f"pool: you are not entitled to {pool!r}", field="pool")

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlmodel import Session
 
-from controlplane.db import audit, desktops, display_sessions
+from controlplane.db import audit, desktops, display_sessions, pools
 from controlplane.db import sessions as api_sessions
 from controlplane.db.engine import session_scope
 from controlplane.db.models import DisplaySession, Pool
@@ -204,17 +204,18 @@ def standing(ctx: Context, *, user: str, pool: str) -> EndReason | None:
     if not said.known:
         return None
     with session_scope(ctx.engine) as session:
-        return standing_in(session, said, pool)
+        return standing_among(said, pools.list_all(session=session), pool)
 
 
-def standing_in(session: Session, said: DirectorySays, pool: str) -> EndReason | None:
-    """What SAID means for the user on POOL: None while they are enabled and entitled to it (or
-    the directory said nothing: sessions go on while AD is down). Reads in SESSION's transaction."""
+def standing_among(said: DirectorySays, every: list[Pool], pool: str) -> EndReason | None:
+    """What SAID means for the user on POOL, among EVERY pool (read by the caller): None while
+    they are enabled and entitled to it (or the directory said nothing: sessions go on while AD
+    is down)."""
     if not said.known:
         return None
     if said.entry is None or not said.entry.enabled:
         return EndReason.ACCOUNT_DISABLED
-    if not any(p.name == pool for p in identity.entitled_pools_in(session, said.entry.groups)):
+    if not any(p.name == pool for p in identity.entitled_among(every, said.entry.groups)):
         return EndReason.NOT_ENTITLED
     return None
 

@@ -3,6 +3,7 @@ tickets that are single-use, short-lived, bound to user and desktop, and stored 
 
 from __future__ import annotations
 
+import re
 import threading
 
 import pytest
@@ -135,8 +136,11 @@ def test_connect_is_one_transaction_claim_ticket_and_grace(ctx, ready_pool):
 def test_a_connect_is_one_unit_of_work_and_the_directory_is_asked_outside_it(ctx, ready_pool, directory):
     """Entitlement, the directory's verdict, the session rules, the claim and the ticket: one
     transaction (each opened its own: four per connect). The directory is asked while none is
-    open, so a slow directory holds no database connection."""
+    open, so a slow directory holds no database connection. The pools are read once, for both
+    the entitlement and the directory's verdict (and the pool is not read again after the claim
+    expires the session's objects)."""
     begun: list[str] = []
+    pool_reads: list[str] = []
     committed: list[str] = []
     asked_while_open: list[int] = []
     lookup = directory.lookup
@@ -151,16 +155,23 @@ def test_a_connect_is_one_unit_of_work_and_the_directory_is_asked_outside_it(ctx
     def on_commit(conn):
         committed.append("commit")
 
+    def on_statement(conn, cursor, statement, *args):
+        if re.search(r"\bFROM pools\b", statement):
+            pool_reads.append(statement)
+
     directory.lookup = counting_lookup
     event.listen(ctx.engine, "begin", on_begin)
     event.listen(ctx.engine, "commit", on_commit)
+    event.listen(ctx.engine, "before_cursor_execute", on_statement)
     try:
         broker.connect(ctx, ALICE, "sales")
     finally:
         event.remove(ctx.engine, "begin", on_begin)
         event.remove(ctx.engine, "commit", on_commit)
+        event.remove(ctx.engine, "before_cursor_execute", on_statement)
     assert begun == ["begin"] and committed == ["commit"]
     assert asked_while_open == [0]
+    assert len(pool_reads) == 1, pool_reads
 
 
 @pytest.mark.with_directory
