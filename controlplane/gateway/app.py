@@ -9,7 +9,6 @@ import functools
 import logging
 import os
 import socket
-from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -23,7 +22,7 @@ from controlplane.domain.rfb.stream import FilterClosed
 from controlplane.domain.session import NEEDS_SIGN_IN, EndReason
 from controlplane.errors import ExpectedError, TemporaryError
 from controlplane.gateway.relay import Disconnected, Outcome, Pace, Watchdog, relay
-from controlplane.services import broker, identity, sessions, telemetry
+from controlplane.services import broker, sessions, telemetry
 from controlplane.services.context import Context
 from controlplane.services.identity import SESSION_COOKIE
 
@@ -99,30 +98,20 @@ async def gateway(ws: WebSocket) -> None:
     live: LiveSessions = ws.app.state.gateway_live
     source = ws.client.host if ws.client else "?"
     token = ws.cookies.get(SESSION_COOKIE) or _bearer(ws)
-    try:
-        if not origin_allowed(ws, settings):
-            raise ExpectedError("origin not allowed", field="origin")
-        if live.stopping.is_set():
-            raise ExpectedError("the control plane is shutting down", field="gateway")
-        user = await run_in_threadpool(identity.authorize, ctx, token or "")
-        target = await run_in_threadpool(broker.redeem, ctx, ws.query_params.get("ticket", ""), user.sub)
-    except ExpectedError as err:
-        await run_in_threadpool(sessions.refused, ctx, user="?", reason=getattr(err, "reason", str(err)),
-                                source=source)
+    turned_away = ("origin not allowed" if not origin_allowed(ws, settings)
+                   else "the control plane is shutting down" if live.stopping.is_set() else None)
+    if turned_away is not None:
+        await run_in_threadpool(sessions.refused, ctx, user="?", reason=turned_away, source=source)
         await ws.close(code=POLICY_VIOLATION)
         return
-    period = settings.watchdog_period_s
-    limits = await run_in_threadpool(sessions.limits_for, ctx, groups=frozenset(user.groups), pool=target.pool)
-    limits = replace(limits, idle_s=min(limits.idle_s, settings.idle_timeout_s))
+    door = broker.Door(source=source, gateway=GATEWAY_ID, period_s=settings.watchdog_period_s,
+                       idle_cap_s=settings.idle_timeout_s, cap=settings.max_connections_per_user)
     try:  # the cap counts the user's sessions on every replica (their rows), not this process's
-        display = await run_in_threadpool(sessions.open_display, ctx, desktop_id=target.desktop_id, user=user.sub,
-                                          jti=user.jti, source=source, gateway=GATEWAY_ID, limits=limits,
-                                          period_s=period, cap=settings.max_connections_per_user)
-    except sessions.CapReached:
+        admitted = await run_in_threadpool(broker.admit, ctx, token or "", ws.query_params.get("ticket", ""), door)
+    except ExpectedError:  # audited with its reason by the admission
         await ws.close(code=POLICY_VIOLATION)
-        await run_in_threadpool(sessions.refused, ctx, user=user.sub, reason="connection cap", source=source)
         return
-    await _serve(ws, ctx, settings, live, target, display, limits)
+    await _serve(ws, ctx, settings, live, admitted.target, admitted.display, admitted.limits)
 
 
 async def _serve(ws: WebSocket, ctx: Context, settings: GatewaySettings, live: LiveSessions, target: broker.Target,

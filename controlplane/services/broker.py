@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from sqlmodel import Session
@@ -130,26 +130,93 @@ def _claim_running(ctx: Context, session: Session, pool_id: int, username: str) 
 
 def redeem(ctx: Context, ticket: str, username: str) -> Target:
     """Exact lookup of an unused, unexpired ticket issued to USERNAME (the caller's own session)
-    whose desktop is still theirs. Any failure burns nothing but the ticket."""
+    whose desktop is still theirs. Any failure burns nothing but the ticket: the burn and the
+    refusal's audit are committed, then TicketRefused is raised."""
+    with session_scope(ctx.engine) as session:
+        try:
+            return _redeem_in(session, ticket, username, ctx.clock.now())
+        except TicketRefused as err:
+            refusal = err
+    raise refusal
+
+
+def _redeem_in(session: Session, ticket: str, username: str, now: datetime) -> Target:
+    """`redeem` in SESSION's transaction: TicketRefused after it wrote the burn and the audit,
+    which the caller commits."""
     if not isinstance(ticket, str) or not 20 <= len(ticket) <= 128:
         raise TicketRefused("malformed")
+    row = tickets.redeem(session=session, digest=digest(ticket), now=now)
+    if row is None:
+        audit.append(session=session, actor="gateway", action="session.ticket_refused", target="?",
+                     reason="unknown, used or expired")
+        raise TicketRefused("unknown, used or expired")
+    if row.username != username:
+        audit.append(session=session, actor=username, action="session.ticket_refused", target=row.username,
+                     reason="ticket of another user")
+        raise TicketRefused("ticket of another user")
+    desktop = desktops.get(session=session, desktop_id=row.desktop_id)
+    if desktop is None or desktop.assigned_to != row.username or desktop.state != DesktopState.IN_USE:
+        raise TicketRefused("desktop no longer assigned to this user")
+    pool = session.get(Pool, desktop.pool_id)
+    return Target(username=row.username, desktop=desktop.name, desktop_id=desktop.id or 0,
+                  pool=pool.name if pool else "?", host_id=desktop.host_id)
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What the gateway needs before the first pixel: who, which desktop, under which session
+    rules, as which display session."""
+
+    user: Claims
+    target: Target
+    limits: sessions.Limits
+    display: sessions.Display
+
+
+@dataclass(frozen=True)
+class Door:
+    """Where an admission happens and what it allows: the browser's address, this gateway, its
+    watchdog period, its cap on an agent's idle time, and its cap on an agent's live sessions."""
+
+    source: str
+    gateway: str
+    period_s: float
+    idle_cap_s: float
+    cap: int | None
+
+
+def admit(ctx: Context, token: str, ticket: str, door: Door) -> Admission:
+    """The gateway's admission as one unit of work: the sign-in is live, the ticket is redeemed,
+    the session rules are read and the display session opened (under the agent's cap), in one
+    transaction. A refusal (TokenInvalid, TicketRefused, CapReached) commits what it spent (a
+    burnt ticket, the stale rows swept) with its `session.refused` audit, then is raised."""
     now = ctx.clock.now()
+    claims: Claims | None = None
+    refusal: ExpectedError | None = None
     with session_scope(ctx.engine) as session:
-        row = tickets.redeem(session=session, digest=digest(ticket), now=now)
-        if row is None:
-            audit.append(session=session, actor="gateway", action="session.ticket_refused", target="?",
-                         reason="unknown, used or expired")
-            raise TicketRefused("unknown, used or expired")
-        if row.username != username:
-            audit.append(session=session, actor=username, action="session.ticket_refused", target=row.username,
-                         reason="ticket of another user")
-            raise TicketRefused("ticket of another user")
-        desktop = desktops.get(session=session, desktop_id=row.desktop_id)
-        if desktop is None or desktop.assigned_to != row.username or desktop.state != DesktopState.IN_USE:
-            raise TicketRefused("desktop no longer assigned to this user")
-        pool = session.get(Pool, desktop.pool_id)
-        return Target(username=row.username, desktop=desktop.name, desktop_id=desktop.id or 0,
-                      pool=pool.name if pool else "?", host_id=desktop.host_id)
+        try:
+            claims = identity.verify(ctx, token)
+            identity.require_live_in(session, claims, now)
+            target = _redeem_in(session, ticket, claims.sub, now)
+            limits = sessions.limits_in(session, groups=frozenset(claims.groups), pool=target.pool)
+            limits = replace(limits, idle_s=min(limits.idle_s, door.idle_cap_s))
+            display = sessions.open_display_in(session, now, desktop_id=target.desktop_id, user=claims.sub,
+                                               jti=claims.jti, source=door.source, gateway=door.gateway,
+                                               limits=limits, period_s=door.period_s, cap=door.cap)
+            admission = Admission(user=claims, target=target, limits=limits, display=display)
+        except ExpectedError as err:
+            refusal = err
+            audit.append(session=session, actor=claims.sub if claims else "?", action="session.refused",
+                         target="?", reason=_reason(err), source=door.source)
+    if refusal is not None:
+        raise refusal
+    return admission
+
+
+def _reason(refusal: ExpectedError) -> str:
+    if isinstance(refusal, sessions.CapReached):
+        return "connection cap"
+    return getattr(refusal, "reason", str(refusal))
 
 
 def release(ctx: Context, desktop_name: str, *, actor: str, keep_for_user: bool = False) -> None:

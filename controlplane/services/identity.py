@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from sqlmodel import Session
+
 from controlplane.db import audit, pools, sessions
 from controlplane.db.engine import session_scope
 from controlplane.db.models import ApiSession, Pool
@@ -52,11 +54,13 @@ def login(ctx: Context, username: str, password: str, *, source: str) -> tuple[s
 
 
 def _open_session(ctx: Context, who: Identity, *, source: str, now: datetime) -> tuple[str, Claims]:
+    """The sign-in's token and session row, with its audit: one transaction, which also reads
+    the groups ShiftDesk names (the directory was asked before it opened)."""
     role = ADMIN if ctx.auth.admin_group and ctx.auth.admin_group in who.groups else AGENT
-    groups = sorted(who.groups & _known_groups(ctx))
-    token, claims = tokens.issue(ctx.auth.key, sub=who.username, role=role, groups=groups, now=now,
-                                 ttl_s=ctx.auth.ttl_s)
     with session_scope(ctx.engine) as session:
+        groups = sorted(who.groups & _known_groups_in(ctx, session))
+        token, claims = tokens.issue(ctx.auth.key, sub=who.username, role=role, groups=groups, now=now,
+                                     ttl_s=ctx.auth.ttl_s)
         sessions.create(session=session, api_session=ApiSession(
             jti=claims.jti, username=who.username, role=role, issued_at=now,
             expires_at=now + timedelta(seconds=ctx.auth.ttl_s)))
@@ -65,15 +69,14 @@ def _open_session(ctx: Context, who: Identity, *, source: str, now: datetime) ->
     return token, claims
 
 
-def _known_groups(ctx: Context) -> frozenset[str]:
-    """Every group ShiftDesk's configuration names (admin group, pools, policies).
+def _known_groups_in(ctx: Context, session: Session) -> frozenset[str]:
+    """Every group ShiftDesk's configuration names (admin group, pools, policies), read in SESSION.
 
     A token carries only the user's groups among these: full DNs are long, and a user in a
     hundred groups would not fit the 4 KiB token (or a cookie). A group named later counts from
     the user's next sign-in, as a change of membership in AD does."""
-    with session_scope(ctx.engine) as session:
-        named = {g for p in pools.list_all(session=session) for g in p.groups}
-    named |= {g for p in policies.active(ctx) for g in p.groups}
+    named = {g for p in pools.list_all(session=session) for g in p.groups}
+    named |= {g for p in policies.active_in(session) for g in p.groups}
     return frozenset(named | {ctx.auth.admin_group} - {""})
 
 
@@ -99,13 +102,23 @@ def local_admin_token(ctx: Context, *, actor: str) -> tuple[str, Claims]:
 
 def authorize(ctx: Context, token: str) -> Claims:
     """Signature, expiry, and a live (not logged-out, not revoked) session row."""
-    now = ctx.clock.now()
-    claims = tokens.verify(ctx.auth.key, token, now=now)
+    claims = verify(ctx, token)
     with session_scope(ctx.engine) as session:
-        row = sessions.get(session=session, jti=claims.jti)
-        if row is None or row.revoked_at is not None or row.expires_at <= now:
-            raise TokenInvalid("session ended")
+        require_live_in(session, claims, ctx.clock.now())
     return claims
+
+
+def verify(ctx: Context, token: str) -> Claims:
+    """`authorize`'s first half, which needs no database: the token's signature and expiry."""
+    return tokens.verify(ctx.auth.key, token, now=ctx.clock.now())
+
+
+def require_live_in(session: Session, claims: Claims, now: datetime) -> None:
+    """`authorize`'s second half, in SESSION's transaction: TokenInvalid unless the sign-in's
+    session row is live (not logged out, not revoked, not expired)."""
+    row = sessions.get(session=session, jti=claims.jti)
+    if row is None or row.revoked_at is not None or row.expires_at <= now:
+        raise TokenInvalid("session ended")
 
 
 def logout(ctx: Context, claims: Claims) -> None:

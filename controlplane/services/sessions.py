@@ -115,23 +115,30 @@ def open_display(ctx: Context, *, desktop_id: int, user: str, jti: str, source: 
     CapReached, and nothing written, when USER already has CAP live sessions on any gateway of
     any replica (the rows are the count, so every replica sees the others' sessions; the user's
     lock makes the count and the insert one step, so two replicas at once cannot both pass)."""
-    now = ctx.clock.now()
     with session_scope(ctx.engine) as session:
-        display_sessions.remove_stale(session=session, before=now - _stale_after(period_s))
-        display_sessions.lock_user(session=session, user=user)
-        if cap is not None and display_sessions.count_user(session=session, user=user) >= cap:
-            raise CapReached(f"user: {user} already has {cap} live display sessions (the most one agent may have)",
-                             field="user")
-        row = display_sessions.create(session=session, row=DisplaySession(
-            desktop_id=desktop_id, username=user, source=source, gateway=gateway, started_at=now, seen_at=now))
-        desktop = desktops.get(session=session, desktop_id=desktop_id)
-        if desktop is not None:  # a new sign-in opened it: an earlier admin disconnect is done with
-            desktop.grace_until, desktop.disconnect_requested = now + _lease(limits, period_s), False
-            session.add(desktop)
-        audit.append(session=session, actor=user, action="session.start", target=desktop.name if desktop else "?",
-                     source=source, display=row.id)
-        return Display(id=row.id or 0, desktop_id=desktop_id, user=user, jti=jti, source=source, gateway=gateway,
-                       started_at=now)
+        return open_display_in(session, ctx.clock.now(), desktop_id=desktop_id, user=user, jti=jti, source=source,
+                               gateway=gateway, limits=limits, period_s=period_s, cap=cap)
+
+
+def open_display_in(session: Session, now: datetime, *, desktop_id: int, user: str, jti: str, source: str,
+                    gateway: str, limits: Limits, period_s: float, cap: int | None = None) -> Display:
+    """`open_display` in SESSION's transaction (the gateway's admission). CapReached is raised
+    before this writes anything but the sweep of other gateways' stale rows."""
+    display_sessions.remove_stale(session=session, before=now - _stale_after(period_s))
+    display_sessions.lock_user(session=session, user=user)
+    if cap is not None and display_sessions.count_user(session=session, user=user) >= cap:
+        raise CapReached(f"user: {user} already has {cap} live display sessions (the most one agent may have)",
+                         field="user")
+    row = display_sessions.create(session=session, row=DisplaySession(
+        desktop_id=desktop_id, username=user, source=source, gateway=gateway, started_at=now, seen_at=now))
+    desktop = desktops.get(session=session, desktop_id=desktop_id)
+    if desktop is not None:  # a new sign-in opened it: an earlier admin disconnect is done with
+        desktop.grace_until, desktop.disconnect_requested = now + _lease(limits, period_s), False
+        session.add(desktop)
+    audit.append(session=session, actor=user, action="session.start", target=desktop.name if desktop else "?",
+                 source=source, display=row.id)
+    return Display(id=row.id or 0, desktop_id=desktop_id, user=user, jti=jti, source=source, gateway=gateway,
+                   started_at=now)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from controlplane.main import create_app
 from controlplane.services import audit, pools
 from controlplane.services.reconciler import Reconciler
 from tests.conftest import SALES, USERS
+from tests.transactions import Transactions
 from tests.unit.gateway.fake_vnc import FakeVnc
 
 ORIGIN = {"origin": "http://testserver"}
@@ -138,6 +139,25 @@ def test_replayed_expired_foreign_and_missing_tickets_are_refused(world, clock, 
     assert refused(world, f"/gateway?ticket={c['ticket']}", {"origin": "https://evil.example", **cookie}) == 1008
     reasons = [e["detail"]["reason"] for e in audit.recent(ctx, action="session.refused", limit=50)]
     assert "origin not allowed" in reasons and "ticket of another user" in reasons
+
+
+def test_a_gateway_admission_is_one_unit_of_work(world, ctx):
+    """The sign-in's check, the ticket, the session rules and the display session: one transaction
+    before the first pixel (each was its own: four, plus one more for a refusal's audit)."""
+    api, cookie = login(world, "alice")
+    c = connect(world, api)
+    with Transactions(ctx.engine) as probe, \
+            world.websocket_connect(f"/gateway?ticket={c['ticket']}", headers={**ORIGIN, **cookie}) as ws:
+        rfb_handshake(ws)
+        admission = [probe.of(p) for p in (r"\bFROM api_sessions\b", r"^UPDATE connect_tickets\b",
+                                            r"\bFROM policy_revisions\b", r"^INSERT INTO display_sessions\b")]
+    assert all(len(txns) == 1 for txns in admission), admission
+    assert len(set.union(*admission)) == 1, admission
+    _, bob_cookie = login(world, "bob")
+    c = connect(world, api)
+    with Transactions(ctx.engine) as probe:
+        assert refused(world, f"/gateway?ticket={c['ticket']}", {**ORIGIN, **bob_cookie}) == 1008
+    assert probe.begun == 1, probe.statements  # the burnt ticket and the refusal's audit
 
 
 def test_per_user_connection_cap(world, settings):
