@@ -518,11 +518,17 @@ def xorg_keyboard(kb: dict) -> str:
     return "\n".join([*lines, "EndSection"]) + "\n"
 
 
+# The apps a desktop of a Debian image may run before the host's first allowlist replaces them:
+# the session's browser only. The manifest says so, so the control plane knows a fresh desktop
+# enforces no more than this (and may hand it out while a wider list is still being applied).
+FIRST_APPS = ("firefox-esr",)
+
+
 def write_app_trust(root: Path) -> None:
     """fapolicyd's trust for the desktop user (its rules let uid 1000 execute trusted files
     only): every executable of the image except the catalogue's apps and the script interpreters
-    a user could hand a program to, in trust.d/shiftdesk-base.trust; of the apps, only the
-    browser (shiftdesk-apps.trust, until the host's first allowlist replaces it). The package's
+    a user could hand a program to, in trust.d/shiftdesk-base.trust; of the apps, only
+    FIRST_APPS (shiftdesk-apps.trust, until the host's first allowlist replaces it). The package's
     own trust and rules files go: these and the recipe's compiled.rules decide. The catalogue's
     directory entries are expanded here, and an app without an executable fails the build."""
     catalogue_file = root / "usr/share/shiftdesk/apps.json"
@@ -545,7 +551,8 @@ def write_app_trust(root: Path) -> None:
     (root / "etc/fapolicyd/fapolicyd.trust").write_text("")
     (root / "etc/fapolicyd/rules.d/90-deny-execute.rules").unlink(missing_ok=True)
     (folder / "shiftdesk-base.trust").write_text(trust_lines(root, sorted(base)))
-    (folder / "shiftdesk-apps.trust").write_text("".join(f"{line}\n" for line in catalogue["firefox-esr"]["trust"]))
+    (folder / "shiftdesk-apps.trust").write_text("".join(f"{line}\n" for app in FIRST_APPS
+                                                         for line in catalogue[app]["trust"]))
 
 
 def trust_lines(root: Path, paths: list[str]) -> str:
@@ -690,6 +697,7 @@ def build(recipe_dir: Path, out_dir: Path, cache: Path) -> dict:
         "readiness": recipe["readiness"],
         "memory_mib": recipe["memory_mib"],
         "vcpus": recipe["vcpus"],
+        **({"first_apps": list(FIRST_APPS)} if recipe["builder"] == "mmdebstrap" else {}),
     }
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest

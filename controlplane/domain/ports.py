@@ -44,6 +44,7 @@ class BootImage:
     cmdline: str
     image_id: int = 0
     readiness: Readiness = Readiness.SERIAL
+    first_apps: frozenset[str] | None = None  # the apps it may run before the host's first list (None: unknown)
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,9 @@ log.
 What a desktop may run follows who is on it, as its egress does (services/egress.py): the
 effective policy of the agent signed in, or while nobody is, what every policy naming its pool
 allows. A policy apply or a sign-in changes the list; the next pass (two seconds) signs a new
-revision and sends it; a desktop is ready for an agent only once its guest applies the list it was
-sent, and one that refuses it or does not apply it in time is quarantined and recycled
+revision and sends it; a desktop is ready for an agent only once its guest runs nothing beyond
+the list it was sent (it applies that list, or a clone still runs its image's first list and that
+is within it), and one that refuses it or does not apply it in time is quarantined and recycled
 (drivers/libvirt/guest_link.py). The enforcer itself is Debian's fapolicyd in the image, set by
 `apply-apps` (images/recipes/agent-desktop).
 """

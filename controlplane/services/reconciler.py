@@ -133,11 +133,11 @@ class Reconciler:
             return 0
 
     def _deliver_apps(self, seen: Observation) -> None:
-        """App allowlists to the guests SEEN running (a desktop is ready once it applies one: the
-        next pass sees that)."""
+        """App allowlists to the guests SEEN running (a desktop is ready once it runs nothing
+        beyond its list: the next pass sees that)."""
         try:
             apps.sync(self.ctx, seen.occupancy)
-        except Exception:  # provisioning goes on; a desktop is not ready until its list is applied
+        except Exception:  # provisioning goes on; a desktop is not ready until its list is offered
             log.exception("app allowlists not delivered this pass")
 
     def _fenced(self) -> AbstractContextManager[None]:

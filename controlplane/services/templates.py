@@ -39,7 +39,17 @@ def boot_image(image: Any) -> BootImage:
     return BootImage(disk=Path(image.disk_path), kernel=Path(image.kernel_path),
                      initrd=Path(image.initrd_path) if image.initrd_path else None, cmdline=image.cmdline,
                      image_id=image.id or 0,
-                     readiness=Readiness(image.manifest.get("readiness", Readiness.SERIAL.value)))
+                     readiness=Readiness(image.manifest.get("readiness", Readiness.SERIAL.value)),
+                     first_apps=_first_apps(image.manifest))
+
+
+def _first_apps(manifest: Mapping[str, Any]) -> frozenset[str] | None:
+    """What the image's desktops run before the host's first app allowlist, as its manifest says
+    (None when it does not: then a desktop is ready only once it applies ours)."""
+    apps = manifest.get("first_apps")
+    if not isinstance(apps, list) or not all(isinstance(a, str) for a in apps):
+        return None
+    return frozenset(apps)
 
 
 def plan(ctx: Context, seen: Sequence[hosts.ObservedHost], wanted: frozenset[TemplateKey],

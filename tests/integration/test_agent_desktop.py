@@ -133,8 +133,12 @@ def test_two_clones_on_the_second_host_are_two_machines_on_its_network_that_run_
                 assert len(rows) == 2 and all(r.host_id == b.id and r.ipv4 is not None for r in rows)
                 assert len(audit.recent(ctx, action="desktop.restore")) >= 2  # clones, not boots
                 hv = ctx.driver(b.id)
+                # ready once they confirmed their identity and run nothing beyond their list (the
+                # image's first list, the browser, is this policy's): the list is applied next
+                wait_for("both clones to apply their lists", lambda: all(
+                    hv.links.state(r.name).apps_applied is not None for r in rows), 120, every=0.5)
                 states = [hv.links.state(r.name) for r in rows]
-                assert all(s.confirmed and s.apps_applied is not None for s in states)  # identity, then the list
+                assert all(s.confirmed and s.quarantined is None for s in states)
                 assert states[0].rng_probe != states[1].rng_probe  # the template's random state is not shared
                 assert audit.recent(ctx, action="app.denied") == []  # firefox, allowed, ran
                 log = (b_host.root / "agent.log").read_text()

@@ -262,13 +262,17 @@ class LibvirtHypervisor:
                                      join_secret=secret.read_text() if secret.exists() else "",
                                      template=template)
             return False
-        return state.ready and (not apps or (state.apps_sent is not None and state.apps_current))
+        # with APPS: the guest applies the list we sent, or still runs its image's first list and
+        # that is within the one it should run (a clone is handed out while a wider list applies)
+        return state.ready and (not apps or (state.apps_sent is not None and state.apps_current)
+                                or state.first_list_allowed)
 
     def deliver_apps(self, name: str, signed: SignedAppPolicy) -> bool:
         """Over the link `is_ready` opened only: a list goes to a guest that confirmed its identity,
         and dialling here would open a channel to every booting desktop in every pass (to another
         host's, a TLS connection to its relay each)."""
-        return self.links.send_apps(name, signed.policy.revision, signed.document, signed.signature)
+        return self.links.send_apps(name, signed.policy.revision, signed.document, signed.signature,
+                                    frozenset(signed.policy.apps))
 
     def app_denials(self) -> list[AppDenial]:
         return [AppDenial(desktop, path, count)
@@ -662,6 +666,7 @@ class LibvirtHypervisor:
             _write_secret(self.join_file(spec.name), spec.join_secret)  # sent with its identity
         self.serial_log(spec.name).unlink(missing_ok=True)
         self.links.forget(spec.name)
+        self.links.restored(spec.name, spec.image.first_apps)  # what its guest runs until our first list
         feed = save_image.CloneFeed(self.template_file(spec.template), self.run_dir / f"{spec.name}.restore", xml)
         try:
             with feed:

@@ -60,6 +60,9 @@ class GuestState:
     rng_probe: str | None = None  # what its RNG gave right after the reseed (unique per desktop)
     apps_sent: int | None = None  # revision of the last app allowlist sent on this connection
     apps_applied: int | None = None  # the latest revision the guest says it applies
+    # the guest still enforces its image's first allowlist (restored here, no list applied since)
+    # and that list is within the one the host last offered it: it runs nothing it may not
+    first_list_allowed: bool = False
 
     @property
     def apps_current(self) -> bool:
@@ -114,6 +117,8 @@ class GuestLinks:
         self._links: dict[str, _Link] = {}
         self._quarantined: dict[str, str] = {}
         self._probes: dict[str, str] = {}  # rng_probe -> desktop that reported it
+        # desktops restored here whose guests applied no list since: the image's first allowlist
+        self._first_lists: dict[str, frozenset[str]] = {}
         self._lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
         self._thread: threading.Thread | None = None
@@ -203,13 +208,17 @@ class GuestLinks:
             link = self._links.get(name)
         return link is not None and self._send(name, link, frame)
 
-    def send_apps(self, name: str, revision: int, document: str, signature: bytes) -> bool:
-        """Send a signed app allowlist to a confirmed guest, unless it is the one last sent on this
-        connection. True once the guest has it (then `state().apps_applied` follows).
+    def send_apps(self, name: str, revision: int, document: str, signature: bytes,
+                  apps: frozenset[str] = frozenset()) -> bool:
+        """Send a signed app allowlist (of APPS) to a confirmed guest, unless it is the one last
+        sent on this connection. True once the guest has it (then `state().apps_applied` follows).
+        Whether sent or not, a guest that still enforces its image's first list is noted to run
+        nothing beyond APPS (`first_list_allowed`) when that list is within them.
 
         Encoded only when it is to be sent: a pass offers every desktop its list, and most have
         it already (or no link)."""
         with self._lock:
+            self._offered(name, apps)
             if (answer := self._apps_due(name, revision)) is not None:
                 return answer
         frame = ch.encode("apps", ch.Side.HOST, doc=document, sig=signature)
@@ -222,6 +231,22 @@ class GuestLinks:
                 del link.apps_sent[min(link.apps_sent)]
             link.state = replace(link.state, apps_sent=revision)
         return self._send(name, link, frame)
+
+    def restored(self, name: str, first_apps: frozenset[str] | None) -> None:
+        """NAME was just restored from a template that enforces its image's FIRST_APPS (None:
+        the image does not say): until the guest applies a list of ours, that is what it runs."""
+        with self._lock:
+            if first_apps is None:
+                self._first_lists.pop(name, None)
+            else:
+                self._first_lists[name] = first_apps
+
+    def _offered(self, name: str, apps: frozenset[str]) -> None:
+        """The host wants NAME to run APPS now (lock held)."""
+        link = self._links.get(name)
+        first = self._first_lists.get(name)
+        if link is not None:
+            link.state = replace(link.state, first_list_allowed=first is not None and first <= apps)
 
     def _apps_due(self, name: str, revision: int) -> bool | None:
         """None when REVISION is to be sent to NAME; else what `send_apps` answers: True when it
@@ -251,6 +276,7 @@ class GuestLinks:
         with self._lock:
             link = self._links.pop(name, None)
             self._quarantined.pop(name, None)
+            self._first_lists.pop(name, None)
         if link is not None:
             link.sock.close()
 
@@ -258,6 +284,7 @@ class GuestLinks:
         with self._lock:
             link = self._links.pop(name, None)
             self._quarantined[name] = reason
+            self._first_lists.pop(name, None)
         if link is not None:
             link.sock.close()
         log.warning("guest %s quarantined: %s", name, reason)
@@ -310,11 +337,11 @@ class GuestLinks:
                 if link.messages.delay(1) > 0:
                     raise ch.ProtocolError(f"flood: more than {int(self.budget.messages_per_s)} messages/s")
                 with self._lock:
-                    self._apply(link, msg)
+                    self._apply(name, link, msg)
         except ch.ProtocolError as err:
             self.quarantine(name, str(err))
 
-    def _apply(self, link: _Link, msg: ch.Message) -> None:
+    def _apply(self, name: str, link: _Link, msg: ch.Message) -> None:
         """Fold one checked message into the guest's state (called with the lock held)."""
         state = replace(link.state, last_seen=self.clock(), messages=link.state.messages + 1)
         if msg.type == "hello":
@@ -337,7 +364,9 @@ class GuestLinks:
         elif msg.type == "apps_applied":
             if msg["revision"] not in link.apps_sent:
                 raise ch.ProtocolError(f"apps_applied: revision {msg['revision']} was never sent")
-            state = replace(state, apps_applied=max(msg["revision"], state.apps_applied or 0))
+            state = replace(state, apps_applied=max(msg["revision"], state.apps_applied or 0),
+                            first_list_allowed=False)
+            self._first_lists.pop(name, None)  # it runs our lists from now on, on any connection
         elif msg.type == "apps_refused":
             raise ch.ProtocolError(f"apps_refused: revision {msg['revision']}: {msg['reason']}")
         elif msg.type == "app_denied":
@@ -346,7 +375,10 @@ class GuestLinks:
         link.state = state
 
     def _closed(self, name: str, link: _Link) -> None:
+        """The connection ended. What its guest applied meanwhile may never have reached us: a
+        new connection trusts no first list (its guest may have applied one of ours since)."""
         with self._lock:
             if self._links.get(name) is link:
                 del self._links[name]
+                self._first_lists.pop(name, None)
         link.sock.close()

@@ -38,7 +38,10 @@ class FakeQemu:
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
-        self.conn, _ = self.server.accept()
+        try:
+            self.conn, _ = self.server.accept()
+        except OSError:  # the test ended (its server closed) before anyone dialled
+            return
         self.accepted.set()
 
     def guest(self) -> socket.socket:
@@ -272,3 +275,42 @@ def test_denials_are_counted_per_path_drained_once_and_bounded(qemu, tmp_path):
     assert drained["d"]["/usr/bin/galculator"] == 5
     assert len(drained["d"]) == DENIED_PATHS + 1 and drained["d"][OTHER_PATHS] == 1  # one over the bound
     assert links.drain_denials() == {}
+
+
+FIRST = frozenset({"firefox-esr"})  # what the image's desktops run before the host's first list
+
+
+def test_a_restored_guest_runs_nothing_beyond_a_wider_list_before_it_applies_it(qemu, tmp_path):
+    """A clone restored here still enforces its image's first list: within the list it should
+    run (wider), it may be handed out while that list applies; once the guest applies a list of
+    ours, only `apps_current` counts (on any connection after)."""
+    links = GuestLinks()
+    links.restored("d", FIRST)
+    links.ensure("d", tmp_path / "d.chan")
+    assert not links.send_apps("d", 7, "{}", b"s" * 64, FIRST | {"galculator"})  # not confirmed: not sent
+    assert links.state("d").first_list_allowed  # but it runs only the browser, which is allowed
+    guest = confirmed(qemu, tmp_path, links)
+    assert links.send_apps("d", 7, "{}", b"s" * 64, FIRST | {"galculator"})
+    assert links.state("d").first_list_allowed and not links.state("d").apps_current
+    guest.sendall(ch.encode("apps_applied", GUEST, revision=7))
+    eventually(lambda: links.state("d").apps_current)
+    links.send_apps("d", 8, "{}", b"s" * 64, FIRST | {"galculator", "mousepad"})
+    assert not links.state("d").first_list_allowed  # it runs revision 7 now, not the first list
+
+
+@pytest.mark.parametrize("case", ["narrower", "unknown image", "not restored here", "reconnected"])
+def test_a_first_list_counts_only_when_known_within_the_wanted_list_and_on_the_first_connection(
+        qemu, tmp_path, case):
+    links = GuestLinks()
+    if case != "not restored here":
+        links.restored("d", None if case == "unknown image" else FIRST)
+    links.ensure("d", tmp_path / "d.chan")
+    if case == "reconnected":  # what it applied while we were away may never have reached us
+        qemu.guest().close()
+        eventually(lambda: not links.state("d").connected)
+        qemu.accepted.clear()
+        threading.Thread(target=qemu._accept, daemon=True).start()
+        links.ensure("d", tmp_path / "d.chan")
+    wanted = frozenset({"galculator"}) if case == "narrower" else FIRST | {"galculator"}
+    links.send_apps("d", 7, "{}", b"s" * 64, wanted)
+    assert not links.state("d").first_list_allowed

@@ -3,12 +3,14 @@ the cold fallback, identity timeouts, quarantine, template removal, crashes mid-
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from controlplane.db import audit
 from controlplane.db.engine import session_scope
 from controlplane.domain.ports import TemplateKey
-from controlplane.services import desktops, policies, pools
+from controlplane.services import desktops, policies, pools, templates
 from tests.conftest import SALES
 from tests.unit.services.test_reconciler import Crash, assert_consistent, crash_once_at, settle, states
 
@@ -222,3 +224,15 @@ def test_a_clone_restored_after_a_long_wait_for_its_template_gets_its_full_ident
     settle_passes(ctx, 3)
     (row, _), = desktops.list_all(ctx)
     assert hv.domains[row.name].cloned and str(row.state) == "provisioning"  # not failed at once
+
+
+@pytest.mark.parametrize(("manifest", "first"), [
+    ({"first_apps": ["firefox-esr"]}, frozenset({"firefox-esr"})),
+    ({}, None),  # an image built before manifests said it: a clone is ready once it applies our list
+    ({"first_apps": "firefox-esr"}, None),
+    ({"first_apps": [1]}, None),
+])
+def test_a_desktop_knows_what_its_image_runs_before_the_first_allowlist(manifest, first):
+    image = SimpleNamespace(disk_path="/d.qcow2", kernel_path="/k", initrd_path=None, cmdline="", id=1,
+                            manifest={"readiness": "channel", **manifest})
+    assert templates.boot_image(image).first_apps == first
