@@ -206,8 +206,7 @@ def admit(ctx: Context, token: str, ticket: str, door: Door) -> Admission:
             admission = Admission(user=claims, target=target, limits=limits, display=display)
         except ExpectedError as err:
             refusal = err
-            audit.append(session=session, actor=claims.sub if claims else "?", action="session.refused",
-                         target="?", reason=_reason(err), source=door.source)
+            sessions.refused_in(session, user=claims.sub if claims else "?", reason=_reason(err), source=door.source)
     if refusal is not None:
         raise refusal
     return admission

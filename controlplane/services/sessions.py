@@ -37,13 +37,9 @@ class Limits:
     start_page: str | None = None  # what the browser shows when the desktop is handed to the agent
 
 
-def limits_for(ctx: Context, *, groups: frozenset[str], pool: str) -> Limits:
-    """The session rules of an agent in GROUPS on a desktop of POOL, from the effective policy."""
-    return _limits(policies.active(ctx), groups, pool)
-
-
 def limits_in(session: Session, *, groups: frozenset[str], pool: str) -> Limits:
-    """`limits_for`, read in SESSION's transaction."""
+    """The session rules of an agent in GROUPS on a desktop of POOL, from the effective policy
+    read in SESSION's transaction (a connect's and a gateway admission's)."""
     return _limits(policies.active_in(session), groups, pool)
 
 
@@ -281,12 +277,13 @@ def request_disconnect(ctx: Context, desktop_name: str, *, actor: str) -> None:
 
 
 def refused(ctx: Context, *, user: str, reason: str, source: str) -> None:
-    _append(ctx, user, "session.refused", "?", reason=reason, source=source)
-
-
-def _append(ctx: Context, actor: str, action: str, target: str, **detail: Any) -> None:
     with session_scope(ctx.engine) as session:
-        audit.append(session=session, actor=actor, action=action, target=target, **detail)
+        refused_in(session, user=user, reason=reason, source=source)
+
+
+def refused_in(session: Session, *, user: str, reason: str, source: str) -> None:
+    """A session the gateway turned away, audited in SESSION's transaction."""
+    audit.append(session=session, actor=user, action="session.refused", target="?", reason=reason, source=source)
 
 
 def my_desktop(ctx: Context, *, user: str, pool: str) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
+from controlplane.db.engine import session_scope
 from controlplane.main import create_app
 from controlplane.services import audit, pools
 from controlplane.services.reconciler import Reconciler
@@ -584,6 +585,7 @@ def test_a_shutdown_keeps_the_agents_hold_on_the_desktop(served, ctx, clock):
     assert asyncio.run(agent()) == 1001
     served.thread.join(timeout=15)
     (row, _), = desktops.list_all(ctx)
-    grace = sessions.limits_for(ctx, groups=frozenset({SALES}), pool="sales").grace_s
+    with session_scope(ctx.engine) as session:
+        grace = sessions.limits_in(session, groups=frozenset({SALES}), pool="sales").grace_s
     assert row.assigned_to == "alice"
     assert row.grace_until > clock.now() + timedelta(seconds=grace)  # the live hold, not a grace from now
