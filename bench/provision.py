@@ -317,7 +317,7 @@ def single_run(ctx: Context, settings: Settings, image_ref: str, shape: dict, sa
                     raise SystemExit(f"bench: single desktop failed: {found}")
                 return [d for d in found if d["state"] == "ready"]
 
-            desktop = wait_for("the single desktop", ready, timeout)[0]
+            desktop = wait_for("the single desktop", ready, timeout, every=0.1)[0]
             taken.append(time.monotonic() - began)
             say(f"single {i + 1}/{samples}: {desktop['name']} ready in {taken[-1]:.2f} s")
             call("PATCH", "/api/v1/pools/single", json={"size": 0})
