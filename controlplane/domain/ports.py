@@ -7,7 +7,7 @@ line and simply run again.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -185,6 +185,12 @@ class Hypervisor(Protocol):
 
     def is_ready(self, name: str) -> bool:
         """True once the guest has signalled readiness since its last start. Missing: False."""
+
+    def watch(self, on_change: Callable[[], None]) -> None:
+        """Call ON_CHANGE, from any thread, when a guest tells the host something that may change
+        `is_ready` (it says ready, applies an allowlist, is quarantined), so that the reconciler
+        looks again now rather than at its next pass. A driver that only learns readiness when
+        asked never calls it. One watcher; a second replaces the first."""
 
     def reboot(self, name: str) -> None:
         """Hard reset (destroy + start): the guest must signal ready again. Missing: PermanentError."""

@@ -20,7 +20,7 @@ import hmac
 import io
 import secrets
 import threading
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,6 +81,7 @@ class FakeHypervisor:
         self.unreachable = False  # True: every call fails as if this host's libvirtd were gone
         self.hang = threading.Event()  # capacity() waits for it: clear it to make this host hang
         self.hang.set()
+        self.on_change: Callable[[], None] | None = None  # the reconciler's, once it watches
         self.remote: tuple[str, int] | None = None  # a console relay's address and port, for remote hosts
         self._lock = threading.Lock()
 
@@ -153,6 +154,9 @@ class FakeHypervisor:
         self._reach()
         with self._lock:
             return self._ready(name)
+
+    def watch(self, on_change: Callable[[], None]) -> None:
+        self.on_change = on_change  # never called: a fake guest is ready when a pass asks (boot_passes)
 
     def reboot(self, name: str) -> None:
         if name not in self.domains:

@@ -35,6 +35,15 @@ class Fleet:
         self._open: dict[int, tuple[str, Hypervisor]] = {}
         self._checked: dict[int, float] = {}  # host id -> when its row was last read (monotonic)
         self._lock = threading.Lock()
+        self._on_change: Callable[[], None] | None = None
+
+    def watch(self, on_change: Callable[[], None]) -> None:
+        """`Hypervisor.watch` on every host's hypervisor, those opened now and those opened later."""
+        with self._lock:
+            self._on_change = on_change
+            opened = [driver for _uri, driver in self._open.values()]
+        for driver in opened:
+            driver.watch(on_change)
 
     def driver(self, host_id: int) -> Hypervisor:
         """HOST_ID's hypervisor. TemporaryError if the host is unknown or cannot be reached."""
@@ -58,5 +67,7 @@ class Fleet:
                 raise TemporaryError(f"host {name} ({uri}): {err}", delay=self.retry_s) from err
             self._open[host_id] = (uri, driver)
             self._checked[host_id] = time.monotonic()
+            if self._on_change is not None:
+                driver.watch(self._on_change)
             log.info("host %s: hypervisor opened at %s", name, uri)
             return driver

@@ -49,6 +49,10 @@ class Reconciler:
         self.lease_ttl = lease_ttl
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self.wake = threading.Event()
+        # a guest that says ready (or is quarantined) is acted on now, not at the next pass
+        ctx.hypervisor.watch(self.wake.set)
+        if ctx.fleet is not None:
+            ctx.fleet.watch(self.wake.set)
         self._pool = ThreadPoolExecutor(max_workers=ctx.parallelism, thread_name_prefix="reconcile")
         self._lease_lock = threading.Lock()
         self._renewed_at: datetime | None = None  # when this reconciler last took or renewed the lease
@@ -292,7 +296,8 @@ class Reconciler:
                 on_pass(current)
             if not current.pending and (until is None or until()):
                 return True
-            time.sleep(min(self._next_delay(current, 5.0, busy_period), max(0.0, deadline - time.monotonic())))
+            self.wake.wait(min(self._next_delay(current, 5.0, busy_period), max(0.0, deadline - time.monotonic())))
+            self.wake.clear()
         return False
 
     def _next_delay(self, current: Plan, period: float, busy_period: float) -> float:

@@ -256,16 +256,21 @@ class LibvirtHypervisor:
         if not state.connected or state.quarantined:
             return False
         if not self.links.identity_sent(name):
-            secret = self.join_file(name)
-            self.links.send_identity(name, hostname=name.replace(".", "-"),  # a template's name has a dot
-                                     machine_id=dom.UUIDString().replace("-", ""),
-                                     join_secret=secret.read_text() if secret.exists() else "",
-                                     template=template)
+            self._send_identity(name, dom, template=template)
             return False
         # with APPS: the guest applies the list we sent, or still runs its image's first list and
         # that is within the one it should run (a clone is handed out while a wider list applies)
         return state.ready and (not apps or (state.apps_sent is not None and state.apps_current)
                                 or state.first_list_allowed)
+
+    def _send_identity(self, name: str, dom: libvirt.virDomain, *, template: bool) -> None:
+        secret = self.join_file(name)
+        self.links.send_identity(name, hostname=name.replace(".", "-"),  # a template's name has a dot
+                                 machine_id=dom.UUIDString().replace("-", ""),
+                                 join_secret=secret.read_text() if secret.exists() else "", template=template)
+
+    def watch(self, on_change: Callable[[], None]) -> None:
+        self.links.watch(on_change)  # a serial-line desktop's readiness is read when asked
 
     def deliver_apps(self, name: str, signed: SignedAppPolicy) -> bool:
         """Over the link `is_ready` opened only: a list goes to a guest that confirmed its identity,
@@ -680,6 +685,8 @@ class LibvirtHypervisor:
             raise PermanentError(f"restore {spec.name} from {template}: {err.get_error_message()}") from err
         self._close_sockets(spec.name)
         self._plug_nic(spec)
+        if channel and self.links.ensure(spec.name, self.channel_socket(spec.name)).connected:
+            self._send_identity(spec.name, dom, template=False)  # now: a pass would send it 0.25 s later
         return overlay
 
     def _plug_nic(self, spec: DesktopSpec) -> None:

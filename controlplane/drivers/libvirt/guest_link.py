@@ -122,6 +122,17 @@ class GuestLinks:
         self._lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
         self._thread: threading.Thread | None = None
+        self._on_change: Callable[[], None] | None = None
+
+    def watch(self, on_change: Callable[[], None]) -> None:
+        """Call ON_CHANGE (from the reader's thread) whenever a guest's readiness changes: it
+        says ready, applies an allowlist, or is quarantined. Heartbeats change nothing. One
+        watcher; a second replaces the first."""
+        self._on_change = on_change
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change()
 
     # --- what the driver calls -----------------------------------------------------------------
 
@@ -288,6 +299,7 @@ class GuestLinks:
         if link is not None:
             link.sock.close()
         log.warning("guest %s quarantined: %s", name, reason)
+        self._changed()
 
     # --- the reader ------------------------------------------------------------------------------
 
@@ -331,15 +343,20 @@ class GuestLinks:
         if link.bytes.delay(len(data)) > 0:  # a guest is never paced: over its budget it is cut off
             self.quarantine(name, f"flood: more than {int(self.budget.bytes_per_s)} bytes/s")
             return
+        changed = False
         try:
             for msg in link.decoder.feed(data):
                 log.debug("guest %s says %s", name, msg.type)
                 if link.messages.delay(1) > 0:
                     raise ch.ProtocolError(f"flood: more than {int(self.budget.messages_per_s)} messages/s")
                 with self._lock:
+                    before = link.state
                     self._apply(name, link, msg)
+                    changed |= (link.state.ready and not before.ready) or link.state.apps_applied != before.apps_applied
         except ch.ProtocolError as err:
             self.quarantine(name, str(err))
+        if changed:
+            self._changed()
 
     def _apply(self, name: str, link: _Link, msg: ch.Message) -> None:
         """Fold one checked message into the guest's state (called with the lock held)."""

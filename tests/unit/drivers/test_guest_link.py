@@ -314,3 +314,27 @@ def test_a_first_list_counts_only_when_known_within_the_wanted_list_and_on_the_f
     wanted = frozenset({"galculator"}) if case == "narrower" else FIRST | {"galculator"}
     links.send_apps("d", 7, "{}", b"s" * 64, wanted)
     assert not links.state("d").first_list_allowed
+
+
+def test_a_watcher_hears_when_readiness_changes_and_not_for_heartbeats(qemu, tmp_path):
+    """The reconciler looks again as soon as a guest's readiness changes, instead of at its next
+    pass; heartbeats (every desktop, every 5 s) wake nobody."""
+    heard = threading.Semaphore(0)
+    links = GuestLinks()
+    links.watch(heard.release)
+    guest = confirmed(qemu, tmp_path, links)
+    guest.sendall(ch.encode("heartbeat", GUEST, seq=1, uptime_s=30))
+    eventually(lambda: links.state("d").messages == 2)
+    assert not heard.acquire(timeout=0.2)  # the confirmation alone (ready follows) and the heartbeat
+    guest.sendall(ch.encode("ready", GUEST, window="firefox"))
+    assert heard.acquire(timeout=5)
+    guest.sendall(ch.encode("ready", GUEST, window="firefox"))  # ready again: nothing changed
+    eventually(lambda: links.state("d").messages == 4)
+    assert not heard.acquire(timeout=0.2)
+    links.send_apps("d", 7, '{"x":1}', b"s" * 64)
+    qemu.read_message()
+    guest.sendall(ch.encode("apps_applied", GUEST, revision=7))
+    assert heard.acquire(timeout=5)
+    guest.sendall(b"GET / HTTP/1.1\r\n\r\n")  # quarantined: no longer ready
+    assert heard.acquire(timeout=5)
+    assert links.state("d").quarantined is not None

@@ -188,3 +188,17 @@ def test_a_pool_no_host_can_take_says_why_on_the_pool_and_once_in_the_audit_log(
     (view,) = pools.views(ctx, "sales")
     assert view.unplaceable is None and view.desktops == {"ready": 2}
 
+
+
+def test_a_guest_on_any_host_wakes_the_reconciler(ctx, hv, fleet):
+    """Every host's hypervisor wakes the pass loop when a guest's readiness changes: the control
+    plane's own, a host opened before the reconciler started and one opened after."""
+    fakes, ids = fleet
+    ctx.driver(ids["b"])  # opened before
+    rec = Reconciler(ctx)
+    ctx.driver(ids["c"])  # opened after
+    for driver in (hv, fakes["b"], fakes["c"]):
+        rec.wake.clear()
+        assert driver.on_change is not None
+        driver.on_change()
+        assert rec.wake.is_set()
