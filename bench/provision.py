@@ -20,16 +20,17 @@ default and costs fapolicyd a reload):
 - instant: the same with clone="instant". template_seconds: from the pool's creation to the
   `template.saved` audit event (template build + cold boot until ready + save);
   instant_seconds: from `template.saved` to the last `desktop.ready`.
-- memory: on the instant pool's N desktops: KSM on (`run` = 1 for the run, restored at exit),
-  `--idle` seconds (60) idle, then host_mib_per_desktop = the drop of MemAvailable from before
-  the instant pool existed, divided by N; ksm_pages_sharing from /sys/kernel/mm/ksm;
+- memory: on the instant pool's N desktops: KSM on (`run` = 1 and `pages_to_scan` for a full
+  scan of the N desktops' memory every 10 s, both restored at exit), `--idle` seconds (60)
+  idle, then host_mib_per_desktop = the drop of MemAvailable from before the instant pool
+  existed, divided by N; ksm_pages_sharing from /sys/kernel/mm/ksm;
   qemu_pss_mib_per_desktop, the summed Pss of the N QEMU processes / N, as a cross-check that
   other tenants of the host cannot skew. Runs the instant pool even when `instant` is skipped.
 - single: through the REST API of the app (`create_app` with its reconciler thread, via
   FastAPI's TestClient, authenticated with the break-glass admin token `identity.local_admin_token`,
   since the API's sign-in needs an AD): an instant pool at size 0; once its template is saved,
   --samples (20) times `PATCH /api/v1/pools/single {"size": 1}`, then `GET /api/v1/desktops`
-  every 20 ms until the desktop is `ready` (that interval is one sample), then size 0 until it
+  every 0.1 s until the desktop is `ready` (that interval is one sample), then size 0 until it
   is gone. single_p50_s, single_p95_s over the samples.
 
 The last line printed is one JSON object: {"image", "n", "apps", "floor_seconds", "cold_seconds",
@@ -45,6 +46,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import statistics
 import subprocess
 import sys
@@ -72,6 +74,7 @@ VIRSH = ["virsh", "-q", "-c", "qemu:///system"]
 PHASES = ("floor", "cold", "instant", "memory", "single")
 BENCH_GROUP = "CN=bench-agents,OU=Groups,DC=bench,DC=test"
 POLL_S = 0.02
+KSM_FULL_SCAN_S = 10.0  # the memory phase's KSM rate: a full scan of the desktops this often
 
 
 def say(text: str) -> None:
@@ -248,6 +251,15 @@ def foreign_running(instance: str) -> list[str]:
     return [name for name in names if not name.startswith(naming.domain_prefixes(instance))]
 
 
+def ksm_scan_rate(memory_mib: int) -> int:
+    """KSM pages_to_scan for a full scan of MEMORY_MIB every KSM_FULL_SCAN_S at the host's
+    sleep_millisecs (at least 1000). KSM merges a page only once it found it unchanged over two
+    scans, so a fixed rate that merges four desktops within a minute merges nothing of ten: one
+    scan of 10 GiB at 1000 pages per 20 ms takes 52 s. An operator sizes it the same way."""
+    pages = memory_mib * 256
+    return max(1000, math.ceil(pages * int(ksm("sleep_millisecs")) / (KSM_FULL_SCAN_S * 1000)))
+
+
 def memory_run(ctx: Context, data: Path, name: str, n: int, baseline_kib: int, idle: float,
                pages_to_scan: int) -> dict:
     """With KSM on and the pool idle for IDLE seconds: MemAvailable, then destroy the pool's
@@ -260,7 +272,11 @@ def memory_run(ctx: Context, data: Path, name: str, n: int, baseline_kib: int, i
         scan = ksm("pages_to_scan")
         say(f"KSM on (was run={previous['run']}; pages_to_scan={scan}, "
             f"sleep_millisecs={ksm('sleep_millisecs')}); {idle:.0f} s idle")
-        time.sleep(idle)
+        began = time.monotonic()
+        while (left := idle - (time.monotonic() - began)) > 0:  # how fast KSM merges, as it goes
+            time.sleep(min(15.0, left))
+            say(f"KSM after {time.monotonic() - began:.0f} s: pages_sharing {ksm('pages_sharing')}, "
+                f"full_scans {ksm('full_scans')}, MemAvailable {meminfo() // 1024} MiB")
         others = foreign_running(ctx.instance)
         with_kib = meminfo()
         sharing, shared = ksm("pages_sharing"), ksm("pages_shared")
@@ -369,8 +385,10 @@ def run(args: argparse.Namespace, settings: Settings, skip: set[str]) -> dict:
         say(f"instant: template saved {out['template_seconds']:.2f} s after the pool's creation, "
             f"{args.n} clones ready {out['instant_seconds']:.2f} s after that")
         if "memory" not in skip:
-            out.update(memory_run(ctx, settings.data_dir, "instant", args.n, baseline, args.idle,
-                                  args.ksm_pages_to_scan))
+            scan = args.ksm_pages_to_scan
+            if scan is None:
+                scan = ksm_scan_rate(args.n * shape["memory_mib"])
+            out.update(memory_run(ctx, settings.data_dir, "instant", args.n, baseline, args.idle, scan))
         say(f"restore_clone: {spread(restores)}")
         restores.clear()
         if "single" not in skip:  # made before the instant pool goes, so their common template stays
@@ -401,8 +419,9 @@ def main() -> int:
     parser.add_argument("--apps", type=lambda v: [a for a in v.split(",") if a], default=[],
                         help="apps a policy on the pools allows (comma-separated; default: none)")
     parser.add_argument("--idle", type=float, default=60, help="seconds idle with KSM on before measuring memory")
-    parser.add_argument("--ksm-pages-to-scan", type=int, default=1000,
-                        help="KSM pages_to_scan for the memory phase (0: the host's own; kernel default 100)")
+    parser.add_argument("--ksm-pages-to-scan", type=int, default=None,
+                        help="KSM pages_to_scan for the memory phase (0: the host's own; kernel default 100; "
+                             "default: a full scan of the N desktops' memory every KSM_FULL_SCAN_S)")
     parser.add_argument("--timeout", type=float, default=900,
                         help="seconds a desktop or template may take to boot (a pool phase waits twice that)")
     args = parser.parse_args()
@@ -411,7 +430,9 @@ def main() -> int:
         parser.error(f"--skip takes {','.join(PHASES)}; --n and --samples must be at least 1")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     instance = cleanup.run_instance("bprov")
-    rc = {"boot_timeout_s": args.timeout, "parallelism": 8}
+    # N desktops at once is what the bench measures: placement's vCPU limit (8 per host CPU by
+    # default) would hold the eighth 2-vCPU agent desktop back on a 2-core host
+    rc = {"boot_timeout_s": args.timeout, "parallelism": 8, "cpu_ratio": 64.0}
     if "template_wait_s" in ReconcilerSettings.model_fields:  # a template under TCG can take minutes
         rc["template_wait_s"] = args.timeout
     with cleanup.data_dir(instance) as tmp:
