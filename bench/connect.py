@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+KEEPALIVE_S = 2.0  # the storm clients' idle keep-alive: below the server's 5 s (uvicorn's timeout_keep_alive)
 sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
@@ -208,7 +209,9 @@ def start_storm_server(data: Path, agents: int, *extra: str) -> tuple[subprocess
 async def run_storm(servers: list[tuple[str, str]], agents: int, window: float) -> Storm:
     """AGENTS agents arrive uniformly within WINDOW seconds, agent i at server i mod len(SERVERS)
     (base URL, CA file), each signing in, connecting and receiving pixels there."""
-    limits = httpx.Limits(max_connections=agents, max_keepalive_connections=agents)
+    # an idle pooled connection is dropped before the server's keep-alive timeout (uvicorn: 5 s,
+    # httpx's own default expiry too): reused at that instant it would be closed under the request
+    limits = httpx.Limits(max_connections=agents, max_keepalive_connections=agents, keepalive_expiry=KEEPALIVE_S)
     clients = [httpx.AsyncClient(base_url=base, verify=ssl.create_default_context(cafile=ca), limits=limits,
                                  timeout=30) for base, ca in servers]
     rnd = random.Random(7)
