@@ -125,9 +125,10 @@ class GuestLinks:
         self._on_change: Callable[[], None] | None = None
 
     def watch(self, on_change: Callable[[], None]) -> None:
-        """Call ON_CHANGE (from the reader's thread) whenever a guest's readiness changes: it
-        says ready, applies an allowlist, or is quarantined. Heartbeats change nothing. One
-        watcher; a second replaces the first."""
+        """Call ON_CHANGE whenever a guest's readiness changes: it says ready, applies an
+        allowlist, or is quarantined (from the thread that saw it: the reader, or an observation
+        that found the guest overdue). Heartbeats change nothing. One watcher; a second replaces
+        the first."""
         self._on_change = on_change
 
     def _changed(self) -> None:
