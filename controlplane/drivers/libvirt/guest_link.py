@@ -254,11 +254,13 @@ class GuestLinks:
                 self._first_lists[name] = first_apps
 
     def _offered(self, name: str, apps: frozenset[str]) -> None:
-        """The host wants NAME to run APPS now (lock held)."""
+        """The host wants NAME to run APPS now (lock held). Every pass offers every desktop its
+        list: the state is copied only when the answer changes."""
         link = self._links.get(name)
         first = self._first_lists.get(name)
-        if link is not None:
-            link.state = replace(link.state, first_list_allowed=first is not None and first <= apps)
+        allowed = first is not None and first <= apps
+        if link is not None and link.state.first_list_allowed != allowed:
+            link.state = replace(link.state, first_list_allowed=allowed)
 
     def _apps_due(self, name: str, revision: int) -> bool | None:
         """None when REVISION is to be sent to NAME; else what `send_apps` answers: True when it
