@@ -421,7 +421,7 @@ def main() -> int:
     parser.add_argument("--idle", type=float, default=60, help="seconds idle with KSM on before measuring memory")
     parser.add_argument("--ksm-pages-to-scan", type=int, default=None,
                         help="KSM pages_to_scan for the memory phase (0: the host's own; kernel default 100; "
-                             "default: a full scan of the N desktops' memory every KSM_FULL_SCAN_S)")
+                             f"default: a full scan of the N desktops' memory every {KSM_FULL_SCAN_S:.0f} s)")
     parser.add_argument("--timeout", type=float, default=900,
                         help="seconds a desktop or template may take to boot (a pool phase waits twice that)")
     args = parser.parse_args()
