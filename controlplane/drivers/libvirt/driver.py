@@ -182,8 +182,9 @@ class LibvirtHypervisor:
                 continue
             if tag.role == "desktop" and desktops:
                 seen.append((name, tag, boot is not None, boot is not None and self._signalled(name, tag, dom, boot)))
-            elif tag.role == "template" and templates and (key := TemplateKey.parse(tag.template)) is not None:
-                kept[key] = self._observe_template(key, dom, tag)
+            elif (tag.role == "template" and templates and (key := TemplateKey.parse(tag.template)) is not None
+                  and (template := self._observe_template(key, dom, tag)) is not None):
+                kept[key] = template  # (None: it went since the listing; its save file may say more)
         boots = [boot for _, _, boot in listed if boot is not None]
         with _LOCAL_CALLS:
             listed.clear()  # freeing a domain object is a libvirt call too
@@ -225,7 +226,7 @@ class LibvirtHypervisor:
 
     def is_ready(self, name: str) -> bool:
         dom = self._lookup(name)
-        if dom is None or not dom.isActive():
+        if dom is None or not _active(dom, name):  # None: gone since the lookup
             return False
         tag = self._tag(dom)
         return tag is not None and self._signalled(name, tag, dom)
@@ -563,14 +564,18 @@ class LibvirtHypervisor:
             return self._retired(key, backs=True)
         dom = self._lookup(self.template_name(key))
         tag = self._tag(dom) if dom is not None else None
-        if dom is not None and tag is not None:
-            return self._observe_template(key, dom, tag)
+        if dom is not None and tag is not None and (seen := self._observe_template(key, dom, tag)) is not None:
+            return seen
         if self._saved(key):
             return ObservedTemplate(key=key, defined=False, running=False, ready=False, saved=True)
         return None
 
-    def _observe_template(self, key: TemplateKey, dom: libvirt.virDomain, tag: Tag) -> ObservedTemplate:
-        running = bool(dom.isActive())
+    def _observe_template(self, key: TemplateKey, dom: libvirt.virDomain, tag: Tag) -> ObservedTemplate | None:
+        """The template domain DOM as it is, or None if it is gone: a template is undefined right
+        after its save, so one listed a moment ago may no longer exist (another thread of this
+        process, or another replica, observing while the reconciler saves it)."""
+        if (running := _active(dom, f"template {key.slug}")) is None:
+            return None
         name = dom.name()
         return ObservedTemplate(key=key, defined=True, running=running,
                                 ready=running and self._signalled(name, tag, dom), saved=self._saved(key),
@@ -748,6 +753,17 @@ def _virtual_size(disk: Path) -> int:
     if header[:4] != b"QFI\xfb":
         raise PermanentError(f"golden image disk {disk} is not qcow2")
     return int.from_bytes(header[24:32], "big")
+
+
+def _active(dom: libvirt.virDomain, what: str) -> bool | None:
+    """Whether DOM runs; None if it no longer exists (undefined since it was looked up or listed:
+    another thread or replica acted meanwhile)."""
+    try:
+        return bool(dom.isActive())
+    except libvirt.libvirtError as err:
+        if is_not_found(err):
+            return None
+        raise translate(err, f"observe {what}") from err
 
 
 @functools.lru_cache(maxsize=32768)

@@ -419,3 +419,33 @@ def test_a_retired_templates_clones_are_read_once_then_looked_for_by_name(tmp_pa
             hv.delete_overlay(clone)
         linked_clone.delete_overlay(hv._pool(), disk_name)
         hv.remove_template(key)
+
+
+def test_a_template_undefined_while_it_is_observed_is_seen_by_its_save_file(tmp_path, monkeypatch):
+    """A template is undefined right after its save: another thread (the bench's, the API's) or
+    replica observing at that moment listed its domain and then found it gone. That is the
+    template as its save file says, not an error out of libvirt."""
+    hv = LibvirtHypervisor(uri="test:///default", instance="main", storage_pool="default-pool",
+                           overlay_dir=tmp_path / "pool", run_dir=tmp_path / "run", readiness="running")
+    key = TemplateKey(9, 256, 1)
+    model = hv.domain_model(replace(CASES["desktop-basic"], name=hv.template_name(key), pool="", desktop_id=0),
+                            genid="00000000-0000-4000-8000-000000000009")
+    model.tag = Tag(instance="main", pool="", desktop_id=0, role="template", template=key.slug, readiness="serial")
+    hv.conn.defineXML(model.to_xml())
+    hv.templates_dir.mkdir(parents=True)
+    hv.template_file(key).write_bytes(b"not a save file")  # a partial one: not saved
+    listed = hv._list_ours
+
+    def listed_then_saved():  # the reconciler saves and undefines it right after the listing
+        found = listed()
+        hv.conn.lookupByName(hv.template_name(key)).undefine()
+        return found
+
+    monkeypatch.setattr(hv, "_list_ours", listed_then_saved)
+    assert key not in hv.list_templates()
+    hv.conn.defineXML(model.to_xml())
+    real_lookup = hv._lookup
+    monkeypatch.setattr(hv, "_lookup", lambda name: (dom := real_lookup(name)) and (dom.undefine(), dom)[1])
+    assert hv.template(key) is None
+    hv.conn.defineXML(model.to_xml())
+    assert not hv.is_ready(hv.template_name(key))
