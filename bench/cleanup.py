@@ -8,7 +8,7 @@ installation name of its own, `<family><pid>`, and:
   under the temp directory;
 - SIGTERM and SIGINT unwind the benchmark like an exception (its `finally` blocks run), and at
   exit everything of its own instance is removed the same way, whatever the benchmark got to.
-- Host settings a benchmark changes (KSM, `ksm_on`) are restored when it leaves the `with` block,
+- Host settings a benchmark changes (KSM, `ksm_on`; THP, `thp_never`) are restored when it leaves the `with` block,
   also when it is interrupted; the previous values are written in its data directory first, so a
   run killed with -9 has them restored by the sweep that removes that directory.
 
@@ -38,7 +38,8 @@ from controlplane.domain import naming  # noqa: E402
 
 VIRSH = ["virsh", "-q", "-c", "qemu:///system"]
 KSM = Path("/sys/kernel/mm/ksm")
-KSM_SAVED = "ksm-previous.json"  # in the data directory of the run that changed KSM
+THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+RESTORABLE = {KSM / "run", KSM / "pages_to_scan", KSM / "sleep_millisecs", THP}
 
 
 def _virsh(*args: str) -> list[str]:
@@ -67,7 +68,7 @@ def purge(instance: str) -> None:
         subprocess.run([*VIRSH, "pool-destroy", pool], capture_output=True, check=False)
         subprocess.run([*VIRSH, "pool-undefine", pool], capture_output=True, check=False)
     for leftover in Path(tempfile.gettempdir()).glob(f"{data_dir_prefix(instance)}*"):
-        restore_ksm(leftover)
+        restore_settings(leftover)
         stop_processes_of(leftover)
         shutil.rmtree(leftover, ignore_errors=True)
     netlab.purge(instance)  # namespaces, bridge, nftables tables, DHCP server, /run/shiftdesk/INSTANCE
@@ -99,34 +100,52 @@ def _pg_ctl() -> list[str]:
 
 
 @contextlib.contextmanager
-def ksm_on(data: Path, **tunables: int) -> Iterator[dict[str, str]]:
-    """KSM running (`run` = 1, plus TUNABLES such as pages_to_scan) inside the block; the previous
-    values come back when it ends, however it ends. Yields the previous values."""
-    names = ["run", *tunables]
-    previous = {name: (KSM / name).read_text().strip() for name in names}
-    (data / KSM_SAVED).write_text(json.dumps(previous))  # before any change: the sweep's safety net
+def host_settings(data: Path, group: str, values: dict[Path, object]) -> Iterator[dict[Path, str]]:
+    """VALUES written to their sysfs files inside the block; the previous values come back when it
+    ends, however it ends. They are saved first in DATA (the run's data directory) as
+    `GROUP-previous.json`: the sweep's safety net after kill -9. Yields the previous values."""
+    previous = {path: current(path) for path in values}
+    (data / f"{group}-previous.json").write_text(json.dumps({str(p): v for p, v in previous.items()}))
     try:
-        for name, value in {**tunables, "run": 1}.items():
-            (KSM / name).write_text(str(value))
+        for path, value in values.items():
+            path.write_text(str(value))
         yield previous
     finally:
-        restore_ksm(data)
+        restore_settings(data, group)
 
 
-def restore_ksm(data: Path) -> None:
-    """Put back the KSM settings a run saved in DATA (its data directory). Nothing saved: nothing."""
-    saved = data / KSM_SAVED
-    try:
-        previous = json.loads(saved.read_text())
-    except (FileNotFoundError, ValueError):
-        return
-    for name, value in previous.items():
-        if name in ("run", "pages_to_scan", "sleep_millisecs") and str(value).isdigit():
-            try:
-                (KSM / name).write_text(str(value))
-            except OSError as err:
-                print(f"bench: could not restore KSM {name}={value}: {err}", file=sys.stderr)
-    saved.unlink(missing_ok=True)
+def current(path: Path) -> str:
+    """A sysfs setting's value: the bracketed choice of a list (THP's `always [madvise] never`)."""
+    text = path.read_text().strip()
+    chosen = re.search(r"\[([\w+]+)\]", text)
+    return chosen.group(1) if chosen else text
+
+
+def ksm_on(data: Path, **tunables: int) -> contextlib.AbstractContextManager[dict[Path, str]]:
+    """KSM running (`run` = 1, plus TUNABLES such as pages_to_scan) inside the block."""
+    return host_settings(data, "ksm", {KSM / name: value for name, value in {**tunables, "run": 1}.items()})
+
+
+def thp_never(data: Path) -> contextlib.AbstractContextManager[dict[Path, str]]:
+    """No transparent huge pages inside the block (see bench/provision.py: clones' memory)."""
+    return host_settings(data, "thp", {THP: "never"})
+
+
+def restore_settings(data: Path, group: str | None = None) -> None:
+    """Put back the host settings a run saved in DATA (its data directory): GROUP's, or all. Only
+    the files in RESTORABLE are ever written (the saved file is not trusted to name others)."""
+    for saved in sorted(data.glob(f"{group or '*'}-previous.json")):
+        try:
+            previous = json.loads(saved.read_text())
+        except (FileNotFoundError, ValueError):
+            continue
+        for name, value in previous.items():
+            if Path(name) in RESTORABLE and re.fullmatch(r"[\w+]+", str(value)):
+                try:
+                    Path(name).write_text(str(value))
+                except OSError as err:
+                    print(f"bench: could not restore {name}={value}: {err}", file=sys.stderr)
+        saved.unlink(missing_ok=True)
 
 
 def _alive(pid: int) -> bool:

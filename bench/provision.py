@@ -36,14 +36,18 @@ default and costs fapolicyd a reload):
 The last line printed is one JSON object: {"image", "n", "apps", "floor_seconds", "cold_seconds",
 "instant_seconds", "template_seconds", "instant_ratio" (instant/floor), "single_p50_s",
 "single_p95_s", "host_mib_per_desktop", "guest_mib", "ksm_pages_sharing",
-"qemu_pss_mib_per_desktop"}; a skipped phase gives null.
+"qemu_pss_mib_per_desktop", "thp"}; a skipped phase gives null. The whole run has transparent
+huge pages off (`--thp never`, the default: QEMU asks for them for guest RAM, so a restored clone
+would hold every 2 MiB region its template ever wrote, whole, and KSM would split them before it
+merged anything; `--thp host` keeps the host's setting); `thp` says which it ran with.
 Killed (SIGTERM, SIGINT) it still removes every domain, template, save file, volume and pool it
-made and puts KSM back as it was; after a kill -9 the next run does (bench/cleanup.py).
+made and puts KSM and THP back as they were; after a kill -9 the next run does (bench/cleanup.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -270,7 +274,7 @@ def memory_run(ctx: Context, data: Path, name: str, n: int, baseline_kib: int, i
     names = [d.name for d, _ in desktops.list_all(ctx, name)]
     with cleanup.ksm_on(data, **({"pages_to_scan": pages_to_scan} if pages_to_scan else {})) as previous:
         scan = ksm("pages_to_scan")
-        say(f"KSM on (was run={previous['run']}; pages_to_scan={scan}, "
+        say(f"KSM on (was run={previous[cleanup.KSM / 'run']}; pages_to_scan={scan}, "
             f"sleep_millisecs={ksm('sleep_millisecs')}); {idle:.0f} s idle")
         began = time.monotonic()
         while (left := idle - (time.monotonic() - began)) > 0:  # how fast KSM merges, as it goes
@@ -422,6 +426,9 @@ def main() -> int:
     parser.add_argument("--ksm-pages-to-scan", type=int, default=None,
                         help="KSM pages_to_scan for the memory phase (0: the host's own; kernel default 100; "
                              f"default: a full scan of the N desktops' memory every {KSM_FULL_SCAN_S:.0f} s)")
+    parser.add_argument("--thp", choices=("never", "host"), default="never",
+                        help="transparent huge pages during the run: never (the README's host setting for "
+                             "desktops sharing memory; restored at exit) or as the host has them")
     parser.add_argument("--timeout", type=float, default=900,
                         help="seconds a desktop or template may take to boot (a pool phase waits twice that)")
     args = parser.parse_args()
@@ -439,9 +446,10 @@ def main() -> int:
         settings = Settings(data_dir=Path(tmp), instance=instance, images_dir=ROOT / "images",
                             cache_dir=ROOT / ".cache", reconciler=rc)
         try:
-            out = run(args, settings, skip)
+            with cleanup.thp_never(settings.data_dir) if args.thp == "never" else contextlib.nullcontext():
+                out = {**run(args, settings, skip), "thp": cleanup.current(cleanup.THP)}
         finally:
-            cleanup.restore_ksm(settings.data_dir)  # already done unless interrupted inside; cheap
+            cleanup.restore_settings(settings.data_dir)  # already done unless interrupted inside; cheap
             cleanup.purge(instance)  # domains, templates, volumes, pool and the data directory with the
             # templates' save files (DATA_DIR/templates) and per-clone restore files (DATA_DIR/run)
     print(json.dumps(out))

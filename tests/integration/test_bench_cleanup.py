@@ -53,6 +53,7 @@ def test_what_a_benchmark_killed_with_sigkill_left_is_removed_by_the_next_run():
 
 
 KSM_RUN = Path("/sys/kernel/mm/ksm/run")
+THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")  # provision.py turns it off for its run
 
 
 def start_and_wait_for_ksm() -> tuple[subprocess.Popen, str]:
@@ -74,19 +75,20 @@ def start_and_wait_for_ksm() -> tuple[subprocess.Popen, str]:
 
 
 def test_a_benchmark_killed_with_sigterm_in_its_memory_phase_switches_ksm_back():
-    before = KSM_RUN.read_text().strip()
+    before, thp = KSM_RUN.read_text().strip(), THP.read_text().strip()
     proc, instance = start_and_wait_for_ksm()
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) != 0
-    assert KSM_RUN.read_text().strip() == before
+    assert KSM_RUN.read_text().strip() == before and THP.read_text().strip() == thp
     assert tagged_domains(instance) == [] and not pool_exists(instance) and data_dirs(instance) == []
 
 
 def test_ksm_left_on_by_a_benchmark_killed_with_sigkill_is_switched_back_by_the_sweep():
-    before = KSM_RUN.read_text().strip()
+    before, thp = KSM_RUN.read_text().strip(), THP.read_text().strip()
     proc, instance = start_and_wait_for_ksm()
+    assert "[never]" in THP.read_text()
     proc.kill()
     proc.wait(timeout=30)
     subprocess.run([sys.executable, "bench/cleanup.py", "bprov"], cwd=ROOT, check=True, capture_output=True)
-    assert KSM_RUN.read_text().strip() == before
+    assert KSM_RUN.read_text().strip() == before and THP.read_text().strip() == thp
     assert tagged_domains(instance) == [] and not pool_exists(instance) and data_dirs(instance) == []
