@@ -249,14 +249,17 @@ def make_disk(work: Path, root: Path, recipe: dict, out: Path, mkfs_extra: list[
     run("mkfs.ext4", "-q", "-F", "-d", str(root), "-U", fs_uuid, "-L", "shiftdesk",
         "-E", f"hash_seed={fs_uuid},root_owner=0:0", *mkfs_extra, "-b", "4096",
         str(raw), f"{int(recipe['disk_mib'])}M", env=env)
-    pin_inode_ctimes(root, raw)
+    pin_inode_times(root, raw)
     run("qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(out))
 
 
-def pin_inode_ctimes(root: Path, raw: Path) -> None:
-    """mkfs.ext4 -d copies each file's ctime, which utime() cannot set: pin it with debugfs."""
+def pin_inode_times(root: Path, raw: Path) -> None:
+    """mkfs.ext4 -d copies each file's ctime, which utime() cannot set, and its access time,
+    which anything reading the tree between `pin_times` and mkfs moves (a `find` over /var/tmp
+    made two builds of the same packages differ in 1,927 directories' atimes): pin both with
+    debugfs."""
     paths = ["/"] + sorted("/" + str(p.relative_to(root)) for p in root.rglob("*"))
-    script = "".join(f"set_inode_field {p} ctime @{EPOCH}\n" for p in paths)
+    script = "".join(f"set_inode_field {p} ctime @{EPOCH}\nset_inode_field {p} atime @{EPOCH}\n" for p in paths)
     cmds = raw.with_suffix(".debugfs")
     cmds.write_text(script)
     run("debugfs", "-w", "-f", str(cmds), str(raw), env=dict(os.environ, E2FSPROGS_FAKE_TIME=str(EPOCH)))
