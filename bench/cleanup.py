@@ -47,8 +47,11 @@ def _virsh(*args: str) -> list[str]:
     return done.stdout.split() if done.returncode == 0 else []
 
 
+DATA_DIRS = "shiftdesk-bench-"  # then the instance, a dash and tempfile's suffix
+
+
 def data_dir_prefix(instance: str) -> str:
-    return f"shiftdesk-bench-{instance}-"
+    return f"{DATA_DIRS}{instance}-"
 
 
 def purge(instance: str) -> None:
@@ -160,11 +163,11 @@ def _alive(pid: int) -> bool:
 
 def sweep(family: str) -> list[str]:
     """Purge the instances of FAMILY whose benchmark process is gone. Returns their names."""
-    prefixes = rf"(?:sd-|shiftdesk-|{re.escape(data_dir_prefix(''))})?"  # none: namespaces, /run/shiftdesk
+    prefixes = rf"(?:sd-|shiftdesk-|{re.escape(DATA_DIRS)})?"  # none: namespaces, /run/shiftdesk
     shape = re.compile(rf"^{prefixes}({re.escape(family)}(\d+))(?:-|{re.escape(naming.TEMPLATE_MARK)}|$)")
     seen: set[tuple[str, int]] = set()
     names = [*_virsh("list", "--all", "--name"), *_virsh("pool-list", "--all", "--name"),
-             *(p.name for p in Path(tempfile.gettempdir()).glob(f"{data_dir_prefix(family)}*")),
+             *(p.name for p in Path(tempfile.gettempdir()).glob(f"{DATA_DIRS}{family}*")),
              *subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout.split(),
              *(p.name for p in Path("/run/shiftdesk").glob(f"{family}*"))]
     for name in names:

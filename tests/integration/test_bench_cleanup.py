@@ -57,7 +57,7 @@ THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")  # provision.py turns 
 
 
 def start_and_wait_for_ksm() -> tuple[subprocess.Popen, str]:
-    """provision.py in its memory phase (one busybox clone, idle for long): KSM switched on."""
+    """provision.py in its instant and memory phases (one busybox clone, idle for long): KSM on."""
     proc = subprocess.Popen([sys.executable, "bench/provision.py", "--n", "1", "--skip", "cold,floor,single",
                              "--idle", "600", "--timeout", "120"], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -92,3 +92,16 @@ def test_ksm_left_on_by_a_benchmark_killed_with_sigkill_is_switched_back_by_the_
     subprocess.run([sys.executable, "bench/cleanup.py", "bprov"], cwd=ROOT, check=True, capture_output=True)
     assert KSM_RUN.read_text().strip() == before and THP.read_text().strip() == thp
     assert tagged_domains(instance) == [] and not pool_exists(instance) and data_dirs(instance) == []
+
+
+def test_a_run_killed_before_it_made_any_domain_has_its_data_directory_swept():
+    """Only its data directory names it (KSM and THP are switched before the first desktop):
+    the sweep found dead runs by their domains and storage pool, and looked for data directories
+    under a prefix with one dash too many."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    instance = f"bprov{child.pid}"
+    left = Path(tempfile.mkdtemp(prefix=f"shiftdesk-bench-{instance}-"))
+    (left / "shiftdesk.db").write_bytes(b"")
+    subprocess.run([sys.executable, "bench/cleanup.py", "bprov"], cwd=ROOT, check=True, capture_output=True)
+    assert not left.exists() and data_dirs(instance) == []
