@@ -20,10 +20,11 @@ default and costs fapolicyd a reload):
 - instant: the same with clone="instant". template_seconds: from the pool's creation to the
   `template.saved` audit event (template build + cold boot until ready + save);
   instant_seconds: from `template.saved` to the last `desktop.ready`.
-- memory: on the instant pool's N desktops: KSM on (`run` = 1 and `pages_to_scan` for a full
-  scan of the N desktops' memory every 10 s, both restored at exit), `--idle` seconds (60)
-  idle, then host_mib_per_desktop = the drop of MemAvailable from before the instant pool
-  existed, divided by N; ksm_pages_sharing from /sys/kernel/mm/ksm;
+- memory: on the instant pool's N desktops: KSM on from before the instant pool is created, as
+  on a host that shares desktop memory (`run` = 1 and `pages_to_scan` for a full scan of the N
+  desktops' memory every 10 s, both restored at exit), then, from the last desktop's ready,
+  `--idle` seconds (60) idle, then host_mib_per_desktop = the drop of MemAvailable from before
+  the instant pool existed, divided by N; ksm_pages_sharing from /sys/kernel/mm/ksm;
   qemu_pss_mib_per_desktop, the summed Pss of the N QEMU processes / N, as a cross-check that
   other tenants of the host cannot skew. Runs the instant pool even when `instant` is skipped.
 - single: through the REST API of the app (`create_app` with its reconciler thread, via
@@ -55,6 +56,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -264,31 +266,38 @@ def ksm_scan_rate(memory_mib: int) -> int:
     return max(1000, math.ceil(pages * int(ksm("sleep_millisecs")) / (KSM_FULL_SCAN_S * 1000)))
 
 
-def memory_run(ctx: Context, data: Path, name: str, n: int, baseline_kib: int, idle: float,
-               pages_to_scan: int) -> dict:
-    """With KSM on and the pool idle for IDLE seconds: MemAvailable, then destroy the pool's
-    domains and read it again. The drop is what those desktops held (a bracket of seconds, so
-    other tenants of a shared host barely move it; the baseline from before the pool existed is
-    printed too). Leaves the pool's desktops powered off."""
-    hv = ctx.hypervisor
-    names = [d.name for d, _ in desktops.list_all(ctx, name)]
+@contextlib.contextmanager
+def ksm_running(data: Path, pages_to_scan: int) -> Iterator[int]:
+    """KSM on for the block, as on a host that shares desktop memory (it runs all the time, not
+    once the desktops are up); yields the pages_to_scan in force."""
     with cleanup.ksm_on(data, **({"pages_to_scan": pages_to_scan} if pages_to_scan else {})) as previous:
         scan = ksm("pages_to_scan")
         say(f"KSM on (was run={previous[cleanup.KSM / 'run']}; pages_to_scan={scan}, "
-            f"sleep_millisecs={ksm('sleep_millisecs')}); {idle:.0f} s idle")
-        began = time.monotonic()
-        while (left := idle - (time.monotonic() - began)) > 0:  # how fast KSM merges, as it goes
-            time.sleep(min(15.0, left))
-            say(f"KSM after {time.monotonic() - began:.0f} s: pages_sharing {ksm('pages_sharing')}, "
-                f"full_scans {ksm('full_scans')}, MemAvailable {meminfo() // 1024} MiB")
-        others = foreign_running(ctx.instance)
-        with_kib = meminfo()
-        sharing, shared = ksm("pages_sharing"), ksm("pages_shared")
-        pss = qemu_pss_kib(names)
-        for desktop in names:
-            hv.destroy(desktop)
-        time.sleep(2)
-        without_kib = meminfo()
+            f"sleep_millisecs={ksm('sleep_millisecs')})")
+        yield scan
+
+
+def memory_run(ctx: Context, name: str, n: int, baseline_kib: int, idle: float, scan: int) -> dict:
+    """With the pool idle for IDLE seconds (KSM on since before it existed: `ksm_running`):
+    MemAvailable, then destroy the pool's domains and read it again. The drop is what those
+    desktops held (a bracket of seconds, so other tenants of a shared host barely move it; the
+    baseline from before the pool existed is printed too). Leaves the pool's desktops powered off."""
+    hv = ctx.hypervisor
+    names = [d.name for d, _ in desktops.list_all(ctx, name)]
+    say(f"{idle:.0f} s idle; KSM pages_sharing {ksm('pages_sharing')} as the last desktop is ready")
+    began = time.monotonic()
+    while (left := idle - (time.monotonic() - began)) > 0:  # how fast KSM merges, as it goes
+        time.sleep(min(15.0, left))
+        say(f"KSM after {time.monotonic() - began:.0f} s: pages_sharing {ksm('pages_sharing')}, "
+            f"full_scans {ksm('full_scans')}, MemAvailable {meminfo() // 1024} MiB")
+    others = foreign_running(ctx.instance)
+    with_kib = meminfo()
+    sharing, shared = ksm("pages_sharing"), ksm("pages_shared")
+    pss = qemu_pss_kib(names)
+    for desktop in names:
+        hv.destroy(desktop)
+    time.sleep(2)
+    without_kib = meminfo()
     if others or foreign_running(ctx.instance) != others:
         say(f"other domains ran on the host during the memory phase (MemAvailable is host-wide): {others}")
     say(f"MemAvailable: {baseline_kib // 1024} MiB before the pool, {with_kib // 1024} MiB with its {n} desktops "
@@ -381,18 +390,19 @@ def run(args: argparse.Namespace, settings: Settings, skip: set[str]) -> dict:
         out["floor_seconds"] = round(floor_run(ctx, settings, boot, shape, args.n, args.timeout), 3)
         say(f"floor:   {args.n} domains ready in {out['floor_seconds']:.2f} s")
     if not {"instant", "memory"} <= skip:
-        time.sleep(1)
-        baseline = meminfo()
-        times = pool_run(ctx, settings, image_ref, shape, "instant", "instant", args.n, args.timeout)
-        out["template_seconds"] = round(times["saved"] - times["created"], 3)
-        out["instant_seconds"] = round(times["ready"] - times["saved"], 3)
-        say(f"instant: template saved {out['template_seconds']:.2f} s after the pool's creation, "
-            f"{args.n} clones ready {out['instant_seconds']:.2f} s after that")
-        if "memory" not in skip:
-            scan = args.ksm_pages_to_scan
-            if scan is None:
-                scan = ksm_scan_rate(args.n * shape["memory_mib"])
-            out.update(memory_run(ctx, settings.data_dir, "instant", args.n, baseline, args.idle, scan))
+        scan = args.ksm_pages_to_scan
+        if scan is None:
+            scan = ksm_scan_rate(args.n * shape["memory_mib"])
+        with ksm_running(settings.data_dir, scan) if "memory" not in skip else contextlib.nullcontext(0) as scan:
+            time.sleep(1)
+            baseline = meminfo()
+            times = pool_run(ctx, settings, image_ref, shape, "instant", "instant", args.n, args.timeout)
+            out["template_seconds"] = round(times["saved"] - times["created"], 3)
+            out["instant_seconds"] = round(times["ready"] - times["saved"], 3)
+            say(f"instant: template saved {out['template_seconds']:.2f} s after the pool's creation, "
+                f"{args.n} clones ready {out['instant_seconds']:.2f} s after that")
+            if "memory" not in skip:
+                out.update(memory_run(ctx, "instant", args.n, baseline, args.idle, scan))
         say(f"restore_clone: {spread(restores)}")
         restores.clear()
         if "single" not in skip:  # made before the instant pool goes, so their common template stays
