@@ -166,10 +166,14 @@ def floor_run(ctx: Context, settings: Settings, boot: BootImage, shape: dict, n:
         pending = set(names)
 
         def all_ready() -> bool:
-            pending.difference_update({name for name in pending if hv.is_ready(name)})
+            for name in sorted(name for name in pending if hv.is_ready(name)):
+                pending.discard(name)
+                say(f"floor: {name} ready at {time.monotonic() - began:.1f} s ({n - len(pending)}/{n})")
             return not pending
 
-        wait_for(f"{n} floor domains to be ready", all_ready, timeout, every=0.05)
+        # every 0.5 s: asking each booting domain 20 times a second took CPU from the boots it
+        # timed (as the single phase's 20 ms poll did), for a resolution minutes do not need
+        wait_for(f"{n} floor domains to be ready", all_ready, timeout, every=0.5)
         return time.monotonic() - began
     finally:
         for name, disk, _ in prepared:
