@@ -444,8 +444,15 @@ def test_a_template_undefined_while_it_is_observed_is_seen_by_its_save_file(tmp_
     monkeypatch.setattr(hv, "_list_ours", listed_then_saved)
     assert key not in hv.list_templates()
     hv.conn.defineXML(model.to_xml())
-    real_lookup = hv._lookup
-    monkeypatch.setattr(hv, "_lookup", lambda name: (dom := real_lookup(name)) and (dom.undefine(), dom)[1])
+    looked_up = hv._lookup
+
+    def looked_up_then_saved(name):  # the same, between a lookup and the calls on what it found
+        dom = looked_up(name)
+        if dom is not None:
+            dom.undefine()
+        return dom
+
+    monkeypatch.setattr(hv, "_lookup", looked_up_then_saved)
     assert hv.template(key) is None
     hv.conn.defineXML(model.to_xml())
     assert not hv.is_ready(hv.template_name(key))
