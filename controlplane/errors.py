@@ -23,6 +23,11 @@ class PermanentError(ShiftDeskError):
     pass
 
 
+class HostAgentUnreachable(TemporaryError):
+    """A host's libvirt may answer, but its host agent (which keeps the host's files and relays
+    its consoles) does not. Never a reason to fence the host: its desktops may still run there."""
+
+
 class ExpectedError(ShiftDeskError):
     """A caller mistake; `field` names the input at fault when there is one."""
 

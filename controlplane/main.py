@@ -45,9 +45,10 @@ def make_hypervisor(settings: Settings) -> Hypervisor:
 
 def host_hypervisor(settings: Settings, host: str | None, uri: str) -> Hypervisor:
     """The hypervisor of HOST at URI (None: this control plane's own host). Another host is driven
-    with this host's settings, but its overlays, templates and sockets live in a directory of its
-    own (DATA_DIR/hosts/HOST): where hosts share storage, none may ever see another's overlays as
-    orphans of its own."""
+    with this host's settings, but its overlays, templates and sockets live in DATA_DIR/hosts/HOST
+    on that host's own disk (its host agent, `build_host_agent`, uses the same directories and
+    serves their files to the control plane), and where hosts share storage, none may ever see
+    another's overlays as orphans of its own."""
     if uri.startswith("fake://"):
         from controlplane.drivers.fake import FakeHypervisor
 
@@ -92,15 +93,22 @@ def console_client_tls(settings: Settings) -> ssl.SSLContext:
 
 
 def build_console_relay(settings: Settings, hypervisor: Hypervisor) -> Any:
-    """The host agent's console relay (a ConsoleServer), or None when `console.listen` is unset."""
+    """The host agent's console relay (a ConsoleServer), or None when `console.listen` is unset.
+    With a libvirt HYPERVISOR it also serves the control plane's operations on this host's files
+    (drivers/libvirt/host_files.py), in the directories the control plane named for this host."""
     if not settings.console.listen:
         return None
+    from controlplane.drivers.libvirt.driver import LibvirtHypervisor
+    from controlplane.drivers.libvirt.host_files import LocalHostFiles
     from controlplane.gateway.console_server import ConsoleServer, server_context
 
     pki = settings.console.pki_dir
     tls = server_context(cert=pki / "servercert.pem", key=pki / "serverkey.pem", ca=pki / "cacert.pem")
+    files = (LocalHostFiles(instance=settings.instance, run_dir=hypervisor.run_dir,
+                            templates_dir=hypervisor.templates_dir, grant=hypervisor.grant_dirs)
+             if isinstance(hypervisor, LibvirtHypervisor) else None)
     return ConsoleServer(hypervisor.running_socket, tls, allowed_clients=frozenset(settings.console.allowed_clients),
-                         max_consoles=settings.console.max_consoles)
+                         max_consoles=settings.console.max_consoles, host_files=files)
 
 
 def apps_key_file(settings: Settings) -> Path:
@@ -227,7 +235,8 @@ def build_host_agent(settings: Settings, name: str) -> HostAgent:
     desktop networks on, this host's desktop network, and (once the host is registered) its
     enforcing resolver, serving this host's desktops."""
     engine = make_engine(settings.database_url, settings.db.busy_timeout_ms)
-    hypervisor, host_network = make_hypervisor(settings), make_network(settings)
+    # this machine's libvirt, with the directories the control plane names for host NAME
+    hypervisor, host_network = host_hypervisor(settings, name, settings.libvirt.uri), make_network(settings)
 
     def start_resolver(host_id: int) -> None:
         ctx = Context(engine=engine, hypervisor=hypervisor, clock=SystemClock(), builder=None,

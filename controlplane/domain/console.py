@@ -11,6 +11,7 @@ of every session, and the guest's messages are checked by the control plane's dr
 
     SHIFTDESK-CONSOLE/1 sd-main-sales-0a1b2c\\n    ->    OK\\n  (then RFB)
     SHIFTDESK-CHANNEL/1 sd-main-sales-0a1b2c\\n    ->    OK\\n  (then the host channel's frames)
+    SHIFTDESK-HOST/1 serial-ready\\n               ->    OK\\n  (then one host operation: host_ops.py)
 
 Lines are bounded (MAX_LINE): a peer cannot make the other side buffer more.
 """
@@ -23,12 +24,14 @@ from enum import StrEnum
 from pathlib import Path
 
 from controlplane.domain import naming
+from controlplane.domain.host_ops import HostOp
 from controlplane.errors import InvalidInput, TemporaryError
 
 MAX_LINE = 128  # bytes, newline included: the longest desktop name fits three times over
 _NAME = re.compile(r"[a-z][a-z0-9-]{0,62}")
 # an instant-clone template (`sd-<instance>.tpl-<key>`): its host channel only, never a console
 _TEMPLATE = re.compile(rf"[a-z][a-z0-9-]{{0,30}}{re.escape(naming.TEMPLATE_MARK)}[a-z0-9-]{{1,40}}")
+_OPS = frozenset(op.value for op in HostOp)
 _REASON = re.compile(r"[ -~]{1,100}")  # printable ASCII: a reason is logged and shown, never markup
 
 
@@ -56,11 +59,15 @@ class Stream(StrEnum):
 
     VNC = "SHIFTDESK-CONSOLE/1"  # the desktop's VNC server
     CHANNEL = "SHIFTDESK-CHANNEL/1"  # the host end of its host channel
+    HOST = "SHIFTDESK-HOST/1"  # one operation on the host's files (host_ops.py): the line names it
 
 
 def nameable(desktop: str, stream: Stream) -> bool:
-    """Whether a request may name DESKTOP for STREAM: a desktop's name for either, a template's
-    for its host channel (a template on another host says it is ready over the relay too)."""
+    """Whether a request may name DESKTOP for STREAM: a desktop's name for a console or a
+    channel, a template's for its host channel (a template on another host says it is ready over
+    the relay too); for HOST, the operation's name."""
+    if stream == Stream.HOST:
+        return desktop in _OPS
     return bool(_NAME.fullmatch(desktop) or (stream == Stream.CHANNEL and _TEMPLATE.fullmatch(desktop)))
 
 

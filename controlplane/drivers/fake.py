@@ -40,7 +40,7 @@ from controlplane.domain.ports import (
     ObservedTemplate,
     TemplateKey,
 )
-from controlplane.errors import AuthFailed, PermanentError, TemporaryError
+from controlplane.errors import AuthFailed, HostAgentUnreachable, PermanentError, TemporaryError
 
 
 @dataclass
@@ -79,6 +79,7 @@ class FakeHypervisor:
         self.backed_by: dict[str, TemplateKey] = {}  # a restored clone's overlay -> the template under it
         self.host = HostCapacity(vcpus=8, memory_mib=32768, disk_bytes=500 << 30, disk_free_bytes=400 << 30)
         self.unreachable = False  # True: every call fails as if this host's libvirtd were gone
+        self.agent_unreachable = False  # True: its libvirt answers, its host agent (its files) does not
         self.hang = threading.Event()  # capacity() waits for it: clear it to make this host hang
         self.hang.set()
         self.on_change: Callable[[], None] | None = None  # the reconciler's, once it watches
@@ -97,6 +98,9 @@ class FakeHypervisor:
             raise TemporaryError(f"{verb} {name}: simulated libvirt hiccup", delay=0.0)
 
     def observe(self) -> HostObservation:
+        self._reach()  # libvirt first, as the real driver lists the domains before reading files
+        if self.agent_unreachable:
+            raise HostAgentUnreachable("host files of fake: simulated: the host agent is not answering", delay=1.0)
         return HostObservation(desktops=self.list_desktops(), templates=self.list_templates(),
                                overlays=frozenset(self.list_overlays()), capacity=self.capacity())
 

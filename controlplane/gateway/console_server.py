@@ -24,8 +24,10 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from controlplane.domain import console
+from controlplane.domain import console, host_ops
+from controlplane.domain.host_ops import HostOp
 from controlplane.drivers.console_relay import CHUNK, splice
+from controlplane.drivers.libvirt.host_files import LocalHostFiles, serve
 from controlplane.errors import ShiftDeskError
 
 log = logging.getLogger(__name__)
@@ -62,8 +64,11 @@ def _common_name(writer: asyncio.StreamWriter) -> str:
 
 class ConsoleServer:
     def __init__(self, resolve: Resolve, tls: ssl.SSLContext, *, allowed_clients: frozenset[str],
-                 max_consoles: int = 256, request_timeout: float = 5.0) -> None:
+                 max_consoles: int = 256, request_timeout: float = 5.0,
+                 host_files: LocalHostFiles | None = None, feed_timeout: float = 300.0) -> None:
         self.resolve = resolve
+        self.host_files = host_files  # this host's files, for the control plane's host operations
+        self.feed_timeout = feed_timeout  # a restore that reads its fifo longer than this is cut off
         self.tls = tls
         self.allowed_clients = allowed_clients
         self.max_consoles = max_consoles
@@ -127,6 +132,13 @@ class ConsoleServer:
             line = await reader.readuntil(b"\n")  # LimitOverrunError past MAX_LINE: nothing more is read
         try:
             stream, desktop = console.parse_request(line)
+        except ShiftDeskError as err:
+            writer.write(console.refusal(str(err)))
+            return
+        if stream == console.Stream.HOST:
+            await self._host_operation(reader, writer, HostOp(desktop), client)
+            return
+        try:
             socket = await asyncio.to_thread(self.resolve, desktop, stream)  # asks libvirt: off the event loop
             async with asyncio.timeout(self.request_timeout):
                 vnc_reader, vnc_writer = await asyncio.open_unix_connection(str(socket), limit=CHUNK)
@@ -140,3 +152,53 @@ class ConsoleServer:
             await splice((reader, writer), (vnc_reader, vnc_writer))
         finally:
             log.info("console: %s %s closed for %s", desktop, stream.name.lower(), client)
+
+    async def _host_operation(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, op: HostOp,
+                              client: str) -> None:
+        """One operation on this host's files (domain/host_ops.py): OK, its arguments, its answer;
+        a feed is then served until the client closes (its restore is over) or FEED_TIMEOUT."""
+        files = self.host_files
+        if files is None:
+            writer.write(console.refusal("this relay serves no host operations"))
+            return
+        writer.write(console.OK)
+        async with asyncio.timeout(self.request_timeout):
+            line = await _read_line(reader, host_ops.MAX_JSON)
+        try:
+            args = host_ops.decode(line)
+            if op == HostOp.FEED:
+                await self._feed(files, reader, writer, args)
+                return
+            answer = await asyncio.to_thread(serve, files, op, args)
+        except (ShiftDeskError, OSError) as err:
+            log.info("host operation %s for %s failed: %s", op.value, client, err)
+            answer = {"error": str(err)[:500]}
+        writer.write(host_ops.encode(answer))
+        await writer.drain()
+
+    async def _feed(self, files: LocalHostFiles, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    args: dict[str, object]) -> None:
+        feed = files.feed(host_ops.text(args, "name"), host_ops.text(args, "template"), host_ops.text(args, "xml"))
+        path = await asyncio.to_thread(feed.__enter__)
+        try:
+            writer.write(host_ops.encode({"path": str(path)}))
+            await writer.drain()
+            with contextlib.suppress(TimeoutError, ConnectionError):
+                async with asyncio.timeout(self.feed_timeout):
+                    while await reader.read(CHUNK):
+                        pass  # nothing is expected: the close is the signal
+        finally:
+            await asyncio.to_thread(feed.__exit__, None, None, None)
+
+
+async def _read_line(reader: asyncio.StreamReader, limit: int) -> bytes:
+    """One line of at most LIMIT bytes, the last thing the client sends before it waits for us."""
+    out = bytearray()
+    while not out.endswith(b"\n"):
+        chunk = await reader.read(CHUNK)
+        if not chunk:
+            raise asyncio.IncompleteReadError(bytes(out), None)
+        out += chunk
+        if len(out) > limit or b"\n" in out[:-1]:
+            raise asyncio.LimitOverrunError("arguments: not one line of at most the limit", len(out))
+    return bytes(out)

@@ -25,7 +25,7 @@ from controlplane.db.models import Desktop, Host, Pool
 from controlplane.domain.placement import HostMode
 from controlplane.domain.planning import HostView
 from controlplane.domain.ports import HostCapacity, ObservedTemplate, TemplateKey
-from controlplane.errors import Conflict, InvalidInput, ShiftDeskError
+from controlplane.errors import Conflict, HostAgentUnreachable, InvalidInput, ShiftDeskError
 from controlplane.services import host_agent
 from controlplane.services.context import Context
 from controlplane.services.views import HostPublic, HostState
@@ -131,9 +131,9 @@ def observe(ctx: Context, host: HostRef) -> ObservedHost:
     Reads only: the active reconciler records fencing and recovery (`note_fencing`)."""
     try:
         seen = ctx.driver(host.id).observe()
-    except ShiftDeskError as err:
+    except ShiftDeskError as err:  # (its libvirt answering without its agent proves it alive: never fenced)
         return ObservedHost(host, HostView(id=host.id, name=host.name, mode=host.mode, down_reason=str(err),
-                                           fenced=_dead(ctx, host)))
+                                           fenced=not isinstance(err, HostAgentUnreachable) and _dead(ctx, host)))
     saved = frozenset(k for k, t in seen.templates.items() if t.saved)
     return ObservedHost(host, HostView(id=host.id, name=host.name, mode=host.mode, domains=seen.desktops,
                                        overlays=seen.overlays, capacity=seen.capacity, templates=saved),

@@ -2,13 +2,15 @@
 
 It has its own network namespace (10.254.2.2, behind a veth pair whose host end is 10.254.2.1),
 its own mount namespace (its own /etc/libvirt, /var/lib/libvirt, /var/cache/libvirt,
-/var/log/libvirt, a tmpfs /run/libvirt, and /run/shiftdesk, where its desktop network keeps its
-DHCP and proxy state: ROOT/run-shiftdesk, which tests read), and its own virtlogd and libvirtd,
-listening for TLS
-only. Certificates come from ShiftDesk's local CA: the daemon's for 10.254.2.2, and a client
-certificate for the control plane; the daemon admits only clients whose certificate names the
-control plane (`tls_allowed_dn_list`). Stopping it (or `kill()`, a power cut) ends every
-process in its namespace, QEMU included, and removes the namespace and the veth pair.
+/var/log/libvirt, a tmpfs /run/libvirt, /run/shiftdesk, where its desktop network keeps its
+DHCP and proxy state: ROOT/run-shiftdesk, which tests read, and its own DATA_DIR/hosts/host-b,
+where its overlays, serial logs, join secrets, template save files and restore fifos are: what
+the control plane sees at that path is another, empty directory, as for a host on the network),
+and its own virtlogd and libvirtd, listening for TLS only. Certificates come from ShiftDesk's
+local CA: the daemon's for 10.254.2.2, and a client certificate for the control plane; the
+daemon admits only clients whose certificate names the control plane (`tls_allowed_dn_list`).
+Stopping it (or `kill()`, a power cut) ends every process in its namespace, QEMU included, and
+removes the namespace and the veth pair.
 """
 
 from __future__ import annotations
@@ -51,6 +53,10 @@ class SecondHost:
     def pids(self) -> list[int]:
         out = subprocess.run(["ip", "netns", "pids", NS], capture_output=True, text=True, check=False).stdout
         return [int(p) for p in out.split()]
+
+    def inside(self, *cmd: str) -> list[str]:
+        """CMD, to run in the second host's mount namespace (it sees that host's own files)."""
+        return ["nsenter", f"--mount=/proc/{self.pids()[0]}/ns/mnt", *cmd]
 
     def kill(self) -> None:
         """The host dies at once: libvirtd, virtlogd and every QEMU of it, with SIGKILL."""
@@ -113,9 +119,10 @@ def agent_command(name: str, env: dict[str, str], log: Path) -> str:
 
 
 @contextlib.contextmanager
-def second_host(root: Path, ca_dir: Path, agent: str = "") -> Iterator[SecondHost]:
+def second_host(root: Path, ca_dir: Path, agent: str = "", own: Path | None = None) -> Iterator[SecondHost]:
     """The second host; AGENT (agent_command's line), when given, runs in its namespaces too,
-    beside its libvirtd, and dies with it."""
+    beside its libvirtd, and dies with it. OWN, when given, is a directory of the control plane's
+    that the second host has a private one of its own at (ROOT/own)."""
     _teardown()  # what a killed run left
     _config(root, ca_dir)
     host = SecondHost(root=root, pki=ensure_libvirt_client(ca_dir, root / "client"))
@@ -130,8 +137,12 @@ def second_host(root: Path, ca_dir: Path, agent: str = "") -> Iterator[SecondHos
             _run("ip", "netns", "exec", NS, *cmd)
         (root / "run-shiftdesk").mkdir(mode=0o755, exist_ok=True)
         Path("/run/shiftdesk").mkdir(mode=0o755, exist_ok=True)  # the mount point
-        mounts = "\n".join(f"mount --bind {root / name} {target}" for name, target in
-                           [*STATE_DIRS.items(), ("run-shiftdesk", "/run/shiftdesk")])
+        binds = [*STATE_DIRS.items(), ("run-shiftdesk", "/run/shiftdesk")]
+        if own is not None:
+            own.mkdir(mode=0o700, parents=True, exist_ok=True)  # the mount point
+            (root / "own").mkdir(mode=0o700, exist_ok=True)
+            binds.append(("own", str(own)))
+        mounts = "\n".join(f"mount --bind {root / name} {shlex.quote(str(target))}" for name, target in binds)
         script = (f"set -e\n{mounts}\nmount -t tmpfs -o mode=0755 tmpfs /run/libvirt\n"
                   "virtlogd -d -p /run/libvirt/virtlogd.pid\nlibvirtd -d --listen -p /run/libvirt/libvirtd.pid\n"
                   f"{agent}\n")
@@ -153,7 +164,8 @@ def second_host_with_agent(settings, **env: str) -> Iterator[SecondHost]:
            "SHIFTDESK_CONSOLE__LISTEN": ADDRESS, "SHIFTDESK_CONSOLE__PKI_DIR": str(root / "pki"),
            **database_env(settings), **env}
     try:
-        with second_host(root, settings.data_dir / "tls", agent_command("host-b", env, root / "agent.log")) as h:
+        with second_host(root, settings.data_dir / "tls", agent_command("host-b", env, root / "agent.log"),
+                         own=settings.data_dir / "hosts" / "host-b") as h:
             yield h
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -33,7 +33,7 @@ from controlplane.services import audit, desktops, hosts, images, policies, pool
 from controlplane.services.reconciler import Reconciler
 from tests.integration.conftest import purge
 from tests.integration.replicas import wait_for
-from tests.integration.second_host import NS, second_host_with_agent
+from tests.integration.second_host import NS, SecondHost, second_host_with_agent
 
 KEY_CALC = 140  # Linux input keycode of a keyboard's calculator key (X: XF86Calculator)
 GALCULATOR = "/usr/bin/galculator"
@@ -76,11 +76,13 @@ def runs_exactly_the_apps_its_signed_list_allows(hv, key, name: str) -> None:
     assert hv.list_desktops()[name].quarantined and not hv.is_ready(name)
 
 
-def file_in_overlay(hv, name: str, path: str, scratch: Path) -> str | None:
-    """Read PATH from the desktop's disk, offline (debugfs on a raw copy of its whole chain)."""
+def file_in_overlay(host: SecondHost, hv, name: str, path: str, scratch: Path) -> str | None:
+    """Read PATH from the desktop's disk on HOST, offline (debugfs on a raw copy of its whole
+    chain, made on that host: the chain is on its own disk)."""
     overlay = hv._pool().storageVolLookupByName(f"{name}.qcow2").path()
     raw = scratch / f"{name}.raw"
-    subprocess.run(["qemu-img", "convert", "-U", "-O", "raw", overlay, str(raw)], check=True, capture_output=True)
+    subprocess.run(host.inside("qemu-img", "convert", "-U", "-O", "raw", overlay, str(raw)), check=True,
+                   capture_output=True)
     try:  # the guest's last writes may sit in the ext4 journal only: replay it as a mount would
         subprocess.run(["e2fsck", "-y", "-E", "journal_only", str(raw)], capture_output=True, check=False)
         done = subprocess.run(["debugfs", "-R", f"cat {path}", str(raw)], capture_output=True, text=True, check=False)
@@ -149,10 +151,10 @@ def test_two_clones_on_the_second_host_are_two_machines_on_its_network_that_run_
                 runs_exactly_the_apps_its_signed_list_allows(hv, ctx.app_signer, names[1])
                 for name in names:
                     hv.destroy(name)  # the agent fsyncs the secret before it confirms
-                secrets_seen = [file_in_overlay(hv, n, "/var/lib/shiftdesk-agent/join-secret", tmp_path)
+                secrets_seen = [file_in_overlay(b_host, hv, n, "/var/lib/shiftdesk-agent/join-secret", tmp_path)
                                 for n in names]
                 assert secrets_seen == [ctx.directory.computers[n] for n in names]  # each its own, on its own disk
-                machine_ids = [file_in_overlay(hv, n, "/etc/machine-id", tmp_path) for n in names]
+                machine_ids = [file_in_overlay(b_host, hv, n, "/etc/machine-id", tmp_path) for n in names]
                 assert machine_ids[0] and machine_ids[1] and machine_ids[0] != machine_ids[1]
 
                 pools.delete(ctx, "agents", actor="test")

@@ -73,6 +73,11 @@ def test_a_pool_spreads_over_two_real_hosts_and_maintenance_moves_it_off_one(rea
         assert sorted(len(names) for names in placed.values()) == [2, 2] and set(placed) == {home, b.id}
         assert running("qemu:///system", instance) == placed[home]  # each host runs its own, and only those
         assert running(host_b.uri, instance) == placed[b.id]
+        # host-b's files (its desktops' serial logs, where they said ready) are on its own disk,
+        # which the control plane does not see: read and cleared through host-b's agent
+        assert {p.name for p in (host_b.root / "own" / "run").glob("*.serial")} == {f"{n}.serial"
+                                                                                 for n in placed[b.id]}
+        assert not list((real_settings.data_dir / "hosts" / "host-b").rglob("*.serial"))
         views = {v.name: v for v in hosts.views(real_ctx)}
         assert views["host-b"].state == "active" and views["host-b"].desktops == {"ready": 2}
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import pwd
 import re
 import ssl
@@ -59,10 +58,10 @@ from controlplane.drivers.libvirt.domxml import (
 )
 from controlplane.drivers.libvirt.errors import is_not_found, translate
 from controlplane.drivers.libvirt.guest_link import GuestLinks
+from controlplane.drivers.libvirt.host_files import LocalHostFiles, RelayedHostFiles
 from controlplane.drivers.libvirt.screenshot import capture_png
 from controlplane.errors import PermanentError
 
-READY_MARKER = "SHIFTDESK-READY name="
 JOIN_FW_CFG = "opt/org.shiftdesk/join"
 
 
@@ -109,6 +108,11 @@ class LibvirtHypervisor:
                 if self.remote_address is not None else None)
         self.links = links or GuestLinks(policy_key=policy_key or bytes(32), dial=dial)
         self.templates_dir = overlay_dir.parent / "templates"  # saved template memory, root only
+        # the host's files (serial logs, join secrets, save files, restore fifos) are on its own disk:
+        # another host's are reached through its agent's relay, like its channels
+        self.files: LocalHostFiles | RelayedHostFiles = (
+            LocalHostFiles(instance=instance, run_dir=run_dir, templates_dir=self.templates_dir)
+            if self.remote_address is None else RelayedHostFiles(self.remote_address, console_port, console_tls))
         self._desktop_re = re.compile(rf"{naming.PREFIX}-{re.escape(instance)}-[a-z][a-z0-9-]{{0,22}}[a-z0-9]"
                                       r"-[0-9a-f]{6}")
         self._conn: libvirt.virConnect | None = None
@@ -135,12 +139,23 @@ class LibvirtHypervisor:
                 except libvirt.libvirtError as err:
                     raise translate(err, f"connect to {self.uri}") from err
                 self.qemu = host_access.QemuUser.from_capabilities(self._conn.getCapabilities())
-                self._grant_qemu(self.run_dir.parent, self.overlay_dir)
-                host_access.prepare_run_dir(self.run_dir, self.qemu)
+                if self.remote_address is None:  # another host's agent prepares its own directories
+                    self._grant_qemu(self.run_dir.parent, self.overlay_dir)
+                    host_access.prepare_run_dir(self.run_dir, self.qemu)
             return self._conn
 
+    def grant_dirs(self, dirs: list[Path]) -> None:
+        """Connect (which prepares this host's own directories) and let QEMU search DIRS: what the
+        host agent does when the control plane asks (host_files.LocalHostFiles.prepare)."""
+        self.conn  # noqa: B018 - connecting learns who QEMU runs as
+        self._grant_qemu(*dirs)
+
     def _grant_qemu(self, *dirs: Path) -> None:
-        """Let an unprivileged QEMU search DIRS (inside DATA_DIR only); see host_access."""
+        """Let an unprivileged QEMU search DIRS (inside DATA_DIR only); see host_access. Another
+        host's agent does it there: these are that host's directories."""
+        if self.remote_address is not None:
+            self.files.prepare(list(dirs))
+            return
         if self.qemu is None or self.qemu.is_root or self.data_dir is None:
             return
         for directory in dirs:
@@ -148,7 +163,8 @@ class LibvirtHypervisor:
             host_access.grant_search(self.data_dir, directory, self.qemu.gid)
 
     def _pool(self) -> libvirt.virStoragePool:
-        return linked_clone.ensure_pool(self.conn, self.pool_name, self.overlay_dir)
+        return linked_clone.ensure_pool(self.conn, self.pool_name, self.overlay_dir,
+                                        remote=self.remote_address is not None)
 
     def _lookup(self, name: str) -> libvirt.virDomain | None:
         try:
@@ -243,11 +259,7 @@ class LibvirtHypervisor:
             return self._channel_ready(name, dom, template=not desktop, apps=self.enforce_apps and desktop)
         if tag.template or (boot is not None and self._boots.said_ready(boot)):
             return True
-        try:
-            text = self.serial_log(name).read_text(errors="replace")
-        except FileNotFoundError:
-            return False
-        ready = f"{READY_MARKER}{name} " in text or text.rstrip().endswith(f"{READY_MARKER}{name}")
+        ready = self.files.serial_ready(name)
         if ready and boot is not None:
             self._boots.note_ready(boot)
         return ready
@@ -265,10 +277,9 @@ class LibvirtHypervisor:
                                 or state.first_list_allowed)
 
     def _send_identity(self, name: str, dom: libvirt.virDomain, *, template: bool) -> None:
-        secret = self.join_file(name)
         self.links.send_identity(name, hostname=name.replace(".", "-"),  # a template's name has a dot
                                  machine_id=dom.UUIDString().replace("-", ""),
-                                 join_secret=secret.read_text() if secret.exists() else "", template=template)
+                                 join_secret=self.files.read_join(name), template=template)
 
     def watch(self, on_change: Callable[[], None]) -> None:
         self.links.watch(on_change)  # a serial-line desktop's readiness is read when asked
@@ -354,7 +365,7 @@ class LibvirtHypervisor:
         to start a domain whose fw_cfg file is missing), then the file goes: a crash in between
         leaves a file to remove, never a desktop that cannot start again."""
         self._drop_fw_cfg(name, lambda entry: entry.name == JOIN_FW_CFG)
-        self.join_file(name).unlink(missing_ok=True)
+        self.files.discard_join(name)
 
     def _drop_fw_cfg(self, name: str, drop: Callable[[FwCfgFile], bool]) -> None:
         dom = self._lookup(name)
@@ -419,7 +430,7 @@ class LibvirtHypervisor:
         self.conn  # noqa: B018 - connecting learns who QEMU runs as
         self._grant_qemu(*{p.parent for p in (image.disk, image.kernel, image.initrd) if p is not None})
         if spec.join_secret:
-            _write_secret(self.join_file(spec.name), spec.join_secret)
+            self.files.write_join(spec.name, spec.join_secret)
         existing = self._lookup(spec.name)
         uuid = existing.UUIDString() if existing is not None else None
         try:
@@ -433,9 +444,10 @@ class LibvirtHypervisor:
             raise PermanentError(f"start {name}: domain is not defined")
         if dom.isActive():
             return
-        self._drop_fw_cfg(name, lambda entry: not entry.file.exists())  # a secret discarded long ago
+        # a secret discarded long ago (QEMU refuses to start without the file)
+        self._drop_fw_cfg(name, lambda entry: entry.name == JOIN_FW_CFG and not self.files.read_join(name))
         self._booted_not_restored(dom)
-        self.serial_log(name).unlink(missing_ok=True)  # readiness counts from this boot's line only
+        self.files.clear_serial(name)  # readiness counts from this boot's line only
         self.links.forget(name)  # and from this boot's agent only
         try:
             dom.create()
@@ -461,8 +473,7 @@ class LibvirtHypervisor:
             raise translate(err, f"mark {dom.name()} as booted") from err
 
     def _close_sockets(self, name: str) -> None:
-        host_access.close_socket(self.run_dir / f"{name}.vnc")
-        host_access.close_socket(self.channel_socket(name))
+        self.files.close_sockets(name)
 
     def reboot(self, name: str) -> None:
         if self._lookup(name) is None:
@@ -491,7 +502,7 @@ class LibvirtHypervisor:
             except libvirt.libvirtError as err:
                 if not is_not_found(err):
                     raise translate(err, f"undefine {name}") from err
-        self.serial_log(name).unlink(missing_ok=True)
+        self.files.clear_serial(name)
         self.discard_join_secret(name)
 
     # --- instant clones (save_image.py holds the save-file trick) --------------------------------
@@ -516,19 +527,17 @@ class LibvirtHypervisor:
         return self._scan(desktops=False, templates=True)[1]
 
     def _saved_templates(self, found: dict[TemplateKey, ObservedTemplate]) -> None:
-        """Add to FOUND the templates that are only a finished save file (their domain is gone),
-        and sweep restore files a crash left behind."""
-        for key in self._templates_marked(".save"):
-            if key not in found and self._saved(key):
+        """Add to FOUND the templates that are only a finished save file (their domain is gone)
+        and the retired ones (the host sweeps restore files a crash left behind meanwhile)."""
+        files = self.files.template_files()
+        for key in self._keys(files.saved - files.retired):
+            if key not in found:
                 found[key] = ObservedTemplate(key=key, defined=False, running=False, ready=False, saved=True)
-        for key in self._templates_marked(".retired"):
+        for key in self._keys(files.retired):
             found[key] = self._retired(key, backs=self._backs_desktops(key))
-        self._sweep_restores()
 
-    def _templates_marked(self, suffix: str) -> list[TemplateKey]:
-        """Keys of this installation's templates with a file ending in SUFFIX in templates_dir."""
-        files = sorted(self.templates_dir.glob(f"{naming.template_prefix(self.instance)}*{suffix}"))
-        return [key for path in files if (key := self._template_key(path.name[:-len(suffix)])) is not None]
+    def _keys(self, names: frozenset[str]) -> list[TemplateKey]:
+        return [key for name in sorted(names) if (key := self._template_key(name)) is not None]
 
     @staticmethod
     def _retired(key: TemplateKey, *, backs: bool) -> ObservedTemplate:
@@ -559,14 +568,15 @@ class LibvirtHypervisor:
         return bool(backed)
 
     def template(self, key: TemplateKey) -> ObservedTemplate | None:
-        if self.retired_file(key).exists():  # whether it still backs a desktop costs a call per
-            # volume: a pass asks (`list_templates`); a step needs only to know it is retired
+        saved, retired = self.files.template_state(self.template_name(key))
+        if retired:  # whether it still backs a desktop costs a call per volume: a pass asks
+            # (`list_templates`); a step needs only to know it is retired
             return self._retired(key, backs=True)
         dom = self._lookup(self.template_name(key))
         tag = self._tag(dom) if dom is not None else None
         if dom is not None and tag is not None and (seen := self._observe_template(key, dom, tag)) is not None:
             return seen
-        if self._saved(key):
+        if saved:
             return ObservedTemplate(key=key, defined=False, running=False, ready=False, saved=True)
         return None
 
@@ -583,22 +593,8 @@ class LibvirtHypervisor:
                                 quarantined=self.links.state(name, heartbeats=False).quarantined)
 
     def _saved(self, key: TemplateKey) -> bool:
-        if self.retired_file(key).exists():
-            return False  # retired while its save file went: never restored from again
-        try:
-            save_image.read_header(self.template_file(key))
-        except (FileNotFoundError, PermanentError):
-            return False
-        return True
-
-    def _sweep_restores(self, older_than_s: float = 600) -> None:
-        """Per-clone restore fifos a crash left behind (a live restore takes seconds)."""
-        for path in [*self.run_dir.glob("*.restore"), *self.run_dir.glob(".*.restore.new")]:
-            try:
-                if time.time() - path.stat().st_mtime > older_than_s:
-                    path.unlink()
-            except FileNotFoundError:
-                pass
+        """A finished save file, and not retired (retired while its file went: never restored from)."""
+        return self.files.template_state(self.template_name(key))[0]
 
     def build_template(self, key: TemplateKey, image: BootImage) -> None:
         name = self.template_name(key)
@@ -618,38 +614,32 @@ class LibvirtHypervisor:
         self.start(name)
 
     def save_template(self, key: TemplateKey) -> None:
-        name, path = self.template_name(key), self.template_file(key)
+        name = self.template_name(key)
         if not self._saved(key):
             dom = self._lookup(name)
             if dom is None or not dom.isActive():
                 raise PermanentError(f"save template {name}: it is not running")
-            self.templates_dir.mkdir(mode=host_access.PRIVATE, parents=True, exist_ok=True)
-            partial = path.with_suffix(".partial")
-            partial.unlink(missing_ok=True)
+            partial = self.files.begin_save(name)
             try:
                 dom.save(str(partial))
             except libvirt.libvirtError as err:
-                partial.unlink(missing_ok=True)
+                self.files.discard_save(name)
                 raise translate(err, f"save template {name}") from err
-            partial.rename(path)  # only a finished file ever carries the final name
+            self.files.commit_save(name)  # only a finished file ever carries the final name
         self.undefine(name)  # nothing may boot it again: its disk now backs every clone
 
     def remove_template(self, key: TemplateKey) -> None:
-        name, path = self.template_name(key), self.template_file(key)
+        name = self.template_name(key)
         self.undefine(name)
-        path.with_suffix(".partial").unlink(missing_ok=True)
-        path.unlink(missing_ok=True)
+        self.files.discard_save(name)
         linked_clone.delete_overlay(self._pool(), naming.volume_name(name))
-        self.retired_file(key).unlink(missing_ok=True)  # last: a crash before it leaves it retired, not built anew
+        self.files.unretire(name)  # last: a crash before it leaves it retired, not built anew
         self._backed.pop(key, None)
 
     def retire_template(self, key: TemplateKey) -> None:
-        name, path = self.template_name(key), self.template_file(key)
+        name = self.template_name(key)
         self.undefine(name)
-        self.templates_dir.mkdir(mode=host_access.PRIVATE, parents=True, exist_ok=True)
-        self.retired_file(key).touch()  # first: from here on nothing restores from it or builds over it
-        path.with_suffix(".partial").unlink(missing_ok=True)
-        path.unlink(missing_ok=True)
+        self.files.retire(name)  # the mark first, then the save file
 
     def restore_clone(self, spec: DesktopSpec) -> Path:
         if spec.template is None:
@@ -660,27 +650,27 @@ class LibvirtHypervisor:
             return Path(self._pool().storageVolLookupByName(naming.volume_name(spec.name)).path())
         template = self.template_name(spec.template)
         try:
-            head = save_image.read_header(self.template_file(spec.template))
             backing = Path(self._pool().storageVolLookupByName(naming.volume_name(template)).path())
-        except (FileNotFoundError, libvirt.libvirtError) as err:
-            raise PermanentError(f"restore {spec.name}: template {template} is not saved") from err
+        except libvirt.libvirtError as err:
+            raise PermanentError(f"restore {spec.name}: template {template} has no disk") from err
+        if (saved_xml := self.files.saved_xml(template)) is None:
+            raise PermanentError(f"restore {spec.name}: template {template} is not saved")
         overlay = linked_clone.create_overlay(self._pool(), naming.volume_name(spec.name), backing,
                                               _virtual_size(spec.image.disk))
         channel = spec.image.readiness == Readiness.CHANNEL
-        xml = save_image.rewrite_for_clone(head.xml, save_image.CloneNames(
+        xml = save_image.rewrite_for_clone(saved_xml, save_image.CloneNames(
             name=spec.name, uuid=str(uuidlib.uuid4()), genid=str(uuidlib.uuid4()), pool=spec.pool,
             desktop_id=spec.desktop_id, generation=spec.generation, template=spec.template.slug,
             created=int(time.time()), volume=naming.volume_name(spec.name), serial=self.serial_log(spec.name),
             vnc=self.vnc_socket(spec.name), channel=self.channel_socket(spec.name) if channel else None))
         if spec.join_secret:
-            _write_secret(self.join_file(spec.name), spec.join_secret)  # sent with its identity
-        self.serial_log(spec.name).unlink(missing_ok=True)
+            self.files.write_join(spec.name, spec.join_secret)  # sent with its identity
+        self.files.clear_serial(spec.name)
         self.links.forget(spec.name)
         self.links.restored(spec.name, spec.image.first_apps)  # what its guest runs until our first list
-        feed = save_image.CloneFeed(self.template_file(spec.template), self.run_dir / f"{spec.name}.restore", xml)
         try:
-            with feed:
-                self.conn.restoreFlags(str(feed.path), None, libvirt.VIR_DOMAIN_SAVE_RUNNING)
+            with self.files.feed(spec.name, template, xml) as fifo:
+                self.conn.restoreFlags(str(fifo), None, libvirt.VIR_DOMAIN_SAVE_RUNNING)
             dom = self.conn.lookupByName(spec.name)
             self.conn.defineXML(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE))
         except libvirt.libvirtError as err:
@@ -734,13 +724,6 @@ class LibvirtHypervisor:
 
 def _interface(nic: DesktopNic) -> Interface:
     return Interface(bridge=nic.bridge, mac=nic.mac, tap=nic.tap)
-
-
-def _write_secret(path: Path, secret: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(secret)
 
 
 def _virtual_size(disk: Path) -> int:

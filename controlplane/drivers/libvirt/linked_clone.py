@@ -15,19 +15,24 @@ import libvirt
 from controlplane.drivers.libvirt.errors import is_not_found, translate
 
 
-def ensure_pool(conn: libvirt.virConnect, name: str, path: Path) -> libvirt.virStoragePool:
+def ensure_pool(conn: libvirt.virConnect, name: str, path: Path, *, remote: bool = False) -> libvirt.virStoragePool:
     """Our directory storage pool, defined, built and active. Idempotent, also when another
     thread or process (a control-plane replica, a host view asking capacity during a pass)
-    ensures it at the same moment: whoever defines or starts it second finds it done."""
+    ensures it at the same moment: whoever defines or starts it second finds it done. The
+    directory of a REMOTE libvirt's pool is on its host: libvirt makes it there when it starts
+    the pool (an existing one keeps its mode); a local one is made here (the test driver
+    cannot build)."""
     try:
         pool = conn.storagePoolLookupByName(name)
     except libvirt.libvirtError as err:
         if not is_not_found(err):
             raise translate(err, f"look up storage pool {name}") from err
+        if not remote:
+            path.mkdir(parents=True, exist_ok=True)
         pool = _define_pool(conn, name, path)
     if not pool.isActive():
         try:
-            pool.create(0)
+            pool.create(libvirt.VIR_STORAGE_POOL_CREATE_WITH_BUILD if remote else 0)
         except libvirt.libvirtError as err:
             if not pool.isActive():
                 raise translate(err, f"start storage pool {name}") from err
@@ -39,7 +44,6 @@ def _define_pool(conn: libvirt.virConnect, name: str, path: Path) -> libvirt.vir
     ET.SubElement(root, "name").text = name
     target = ET.SubElement(root, "target")
     ET.SubElement(target, "path").text = str(path)
-    path.mkdir(parents=True, exist_ok=True)
     try:
         pool = conn.storagePoolDefineXML(ET.tostring(root, encoding="unicode"), 0)
     except libvirt.libvirtError as err:

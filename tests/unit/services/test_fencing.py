@@ -106,3 +106,26 @@ def test_a_host_without_an_agent_is_never_fenced(ctx, clock, fleet, image):
     clock.advance(3600)
     settle(ctx)
     assert len(on(ctx, ids["b"])) == 1 and audit.recent(ctx, action="host.fenced") == []
+
+
+def test_a_host_whose_libvirt_answers_without_its_agent_is_never_fenced(ctx, clock, fleet, image):
+    """Its agent keeps its files and its lease; with the agent gone the lease runs out, but the
+    desktops may still run there: the host is down (nothing new goes there), never given up."""
+    fakes, ids = fleet
+    pools.create(ctx, name="sales", image="busybox-desktop", size=3, actor="t")
+    settle(ctx)
+    agent = HostAgent(ctx.engine, "b", fakes["b"], clock, ttl=ctx.limits.host_lease_ttl)
+    assert agent.beat()
+    before = set(on(ctx, ids["b"]))
+    fakes["b"].agent_unreachable = True  # the agent died; libvirtd and the desktops did not
+    clock.advance(ctx.limits.host_lease_ttl.total_seconds() * 3)
+    settle(ctx)
+    assert set(on(ctx, ids["b"])) == before and audit.recent(ctx, action="host.fenced") == []
+    assert all(d.running for d in fakes["b"].domains.values())
+    (view,) = [v for v in hosts.views(ctx) if v.name == "b"]
+    assert view.state == "active"  # libvirt answers: its capacity is known
+
+    fakes["b"].unreachable = True  # and now the host dies too: fenced as any silent host
+    clock.advance(1)
+    settle(ctx)
+    assert [e["target"] for e in audit.recent(ctx, action="host.fenced")] == ["b"]
