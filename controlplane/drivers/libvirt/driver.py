@@ -159,7 +159,6 @@ class LibvirtHypervisor:
         if self.qemu is None or self.qemu.is_root or self.data_dir is None:
             return
         for directory in dirs:
-            directory.mkdir(mode=host_access.PRIVATE, parents=True, exist_ok=True)
             host_access.grant_search(self.data_dir, directory, self.qemu.gid)
 
     def _pool(self) -> libvirt.virStoragePool:

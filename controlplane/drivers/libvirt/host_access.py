@@ -61,13 +61,16 @@ def _set(path: Path, gid: int, mode: int) -> None:
 
 
 def grant_search(root: Path, target: Path, gid: int) -> bool:
-    """ROOT and each directory below it down to TARGET (a directory): group GID, mode 0710.
+    """ROOT and each directory below it down to TARGET (a directory, made if missing): group GID,
+    mode 0710.
 
-    A TARGET outside ROOT gets nothing (False): we never open up directories we do not own.
+    A TARGET outside ROOT gets nothing (False), and is not made: we never open up directories we
+    do not own (the host agent grants what the control plane names: host_files.py).
     """
     root, target = root.resolve(), target.resolve()
     if target != root and root not in target.parents:
         return False
+    target.mkdir(mode=PRIVATE, parents=True, exist_ok=True)
     _set(root, gid, SEARCH)
     here = root
     for part in target.relative_to(root).parts:

@@ -61,6 +61,10 @@ def test_qemus_group_may_search_down_to_its_files_and_nothing_outside(tmp_path):
     assert not grant_search(data, outside, QEMU.gid)
     assert not grant_search(data, data / ".." / "elsewhere", QEMU.gid)
     assert (mode(outside), outside.stat().st_gid) == (0o700, os.getegid())
+    assert not grant_search(data, tmp_path / "nowhere" / "x", QEMU.gid)  # asked by another host's control plane
+    assert not (tmp_path / "nowhere").exists()
+    assert grant_search(data, data / "hosts" / "b" / "run", QEMU.gid)  # made, then granted
+    assert (mode(data / "hosts" / "b" / "run"), (data / "hosts").stat().st_gid) == (0o710, QEMU.gid)
 
 
 def test_run_dir_lets_qemu_create_sockets_only_when_qemu_is_not_root(tmp_path):
