@@ -308,7 +308,7 @@ class LibvirtHypervisor:
     def screenshot(self, name: str) -> bytes:
         self.vnc_socket(name)  # the same check: a desktop of this installation, by name
         dom = self._lookup(name)
-        if dom is None or not dom.isActive():
+        if dom is None or not _active(dom, name):
             raise PermanentError(f"screenshot: desktop {name} is not running")
         try:
             return capture_png(self.conn, dom)
@@ -439,9 +439,10 @@ class LibvirtHypervisor:
 
     def start(self, name: str) -> None:
         dom = self._lookup(name)
-        if dom is None:
+        active = _active(dom, name) if dom is not None else None
+        if active is None:
             raise PermanentError(f"start {name}: domain is not defined")
-        if dom.isActive():
+        if active:
             return
         # a secret discarded long ago (QEMU refuses to start without the file)
         self._drop_fw_cfg(name, lambda entry: entry.name == JOIN_FW_CFG and not self.files.read_join(name))
@@ -451,7 +452,7 @@ class LibvirtHypervisor:
         try:
             dom.create()
         except libvirt.libvirtError as err:
-            if dom.isActive():
+            if _active(dom, name):
                 return  # a concurrent start won the race: same outcome
             raise translate(err, f"start {name}") from err
         self._close_sockets(name)
@@ -483,7 +484,7 @@ class LibvirtHypervisor:
     def destroy(self, name: str) -> None:
         dom = self._lookup(name)
         self.links.forget(name)
-        if dom is None or not dom.isActive():
+        if dom is None or not _active(dom, name):
             return
         try:
             dom.destroy()
@@ -616,7 +617,7 @@ class LibvirtHypervisor:
         name = self.template_name(key)
         if not self._saved(key):
             dom = self._lookup(name)
-            if dom is None or not dom.isActive():
+            if dom is None or not _active(dom, name):
                 raise PermanentError(f"save template {name}: it is not running")
             partial = self.files.begin_save(name)
             try:
@@ -739,7 +740,7 @@ def _virtual_size(disk: Path) -> int:
 
 def _active(dom: libvirt.virDomain, what: str) -> bool | None:
     """Whether DOM runs; None if it no longer exists (undefined since it was looked up or listed:
-    another thread or replica acted meanwhile)."""
+    another thread or replica acted meanwhile). Other libvirt errors are translated."""
     try:
         return bool(dom.isActive())
     except libvirt.libvirtError as err:

@@ -456,3 +456,27 @@ def test_a_template_undefined_while_it_is_observed_is_seen_by_its_save_file(tmp_
     assert hv.template(key) is None
     hv.conn.defineXML(model.to_xml())
     assert not hv.is_ready(hv.template_name(key))
+
+
+def test_a_desktop_undefined_between_its_lookup_and_its_use_is_an_answer_not_a_libvirt_error(monkeypatch):
+    """Another replica or an admin may remove a desktop at any moment: destroying it is then done,
+    a screenshot or a start of it says it is not there, and no raw libvirt error escapes."""
+    hv = hypervisor()
+    spec = CASES["desktop-basic"]
+    looked_up = hv._lookup
+
+    def looked_up_then_removed(name):
+        dom = looked_up(name)
+        if dom is not None:
+            if dom.isActive():
+                dom.destroy()
+            dom.undefine()
+        return dom
+
+    monkeypatch.setattr(hv, "_lookup", looked_up_then_removed)
+    for act in (hv.destroy, hv.screenshot, hv.start):
+        hv.conn.defineXML(hv.domain_model(spec).to_xml())
+        try:
+            act(spec.name)
+        except PermanentError as err:
+            assert act != hv.destroy and spec.name in str(err)
