@@ -197,9 +197,19 @@ def run_instance(family: str) -> str:
     return instance
 
 
-def data_dir(instance: str) -> tempfile.TemporaryDirectory[str]:
+class DataDir(tempfile.TemporaryDirectory[str]):
+    """A temporary directory whose processes (those naming it: storm servers, replicas, its
+    PostgreSQL) are stopped before it is removed, also when the run ends in an error: the sweep
+    finds a dead run's processes by its directory, which is gone after such an ending."""
+
+    def cleanup(self) -> None:
+        stop_processes_of(Path(self.name))
+        super().cleanup()
+
+
+def data_dir(instance: str) -> DataDir:
     """A temporary data directory the sweep recognises as INSTANCE's."""
-    return tempfile.TemporaryDirectory(prefix=data_dir_prefix(instance))
+    return DataDir(prefix=data_dir_prefix(instance))
 
 
 if __name__ == "__main__":  # `python bench/cleanup.py FAMILY...`: sweep by hand

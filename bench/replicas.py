@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import cleanup  # noqa: E402
-from bench.connect import Storm, run_storm, start_storm_server  # noqa: E402
+from bench.connect import Storm, run_storm, start_storm_server, stop_storm_servers  # noqa: E402
 from bench.stats import percentile  # noqa: E402
 from controlplane.config import Settings  # noqa: E402
 from controlplane.db.engine import make_engine  # noqa: E402
@@ -52,19 +52,18 @@ def storm(data: Path, pg: Postgres, agents: int, window: float, replicas: int = 
     PG), with a pool of DESKTOPS (default one per agent)."""
     db = db or database(pg)
     extra = ["--db", db["url"], "--migrate-url", db["migrate_url"], "--desktops", str(desktops or agents)]
-    servers = [start_storm_server(data, agents, *extra)]
-    if replicas == 2:
-        servers.append(start_storm_server(data, agents, *extra, "--follower"))
+    servers = []
     try:
+        servers.append(start_storm_server(data, agents, *extra))
+        if replicas == 2:
+            servers.append(start_storm_server(data, agents, *extra, "--follower"))
         time.sleep(0.5)
         busy = cpu_busy_s()
         result = asyncio.run(run_storm([(base, ca) for _, base, ca in servers], agents, window))
         result.cpu_s = cpu_busy_s() - busy
         return result
     finally:
-        for proc, _, _ in servers:
-            proc.terminate()
-            proc.wait(timeout=20)
+        stop_storm_servers([proc for proc, _, _ in servers])
 
 
 def cpu_busy_s() -> float:
