@@ -19,15 +19,13 @@ import socket
 import sys
 from pathlib import Path
 
-import uvicorn
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from controlplane.config import Settings  # noqa: E402
 from controlplane.domain.ports import BootImage, DesktopSpec, HostCapacity  # noqa: E402
 from controlplane.drivers.fake import FakeDirectory, FakeHypervisor  # noqa: E402
-from controlplane.main import build_context, create_app, tls_files  # noqa: E402
+from controlplane.main import build_context, build_server, create_app, tls_files  # noqa: E402
 from controlplane.services import desktops, images, pools  # noqa: E402
 from controlplane.services.reconciler import Reconciler  # noqa: E402
 from tests.conftest import AGENTS, FakeBuilder  # noqa: E402
@@ -80,8 +78,8 @@ def main() -> int:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     print(f"READY {port} {cert.parent / 'ca.pem'}", flush=True)
-    uvicorn.run(create_app(settings, ctx), host="127.0.0.1", port=port, log_level="error", access_log=False,
-                ssl_certfile=str(cert), ssl_keyfile=str(key), ws_max_size=1 << 20)
+    # the server `shiftdesk serve` runs (its TLS, frame cap, no permessage-deflate), not a lookalike
+    build_server(create_app(settings, ctx), settings, host="127.0.0.1", port=port, cert=cert, key=key).run()
     del servers
     return 0
 
