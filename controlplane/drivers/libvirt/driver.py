@@ -415,7 +415,13 @@ class LibvirtHypervisor:
         )
 
     def resolved_domain_type(self, kernel: Path) -> str:
+        """The domain type of this host's desktops: the setting, or with "auto" what a real guest
+        says (kvm_probe.py) on the host itself: another host's agent probes there (a control plane
+        without KVM may drive hosts with it, and the other way round)."""
         if self.domain_type != "auto":
+            return self.domain_type
+        if self.remote_address is not None:
+            self.domain_type = self.files.domain_type(kernel)
             return self.domain_type
         if not kernel.exists():
             return "qemu"  # nothing to probe with (unit tests on the test driver): the safe choice
@@ -423,6 +429,13 @@ class LibvirtHypervisor:
         runas = pwd.getpwuid(self.qemu.uid).pw_name if self.qemu and not self.qemu.is_root else None
         self.domain_type = kvm_probe.cached_domain_type(kernel, self.probe_cache, runas)
         return self.domain_type
+
+    def probe_domain_type(self, kernel: Path) -> str:
+        """`resolved_domain_type` for the control plane asking through this host's agent: only
+        for a kernel inside DATA_DIR (the image store), never a path it could steer elsewhere."""
+        if self.data_dir is None or self.data_dir.resolve() not in kernel.resolve().parents:
+            raise PermanentError(f"domain type: kernel {kernel} is not in this host's image store")
+        return self.resolved_domain_type(kernel)
 
     def define(self, spec: DesktopSpec) -> None:
         image = spec.image
@@ -439,8 +452,7 @@ class LibvirtHypervisor:
 
     def start(self, name: str) -> None:
         dom = self._lookup(name)
-        active = _active(dom, name) if dom is not None else None
-        if active is None:
+        if dom is None or (active := _active(dom, name)) is None:
             raise PermanentError(f"start {name}: domain is not defined")
         if active:
             return

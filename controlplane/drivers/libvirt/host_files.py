@@ -45,11 +45,15 @@ class TemplateFiles:
 
 class LocalHostFiles:
     def __init__(self, *, instance: str, run_dir: Path, templates_dir: Path,
-                 grant: Callable[[list[Path]], None] | None = None) -> None:
+                 grant: Callable[[list[Path]], None] | None = None,
+                 probe: Callable[[Path], str] | None = None) -> None:
         self.instance = instance
         self.run_dir = run_dir
         self.templates_dir = templates_dir
-        self.grant = grant  # lets this host's QEMU search directories (the host agent's libvirt driver)
+        # the host agent's libvirt driver: lets this host's QEMU search directories, and says
+        # whether KVM really runs guests on this host (kvm_probe.py)
+        self.grant = grant
+        self.probe = probe
         self._desktop = re.compile(rf"{naming.PREFIX}-{re.escape(instance)}-[a-z][a-z0-9-]{{0,22}}[a-z0-9]"
                                    r"-[0-9a-f]{6}")
         self._template = re.compile(rf"{re.escape(naming.template_prefix(instance))}[a-z0-9-]{{1,40}}")
@@ -85,6 +89,12 @@ class LocalHostFiles:
         if self.grant is None:
             raise PermanentError("this host's files have no QEMU to prepare directories for")
         self.grant(dirs)
+
+    def domain_type(self, kernel: Path) -> str:
+        """"kvm" if KERNEL boots under KVM on this host, else "qemu" (LibvirtHypervisor.probe_domain_type)."""
+        if self.probe is None:
+            raise PermanentError("this host's files have no libvirt to probe KVM with")
+        return self.probe(kernel)
 
     # --- desktops ---------------------------------------------------------------------------------
 
@@ -195,6 +205,8 @@ def serve(files: LocalHostFiles, op: HostOp, args: dict[str, Any]) -> dict[str, 
     if op == HostOp.PREPARE:
         files.prepare([Path(d) for d in host_ops.texts(args, "dirs")])
         return {}
+    if op == HostOp.DOMAIN_TYPE:
+        return {"domain_type": files.domain_type(Path(host_ops.text(args, "kernel")))}
     name = host_ops.text(args, "name")
     match op:
         case HostOp.SERIAL_READY:
@@ -289,6 +301,12 @@ class RelayedHostFiles:
 
     def prepare(self, dirs: list[Path]) -> None:
         self._call(HostOp.PREPARE, dirs=[str(d) for d in dirs])
+
+    def domain_type(self, kernel: Path) -> str:
+        answer = str(self._call(HostOp.DOMAIN_TYPE, kernel=str(kernel))["domain_type"])
+        if answer not in ("kvm", "qemu"):
+            raise PermanentError(f"host {self.address}: domain type {answer[:16]!r} is neither kvm nor qemu")
+        return answer
 
     @contextlib.contextmanager
     def feed(self, clone: str, template: str, xml: str) -> Iterator[Path]:

@@ -480,3 +480,29 @@ def test_a_desktop_undefined_between_its_lookup_and_its_use_is_an_answer_not_a_l
             act(spec.name)
         except PermanentError as err:
             assert act != hv.destroy and spec.name in str(err)
+
+
+def test_another_hosts_domain_type_is_probed_there_and_only_for_a_kernel_in_its_image_store(tmp_path):
+    """A control plane without KVM may drive hosts that have it: "auto" asks the host's agent,
+    which probes on its own machine, and only a kernel inside its DATA_DIR."""
+    asked: list[Path] = []
+
+    class Agent:
+        def domain_type(self, kernel: Path) -> str:
+            asked.append(kernel)
+            return "kvm"
+
+    hv = LibvirtHypervisor(uri="test:///default", instance="main", storage_pool="default-pool",
+                           overlay_dir=tmp_path / "pool", run_dir=tmp_path / "run", domain_type="auto",
+                           data_dir=tmp_path)
+    hv.remote_address, hv.files = "10.254.2.2", Agent()  # as for qemu+tls://10.254.2.2/system
+    kernel = tmp_path / "images" / "agent-desktop" / "3" / "vmlinuz"
+    assert hv.resolved_domain_type(kernel) == "kvm" and hv.resolved_domain_type(kernel) == "kvm"
+    assert asked == [kernel]  # once: the answer is kept
+
+    agent_side = LibvirtHypervisor(uri="test:///default", instance="main", storage_pool="default-pool",
+                                   overlay_dir=tmp_path / "pool", run_dir=tmp_path / "run", domain_type="qemu",
+                                   data_dir=tmp_path / "data")
+    assert agent_side.probe_domain_type(tmp_path / "data" / "images" / "vmlinuz") == "qemu"
+    with pytest.raises(PermanentError, match="not in this host's image store"):
+        agent_side.probe_domain_type(Path("/etc/passwd"))

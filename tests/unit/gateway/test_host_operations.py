@@ -29,8 +29,9 @@ def host(pki, tmp_path):
     """The agent's side: its files in THERE, behind a relay on a free port."""
     there = tmp_path / "there"
     granted: list[list[Path]] = []
+    probes = {Path("/data/images/agent-desktop/3/vmlinuz"): "kvm", Path("/data/images/odd/vmlinuz"): "tcg?"}
     files = LocalHostFiles(instance="main", run_dir=there / "run", templates_dir=there / "templates",
-                           grant=granted.append)
+                           grant=granted.append, probe=probes.__getitem__)
     files.run_dir.mkdir(parents=True)
     s = pki["server"]
     server = ConsoleServer(lambda *_: Path("/nonexistent"), server_context(cert=s.cert, key=s.key, ca=s.ca_cert),
@@ -147,3 +148,10 @@ def test_a_relay_without_host_files_refuses_host_operations(pki):
     server.run_in_thread("127.0.0.1", port)
     with pytest.raises(TemporaryError, match="serves no host operations"):
         remote(pki, type("H", (), {"port": port})()).serial_ready(DESKTOP)
+
+
+def test_whether_kvm_runs_guests_is_asked_of_the_other_host(pki, host):
+    files = remote(pki, host)
+    assert files.domain_type(Path("/data/images/agent-desktop/3/vmlinuz")) == "kvm"
+    with pytest.raises(PermanentError, match="neither kvm nor qemu"):
+        files.domain_type(Path("/data/images/odd/vmlinuz"))
