@@ -64,6 +64,7 @@ def host_hypervisor(settings: Settings, host: str | None, uri: str) -> Hyperviso
         domain_type=settings.libvirt.domain_type, probe_cache=cache, data_dir=settings.data_dir,
         policy_key=public_bytes(apps.load_signing_key(apps_key_file(settings))),
         console_port=settings.console.port, console_tls=partial(console_client_tls, settings),
+        image_store=settings.image_store,
     )
 
 
@@ -105,7 +106,8 @@ def build_console_relay(settings: Settings, hypervisor: Hypervisor) -> Any:
     pki = settings.console.pki_dir
     tls = server_context(cert=pki / "servercert.pem", key=pki / "serverkey.pem", ca=pki / "cacert.pem")
     files = (LocalHostFiles(instance=settings.instance, run_dir=hypervisor.run_dir,
-                            templates_dir=hypervisor.templates_dir, grant=hypervisor.grant_dirs,
+                            templates_dir=hypervisor.templates_dir, image_store=settings.image_store,
+                            grant=hypervisor.grant_dirs,
                             probe=hypervisor.probe_domain_type)
              if isinstance(hypervisor, LibvirtHypervisor) else None)
     return ConsoleServer(hypervisor.running_socket, tls, allowed_clients=frozenset(settings.console.allowed_clients),

@@ -43,6 +43,7 @@ class HostOp(StrEnum):
     DISCARD_SAVE = "discard-save"  # name: the save file and a partial one go
     RETIRE = "retire"  # name: marked retired first, then its save file goes
     UNRETIRE = "unretire"  # name
+    IMAGES = "images"  # -> images: sha256 of each golden image in the host's image store
     DOMAIN_TYPE = "domain-type"  # kernel -> domain_type: "kvm" if a KVM guest really boots there, else "qemu"
     PREPARE = "prepare"  # dirs: let QEMU search them (the host's own run and overlay directories too)
     FEED = "feed"  # name, template, xml -> path: the clone's restore fifo, served until close

@@ -59,6 +59,7 @@ class HostLoad:
     committed_memory_mib: int = 0
     pool_desktops: Mapping[int, int] = field(default_factory=dict)  # pool id -> its desktops here
     templates: frozenset[TemplateKey] = frozenset()  # saved instant-clone templates
+    images: frozenset[str] | None = None  # sha256 of the golden images it has (None: not known)
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class Shape:
     memory_mib: int
     vcpus: int
     template: TemplateKey | None = None  # its pool clones from this template
+    image: str | None = None  # its pool's golden image (sha256 of its disk)
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,8 @@ def refusal(host: HostLoad, shape: Shape, ratios: Ratios = Ratios()) -> str | No
         return "in maintenance"
     if host.capacity is None:
         return f"down ({host.down_reason})" if host.down_reason else "down"
+    if shape.image is not None and host.images is not None and shape.image not in host.images:
+        return f"image: the pool's golden image (sha256 {shape.image[:12]}) is not in this host's image store"
     cap = host.capacity
     memory = int(cap.memory_mib * ratios.memory)
     if host.committed_memory_mib + shape.memory_mib > memory:

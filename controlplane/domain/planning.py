@@ -37,6 +37,7 @@ class PoolView:
     memory_mib: int = 256
     vcpus: int = 1
     template: TemplateKey | None = None  # it clones from this template (placement prefers hosts having it)
+    image: str | None = None  # its golden image's sha256 (placement takes only hosts that have it)
 
     @property
     def desired(self) -> int:
@@ -73,6 +74,7 @@ class HostView:
     overlays: frozenset[str] = frozenset()
     capacity: HostCapacity | None = None
     templates: frozenset[TemplateKey] = frozenset()  # saved instant-clone templates
+    images: frozenset[str] | None = None  # sha256 of the golden images it has (None: not known)
     down_reason: str | None = None
     fenced: bool = False  # it stopped answering and its lease ran out: its desktops are given up
 
@@ -415,7 +417,7 @@ def _loads(hosts: Sequence[HostView], of_host: Mapping[int, list[DesktopView]],
             capacity=host.capacity if host.domains is not None else None, down_reason=host.down_reason,
             committed_vcpus=sum(pools[d.pool_id].vcpus for d in on_host),
             committed_memory_mib=sum(pools[d.pool_id].memory_mib for d in on_host),
-            pool_desktops=per_pool, templates=host.templates)
+            pool_desktops=per_pool, templates=host.templates, images=host.images)
     return loads
 
 
@@ -462,7 +464,7 @@ def _spare(going: list[DesktopView], active: list[DesktopView], desired: int) ->
 
 def _create(pool: PoolView, n: int, limits: Limits, loads: dict[int, HostLoad], out: Plan) -> list[Action]:
     """N new desktops of POOL, each placed on a host (and counted there before the next is)."""
-    shape = Shape(pool.id, pool.name, pool.memory_mib, pool.vcpus, pool.template)
+    shape = Shape(pool.id, pool.name, pool.memory_mib, pool.vcpus, pool.template, pool.image)
     steps: list[Action] = []
     for _ in range(n):
         chosen = placement.place(shape, list(loads.values()), limits.ratios)

@@ -143,6 +143,7 @@ class HostObservation:
     templates: Mapping[TemplateKey, ObservedTemplate]
     overlays: frozenset[str]
     capacity: HostCapacity
+    images: frozenset[str] | None = None  # sha256 of the golden images in its image store (None: not known)
 
 
 @dataclass(frozen=True)

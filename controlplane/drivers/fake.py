@@ -80,6 +80,7 @@ class FakeHypervisor:
         self.host = HostCapacity(vcpus=8, memory_mib=32768, disk_bytes=500 << 30, disk_free_bytes=400 << 30)
         self.unreachable = False  # True: every call fails as if this host's libvirtd were gone
         self.agent_unreachable = False  # True: its libvirt answers, its host agent (its files) does not
+        self.images: frozenset[str] | None = None  # the golden images it says it has (None: it does not say)
         self.hang = threading.Event()  # capacity() waits for it: clear it to make this host hang
         self.hang.set()
         self.on_change: Callable[[], None] | None = None  # the reconciler's, once it watches
@@ -102,7 +103,7 @@ class FakeHypervisor:
         if self.agent_unreachable:
             raise HostAgentUnreachable("host files of fake: simulated: the host agent is not answering", delay=1.0)
         return HostObservation(desktops=self.list_desktops(), templates=self.list_templates(),
-                               overlays=frozenset(self.list_overlays()), capacity=self.capacity())
+                               overlays=frozenset(self.list_overlays()), capacity=self.capacity(), images=self.images)
 
     def list_desktops(self) -> dict[str, ObservedDomain]:
         self._reach()

@@ -136,7 +136,8 @@ def observe(ctx: Context, host: HostRef) -> ObservedHost:
                                            fenced=not isinstance(err, HostAgentUnreachable) and _dead(ctx, host)))
     saved = frozenset(k for k, t in seen.templates.items() if t.saved)
     return ObservedHost(host, HostView(id=host.id, name=host.name, mode=host.mode, domains=seen.desktops,
-                                       overlays=seen.overlays, capacity=seen.capacity, templates=saved),
+                                       overlays=seen.overlays, capacity=seen.capacity, templates=saved,
+                                       images=seen.images),
                         seen.templates)
 
 

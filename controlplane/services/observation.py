@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from controlplane.db import desktops, pools
+from controlplane.db import desktops, images, pools
 from controlplane.db.engine import session_scope
 from controlplane.domain.planning import DesktopView, HostView, PoolView
 from controlplane.domain.ports import CloneMode, TemplateKey
@@ -51,9 +51,11 @@ def observe(ctx: Context, mapper: Mapper = map) -> Observation:
     died holds its calls until keepalive gives up, about 15 s, and must not hold the others')."""
     rules = policies.active(ctx)
     with session_scope(ctx.engine) as session:
+        disks = {i.id: i.sha256 for i in images.list_all(session=session)}
         pool_views = [PoolView(id=p.id or 0, name=p.name, target=p.target_size, min_size=p.min_size,
                                max_size=p.max_size, deleting=p.deleting, memory_mib=p.memory_mib, vcpus=p.vcpus,
-                               template=templates.key_of(p, rules) if p.clone == CloneMode.INSTANT else None)
+                               template=templates.key_of(p, rules) if p.clone == CloneMode.INSTANT else None,
+                               image=disks.get(p.image_id))
                       for p in pools.list_all(session=session)]
         rows = desktops.planning_rows(session=session)
         registered = hosts.registered(session)

@@ -86,7 +86,8 @@ class LibvirtHypervisor:
                  probe_cache: Path | None = None, data_dir: Path | None = None,
                  tb_cache_mib: int | None = 128, links: GuestLinks | None = None,
                  policy_key: bytes | None = None, console_port: int = 16600,
-                 console_tls: Callable[[], ssl.SSLContext | None] = lambda: None) -> None:
+                 console_tls: Callable[[], ssl.SSLContext | None] = lambda: None,
+                 image_store: Path | None = None) -> None:
         self.uri = uri
         self.console_port = console_port  # the console relays' (gateway/console_server.py), on remote hosts
         self.instance = instance
@@ -111,7 +112,8 @@ class LibvirtHypervisor:
         # the host's files (serial logs, join secrets, save files, restore fifos) are on its own disk:
         # another host's are reached through its agent's relay, like its channels
         self.files: LocalHostFiles | RelayedHostFiles = (
-            LocalHostFiles(instance=instance, run_dir=run_dir, templates_dir=self.templates_dir)
+            LocalHostFiles(instance=instance, run_dir=run_dir, templates_dir=self.templates_dir,
+                           image_store=image_store)
             if self.remote_address is None else RelayedHostFiles(self.remote_address, console_port, console_tls))
         self._desktop_re = re.compile(rf"{naming.PREFIX}-{re.escape(instance)}-[a-z][a-z0-9-]{{0,22}}[a-z0-9]"
                                       r"-[0-9a-f]{6}")
@@ -178,7 +180,7 @@ class LibvirtHypervisor:
     def observe(self) -> HostObservation:
         desktops, templates = self._scan(desktops=True, templates=True)
         return HostObservation(desktops=desktops, templates=templates, overlays=frozenset(self.list_overlays()),
-                               capacity=self.capacity())
+                               capacity=self.capacity(), images=self.files.images())
 
     def list_desktops(self) -> dict[str, ObservedDomain]:
         return self._scan(desktops=True, templates=False)[0]

@@ -32,6 +32,7 @@ from controlplane.drivers.libvirt import host_access, save_image
 from controlplane.errors import HostAgentUnreachable, InvalidInput, PermanentError, TemporaryError
 
 READY_MARKER = "SHIFTDESK-READY name="
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 RESTORE_SWEEP_S = 600.0  # a live restore takes seconds: a fifo this old is a crash's leftover
 
 
@@ -44,12 +45,13 @@ class TemplateFiles:
 
 
 class LocalHostFiles:
-    def __init__(self, *, instance: str, run_dir: Path, templates_dir: Path,
+    def __init__(self, *, instance: str, run_dir: Path, templates_dir: Path, image_store: Path | None = None,
                  grant: Callable[[list[Path]], None] | None = None,
                  probe: Callable[[Path], str] | None = None) -> None:
         self.instance = instance
         self.run_dir = run_dir
         self.templates_dir = templates_dir
+        self.image_store = image_store  # IMAGE/<sha256 of its disk>/disk.qcow2 (services/images.py)
         # the host agent's libvirt driver: lets this host's QEMU search directories, and says
         # whether KVM really runs guests on this host (kvm_probe.py)
         self.grant = grant
@@ -95,6 +97,14 @@ class LocalHostFiles:
         if self.probe is None:
             raise PermanentError("this host's files have no libvirt to probe KVM with")
         return self.probe(kernel)
+
+    def images(self) -> frozenset[str] | None:
+        """The golden images this host has (their disks' sha256), None when it has no image store
+        configured (then placement does not ask)."""
+        if self.image_store is None:
+            return None
+        return frozenset(disk.parent.name for disk in self.image_store.glob("*/*/disk.qcow2")
+                         if _SHA256.fullmatch(disk.parent.name))
 
     # --- desktops ---------------------------------------------------------------------------------
 
@@ -205,6 +215,9 @@ def serve(files: LocalHostFiles, op: HostOp, args: dict[str, Any]) -> dict[str, 
     if op == HostOp.PREPARE:
         files.prepare([Path(d) for d in host_ops.texts(args, "dirs")])
         return {}
+    if op == HostOp.IMAGES:
+        have = files.images()
+        return {"images": sorted(have) if have is not None else None}
     if op == HostOp.DOMAIN_TYPE:
         return {"domain_type": files.domain_type(Path(host_ops.text(args, "kernel")))}
     name = host_ops.text(args, "name")
@@ -301,6 +314,10 @@ class RelayedHostFiles:
 
     def prepare(self, dirs: list[Path]) -> None:
         self._call(HostOp.PREPARE, dirs=[str(d) for d in dirs])
+
+    def images(self) -> frozenset[str] | None:
+        found = self._call(HostOp.IMAGES)["images"]
+        return frozenset(str(sha) for sha in found) if found is not None else None
 
     def domain_type(self, kernel: Path) -> str:
         answer = str(self._call(HostOp.DOMAIN_TYPE, kernel=str(kernel))["domain_type"])

@@ -33,6 +33,17 @@ def test_each_filter_says_what_is_missing_on_which_host():
     assert "no host is registered" in str(pl.place(SALES, []))
 
 
+def test_only_a_host_whose_image_store_has_the_pools_golden_image_takes_its_desktop():
+    disk = "ab" * 32
+    shape = Shape(pool_id=1, pool="sales", memory_mib=1024, vcpus=2, image=disk)
+    without, with_it, unknown = load(1, images=frozenset({"cd" * 32})), load(2, images=frozenset({disk})), load(3)
+    assert pl.refusal(without, shape) == ("image: the pool's golden image (sha256 abababababab) is not in this "
+                                          "host's image store")
+    assert pl.place(shape, [without, with_it]).id == 2
+    assert pl.place(shape, [without, unknown]).id == 3  # a host that does not say is not held back
+    assert "host-1: image:" in str(pl.place(shape, [without]))
+
+
 def test_a_host_with_room_is_chosen_over_hosts_without():
     hosts = [load(1, committed_memory_mib=12288), load(2)]
     assert pl.place(SALES, hosts).id == 2

@@ -31,7 +31,7 @@ def host(pki, tmp_path):
     granted: list[list[Path]] = []
     probes = {Path("/data/images/agent-desktop/3/vmlinuz"): "kvm", Path("/data/images/odd/vmlinuz"): "tcg?"}
     files = LocalHostFiles(instance="main", run_dir=there / "run", templates_dir=there / "templates",
-                           grant=granted.append, probe=probes.__getitem__)
+                           image_store=there / "images", grant=granted.append, probe=probes.__getitem__)
     files.run_dir.mkdir(parents=True)
     s = pki["server"]
     server = ConsoleServer(lambda *_: Path("/nonexistent"), server_context(cert=s.cert, key=s.key, ca=s.ca_cert),
@@ -155,3 +155,15 @@ def test_whether_kvm_runs_guests_is_asked_of_the_other_host(pki, host):
     assert files.domain_type(Path("/data/images/agent-desktop/3/vmlinuz")) == "kvm"
     with pytest.raises(PermanentError, match="neither kvm nor qemu"):
         files.domain_type(Path("/data/images/odd/vmlinuz"))
+
+
+def test_the_golden_images_of_the_other_hosts_image_store_are_listed_by_their_disks(pki, host):
+    disk = "ab" * 32
+    for made in (host.image_store / "busybox-desktop" / disk, host.image_store / "busybox-desktop" / ".x.partial",
+                 host.image_store / "agent-desktop" / ("cd" * 32)):
+        made.mkdir(parents=True)
+    (host.image_store / "busybox-desktop" / disk / "disk.qcow2").write_bytes(b"QFI\xfb")
+    (host.image_store / "busybox-desktop" / ".x.partial" / "disk.qcow2").write_bytes(b"QFI\xfb")
+    assert remote(pki, host).images() == {disk}  # not a copy under way, not a directory without a disk
+    host.image_store = None
+    assert remote(pki, host).images() is None  # no image store: placement does not ask

@@ -78,6 +78,23 @@ def test_a_pool_spreads_across_hosts_and_each_step_goes_to_the_desktops_host(ctx
     assert [d.name for d, _ in desktops.list_all(ctx)] == [target.desktop]  # alice's, until her session ends
 
 
+def test_a_host_without_the_pools_golden_image_takes_none_of_its_desktops_and_says_why(ctx, hv, fleet, image):
+    fakes, ids = fleet
+    fakes["b"].images = frozenset({image.sha256})  # host c's image store lacks it (the operator's copy)
+    fakes["c"].images = frozenset()
+    pools.create(ctx, name="sales", image="busybox-desktop", size=4, actor="t")
+    settle(ctx)
+    assert {h: len(s) for h, s in placed(ctx).items()} == {ctx.host_id: 2, ids["b"]: 2}
+    assert not fakes["c"].domains
+    own = next(h.name for h in hosts.views(ctx) if h.id == ctx.host_id)
+    hosts.set_mode(ctx, name=own, mode=HostMode.MAINTENANCE, actor="admin")
+    hosts.set_mode(ctx, name="b", mode=HostMode.MAINTENANCE, actor="admin")
+    pools.scale(ctx, "sales", 5, actor="t")
+    settle(ctx)
+    (view,) = pools.views(ctx, "sales")
+    assert view.unplaceable is not None and "c: image: the pool's golden image (sha256 " in view.unplaceable
+
+
 def test_a_host_in_maintenance_takes_nothing_new_and_its_idle_desktops_move_away(ctx, hv, fleet, image):
     fakes, ids = fleet
     pools.create(ctx, name="sales", image="busybox-desktop", size=3, actor="t")
