@@ -8,6 +8,11 @@ handshake fails and nothing is read. The client sends one request line naming a 
 installation, its VNC socket from the live definition), answers OK and carries bytes both ways
 until either side closes. A refusal is one `NO <reason>` line, then the connection closes.
 
+Given the host's files (`host_files`), it also carries out the control plane's operations on
+them (`SHIFTDESK-HOST/1 <operation>`, domain/host_ops.py): one line of JSON arguments of at most
+256 KiB within the request timeout, one line of answer; a clone's restore fifo is served until
+the client closes, at most FEED_TIMEOUT.
+
 What a client may cost is bounded: one request line of at most 128 bytes within the request
 timeout, a fixed number of consoles at once, and 64 KiB in flight each way per console (a side
 is read only after the other took the previous chunk). The bytes are RFB, filtered by the gateway
@@ -133,6 +138,7 @@ class ConsoleServer:
         try:
             stream, desktop = console.parse_request(line)
         except ShiftDeskError as err:
+            log.info("console: refused %s: %s", client, err)
             writer.write(console.refusal(str(err)))
             return
         if stream == console.Stream.HOST:
