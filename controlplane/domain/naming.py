@@ -36,6 +36,11 @@ def desktop_name(instance: str, pool: str, suffix: str | None = None) -> str:
 TEMPLATE_MARK = ".tpl-"  # what sets a template's name apart: no desktop name has a dot
 
 
+def desktop_pattern(instance: str) -> re.Pattern[str]:
+    """What `desktop_name` makes for INSTANCE (a name with "--" in it is still refused by callers)."""
+    return re.compile(rf"{PREFIX}-{re.escape(instance)}-[a-z][a-z0-9-]{{0,22}}[a-z0-9]-[0-9a-f]{{6}}")
+
+
 def template_prefix(instance: str) -> str:
     """`sd-<instance>.tpl-`: an instant-clone template's name is this and its key's slug."""
     return f"{PREFIX}-{instance}{TEMPLATE_MARK}"

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import pwd
-import re
 import ssl
 import threading
 import time
@@ -58,7 +57,7 @@ from controlplane.drivers.libvirt.domxml import (
 )
 from controlplane.drivers.libvirt.errors import is_not_found, translate
 from controlplane.drivers.libvirt.guest_link import GuestLinks
-from controlplane.drivers.libvirt.host_files import LocalHostFiles, RelayedHostFiles
+from controlplane.drivers.libvirt.host_files import HostPaths, LocalHostFiles, RelayedHostFiles
 from controlplane.drivers.libvirt.screenshot import capture_png
 from controlplane.errors import PermanentError
 
@@ -109,14 +108,14 @@ class LibvirtHypervisor:
                 if self.remote_address is not None else None)
         self.links = links or GuestLinks(policy_key=policy_key or bytes(32), dial=dial)
         self.templates_dir = overlay_dir.parent / "templates"  # saved template memory, root only
+        self.paths = HostPaths(run_dir, self.templates_dir)  # the files' paths, as the host's agent has them
         # the host's files (serial logs, join secrets, save files, restore fifos) are on its own disk:
         # another host's are reached through its agent's relay, like its channels
         self.files: LocalHostFiles | RelayedHostFiles = (
             LocalHostFiles(instance=instance, run_dir=run_dir, templates_dir=self.templates_dir,
                            image_store=image_store)
             if self.remote_address is None else RelayedHostFiles(self.remote_address, console_port, console_tls))
-        self._desktop_re = re.compile(rf"{naming.PREFIX}-{re.escape(instance)}-[a-z][a-z0-9-]{{0,22}}[a-z0-9]"
-                                      r"-[0-9a-f]{6}")
+        self._desktop_re = naming.desktop_pattern(instance)
         self._conn: libvirt.virConnect | None = None
         self._lock = threading.Lock()
         self._boots = BootFacts()  # each running domain's tag and serial readiness, read once per boot
@@ -302,10 +301,10 @@ class LibvirtHypervisor:
         return self.links.send_page(name, url)
 
     def serial_log(self, name: str) -> Path:
-        return self.run_dir / f"{name}.serial"
+        return self.paths.serial_log(name)
 
     def channel_socket(self, name: str) -> Path:
-        return self.run_dir / f"{name}.chan"
+        return self.paths.channel_socket(name)
 
     def screenshot(self, name: str) -> bytes:
         self.vnc_socket(name)  # the same check: a desktop of this installation, by name
@@ -321,7 +320,7 @@ class LibvirtHypervisor:
         """Only for a desktop name of this installation: never a path a caller could steer."""
         if not isinstance(name, str) or not self._desktop_re.fullmatch(name) or "--" in name:
             raise PermanentError(f"vnc socket: {name!r} is not a desktop of installation {self.instance!r}")
-        return self.run_dir / f"{name}.vnc"
+        return self.paths.vnc_socket(name)
 
     def console(self, name: str) -> Console:
         """The socket, on a libvirt of this machine; else the relay of the host the URI names."""
@@ -359,7 +358,7 @@ class LibvirtHypervisor:
         return Path(socket)
 
     def join_file(self, name: str) -> Path:
-        return self.run_dir / f"{name}.join"
+        return self.paths.join_file(name)
 
     def discard_join_secret(self, name: str) -> None:
         """The guest has its secret. The definition stops pointing at the file first (QEMU refuses
@@ -404,7 +403,7 @@ class LibvirtHypervisor:
             devices=Devices(
                 disk=Disk(pool=self.pool_name, volume=naming.volume_name(spec.name)),
                 serial=SerialLog(self.serial_log(spec.name)),
-                graphics=VncGraphics(self.run_dir / f"{spec.name}.vnc"),
+                graphics=VncGraphics(self.paths.vnc_socket(spec.name)),
                 channel=HostChannel(self.channel_socket(spec.name), guest_channel.PORT_NAME) if channel else None,
                 interface=_interface(spec.nic) if spec.nic is not None else None,
             ),
@@ -531,11 +530,11 @@ class LibvirtHypervisor:
         return TemplateKey.parse(name[len(prefix):]) if name.startswith(prefix) else None
 
     def template_file(self, key: TemplateKey) -> Path:
-        return self.templates_dir / f"{self.template_name(key)}.save"
+        return self.paths.save_file(self.template_name(key))
 
     def retired_file(self, key: TemplateKey) -> Path:
         """The mark of a retired template (see `retire_template`)."""
-        return self.templates_dir / f"{self.template_name(key)}.retired"
+        return self.paths.retired_file(self.template_name(key))
 
     def list_templates(self) -> dict[TemplateKey, ObservedTemplate]:
         return self._scan(desktops=False, templates=True)[1]

@@ -44,6 +44,37 @@ class TemplateFiles:
     retired: frozenset[str]
 
 
+@dataclass(frozen=True)
+class HostPaths:
+    """Where a host keeps each file of a domain, by the domain's name: one layout for the control
+    plane, which writes these paths into domain XML, and for the host (its agent), which reads
+    and writes the files. Names are not checked here (LocalHostFiles does, before any I/O)."""
+
+    run_dir: Path
+    templates_dir: Path
+
+    def serial_log(self, name: str) -> Path:
+        return self.run_dir / f"{name}.serial"
+
+    def join_file(self, name: str) -> Path:
+        return self.run_dir / f"{name}.join"
+
+    def vnc_socket(self, name: str) -> Path:
+        return self.run_dir / f"{name}.vnc"
+
+    def channel_socket(self, name: str) -> Path:
+        return self.run_dir / f"{name}.chan"
+
+    def restore_fifo(self, name: str) -> Path:
+        return self.run_dir / f"{name}.restore"
+
+    def save_file(self, template: str) -> Path:
+        return self.templates_dir / f"{template}.save"
+
+    def retired_file(self, template: str) -> Path:
+        return self.templates_dir / f"{template}.retired"
+
+
 class LocalHostFiles:
     def __init__(self, *, instance: str, run_dir: Path, templates_dir: Path, image_store: Path | None = None,
                  grant: Callable[[list[Path]], None] | None = None,
@@ -51,13 +82,13 @@ class LocalHostFiles:
         self.instance = instance
         self.run_dir = run_dir
         self.templates_dir = templates_dir
+        self.paths = HostPaths(run_dir, templates_dir)
         self.image_store = image_store  # IMAGE/<sha256 of its disk>/disk.qcow2 (services/images.py)
         # the host agent's libvirt driver: lets this host's QEMU search directories, and says
         # whether KVM really runs guests on this host (kvm_probe.py)
         self.grant = grant
         self.probe = probe
-        self._desktop = re.compile(rf"{naming.PREFIX}-{re.escape(instance)}-[a-z][a-z0-9-]{{0,22}}[a-z0-9]"
-                                   r"-[0-9a-f]{6}")
+        self._desktop = naming.desktop_pattern(instance)
         self._template = re.compile(rf"{re.escape(naming.template_prefix(instance))}[a-z0-9-]{{1,40}}")
 
     # --- names -> paths ---------------------------------------------------------------------------
@@ -75,16 +106,16 @@ class LocalHostFiles:
         raise PermanentError(f"{name!r} is not a template of installation {self.instance!r}")
 
     def serial_log(self, name: str) -> Path:
-        return self.run_dir / f"{self.domain(name)}.serial"
+        return self.paths.serial_log(self.domain(name))
 
     def join_file(self, name: str) -> Path:
-        return self.run_dir / f"{self.domain(name)}.join"
+        return self.paths.join_file(self.domain(name))
 
     def save_file(self, name: str) -> Path:
-        return self.templates_dir / f"{self.template(name)}.save"
+        return self.paths.save_file(self.template(name))
 
     def retired_file(self, name: str) -> Path:
-        return self.templates_dir / f"{self.template(name)}.retired"
+        return self.paths.retired_file(self.template(name))
 
     def prepare(self, dirs: list[Path]) -> None:
         """Let this host's QEMU search DIRS (LibvirtHypervisor.grant_dirs: inside DATA_DIR only)."""
@@ -137,8 +168,8 @@ class LocalHostFiles:
 
     def close_sockets(self, name: str) -> None:
         name = self.domain(name)
-        host_access.close_socket(self.run_dir / f"{name}.vnc")
-        host_access.close_socket(self.run_dir / f"{name}.chan")
+        host_access.close_socket(self.paths.vnc_socket(name))
+        host_access.close_socket(self.paths.channel_socket(name))
 
     # --- templates --------------------------------------------------------------------------------
 
@@ -196,7 +227,7 @@ class LocalHostFiles:
     @contextlib.contextmanager
     def feed(self, clone: str, template: str, xml: str) -> Iterator[Path]:
         """CLONE's restore fifo: TEMPLATE's save file under XML (save_image.CloneFeed)."""
-        with save_image.CloneFeed(self.save_file(template), self.run_dir / f"{self.domain(clone)}.restore",
+        with save_image.CloneFeed(self.save_file(template), self.paths.restore_fifo(self.domain(clone)),
                                   xml) as fed:
             yield fed.path
 
