@@ -199,7 +199,7 @@ class LibvirtHypervisor:
             if tag.role == "desktop" and desktops:
                 seen.append((name, tag, boot is not None, boot is not None and self._signalled(name, tag, dom, boot)))
             elif (tag.role == "template" and templates and (key := TemplateKey.parse(tag.template)) is not None
-                  and (template := self._observe_template(key, dom, tag)) is not None):
+                  and (template := self._observe_template(key, dom, tag, saved=False)) is not None):
                 kept[key] = template  # (None: it went since the listing; its save file may say more)
         boots = [boot for _, _, boot in listed if boot is not None]
         with _LOCAL_CALLS:
@@ -540,12 +540,14 @@ class LibvirtHypervisor:
         return self._scan(desktops=False, templates=True)[1]
 
     def _saved_templates(self, found: dict[TemplateKey, ObservedTemplate]) -> None:
-        """Add to FOUND the templates that are only a finished save file (their domain is gone)
-        and the retired ones (the host sweeps restore files a crash left behind meanwhile)."""
+        """Mark the templates in FOUND that have a finished save file, add those that are only one
+        (their domain is gone) and the retired ones: one look at the host's template files per
+        pass (the host sweeps restore files a crash left behind meanwhile)."""
         files = self.files.template_files()
         for key in self._keys(files.saved - files.retired):
-            if key not in found:
-                found[key] = ObservedTemplate(key=key, defined=False, running=False, ready=False, saved=True)
+            seen = found.get(key)
+            found[key] = (dataclasses.replace(seen, saved=True) if seen is not None else
+                          ObservedTemplate(key=key, defined=False, running=False, ready=False, saved=True))
         for key in self._keys(files.retired):
             found[key] = self._retired(key, backs=self._backs_desktops(key))
 
@@ -587,21 +589,24 @@ class LibvirtHypervisor:
             return self._retired(key, backs=True)
         dom = self._lookup(self.template_name(key))
         tag = self._tag(dom) if dom is not None else None
-        if dom is not None and tag is not None and (seen := self._observe_template(key, dom, tag)) is not None:
+        if (dom is not None and tag is not None
+                and (seen := self._observe_template(key, dom, tag, saved=saved)) is not None):
             return seen
         if saved:
             return ObservedTemplate(key=key, defined=False, running=False, ready=False, saved=True)
         return None
 
-    def _observe_template(self, key: TemplateKey, dom: libvirt.virDomain, tag: Tag) -> ObservedTemplate | None:
-        """The template domain DOM as it is, or None if it is gone: a template is undefined right
-        after its save, so one listed a moment ago may no longer exist (another thread of this
-        process, or another replica, observing while the reconciler saves it)."""
+    def _observe_template(self, key: TemplateKey, dom: libvirt.virDomain, tag: Tag, *,
+                          saved: bool) -> ObservedTemplate | None:
+        """The template domain DOM as it is (SAVED: as the host's files say, looked at by the
+        caller), or None if it is gone: a template is undefined right after its save, so one listed
+        a moment ago may no longer exist (another thread of this process, or another replica,
+        observing while the reconciler saves it)."""
         if (running := _active(dom, f"template {key.slug}")) is None:
             return None
         name = dom.name()
         return ObservedTemplate(key=key, defined=True, running=running,
-                                ready=running and self._signalled(name, tag, dom), saved=self._saved(key),
+                                ready=running and self._signalled(name, tag, dom), saved=saved,
                                 created=tag.created,
                                 quarantined=self.links.state(name, heartbeats=False).quarantined)
 

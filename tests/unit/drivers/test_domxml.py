@@ -506,3 +506,28 @@ def test_another_hosts_domain_type_is_probed_there_and_only_for_a_kernel_in_its_
     assert agent_side.probe_domain_type(tmp_path / "data" / "images" / "vmlinuz") == "qemu"
     with pytest.raises(PermanentError, match="not in this host's image store"):
         agent_side.probe_domain_type(Path("/etc/passwd"))
+
+
+def test_a_pass_looks_at_the_hosts_template_files_once_and_marks_a_running_template_saved(tmp_path):
+    """For another host each look is a connection to its agent: one per pass, not one per template."""
+    from tests.unit.drivers.test_save_image import template_file
+
+    hv = LibvirtHypervisor(uri="test:///default", instance="main", storage_pool="default-pool",
+                           overlay_dir=tmp_path / "pool", run_dir=tmp_path / "run", readiness="running")
+    key = TemplateKey(8, 256, 1)
+    model = hv.domain_model(replace(CASES["desktop-basic"], name=hv.template_name(key), pool="", desktop_id=0),
+                            genid="00000000-0000-4000-8000-000000000008")
+    model.tag = Tag(instance="main", pool="", desktop_id=0, role="template", template=key.slug, readiness="serial")
+    hv.conn.defineXML(model.to_xml())
+    hv.templates_dir.mkdir(parents=True)
+    template_file(tmp_path).rename(hv.template_file(key))  # saved, its domain not yet undefined
+    looks: list[str] = []
+    for method in ("template_files", "template_state"):
+        real = getattr(hv.files, method)
+        setattr(hv.files, method, lambda *a, _m=method, _real=real: looks.append(_m) or _real(*a))
+    try:
+        found = hv.list_templates()
+        assert found[key].defined and found[key].saved
+        assert looks == ["template_files"]
+    finally:
+        hv.conn.lookupByName(hv.template_name(key)).undefine()
