@@ -4,13 +4,14 @@ expired and foreign tickets are refused by the gateway."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import ssl
 import time
 from dataclasses import replace
 
 import pytest
-import websockets.sync.client as ws_client
+from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from controlplane.domain.groups import group_ref
@@ -108,12 +109,18 @@ def test_agent_works_on_a_real_desktop_with_pixels_only(browser, world):
 
 
 def gateway_refuses(world, token, ticket) -> bool:
+    """websockets' asyncio client: its sync one (a reader thread on the same TLS socket) lost the
+    upgrade request under load and then waited on that thread for good (replicas.first_update_through_gateway)."""
+    return asyncio.run(_refused(world, token, ticket))
+
+
+async def _refused(world, token, ticket) -> bool:
     ctx = ssl.create_default_context(cafile=str(world.ca))
     try:
-        with ws_client.connect(f"wss://127.0.0.1:{world.port}/gateway?ticket={ticket}", ssl=ctx,
-                               origin=f"https://127.0.0.1:{world.port}",
-                               additional_headers={"Cookie": f"sd_session={token}"}, open_timeout=5) as ws:
-            ws.recv(timeout=5)
+        async with ws_connect(f"wss://127.0.0.1:{world.port}/gateway?ticket={ticket}", ssl=ctx,
+                              origin=f"https://127.0.0.1:{world.port}",
+                              additional_headers={"Cookie": f"sd_session={token}"}, open_timeout=10) as ws:
+            await asyncio.wait_for(ws.recv(), 10)
             return False
     except (InvalidStatus, ConnectionClosed):
         return True

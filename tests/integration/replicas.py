@@ -5,6 +5,7 @@ other, as between two machines. Used by tests/integration/test_replicas.py and b
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -17,7 +18,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import httpx
-import websockets.sync.client as ws_client
+from websockets.asyncio.client import connect as ws_connect
 
 from controlplane.config import Settings
 from controlplane.db import leases
@@ -119,29 +120,37 @@ def agent_token(ctx, user: str, groups: list[str]) -> str:
 
 
 def first_update_through_gateway(replica: Replica, token: str, ticket: str, ca: Path) -> tuple[int, int]:
-    """The RFB handshake through REPLICA's gateway and the first framebuffer update: the screen's size."""
+    """The RFB handshake through REPLICA's gateway and the first framebuffer update: the screen's size.
+    websockets' asyncio client, not its sync one: the sync client reads its TLS socket on a thread
+    of its own while the caller writes it, and under load its upgrade request was lost on the way
+    (sent 597 bytes: the TLS handshake alone), leaving the test blocked on that thread for good."""
+    return asyncio.run(_first_update(replica, token, ticket, ca))
+
+
+async def _first_update(replica: Replica, token: str, ticket: str, ca: Path) -> tuple[int, int]:
     context = ssl.create_default_context(cafile=str(ca))
     buffer = bytearray()
-    with ws_client.connect(f"wss://127.0.0.1:{replica.port}/gateway?ticket={ticket}", ssl=context,
-                           origin=replica.url, additional_headers={"Cookie": f"sd_session={token}"},
-                           open_timeout=10) as ws:
+    async with ws_connect(f"wss://127.0.0.1:{replica.port}/gateway?ticket={ticket}", ssl=context,
+                          origin=replica.url, additional_headers={"Cookie": f"sd_session={token}"},
+                          open_timeout=10) as ws:
 
-        def read(n: int) -> bytes:
+        async def read(n: int) -> bytes:
             while len(buffer) < n:
-                buffer.extend(ws.recv(timeout=30))
+                buffer.extend(await asyncio.wait_for(ws.recv(), 30))
             out = bytes(buffer[:n])
             del buffer[:n]
             return out
 
-        assert read(12) == b"RFB 003.008\n"
-        ws.send(b"RFB 003.008\n")
-        assert read(2) == b"\x01\x01"  # security None only
-        ws.send(b"\x01")
-        assert read(4) == b"\0\0\0\0"
-        ws.send(b"\x01")
-        width, height = struct.unpack(">HH", read(4))
-        read(16)
-        read(struct.unpack(">I", read(4))[0])
-        ws.send(struct.pack(">BxHi", 2, 1, 0) + struct.pack(">BBHHHH", 3, 0, 0, 0, width, height))  # Raw, then a frame
-        assert read(1) == b"\x00", "the first message was not a framebuffer update"
+        assert await read(12) == b"RFB 003.008\n"
+        await ws.send(b"RFB 003.008\n")
+        assert await read(2) == b"\x01\x01"  # security None only
+        await ws.send(b"\x01")
+        assert await read(4) == b"\0\0\0\0"
+        await ws.send(b"\x01")
+        width, height = struct.unpack(">HH", await read(4))
+        await read(16)
+        await read(struct.unpack(">I", await read(4))[0])
+        raw_then_frame = struct.pack(">BxHi", 2, 1, 0) + struct.pack(">BBHHHH", 3, 0, 0, 0, width, height)
+        await ws.send(raw_then_frame)
+        assert await read(1) == b"\x00", "the first message was not a framebuffer update"
     return width, height
