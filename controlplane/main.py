@@ -105,13 +105,10 @@ def build_console_relay(settings: Settings, hypervisor: Hypervisor) -> Any:
 
     pki = settings.console.pki_dir
     tls = server_context(cert=pki / "servercert.pem", key=pki / "serverkey.pem", ca=pki / "cacert.pem")
-    files = (LocalHostFiles(instance=settings.instance, run_dir=hypervisor.run_dir,
-                            templates_dir=hypervisor.templates_dir, image_store=settings.image_store,
-                            grant=hypervisor.grant_dirs,
-                            probe=hypervisor.probe_domain_type)
-             if isinstance(hypervisor, LibvirtHypervisor) else None)
+    files = hypervisor.files if isinstance(hypervisor, LibvirtHypervisor) else None  # the driver's own, local
     return ConsoleServer(hypervisor.running_socket, tls, allowed_clients=frozenset(settings.console.allowed_clients),
-                         max_consoles=settings.console.max_consoles, host_files=files)
+                         max_consoles=settings.console.max_consoles,
+                         host_files=files if isinstance(files, LocalHostFiles) else None)
 
 
 def apps_key_file(settings: Settings) -> Path:

@@ -113,7 +113,7 @@ class LibvirtHypervisor:
         # another host's are reached through its agent's relay, like its channels
         self.files: LocalHostFiles | RelayedHostFiles = (
             LocalHostFiles(instance=instance, run_dir=run_dir, templates_dir=self.templates_dir,
-                           image_store=image_store)
+                           image_store=image_store, grant=self.grant_dirs, probe=self.probe_domain_type)
             if self.remote_address is None else RelayedHostFiles(self.remote_address, console_port, console_tls))
         self._desktop_re = naming.desktop_pattern(instance)
         self._conn: libvirt.virConnect | None = None
