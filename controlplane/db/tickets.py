@@ -23,10 +23,10 @@ def redeem(*, session: Session, digest: str, now: datetime) -> ConnectTicket | N
         update(ConnectTicket)
         .where(ConnectTicket.digest == digest, ConnectTicket.used_at.is_(None),  # type: ignore[union-attr,arg-type]
                ConnectTicket.expires_at > now)  # type: ignore[arg-type]
-        .values(used_at=now))
-    if not used.rowcount:  # type: ignore[attr-defined]
-        return None
-    return session.get(ConnectTicket, digest)
+        .values(used_at=now)
+        .returning(ConnectTicket),  # the row itself: no second look-up
+        execution_options={"populate_existing": True})
+    return used.scalars().first()
 
 
 def claim_ready(*, session: Session, pool_id: int, username: str, now: datetime) -> Desktop | None:
@@ -40,16 +40,15 @@ def claim_ready(*, session: Session, pool_id: int, username: str, now: datetime)
                col(Desktop.assigned_to).is_(None))
         .order_by(col(Desktop.id)).limit(1).with_for_update(skip_locked=True).scalar_subquery()
     )
+    session.flush()  # this transaction's changes first; then what it read is read again after the claim
+    session.expire_all()
     claimed = session.execute(
         update(Desktop)
         .where(and_(Desktop.id == candidate, Desktop.state == DesktopState.READY))  # type: ignore[arg-type]
         .values(state=DesktopState.IN_USE, assigned_to=username, state_since=now)
-        .returning(Desktop.id))  # type: ignore[call-overload]
-    row = claimed.first()
-    if row is None:
-        return None
-    session.expire_all()
-    return session.get(Desktop, row[0])
+        .returning(Desktop),  # the claimed row as it is now: no second look-up
+        execution_options={"populate_existing": True})
+    return claimed.scalars().first()
 
 
 def assigned(*, session: Session, pool_id: int, username: str) -> Desktop | None:

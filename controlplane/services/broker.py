@@ -93,12 +93,12 @@ def _assign(ctx: Context, session: Session, user: Claims, pool: Pool,
     desktop.assigned_groups = sorted(user.groups)  # its egress follows this agent's policy from now on
     ticket = secrets.token_urlsafe(32)
     expires = now + timedelta(seconds=ctx.ticket_ttl_s)
-    tickets.create(session=session, ticket=ConnectTicket(digest=digest(ticket), username=user.sub,
-                                                         desktop_id=desktop.id or 0, expires_at=expires))
     hold = expires + timedelta(seconds=limits.grace_s)  # an assignment nobody opens expires like a drop
     if desktop.grace_until is None or desktop.grace_until < hold:
         desktop.grace_until = hold
-        session.add(desktop)
+    session.add(desktop)  # one UPDATE of it, flushed with the ticket's INSERT
+    tickets.create(session=session, ticket=ConnectTicket(digest=digest(ticket), username=user.sub,
+                                                         desktop_id=desktop.id or 0, expires_at=expires))
     ctx.crashpoint("broker.connect")
     audit.append(session=session, actor=user.sub, action="session.assign" if not reconnect else "session.reconnect",
                  target=desktop.name, pool=pool_name)
@@ -134,15 +134,16 @@ def redeem(ctx: Context, ticket: str, username: str) -> Target:
     refusal's audit are committed, then TicketRefused is raised."""
     with session_scope(ctx.engine) as session:
         try:
-            return _redeem_in(session, ticket, username, ctx.clock.now())
+            return _redeem_in(session, ticket, username, ctx.clock.now())[0]
         except TicketRefused as err:
             refusal = err
     raise refusal
 
 
-def _redeem_in(session: Session, ticket: str, username: str, now: datetime) -> Target:
+def _redeem_in(session: Session, ticket: str, username: str, now: datetime) -> tuple[Target, Desktop]:
     """`redeem` in SESSION's transaction: TicketRefused after it wrote the burn and the audit,
-    which the caller commits."""
+    which the caller commits. Also returns the desktop's row: while the caller holds it, the
+    session's identity map (weak references) answers a later look-up of it without a query."""
     if not isinstance(ticket, str) or not 20 <= len(ticket) <= 128:
         raise TicketRefused("malformed")
     row = tickets.redeem(session=session, digest=digest(ticket), now=now)
@@ -159,7 +160,7 @@ def _redeem_in(session: Session, ticket: str, username: str, now: datetime) -> T
         raise TicketRefused("desktop no longer assigned to this user")
     pool = session.get(Pool, desktop.pool_id)
     return Target(username=row.username, desktop=desktop.name, desktop_id=desktop.id or 0,
-                  pool=pool.name if pool else "?", host_id=desktop.host_id)
+                  pool=pool.name if pool else "?", host_id=desktop.host_id), desktop
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,7 @@ def admit(ctx: Context, token: str, ticket: str, door: Door) -> Admission:
         try:
             claims = identity.verify(ctx, token)
             identity.require_live_in(session, claims, now)
-            target = _redeem_in(session, ticket, claims.sub, now)
+            target, _row = _redeem_in(session, ticket, claims.sub, now)  # _row held: open_display_in reads it
             limits = sessions.limits_in(session, groups=frozenset(claims.groups), pool=target.pool)
             limits = replace(limits, idle_s=min(limits.idle_s, door.idle_cap_s))
             display = sessions.open_display_in(session, now, desktop_id=target.desktop_id, user=claims.sub,

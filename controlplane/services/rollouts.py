@@ -187,8 +187,10 @@ def overview(ctx: Context) -> list[RolloutSummary]:
 # --- signals (called inside the transaction that records what happened) --------------------------
 
 
-def note(session: Session, desktop: Desktop, signal: Signal, value: float = 0.0) -> None:
-    """Record SIGNAL about DESKTOP if its pool is rolling out and it runs one of the two versions."""
+def note(session: Session, desktop: Desktop, signal: Signal, value: float = 0.0, *,
+         also: tuple[Signal, ...] = ()) -> None:
+    """Record SIGNAL (and the signals in ALSO, with the same value) about DESKTOP if its pool is
+    rolling out and it runs one of the two versions: one look for the rollout."""
     rollout = repo.active_for(session=session, pool_id=desktop.pool_id)
     if rollout is None:
         return
@@ -198,15 +200,15 @@ def note(session: Session, desktop: Desktop, signal: Signal, value: float = 0.0)
         version = Version.OLD
     else:
         return
-    session.add(RolloutSignal(rollout_id=rollout.id or 0, version=version.value, signal=signal.value,
-                              value=value, desktop=desktop.name))
+    for each in (signal, *also):
+        session.add(RolloutSignal(rollout_id=rollout.id or 0, version=version.value, signal=each.value,
+                                  value=value, desktop=desktop.name))
 
 
 def note_session_end(session: Session, desktop: Desktop, *, dropped: bool, lasted_s: float) -> None:
     """A display session ended; DROPPED when the desktop side ended it, early when within EARLY_DROP_S."""
-    note(session, desktop, Signal.SESSION, lasted_s)
-    if dropped and lasted_s < EARLY_DROP_S:
-        note(session, desktop, Signal.DROP, lasted_s)
+    early_drop = dropped and lasted_s < EARLY_DROP_S
+    note(session, desktop, Signal.SESSION, lasted_s, also=(Signal.DROP,) if early_drop else ())
 
 
 # --- views ---------------------------------------------------------------------------------------
