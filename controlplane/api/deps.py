@@ -2,11 +2,15 @@
 
 Every route but login needs a bearer token. `CurrentAdmin` refuses agents; `CurrentAgent` is
 any logged-in user acting on their own objects (the services check ownership).
+
+Only `current_user` blocks (it reads the sign-in's row) and is a plain function, which FastAPI
+runs in its thread pool; the others are `async def`: FastAPI would otherwise hand each of them
+to a thread too, one hop per dependency per request, for an attribute read.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -17,7 +21,7 @@ from controlplane.services.context import Context
 from controlplane.services.tokens import Claims, TokenInvalid
 
 
-def get_ctx(request: Request) -> Context:
+async def get_ctx(request: Request) -> Context:
     return request.app.state.ctx
 
 
@@ -29,17 +33,17 @@ def current_user(request: Request) -> Claims:
     return identity.authorize(request.app.state.ctx, token.strip())
 
 
-def current_admin(user: Annotated[Claims, Depends(current_user)]) -> Claims:
+async def current_admin(user: Annotated[Claims, Depends(current_user)]) -> Claims:
     if user.role != identity.ADMIN:
         raise Forbidden("this endpoint is for administrators", field="authorization")
     return user
 
 
-def actor_of(user: Annotated[Claims, Depends(current_admin)]) -> str:
+async def actor_of(user: Annotated[Claims, Depends(current_admin)]) -> str:
     return user.sub
 
 
-def wake_reconciler(request: Request) -> Iterator[None]:
+async def wake_reconciler(request: Request) -> AsyncIterator[None]:
     """Wake the reconciler once the request's change is committed (after the handler: woken
     before it, a pass would see the old world and the change would wait a whole period)."""
     yield
