@@ -421,18 +421,26 @@ def test_a_retired_templates_clones_are_read_once_then_looked_for_by_name(tmp_pa
         hv.remove_template(key)
 
 
+def _defined_template(tmp_path: Path, n: int) -> tuple[LibvirtHypervisor, TemplateKey, str]:
+    """A test-driver hypervisor with template N's domain defined (tagged as a template) and an
+    empty templates directory; also its domain XML, to define it again."""
+    hv = LibvirtHypervisor(uri="test:///default", instance="main", storage_pool="default-pool",
+                           overlay_dir=tmp_path / "pool", run_dir=tmp_path / "run", readiness="running")
+    key = TemplateKey(n, 256, 1)
+    model = hv.domain_model(replace(CASES["desktop-basic"], name=hv.template_name(key), pool="", desktop_id=0),
+                            genid=f"00000000-0000-4000-8000-{n:012d}")
+    model.tag = Tag(instance="main", pool="", desktop_id=0, role="template", template=key.slug, readiness="serial")
+    xml = model.to_xml()
+    hv.conn.defineXML(xml)
+    hv.templates_dir.mkdir(parents=True)
+    return hv, key, xml
+
+
 def test_a_template_undefined_while_it_is_observed_is_seen_by_its_save_file(tmp_path, monkeypatch):
     """A template is undefined right after its save: another thread (the bench's, the API's) or
     replica observing at that moment listed its domain and then found it gone. That is the
     template as its save file says, not an error out of libvirt."""
-    hv = LibvirtHypervisor(uri="test:///default", instance="main", storage_pool="default-pool",
-                           overlay_dir=tmp_path / "pool", run_dir=tmp_path / "run", readiness="running")
-    key = TemplateKey(9, 256, 1)
-    model = hv.domain_model(replace(CASES["desktop-basic"], name=hv.template_name(key), pool="", desktop_id=0),
-                            genid="00000000-0000-4000-8000-000000000009")
-    model.tag = Tag(instance="main", pool="", desktop_id=0, role="template", template=key.slug, readiness="serial")
-    hv.conn.defineXML(model.to_xml())
-    hv.templates_dir.mkdir(parents=True)
+    hv, key, xml = _defined_template(tmp_path, 9)
     hv.template_file(key).write_bytes(b"not a save file")  # a partial one: not saved
     listed = hv._list_ours
 
@@ -443,7 +451,7 @@ def test_a_template_undefined_while_it_is_observed_is_seen_by_its_save_file(tmp_
 
     monkeypatch.setattr(hv, "_list_ours", listed_then_saved)
     assert key not in hv.list_templates()
-    hv.conn.defineXML(model.to_xml())
+    hv.conn.defineXML(xml)
     looked_up = hv._lookup
 
     def looked_up_then_saved(name):  # the same, between a lookup and the calls on what it found
@@ -454,7 +462,7 @@ def test_a_template_undefined_while_it_is_observed_is_seen_by_its_save_file(tmp_
 
     monkeypatch.setattr(hv, "_lookup", looked_up_then_saved)
     assert hv.template(key) is None
-    hv.conn.defineXML(model.to_xml())
+    hv.conn.defineXML(xml)
     assert not hv.is_ready(hv.template_name(key))
 
 
@@ -512,14 +520,7 @@ def test_a_pass_looks_at_the_hosts_template_files_once_and_marks_a_running_templ
     """For another host each look is a connection to its agent: one per pass, not one per template."""
     from tests.unit.drivers.test_save_image import template_file
 
-    hv = LibvirtHypervisor(uri="test:///default", instance="main", storage_pool="default-pool",
-                           overlay_dir=tmp_path / "pool", run_dir=tmp_path / "run", readiness="running")
-    key = TemplateKey(8, 256, 1)
-    model = hv.domain_model(replace(CASES["desktop-basic"], name=hv.template_name(key), pool="", desktop_id=0),
-                            genid="00000000-0000-4000-8000-000000000008")
-    model.tag = Tag(instance="main", pool="", desktop_id=0, role="template", template=key.slug, readiness="serial")
-    hv.conn.defineXML(model.to_xml())
-    hv.templates_dir.mkdir(parents=True)
+    hv, key, _ = _defined_template(tmp_path, 8)
     template_file(tmp_path).rename(hv.template_file(key))  # saved, its domain not yet undefined
     looks: list[str] = []
     for method in ("template_files", "template_state"):
